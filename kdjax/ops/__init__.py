@@ -1,0 +1,5 @@
+"""Low-level array ops."""
+
+from kdjax.ops.adder import adder_conv, normalize_padding, normalize_strides
+
+__all__ = ["adder_conv", "normalize_padding", "normalize_strides"]
