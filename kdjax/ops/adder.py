@@ -11,10 +11,14 @@ AdderNet backward, which is not the true derivative:
 Why it is laid out this way:
   * The official code unfolds X into (B*H*W) x (k*k*C) patches and broadcasts
     them against every filter, a (B*H*W) x (k*k*C) x C_out tensor (2.4 GB per
-    ResNet-20 layer at batch 256). Here the sum runs offset by offset: for each
-    kernel tap (i, j) the strided view of X is compared with F[i, j]. The
-    largest intermediate is a (B*Ho*Wo) x C x C_out block of one tap, further
-    cut over output channels so that it fits ``memory_budget_bytes``.
+    ResNet-20 layer at batch 256). Here neither patches nor differences are
+    materialised. The forward loops over input channels and adds, for every
+    kernel tap, |x_c - F[i, j, c, :]| into the output accumulator (vectorised
+    over output channels). The input gradient loops over output channels and
+    works on the input pixel grid: the output gradient is moved once to the
+    pixel each tap reads, so the clip reads X in place and the patch-to-pixel
+    scatter becomes a sum. Output channels go in chunks sized from
+    ``memory_budget_bytes``.
   * The weight gradient uses the identity
         sum g * (X - F) = ConvWeightGrad(X, g) - F * sum(g),
     so the heavy part is an ordinary convolution weight gradient (matrix units)
@@ -73,10 +77,14 @@ def normalize_padding(padding: PaddingLike, in_hw: Sequence[int], kernel_hw: Seq
   raise ValueError(f"adder_conv: cannot read padding {padding!r}")
 
 
-def output_channel_chunk(batch: int, out_hw: Tuple[int, int], in_channels: int,
+def output_channel_chunk(batch: int, padded_hw: Tuple[int, int], taps: int,
                          out_channels: int, memory_budget_bytes: int) -> int:
-  """Largest output-channel chunk whose per-tap working set fits the budget."""
-  per_channel = batch * out_hw[0] * out_hw[1] * in_channels * 4
+  """Largest output-channel chunk whose backward working set fits the budget.
+
+  The input gradient keeps, per chunk, the output gradient scattered to the
+  padded input grid once per kernel tap: taps * N * Hp * Wp * chunk floats.
+  """
+  per_channel = taps * batch * padded_hw[0] * padded_hw[1] * 4
   return int(max(1, min(out_channels, memory_budget_bytes // max(per_channel, 1))))
 
 
@@ -88,42 +96,16 @@ def _tap(xp: jax.Array, i: int, j: int, out_hw: Tuple[int, int], strides: Tuple[
                    (1, sh, sw, 1))
 
 
-def _split_out_channels(a: jax.Array, chunk: int) -> jax.Array:
-  """(..., O) -> (num_chunks, ..., chunk), zero-padding O up to a multiple of chunk."""
-  o = a.shape[-1]
-  num = -(-o // chunk)
-  a = jnp.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, num * chunk - o)])
-  a = a.reshape(a.shape[:-1] + (num, chunk))
-  return jnp.moveaxis(a, -2, 0)
+def _scatter_to_tap(a: jax.Array, i: int, j: int, padded_hw: Tuple[int, int],
+                    strides: Tuple[int, int]) -> jax.Array:
+  """Places an (N, Ho, Wo, K) map on the padded input grid where tap (i, j) reads.
 
-
-def _merge_out_channels(a: jax.Array, out_channels: int) -> jax.Array:
-  """Inverse of _split_out_channels."""
-  a = jnp.moveaxis(a, 0, -2)
-  return a.reshape(a.shape[:-2] + (-1,))[..., :out_channels]
-
-
-def _forward_block(xp, kernel, out_hw, strides):
-  kh, kw = kernel.shape[:2]
-  acc = None
-  for i in range(kh):
-    for j in range(kw):
-      xs = _tap(xp, i, j, out_hw, strides)
-      term = jnp.sum(jnp.abs(xs[..., :, None] - kernel[i, j]), axis=-2)
-      acc = term if acc is None else acc + term
-  return -acc
-
-
-def _input_grad_block(xp, kernel, g, out_hw, strides):
-  kh, kw = kernel.shape[:2]
-  dxp = jnp.zeros_like(xp)
-  (ho, wo), (sh, sw) = out_hw, strides
-  for i in range(kh):
-    for j in range(kw):
-      xs = _tap(xp, i, j, out_hw, strides)
-      d = jnp.sum(g[..., None, :] * jnp.clip(kernel[i, j] - xs[..., :, None], -1.0, 1.0), axis=-1)
-      dxp = dxp.at[:, i:i + (ho - 1) * sh + 1:sh, j:j + (wo - 1) * sw + 1:sw, :].add(d)
-  return dxp
+  The transpose of ``_tap``: zeros between strided positions and around them.
+  """
+  (_, ho, wo, _), (hp, wp), (sh, sw) = a.shape, padded_hw, strides
+  return lax.pad(a, jnp.zeros((), a.dtype),
+                 [(0, 0, 0), (i, hp - i - ((ho - 1) * sh + 1), sh - 1),
+                  (j, wp - j - ((wo - 1) * sw + 1), sw - 1), (0, 0, 0)])
 
 
 def _pad(x, pads):
@@ -135,39 +117,83 @@ def _out_hw(xp_shape, kernel_shape, strides):
           (xp_shape[2] - kernel_shape[1]) // strides[1] + 1)
 
 
+def _adder_forward(x, kernel, strides, pads):
+  """Loops over input channels; each step adds |x_c - F[:, :, c, :]| for every tap.
+
+  Vectorised over output channels (the minor axis), so XLA fuses a whole step
+  into one elementwise pass over the (N, Ho, Wo, C_out) accumulator and nothing
+  larger than the output is ever live.
+  """
+  xp = _pad(x, pads)
+  kh, kw, in_channels, out_channels = kernel.shape
+  out_hw = _out_hw(xp.shape, kernel.shape, strides)
+  taps = [_tap(xp, i, j, out_hw, strides) for i in range(kh) for j in range(kw)]
+  filters = kernel.reshape(kh * kw, in_channels, out_channels)
+
+  def add_channel(c, acc):
+    for t, xs in enumerate(taps):
+      x_c = lax.dynamic_slice_in_dim(xs, c, 1, axis=3)
+      f_c = lax.dynamic_index_in_dim(filters[t], c, 0, keepdims=False)
+      acc = acc + jnp.abs(x_c - f_c)
+    return acc
+
+  acc = jnp.zeros((x.shape[0],) + out_hw + (out_channels,), jnp.float32)
+  return -lax.fori_loop(0, in_channels, add_channel, acc)
+
+
+def _input_grad(xp, kernel, g, strides, chunk):
+  """dL/dX_padded[p, c] = sum_{t, o} G_t[p, o] * clip(F[t, c, o] - X_padded[p, c]).
+
+  G_t is the output gradient moved to the input pixel that tap t reads, so the
+  patch-to-pixel scatter becomes a plain sum and the clip reads X in place.
+  Output channels are processed ``chunk`` at a time (scan), and one at a time
+  inside a chunk (fori_loop), so the working set is taps * N * Hp * Wp * chunk.
+  """
+  kh, kw, in_channels, out_channels = kernel.shape
+  taps = kh * kw
+  padded_hw = xp.shape[1:3]
+  filters = jnp.moveaxis(kernel.reshape(taps, in_channels, out_channels), -1, 0)  # (O, T, C)
+
+  def chunk_grad(acc, chunk_in):
+    g_chunk, f_chunk = chunk_in  # (N, Ho, Wo, oc), (oc, T, C)
+    scattered = jnp.stack([_scatter_to_tap(g_chunk, i, j, padded_hw, strides)
+                           for i in range(kh) for j in range(kw)])  # (T, N, Hp, Wp, oc)
+    scattered = jnp.moveaxis(scattered, -1, 0)  # (oc, T, N, Hp, Wp)
+
+    def add_out_channel(o, acc):
+      g_o = lax.dynamic_index_in_dim(scattered, o, 0, keepdims=False)
+      f_o = lax.dynamic_index_in_dim(f_chunk, o, 0, keepdims=False)
+      for t in range(taps):
+        acc = acc + g_o[t][..., None] * jnp.clip(f_o[t] - xp, -1.0, 1.0)
+      return acc
+
+    return lax.fori_loop(0, g_chunk.shape[-1], add_out_channel, acc), None
+
+  num_chunks = -(-out_channels // chunk)
+  extra = num_chunks * chunk - out_channels
+  # Zero-padded output channels carry zero gradient, so they add nothing.
+  g = jnp.pad(g, ((0, 0), (0, 0), (0, 0), (0, extra)))
+  filters = jnp.pad(filters, ((0, extra), (0, 0), (0, 0)))
+  g_chunks = jnp.moveaxis(g.reshape(g.shape[:3] + (num_chunks, chunk)), 3, 0)
+  f_chunks = filters.reshape((num_chunks, chunk) + filters.shape[1:])
+  acc, _ = lax.scan(chunk_grad, jnp.zeros_like(xp), (g_chunks, f_chunks))
+  return acc
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _adder_conv_f32(x, kernel, strides, pads, chunk):
-  return _adder_forward(x, kernel, strides, pads, chunk)
-
-
-def _adder_forward(x, kernel, strides, pads, chunk):
-  xp = _pad(x, pads)
-  out_hw = _out_hw(xp.shape, kernel.shape, strides)
-  out_channels = kernel.shape[-1]
-  if chunk >= out_channels:
-    return _forward_block(xp, kernel, out_hw, strides)
-  ys = lax.map(lambda k: _forward_block(xp, k, out_hw, strides),
-               _split_out_channels(kernel, chunk))
-  return _merge_out_channels(ys, out_channels)
+  del chunk  # Only the backward needs a working-set bound.
+  return _adder_forward(x, kernel, strides, pads)
 
 
 def _adder_fwd(x, kernel, strides, pads, chunk):
-  return _adder_forward(x, kernel, strides, pads, chunk), (x, kernel)
+  del chunk
+  return _adder_forward(x, kernel, strides, pads), (x, kernel)
 
 
 def _adder_bwd(strides, pads, chunk, residuals, g):
   x, kernel = residuals
-  xp = _pad(x, pads)
-  out_hw = _out_hw(xp.shape, kernel.shape, strides)
-  out_channels = kernel.shape[-1]
-
-  if chunk >= out_channels:
-    dxp = _input_grad_block(xp, kernel, g, out_hw, strides)
-  else:
-    def step(acc, kg):
-      return acc + _input_grad_block(xp, kg[0], kg[1], out_hw, strides), None
-    dxp, _ = lax.scan(step, jnp.zeros_like(xp),
-                      (_split_out_channels(kernel, chunk), _split_out_channels(g, chunk)))
+  dxp = _input_grad(_pad(x, pads), kernel, g, strides, chunk)
   h, w = x.shape[1:3]
   dx = dxp[:, pads[0][0]:pads[0][0] + h, pads[1][0]:pads[1][0] + w, :]
 
@@ -194,8 +220,8 @@ def adder_conv(x: jax.Array, kernel: jax.Array, strides: Union[int, Sequence[int
     strides: int or (sh, sw).
     padding: 'SAME', 'VALID', an int, or ((top, bottom), (left, right)); zero
       padding, and padded cells take part in the sum.
-    memory_budget_bytes: bound on the working set of one kernel tap; output
-      channels are processed in chunks that fit it.
+    memory_budget_bytes: bound on the backward's working set; output channels
+      are processed in chunks that fit it.
 
   Returns:
     NHWC output in the input's dtype, always <= 0.
@@ -214,9 +240,8 @@ def adder_conv(x: jax.Array, kernel: jax.Array, strides: Union[int, Sequence[int
   if padded[0] < kernel.shape[0] or padded[1] < kernel.shape[1]:
     raise ValueError(f"adder_conv: kernel {kernel.shape[:2]} does not fit the padded input "
                      f"{padded} (input {x.shape[1:3]}, padding {pads})")
-  out_hw = _out_hw((0,) + padded, kernel.shape, strides)
-  chunk = output_channel_chunk(x.shape[0], out_hw, x.shape[-1], kernel.shape[-1],
-                               memory_budget_bytes)
+  chunk = output_channel_chunk(x.shape[0], padded, kernel.shape[0] * kernel.shape[1],
+                               kernel.shape[-1], memory_budget_bytes)
   out_dtype = jnp.result_type(x.dtype, kernel.dtype)
   y = _adder_conv_f32(x.astype(jnp.float32), kernel.astype(jnp.float32), strides, pads, chunk)
   return y.astype(out_dtype)
