@@ -1,0 +1,107 @@
+"""Building blocks shared by the files in configs/ (recipes from SPEC sections 1-5)."""
+
+import ml_collections
+
+from kdjax.optim.builder import default_config as default_optimizer
+
+
+def base_config(method: str) -> ml_collections.ConfigDict:
+  """Fields every method reads; presets override them."""
+  config = ml_collections.ConfigDict()
+  config.method = method
+  config.seed = 0
+  config.batch_size = 128
+  config.eval_batch_size = 0  # 0: same as batch_size.
+  config.num_epochs = 1
+  config.max_steps = -1  # > 0 stops early (smoke tests).
+  config.log_every_steps = 50
+  config.checkpoint_every_steps = 0  # 0: at the end of every epoch.
+  config.keep_checkpoints = 3
+  config.nonfinite = 'raise'  # or 'skip': drop a batch whose loss is NaN/Inf.
+
+  config.dataset = ml_collections.ConfigDict()
+  config.dataset.name = 'mnist5k'
+  config.dataset.data_dir = ml_collections.config_dict.placeholder(str)
+  config.dataset.train_split = 'train'
+  config.dataset.eval_split = 'test'
+  config.dataset.image_size = ml_collections.config_dict.placeholder(int)
+  config.dataset.augment = True
+  config.dataset.train_fraction = 1.0
+
+  config.model = model('resnet20', 'conv')
+  config.optimizer = default_optimizer()
+  config.optimizers = ml_collections.ConfigDict()  # Per-group overrides, e.g. 'teacher'.
+  config.loss = ml_collections.ConfigDict({'label_smoothing': 0.0})
+  return config
+
+
+def model(name: str, conv_type: str = 'conv', checkpoint_dir=None,
+          **kwargs) -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.name = name
+  config.conv_type = conv_type
+  config.kwargs = ml_collections.ConfigDict(kwargs)
+  config.checkpoint_dir = ml_collections.config_dict.placeholder(str)
+  if checkpoint_dir:
+    config.checkpoint_dir = checkpoint_dir
+  return config
+
+
+def set_dataset(config: ml_collections.ConfigDict, name: str, **overrides) -> None:
+  config.dataset.name = name
+  if name == 'imagenet2012':
+    config.dataset.eval_split = 'validation'
+  for key, value in overrides.items():
+    config.dataset[key] = value
+
+
+def addernet_cifar_recipe(config: ml_collections.ConfigDict) -> None:
+  """SGD 0.1, momentum 0.9, wd 5e-4, batch 256, cosine over 400 epochs (SPEC §1)."""
+  config.batch_size = 256
+  config.num_epochs = 400
+  config.optimizer.update(learning_rate=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4,
+                          schedule='cosine')
+
+
+def addernet_imagenet_recipe(config: ml_collections.ConfigDict) -> None:
+  """Cosine over 150 epochs, lr 0.1, wd 1e-4, batch 256 (SPEC §1)."""
+  config.batch_size = 256
+  config.num_epochs = 150
+  config.optimizer.update(learning_rate=0.1, momentum=0.9, nesterov=False, weight_decay=1e-4,
+                          schedule='cosine')
+
+
+def ofd_cifar_recipe(config: ml_collections.ConfigDict) -> None:
+  """Nesterov 0.9, wd 5e-4, lr 0.1, 200 epochs, batch 128, x0.1 at 100/150 (SPEC §3)."""
+  config.batch_size = 128
+  config.num_epochs = 200
+  config.optimizer.update(learning_rate=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
+                          schedule='step', decay_epochs=(100, 150), decay_factor=0.1,
+                          reset_momentum_at_boundaries=True)
+
+
+def ofd_imagenet_recipe(config: ml_collections.ConfigDict) -> None:
+  """Nesterov, wd 1e-4, lr 0.1 x0.1 every 30 epochs, 100 epochs, batch 256 (SPEC §3)."""
+  config.batch_size = 256
+  config.num_epochs = 100
+  config.optimizer.update(learning_rate=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4,
+                          schedule='step', decay_epochs=(30, 60, 90), decay_factor=0.1,
+                          reset_momentum_at_boundaries=True)
+
+
+def repdistiller_recipe(config: ml_collections.ConfigDict) -> None:
+  """SGD, batch 64, 240 epochs, lr 0.05 x0.1 at 150/180/210, wd 5e-4 (SPEC §5)."""
+  config.batch_size = 64
+  config.num_epochs = 240
+  config.optimizer.update(learning_rate=0.05, momentum=0.9, nesterov=False, weight_decay=5e-4,
+                          schedule='step', decay_epochs=(150, 180, 210), decay_factor=0.1)
+
+
+def demo_recipe(config: ml_collections.ConfigDict, epochs: int = 4) -> None:
+  """A few epochs on the embedded MNIST-5k digits: minutes on 2 CPU cores."""
+  set_dataset(config, 'mnist5k')
+  config.batch_size = 64
+  config.num_epochs = epochs
+  config.log_every_steps = 20
+  config.optimizer.update(learning_rate=0.05, momentum=0.9, nesterov=False, weight_decay=5e-4,
+                          schedule='cosine')

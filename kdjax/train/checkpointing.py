@@ -1,0 +1,147 @@
+"""Orbax checkpoints: the run's own state, and teachers restored from other runs.
+
+A run directory holds ``checkpoints/<step>/{state,meta}``: ``state`` is the
+TrainState (restored against an abstract target so shardings survive), and
+``meta`` a small JSON with the data position and what was trained (model name,
+conv type, classes), which is what teacher restores check first.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Optional, Tuple
+
+from absl import logging
+import jax
+import orbax.checkpoint as ocp
+
+PyTree = Any
+
+CHECKPOINT_SUBDIR = 'checkpoints'
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint that is missing, unreadable, or of another architecture."""
+
+
+def checkpoint_dir(path: str) -> str:
+  """Accepts a run's workdir or its checkpoints/ directory."""
+  path = os.fspath(path)
+  sub = os.path.join(path, CHECKPOINT_SUBDIR)
+  return sub if os.path.isdir(sub) else path
+
+
+class RunCheckpointer:
+  """Saves and restores one run's TrainState plus its JSON metadata."""
+
+  def __init__(self, workdir: str, *, max_to_keep: int = 3, async_save: bool = True):
+    self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_SUBDIR)
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                           enable_async_checkpointing=async_save)
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> Optional[int]:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state: PyTree, meta: Dict[str, Any], *, force: bool = False) -> bool:
+    return self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+  def restore_latest(self, abstract_state: PyTree) -> Tuple[Optional[PyTree], Dict[str, Any]]:
+    """Restores the newest checkpoint that reads back completely.
+
+    A checkpoint that fails to restore (a write cut off by a crash, a corrupt
+    file) is reported and skipped in favour of the one before it.
+
+    Returns:
+      (state, meta), or (None, {}) when the run has no checkpoint yet.
+    """
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    for i, step in enumerate(steps):
+      try:
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+      except Exception as e:  # pylint: disable=broad-except
+        fallback = f'falling back to step {steps[i + 1]}' if i + 1 < len(steps) else 'none left'
+        logging.warning('Checkpoint at step %d in %s does not restore (%s: %s); %s.', step,
+                        self.directory, type(e).__name__, e, fallback)
+        continue
+      return restored['state'], dict(restored['meta'])
+    if steps:
+      raise CheckpointError(f'No checkpoint in {self.directory} restores (tried steps {steps}).')
+    return None, {}
+
+
+def _describe(tree: PyTree) -> Dict[str, Tuple[int, ...]]:
+  return {jax.tree_util.keystr(path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def restore_teacher(path: str, expected: Dict[str, Any], abstract_params: PyTree,
+                    abstract_batch_stats: PyTree) -> Tuple[PyTree, PyTree]:
+  """Restores the student of an earlier run to serve as a frozen teacher.
+
+  Args:
+    path: the earlier run's workdir (or its checkpoints/ directory).
+    expected: {'model': name, 'conv_type': ..., 'num_classes': ...} the config
+      asks for; compared with what the checkpoint's run trained.
+    abstract_params / abstract_batch_stats: shapes of the teacher model built
+      from the config; every leaf must match.
+
+  Returns:
+    (params, batch_stats) as host arrays.
+
+  Raises:
+    CheckpointError: no checkpoint there, or one of another architecture.
+  """
+  directory = checkpoint_dir(path)
+  if not os.path.isdir(directory):
+    raise CheckpointError(
+        f'Teacher checkpoint directory {path!r} does not exist. Train the teacher first, e.g. '
+        f'python -m kdjax.main --config=configs/supervised.py:<preset> --workdir={path}')
+  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
+  step = manager.latest_step()
+  if step is None:
+    raise CheckpointError(f'Teacher checkpoint directory {directory!r} holds no checkpoint.')
+  meta = dict(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta'])
+  trained = {k: meta.get('model', {}).get(k) for k in ('name', 'conv_type')}
+  trained['num_classes'] = meta.get('num_classes')
+  asked = {'name': expected['model'], 'conv_type': expected['conv_type'],
+           'num_classes': expected['num_classes']}
+  if trained != asked:
+    raise CheckpointError(
+        f'Teacher checkpoint {directory!r} (step {step}) was trained as {trained}, but the config '
+        f'asks for a teacher {asked}. Point the config at the matching run, or change '
+        'the teacher model settings.')
+
+  item = manager.item_metadata(step)['state'].tree
+  try:
+    saved = {'params': item['params']['student']['model'],
+             'batch_stats': item['batch_stats']['student']['model']}
+  except (KeyError, TypeError) as e:
+    raise CheckpointError(f'Checkpoint {directory!r} has no student model to use as a teacher '
+                          f'(missing {e}).') from e
+  want = {'params': abstract_params, 'batch_stats': abstract_batch_stats}
+  have_shapes, want_shapes = _describe(saved), _describe(want)
+  if have_shapes != want_shapes:
+    diffs = sorted(set(have_shapes.items()) ^ set(want_shapes.items()))[:6]
+    raise CheckpointError(
+        f'Teacher checkpoint {directory!r} does not match the teacher architecture of the '
+        f'config ({asked}); first differences (path, shape): {diffs}')
+
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+      item={'params': {'student': {'model': abstract_params}},
+            'batch_stats': {'student': {'model': abstract_batch_stats}}},
+      restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=jax.Array),
+                                {'params': {'student': {'model': abstract_params}},
+                                 'batch_stats': {'student': {'model': abstract_batch_stats}}}),
+      partial_restore=True)))['state']
+  manager.close()
+  return (restored['params']['student']['model'], restored['batch_stats']['student']['model'])

@@ -1,0 +1,150 @@
+"""What every distillation method provides to the trainer.
+
+A method decides which networks exist, which of them are trained (parameter
+groups, each with its own optimizer), which are frozen (restored teachers and
+constants derived from them), the training loss, and the heads reported at
+evaluation. The trainer owns everything else: mesh, data, optimizers,
+checkpoints, the loop.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, Dict, Mapping, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from kdjax import losses, models
+
+PyTree = Any
+Metrics = Dict[str, jax.Array]
+
+
+def run_model(model: nn.Module, params: PyTree, batch_stats: PyTree, images: jax.Array,
+              train: bool) -> Tuple[jax.Array, Dict[str, Any], PyTree]:
+  """Applies a zoo model; returns (logits, features, new batch_stats).
+
+  In train mode BN uses batch statistics and the running averages are updated;
+  callers that must not update them (OFD's frozen teacher) drop the third value.
+  """
+  variables = {'params': params, 'batch_stats': batch_stats}
+  if train:
+    (logits, features), updates = model.apply(variables, images, train=True,
+                                              mutable=['batch_stats'])
+    return logits, features, updates['batch_stats']
+  logits, features = model.apply(variables, images, train=False)
+  return logits, features, batch_stats
+
+
+def init_model(model: nn.Module, rng: jax.Array, images: jax.Array) -> Tuple[PyTree, PyTree]:
+  variables = model.init(rng, images, train=False)
+  return variables['params'], variables.get('batch_stats', {})
+
+
+def build_zoo_model(model_config: ml_collections.ConfigDict, num_classes: int,
+                    image_shape: Tuple[int, ...]) -> nn.Module:
+  """Builds ``model_config.name`` and checks that ``image_shape`` fits it."""
+  kwargs = dict(model_config.get('kwargs', None) or {})
+  model = models.build_model(model_config.name, conv_type=model_config.get('conv_type', 'conv'),
+                             num_classes=num_classes, **kwargs)
+  models.check_input_size(model_config.name, tuple(image_shape), **kwargs)
+  return model
+
+
+def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  return jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
+
+
+class Method(abc.ABC):
+  """Base class. Subclasses set ``groups`` and implement the abstract methods."""
+
+  # Trainable parameter groups; each reads its optimizer from
+  # ``config.optimizers[group]`` (falling back to ``config.optimizer``).
+  groups: Tuple[str, ...] = ('student',)
+
+  def __init__(self, config: ml_collections.ConfigDict, *, num_classes: int,
+               image_shape: Tuple[int, ...]):
+    self.config = config
+    self.num_classes = num_classes
+    self.image_shape = tuple(image_shape)
+    self.student = build_zoo_model(config.model, num_classes, self.image_shape)
+
+  # -- construction --------------------------------------------------------
+
+  @abc.abstractmethod
+  def init(self, rng: jax.Array, images: jax.Array) -> Tuple[PyTree, PyTree]:
+    """Trainable (params, batch_stats), each a dict keyed by group."""
+
+  def load_frozen(self, images: jax.Array) -> PyTree:
+    """Frozen teachers and constants derived from them ({} when there are none)."""
+    del images
+    return {}
+
+  def adder_masks(self, params: PyTree) -> Dict[str, PyTree]:
+    """Per group, which leaves are adder kernels (for the AdderNet LR scaling)."""
+    images_shape = (1,) + self.image_shape
+    student_mask = models.adder_kernel_mask(self.student, images_shape)
+    masks = {}
+    for group in self.groups:
+      group_mask = jax.tree.map(lambda _: False, params[group])
+      if group == 'student':
+        group_mask['model'] = student_mask
+      masks[group] = group_mask
+    return masks
+
+  # -- the step ------------------------------------------------------------
+
+  @abc.abstractmethod
+  def loss(self, params: PyTree, batch_stats: PyTree, frozen: PyTree,
+           batch: Mapping[str, jax.Array], rng: jax.Array) -> Tuple[jax.Array, Tuple[PyTree, Metrics]]:
+    """Total loss to differentiate, and (new batch_stats, named loss terms).
+
+    Gradients of the total w.r.t. each group must be that group's own loss:
+    a co-trained teacher gets only its CE, because everything the student
+    learns from the teacher is under stop_gradient.
+    """
+
+  @abc.abstractmethod
+  def predict(self, params: PyTree, batch_stats: PyTree, frozen: PyTree,
+              images: jax.Array) -> Dict[str, jax.Array]:
+    """Eval-mode logits per reported head, e.g. {'student': ..., 'teacher': ...}."""
+
+  def student_logits(self, params, batch_stats, images, train):
+    return run_model(self.student, params['student']['model'], batch_stats['student']['model'],
+                     images, train)
+
+
+class StageConnectors(nn.Module):
+  """One connector per distilled feature, so a method keeps them in one subtree.
+
+  kind 'feature': 1x1 conv + BN (OFD, FitNets); 'kernel': PKKD's 1x1 rho.
+  """
+  kind: str
+  features: Tuple[int, ...]
+
+  @nn.compact
+  def __call__(self, xs, train: bool):
+    if self.kind == 'feature':
+      return tuple(losses.FeatureConnector(f, name=f'connector{i}')(x, train=train)
+                   for i, (f, x) in enumerate(zip(self.features, xs)))
+    if self.kind == 'kernel':
+      return tuple(losses.KernelTransform(f, name=f'rho{i}')(x)
+                   for i, (f, x) in enumerate(zip(self.features, xs)))
+    raise ValueError(f'unknown connector kind {self.kind!r}')
+
+
+def init_module(module: nn.Module, rng: jax.Array, *args, **kwargs) -> Tuple[PyTree, PyTree]:
+  variables = module.init(rng, *args, **kwargs)
+  return variables['params'], variables.get('batch_stats', {})
+
+
+def run_module(module: nn.Module, params: PyTree, batch_stats: PyTree, *args, train: bool):
+  """Applies a connector module; returns (output, new batch_stats)."""
+  variables = {'params': params, 'batch_stats': batch_stats}
+  if train:
+    out, updates = module.apply(variables, *args, train=True, mutable=['batch_stats'])
+    return out, updates.get('batch_stats', {})
+  return module.apply(variables, *args, train=False), batch_stats

@@ -1,0 +1,78 @@
+"""What a run tells its user: TensorBoard scalars, console lines, a progress bar, summary.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any, Dict, Mapping
+
+from absl import logging
+from clu import metric_writers
+import jax
+import numpy as np
+
+
+def _format_duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  hours, rest = divmod(seconds, 3600)
+  minutes, secs = divmod(rest, 60)
+  return f'{hours:d}:{minutes:02d}:{secs:02d}' if hours else f'{minutes:d}:{secs:02d}'
+
+
+class ProgressBar:
+  """A one-line bar with ETA, drawn only when stderr is a terminal."""
+
+  def __init__(self, total_steps: int, first_step: int = 0, width: int = 30):
+    self.total = max(total_steps, 1)
+    self.first = first_step
+    self.width = width
+    self.start = time.time()
+    self.enabled = sys.stderr.isatty() and jax.process_index() == 0
+
+  def update(self, step: int, note: str = '') -> None:
+    if not self.enabled:
+      return
+    done = step - self.first
+    elapsed = time.time() - self.start
+    eta = elapsed / done * (self.total - step) if done > 0 else 0.0
+    filled = int(self.width * step / self.total)
+    bar = '#' * filled + '.' * (self.width - filled)
+    sys.stderr.write(f'\r[{bar}] {step}/{self.total} eta {_format_duration(eta)} {note}   ')
+    sys.stderr.flush()
+
+  def close(self) -> None:
+    if self.enabled:
+      sys.stderr.write('\n')
+      sys.stderr.flush()
+
+
+class Reporter:
+  """Writes scalars to TensorBoard (process 0 only) and concise console lines."""
+
+  def __init__(self, workdir: str):
+    self.is_lead = jax.process_index() == 0
+    self.writer = metric_writers.create_default_writer(workdir, just_logging=not self.is_lead,
+                                                       asynchronous=False)
+
+  def scalars(self, step: int, values: Mapping[str, Any]) -> None:
+    values = {k: float(np.asarray(v)) for k, v in values.items()}
+    self.writer.write_scalars(step, values)
+
+  def console(self, message: str) -> None:
+    if self.is_lead:
+      logging.info('%s', message)
+      print(message, flush=True)
+
+  def close(self) -> None:
+    self.writer.flush()
+    self.writer.close()
+
+
+def write_summary(workdir: str, summary: Dict[str, Any]) -> str:
+  path = os.path.join(workdir, 'summary.json')
+  if jax.process_index() == 0:
+    with open(path, 'w') as f:
+      json.dump(summary, f, indent=2, sort_keys=True, default=str)
+  return path
