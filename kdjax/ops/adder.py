@@ -15,10 +15,10 @@ Why it is laid out this way:
     materialised. The forward loops over input channels and adds, for every
     kernel tap, |x_c - F[i, j, c, :]| into the output accumulator (vectorised
     over output channels). The input gradient loops over output channels and
-    works on the input pixel grid: the output gradient is moved once to the
-    pixel each tap reads, so the clip reads X in place and the patch-to-pixel
-    scatter becomes a sum. Output channels go in chunks sized from
-    ``memory_budget_bytes``.
+    works on the input pixel grid, one stride phase at a time: the output
+    gradient is moved once to the pixel each tap reads, so the clip reads X in
+    place and the patch-to-pixel scatter becomes a sum. Output channels go in
+    chunks sized from ``memory_budget_bytes``.
   * The weight gradient uses the identity
         sum g * (X - F) = ConvWeightGrad(X, g) - F * sum(g),
     so the heavy part is an ordinary convolution weight gradient (matrix units)
@@ -81,8 +81,9 @@ def output_channel_chunk(batch: int, padded_hw: Tuple[int, int], taps: int,
                          out_channels: int, memory_budget_bytes: int) -> int:
   """Largest output-channel chunk whose backward working set fits the budget.
 
-  The input gradient keeps, per chunk, the output gradient scattered to the
-  padded input grid once per kernel tap: taps * N * Hp * Wp * chunk floats.
+  The input gradient keeps, per chunk, the output gradient placed on the
+  padded input grid once per kernel tap: at most taps * N * Hp * Wp * chunk
+  floats (less at stride > 1, where each phase holds only its own taps).
   """
   per_channel = taps * batch * padded_hw[0] * padded_hw[1] * 4
   return int(max(1, min(out_channels, memory_budget_bytes // max(per_channel, 1))))
@@ -94,18 +95,6 @@ def _tap(xp: jax.Array, i: int, j: int, out_hw: Tuple[int, int], strides: Tuple[
   (ho, wo), (sh, sw) = out_hw, strides
   return lax.slice(xp, (0, i, j, 0), (n, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c),
                    (1, sh, sw, 1))
-
-
-def _scatter_to_tap(a: jax.Array, i: int, j: int, padded_hw: Tuple[int, int],
-                    strides: Tuple[int, int]) -> jax.Array:
-  """Places an (N, Ho, Wo, K) map on the padded input grid where tap (i, j) reads.
-
-  The transpose of ``_tap``: zeros between strided positions and around them.
-  """
-  (_, ho, wo, _), (hp, wp), (sh, sw) = a.shape, padded_hw, strides
-  return lax.pad(a, jnp.zeros((), a.dtype),
-                 [(0, 0, 0), (i, hp - i - ((ho - 1) * sh + 1), sh - 1),
-                  (j, wp - j - ((wo - 1) * sw + 1), sw - 1), (0, 0, 0)])
 
 
 def _pad(x, pads):
@@ -141,30 +130,38 @@ def _adder_forward(x, kernel, strides, pads):
   return -lax.fori_loop(0, in_channels, add_channel, acc)
 
 
-def _input_grad(xp, kernel, g, strides, chunk):
-  """dL/dX_padded[p, c] = sum_{t, o} G_t[p, o] * clip(F[t, c, o] - X_padded[p, c]).
+def _phase_input_grad(xq, filters, g, offsets, chunk):
+  """Input gradient on one stride phase of the padded input.
 
-  G_t is the output gradient moved to the input pixel that tap t reads, so the
-  patch-to-pixel scatter becomes a plain sum and the clip reads X in place.
-  Output channels are processed ``chunk`` at a time (scan), and one at a time
-  inside a chunk (fori_loop), so the working set is taps * N * Hp * Wp * chunk.
+  xq: (N, Hq, Wq, C), the padded input pixels whose coordinates are congruent
+  to the phase modulo the strides; every tap of the phase reads xq at stride 1
+  from ``offsets[t]``. filters: (O, T, C) for those taps; g: (N, Ho, Wo, O).
+
+      dL/dxq[p, c] = sum_{t, o} G_t[p, o] * clip(F[t, c, o] - xq[p, c])
+
+  where G_t is g placed where tap t reads, so the patch-to-pixel scatter is a
+  sum and the clip reads x in place. Output channels run ``chunk`` at a time
+  (scan) and one at a time inside a chunk (fori_loop): the working set is
+  taps * N * Hq * Wq * chunk floats.
   """
-  kh, kw, in_channels, out_channels = kernel.shape
-  taps = kh * kw
-  padded_hw = xp.shape[1:3]
-  filters = jnp.moveaxis(kernel.reshape(taps, in_channels, out_channels), -1, 0)  # (O, T, C)
+  hq, wq = xq.shape[1:3]
+  out_channels = g.shape[-1]
+
+  def place(a, offset):
+    (_, ho, wo, _), (di, dj) = a.shape, offset
+    return lax.pad(a, jnp.zeros((), a.dtype),
+                   [(0, 0, 0), (di, hq - di - ho, 0), (dj, wq - dj - wo, 0), (0, 0, 0)])
 
   def chunk_grad(acc, chunk_in):
     g_chunk, f_chunk = chunk_in  # (N, Ho, Wo, oc), (oc, T, C)
-    scattered = jnp.stack([_scatter_to_tap(g_chunk, i, j, padded_hw, strides)
-                           for i in range(kh) for j in range(kw)])  # (T, N, Hp, Wp, oc)
-    scattered = jnp.moveaxis(scattered, -1, 0)  # (oc, T, N, Hp, Wp)
+    placed = jnp.stack([place(g_chunk, offset) for offset in offsets])  # (T, N, Hq, Wq, oc)
+    placed = jnp.moveaxis(placed, -1, 0)  # (oc, T, N, Hq, Wq)
 
     def add_out_channel(o, acc):
-      g_o = lax.dynamic_index_in_dim(scattered, o, 0, keepdims=False)
+      g_o = lax.dynamic_index_in_dim(placed, o, 0, keepdims=False)
       f_o = lax.dynamic_index_in_dim(f_chunk, o, 0, keepdims=False)
-      for t in range(taps):
-        acc = acc + g_o[t][..., None] * jnp.clip(f_o[t] - xp, -1.0, 1.0)
+      for t in range(len(offsets)):
+        acc = acc + g_o[t][..., None] * jnp.clip(f_o[t] - xq, -1.0, 1.0)
       return acc
 
     return lax.fori_loop(0, g_chunk.shape[-1], add_out_channel, acc), None
@@ -176,8 +173,33 @@ def _input_grad(xp, kernel, g, strides, chunk):
   filters = jnp.pad(filters, ((0, extra), (0, 0), (0, 0)))
   g_chunks = jnp.moveaxis(g.reshape(g.shape[:3] + (num_chunks, chunk)), 3, 0)
   f_chunks = filters.reshape((num_chunks, chunk) + filters.shape[1:])
-  acc, _ = lax.scan(chunk_grad, jnp.zeros_like(xp), (g_chunks, f_chunks))
+  acc, _ = lax.scan(chunk_grad, jnp.zeros_like(xq), (g_chunks, f_chunks))
   return acc
+
+
+def _input_grad(xp, kernel, g, strides, chunk):
+  """dL/dX on the padded grid, one stride phase at a time.
+
+  At stride s, tap (i, j) only ever reads pixels congruent to (i mod sh,
+  j mod sw); splitting the grid into those sh * sw phases keeps the work at
+  taps * pixels / (sh * sw) instead of taps * pixels.
+  """
+  kh, kw, in_channels, out_channels = kernel.shape
+  (sh, sw), (hp, wp) = strides, xp.shape[1:3]
+  filters = jnp.moveaxis(kernel.reshape(kh * kw, in_channels, out_channels), -1, 0)  # (O, T, C)
+  dxp = jnp.zeros_like(xp)
+  for a in range(min(sh, kh)):
+    for b in range(min(sw, kw)):
+      taps = [(i, j) for i in range(a, kh, sh) for j in range(b, kw, sw)]
+      xq = xp[:, a::sh, b::sw, :]
+      phase_filters = filters[:, [i * kw + j for i, j in taps], :]
+      offsets = [(i // sh, j // sw) for i, j in taps]
+      dxq = _phase_input_grad(xq, phase_filters, g, offsets, chunk)
+      hq, wq = dxq.shape[1:3]
+      dxp = dxp + lax.pad(dxq, jnp.zeros((), dxq.dtype),
+                          [(0, 0, 0), (a, hp - a - ((hq - 1) * sh + 1), sh - 1),
+                           (b, wp - b - ((wq - 1) * sw + 1), sw - 1), (0, 0, 0)])
+  return dxp
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
