@@ -1,0 +1,66 @@
+"""CNN / AdderNet model zoo with named distillation features.
+
+Build models by name::
+
+  model = kdjax.models.build_model('resnet20', conv_type='adder', num_classes=100)
+  variables = model.init(rng, images, train=False)
+  (logits, features), updates = model.apply(variables, images, train=True,
+                                            mutable=['batch_stats'])
+  logits, features = model.apply(variables, images, train=False)
+
+Families (one definition each; ``available_models()`` lists the names):
+  CIFAR ResNet   resnet8/20/32/56/110, resnet8x4/32x4       (cifar_resnet.py)
+  Wide ResNet    wrn16_2, wrn16_4, wrn28_2, wrn28_4, wrn40_2 (wide_resnet.py)
+  ImageNet ResNet resnet18/34/50/101/152, ``stride_in_1x1``   (imagenet_resnet.py)
+  MobileNet-v1   mobilenet_v1                                (mobilenet.py)
+  EKD student    ekd_student: shared stem, K branches        (ekd_student.py)
+
+Every conv is a ``ConvOrAdder`` (layers.py). conv_type='adder' follows
+AdderNet (SPEC section 1): the stem conv and the classifier stay
+multiplicative, every other conv (1x1 projection shortcuts and depthwise convs
+included) is an adder with N(0, 1) filters followed by a BN, the classifier has
+no bias and is followed by a BN over the logits ('logit_bn'). BN gamma = 1,
+beta = 0 at init. conv_type='conv' is the reference CNN (no logit BN). Any
+input size of at least the model's total stride works (global average pooling;
+e.g. 28x28x1 MNIST with the CIFAR ResNets); ``check_input_size`` tells.
+
+Output contract of every model: ``(logits, features)``, ``logits`` (B,
+num_classes), ``features`` a dict with exactly these keys:
+
+  'stages': tuple, one dict per distillation stage (CIFAR ResNet, WRN: 3;
+      ImageNet ResNet: 4 = layer1..4; MobileNet-v1: 4 = blocks 3, 5, 11, 13;
+      EKD student: one per shared trunk stage, possibly empty). Each dict:
+    'preact' (B, H, W, C): the pre-ReLU feature at the OFD position.
+        Post-activation ResNets: the stage's last block output before its final
+        ReLU, bn(conv) + shortcut. WRN: the next stage's first BN applied to
+        the stage output, and the final BN for the last stage. MobileNet: the
+        pointwise BN output.
+    'bn_scale', 'bn_bias' (C,): scale and bias params of the BN that produces
+        'preact' (ResNets: the last BN of the stage's last block, as OFD's
+        get_bn_before_relu), for the OFD margins.
+    'raw' (B, H, W, C): pre-BN output of the stage's last conv/adder (PKKD).
+    'patch_energy' (B, H, W, 1) float32: ||x_p||^2 of that layer's input patches.
+    'filter_sq_norm' (C,) float32: ||f_o||^2 of that layer's filters.
+  'pooled' (B, D): global-average-pooled penultimate features.
+  EKD student only:
+    'branch_logits' (K, B, num_classes), 'branch_pooled' (K, B, D_branch);
+    logits = mean over branches; 'pooled' is the (B, K * D_branch)
+    concatenation of the branches.
+
+Unused features cost nothing under jit (dead-code elimination).
+"""
+
+from kdjax.models.cifar_resnet import CifarResNet
+from kdjax.models.ekd_student import EKDStudent
+from kdjax.models.imagenet_resnet import ImageNetResNet
+from kdjax.models.layers import CONV_TYPES, ConvOrAdder, adder_kernel_mask
+from kdjax.models.mobilenet import MobileNetV1
+from kdjax.models.registry import (available_models, build_model, check_input_size,
+                                   min_image_size, model_spec)
+from kdjax.models.wide_resnet import WideResNet
+
+__all__ = [
+    'CONV_TYPES', 'CifarResNet', 'ConvOrAdder', 'EKDStudent', 'ImageNetResNet', 'MobileNetV1',
+    'WideResNet', 'adder_kernel_mask', 'available_models', 'build_model', 'check_input_size',
+    'min_image_size', 'model_spec',
+]
