@@ -1,0 +1,216 @@
+"""Per-example image preprocessing: the papers' augmentation recipes.
+
+Every random choice is a `tf.image.stateless_*` op keyed by a per-example seed
+that the pipeline derives from (seed, epoch, example index). An example's
+augmentation is therefore a pure function of those three numbers, whatever the
+batch, process count or resume point, which is what makes mid-epoch resumption
+reproduce the original batches.
+
+Images are uint8 (or float in [0, 255] after a resize) until `normalize`.
+"""
+
+import dataclasses
+
+import tensorflow as tf
+
+PAD_CROP = 'pad_crop'
+INCEPTION_CROP = 'inception_crop'
+NO_AUGMENT = 'none'
+
+
+@dataclasses.dataclass(frozen=True)
+class Augment:
+  """A training augmentation recipe.
+
+  Attributes:
+    kind: 'none'; 'pad_crop' (pad, then random crop back to the input size:
+      CIFAR, MNIST); or 'inception_crop' (random-resized-crop to the input
+      size: ImageNet).
+    pad: pixels added on each side for 'pad_crop'.
+    padding_mode: 'constant' (zeros, i.e. black before normalization, as in
+      AdderNet and RepDistiller) or 'reflect' (OFD) for 'pad_crop'.
+    flip: random horizontal flip with probability 1/2.
+    area_range: crop area as a fraction of the image, for 'inception_crop'
+      (torchvision RandomResizedCrop's scale).
+    aspect_ratio_range: crop width/height range for 'inception_crop'. Sampled
+      uniformly by TF (torchvision samples log-uniformly; the difference is
+      small and documented here as ours).
+  """
+  kind: str = NO_AUGMENT
+  pad: int = 0
+  padding_mode: str = 'constant'
+  flip: bool = False
+  area_range: tuple[float, float] = (0.08, 1.0)
+  aspect_ratio_range: tuple[float, float] = (3 / 4, 4 / 3)
+
+  def __post_init__(self):
+    if self.kind not in (NO_AUGMENT, PAD_CROP, INCEPTION_CROP):
+      raise ValueError(f'Unknown augmentation kind {self.kind!r}.')
+    if self.padding_mode not in ('constant', 'reflect'):
+      raise ValueError(
+          f"padding_mode must be 'constant' or 'reflect', got "
+          f'{self.padding_mode!r}.')
+    if self.pad < 0:
+      raise ValueError(f'pad must be >= 0, got {self.pad}.')
+
+
+# Named recipes, the values configs use for `build_input(augment=...)`.
+AUGMENTATIONS = {
+    'none': Augment(),
+    # AdderNet / RepDistiller: RandomCrop(32, padding=4) + flip, zero padding.
+    'cifar': Augment(PAD_CROP, pad=4, padding_mode='constant', flip=True),
+    # OFD (clovaai/overhaul-distillation): reflect padding.
+    'cifar_reflect': Augment(PAD_CROP, pad=4, padding_mode='reflect',
+                             flip=True),
+    # Digits are not mirror-symmetric: shift only.
+    'mnist': Augment(PAD_CROP, pad=2, padding_mode='constant', flip=False),
+    'imagenet': Augment(INCEPTION_CROP, flip=True),
+}
+
+
+def get_augment(augment: 'str | Augment | None') -> Augment:
+  """Resolves a recipe name (see `AUGMENTATIONS`) or passes an `Augment`."""
+  if augment is None or augment is False:
+    return AUGMENTATIONS['none']
+  if isinstance(augment, Augment):
+    return augment
+  try:
+    return AUGMENTATIONS[augment]
+  except KeyError:
+    raise ValueError(
+        f'Unknown augmentation {augment!r}; expected one of '
+        f'{sorted(AUGMENTATIONS)} or an Augment.') from None
+
+
+def pad_and_random_crop(image: tf.Tensor, seed: tf.Tensor, pad: int,
+                        padding_mode: str) -> tf.Tensor:
+  """Pads `pad` pixels per side, then crops a random window of the old size.
+
+  Offsets are uniform over the 2*pad+1 positions per axis, as in torchvision's
+  RandomCrop(size, padding=pad).
+  """
+  if pad == 0:
+    return image
+  padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]],
+                  mode=padding_mode.upper())
+  return tf.image.stateless_random_crop(padded, tf.shape(image), seed=seed)
+
+
+def random_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+  return tf.image.stateless_random_flip_left_right(image, seed=seed)
+
+
+def _sample_crop_window(image_shape: tf.Tensor, seed: tf.Tensor,
+                        area_range, aspect_ratio_range) -> tf.Tensor:
+  """Random-resized-crop window [y, x, h, w]; the whole image as fallback."""
+  begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+      image_shape,
+      bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]),
+      seed=seed,
+      min_object_covered=0.0,
+      aspect_ratio_range=aspect_ratio_range,
+      area_range=area_range,
+      max_attempts=10,
+      use_image_if_no_bounding_boxes=True)
+  return tf.stack([begin[0], begin[1], size[0], size[1]])
+
+
+def inception_crop(image: tf.Tensor, seed: tf.Tensor, size: int,
+                   area_range=(0.08, 1.0),
+                   aspect_ratio_range=(3 / 4, 4 / 3)) -> tf.Tensor:
+  """Random-resized-crop to (size, size); returns float32 in [0, 255].
+
+  Args:
+    image: a decoded (H, W, C) image, or an encoded JPEG string, which is then
+      decoded only inside the crop window (what makes ImageNet input fast).
+    seed: stateless seed, shape [2].
+    size: output side.
+    area_range: see `Augment`.
+    aspect_ratio_range: see `Augment`.
+  """
+  if image.dtype == tf.string:
+    shape = tf.image.extract_jpeg_shape(image)
+    window = _sample_crop_window(shape, seed, area_range, aspect_ratio_range)
+    cropped = tf.image.decode_and_crop_jpeg(image, window, channels=3)
+  else:
+    window = _sample_crop_window(tf.shape(image), seed, area_range,
+                                 aspect_ratio_range)
+    cropped = tf.slice(image, [window[0], window[1], 0],
+                       [window[2], window[3], -1])
+  return tf.image.resize(cropped, [size, size], method='bilinear',
+                         antialias=True)
+
+
+def resize_and_center_crop(image: tf.Tensor, size: int,
+                           resize_size: int) -> tf.Tensor:
+  """Resizes the short side to `resize_size`, then center-crops (size, size).
+
+  The ImageNet evaluation transform (Resize(256) + CenterCrop(224) at the
+  default size). Accepts an encoded JPEG or a decoded image; returns float32 in
+  [0, 255].
+  """
+  if image.dtype == tf.string:
+    image = tf.io.decode_jpeg(image, channels=3)
+  shape = tf.cast(tf.shape(image)[:2], tf.float32)
+  scale = resize_size / tf.reduce_min(shape)
+  new_shape = tf.cast(tf.round(shape * scale), tf.int32)
+  # Rounding can leave the short side one pixel under `size`.
+  new_shape = tf.maximum(new_shape, size)
+  image = tf.image.resize(image, new_shape, method='bilinear', antialias=True)
+  top = (new_shape[0] - size) // 2
+  left = (new_shape[1] - size) // 2
+  return tf.slice(image, [top, left, 0], [size, size, -1])
+
+
+def fit_to_size(image: tf.Tensor, size: int, method: str) -> tf.Tensor:
+  """Brings a fixed-size image to (size, size).
+
+  Args:
+    image: (H, W, C) image.
+    size: output side.
+    method: 'pad' centers the image on a zero canvas (MNIST 28 -> 32, the
+      LeNet convention) and falls back to resizing when shrinking; 'resize'
+      resizes bilinearly.
+  """
+  height, width = image.shape[0], image.shape[1]
+  if (height, width) == (size, size):
+    return image
+  if method == 'pad' and height <= size and width <= size:
+    top, left = (size - height) // 2, (size - width) // 2
+    return tf.image.pad_to_bounding_box(image, top, left, size, size)
+  return tf.image.resize(image, [size, size], method='bilinear',
+                         antialias=True)
+
+
+def augment_image(image: tf.Tensor, seed: tf.Tensor, augment: Augment,
+                  size: int) -> tf.Tensor:
+  """Applies a training recipe to one image.
+
+  Args:
+    image: decoded (size, size, C) image for 'pad_crop' and 'none'; decoded or
+      encoded JPEG of any size for 'inception_crop'.
+    seed: stateless per-example seed, shape [2].
+    augment: the recipe.
+    size: output side.
+
+  Returns:
+    (size, size, C) image, uint8 or float32 in [0, 255].
+  """
+  crop_seed, flip_seed = tf.unstack(
+      tf.random.experimental.stateless_split(seed, num=2))
+  if augment.kind == PAD_CROP:
+    image = pad_and_random_crop(image, crop_seed, augment.pad,
+                                augment.padding_mode)
+  elif augment.kind == INCEPTION_CROP:
+    image = inception_crop(image, crop_seed, size, augment.area_range,
+                           augment.aspect_ratio_range)
+  if augment.flip:
+    image = random_flip(image, flip_seed)
+  return image
+
+
+def normalize(image: tf.Tensor, mean, std) -> tf.Tensor:
+  """[0, 255] image -> float32 (x / 255 - mean) / std, per channel."""
+  mean = tf.constant(mean, tf.float32) * 255.0
+  std = tf.constant(std, tf.float32) * 255.0
+  return (tf.cast(image, tf.float32) - mean) / std
