@@ -25,7 +25,7 @@ def base_config(method: str) -> ml_collections.ConfigDict:
   config.dataset.train_split = 'train'
   config.dataset.eval_split = 'test'
   config.dataset.image_size = ml_collections.config_dict.placeholder(int)
-  config.dataset.augment = True
+  config.dataset.augment = 'default'  # or a recipe name: cifar, cifar_reflect, imagenet, mnist, none
   config.dataset.train_fraction = 1.0
 
   config.model = model('resnet20', 'conv')
@@ -35,8 +35,14 @@ def base_config(method: str) -> ml_collections.ConfigDict:
   return config
 
 
-def model(name: str, conv_type: str = 'conv', checkpoint_dir=None,
+def model(name: str, conv_type: str = 'conv', checkpoint_dir=None, pretrain_epochs: int = 0,
           **kwargs) -> ml_collections.ConfigDict:
+  """A model entry: the student, a co-trained teacher, or a frozen teacher.
+
+  Frozen teachers load from ``checkpoint_dir`` (a supervised run's workdir).
+  When it is unset and ``pretrain_epochs`` > 0, the trainer first trains the
+  teacher in-process with the run's data and optimizer (demos, studies).
+  """
   config = ml_collections.ConfigDict()
   config.name = name
   config.conv_type = conv_type
@@ -44,6 +50,7 @@ def model(name: str, conv_type: str = 'conv', checkpoint_dir=None,
   config.checkpoint_dir = ml_collections.config_dict.placeholder(str)
   if checkpoint_dir:
     config.checkpoint_dir = checkpoint_dir
+  config.pretrain_epochs = pretrain_epochs
   return config
 
 

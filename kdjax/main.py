@@ -51,6 +51,9 @@ def main(argv):
   tf.config.set_visible_devices([], 'GPU')
   initialize_distributed()
   from kdjax.train import train  # pylint: disable=g-import-not-at-top
+  # Orbax logs every checkpoint step at INFO; --verbosity=0 brings that back.
+  if flags.FLAGS['verbosity'].using_default_value:
+    logging.set_verbosity(logging.WARNING)
   config, workdir = _CONFIG.value, _WORKDIR.value
   os.makedirs(workdir, exist_ok=True)
   logging.info('JAX %s, %d devices on %d processes', jax.__version__, jax.device_count(),

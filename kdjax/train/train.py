@@ -9,6 +9,7 @@ collectives, so BN statistics and gradients are over the global batch.
 from __future__ import annotations
 
 import functools
+import os
 import signal
 import time
 from typing import Any, Dict, Optional, Tuple
@@ -58,10 +59,10 @@ def build_inputs(config: ml_collections.ConfigDict):
   common = dict(seed=config.seed, data_dir=ds.get('data_dir'), image_size=ds.get('image_size'))
   train = kd_data.build_input(ds.name, ds.train_split, global_batch_size=config.batch_size,
                               train=True, train_fraction=ds.get('train_fraction', 1.0),
-                              augment=ds.get('augment', True), **common)
+                              augment=ds.get('augment', 'default'), **common)
   evaluation = kd_data.build_input(ds.name, ds.eval_split,
                                    global_batch_size=config.get('eval_batch_size') or
-                                   config.batch_size, train=False, augment=False, **common)
+                                   config.batch_size, train=False, **common)
   return train, evaluation
 
 
@@ -191,9 +192,41 @@ def _build(config, workdir):
   return mesh, train_source, eval_source, method, frozen, sample
 
 
+def frozen_teacher_configs(config: ml_collections.ConfigDict):
+  """The model entries of the teachers this run restores rather than trains."""
+  if config.method in ('kd', 'ofd'):
+    return [config.teacher]
+  if config.method == 'pkkd' and config.pkkd.teacher_mode == 'frozen':
+    return [config.teacher]
+  if config.method == 'ekd':
+    return list(config.teachers)
+  return []
+
+
+def pretrain_teachers(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Trains, in-process, each frozen teacher that has no checkpoint_dir but pretrain_epochs.
+
+  Each teacher is an ordinary supervised run in ``workdir/teachers/<i>_<name>``
+  (so it resumes too); its workdir becomes the teacher's checkpoint_dir.
+  """
+  for i, teacher in enumerate(frozen_teacher_configs(config)):
+    if teacher.get('checkpoint_dir') or not teacher.get('pretrain_epochs', 0):
+      continue
+    sub = ml_collections.ConfigDict(config.to_dict())
+    sub.method = 'supervised'
+    sub.model = ml_collections.ConfigDict(teacher.to_dict())
+    sub.num_epochs = teacher.pretrain_epochs
+    sub.max_steps = -1
+    teacher_dir = os.path.join(workdir, 'teachers', f'{i}_{teacher.name}')
+    logging.info('Pre-training teacher %d (%s) in %s', i, teacher.name, teacher_dir)
+    train_and_evaluate(sub, teacher_dir)
+    teacher.checkpoint_dir = teacher_dir
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   """Trains ``config.method`` and returns the summary also written to summary.json."""
   started = time.time()
+  pretrain_teachers(config, workdir)
   # -- Mesh, data --------------------------------------------------------
   mesh, train_source, eval_source, method, frozen, sample = _build(config, workdir)
   replicated = NamedSharding(mesh, P())

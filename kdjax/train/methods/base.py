@@ -50,7 +50,7 @@ def build_zoo_model(model_config: ml_collections.ConfigDict, num_classes: int,
   kwargs = dict(model_config.get('kwargs', None) or {})
   model = models.build_model(model_config.name, conv_type=model_config.get('conv_type', 'conv'),
                              num_classes=num_classes, **kwargs)
-  models.check_input_size(model_config.name, tuple(image_shape), **kwargs)
+  models.check_input_size(model_config.name, tuple(image_shape[:2]), **kwargs)
   return model
 
 
