@@ -10,6 +10,7 @@ def base_config(method: str) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.method = method
   config.seed = 0
+  config.num_devices = 0  # 0: every device; n: the first n (single process).
   config.batch_size = 128
   config.eval_batch_size = 0  # 0: same as batch_size.
   config.num_epochs = 1

@@ -273,3 +273,19 @@ def test_errors():
     adder_conv(x, jnp.zeros((3, 3, 3, 4)), 0)
   with pytest.raises(ValueError, match="NHWC"):
     adder_conv(jnp.zeros((4, 4, 3)), jnp.zeros((3, 3, 3, 4)))
+
+
+def test_numpy_integer_strides_and_padding():
+  rng = np.random.default_rng(7)
+  x = rng.normal(size=(1, 5, 6, 2)).astype(np.float32)
+  f = rng.normal(size=(3, 3, 2, 3)).astype(np.float32)
+  g = np.zeros((1, 3, 3, 3), np.float32)
+  expected, _, _ = reference_adder(x, f, g, 2, 1)
+  y = adder_conv(x, f, np.int64(2), np.int32(1))
+  np.testing.assert_allclose(np.asarray(y), expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("padding", [-1, ((2, -1), (0, 0)), True, (1.5, 1), "SAME2"])
+def test_bad_padding_is_a_clear_error(padding):
+  with pytest.raises(ValueError, match="adder_conv: .*padding"):
+    adder_conv(jnp.zeros((1, 5, 5, 2)), jnp.zeros((3, 3, 2, 3)), 1, padding)

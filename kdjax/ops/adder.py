@@ -36,6 +36,7 @@ from typing import Sequence, Tuple, Union
 import jax
 import jax.numpy as jnp
 from jax import lax
+import numpy as np
 
 PaddingLike = Union[str, int, Sequence[Tuple[int, int]], Sequence[int]]
 Pads = Tuple[Tuple[int, int], Tuple[int, int]]
@@ -44,13 +45,22 @@ Pads = Tuple[Tuple[int, int], Tuple[int, int]]
 DEFAULT_MEMORY_BUDGET_BYTES = 256 * 1024 * 1024
 
 
+def _is_int(value) -> bool:
+  # NumPy integers count; bools do not (True would silently mean 1).
+  return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
 def normalize_strides(strides: Union[int, Sequence[int]]) -> Tuple[int, int]:
-  if isinstance(strides, int):
+  if _is_int(strides):
     strides = (strides, strides)
-  strides = tuple(int(s) for s in strides)
-  if len(strides) != 2 or min(strides) < 1:
-    raise ValueError(f"adder_conv: strides must be a positive int or a pair, got {strides!r}")
-  return strides
+  try:
+    ok = len(strides) == 2 and all(_is_int(s) and s >= 1 for s in strides)
+  except TypeError:
+    ok = False
+  if not ok:
+    raise ValueError(f"adder_conv: strides must be a positive int or a pair of them, "
+                     f"got {strides!r}")
+  return tuple(int(s) for s in strides)
 
 
 def normalize_padding(padding: PaddingLike, in_hw: Sequence[int], kernel_hw: Sequence[int],
@@ -67,14 +77,26 @@ def normalize_padding(padding: PaddingLike, in_hw: Sequence[int], kernel_hw: Seq
       raise ValueError(f"adder_conv: padding must be 'SAME', 'VALID', an int or (low, high) pairs, "
                        f"got {padding!r}")
     return tuple(tuple(p) for p in lax.padtype_to_pads(in_hw, kernel_hw, strides, mode))
-  if isinstance(padding, int):
-    return ((padding, padding), (padding, padding))
-  padding = tuple(padding)
-  if len(padding) == 2 and all(isinstance(p, int) for p in padding):
-    return ((padding[0], padding[0]), (padding[1], padding[1]))
-  if len(padding) == 2 and all(len(p) == 2 for p in padding):
-    return tuple((int(lo), int(hi)) for lo, hi in padding)
-  raise ValueError(f"adder_conv: cannot read padding {padding!r}")
+  pads = None
+  if _is_int(padding):
+    pads = ((padding, padding), (padding, padding))
+  else:
+    try:
+      padding = tuple(padding)
+      if len(padding) == 2 and all(_is_int(p) for p in padding):
+        pads = ((padding[0], padding[0]), (padding[1], padding[1]))
+      elif len(padding) == 2 and all(len(p) == 2 and all(_is_int(v) for v in p)
+                                     for p in padding):
+        pads = tuple(tuple(p) for p in padding)
+    except TypeError:
+      pads = None
+  if pads is None:
+    raise ValueError(f"adder_conv: cannot read padding {padding!r}; expected 'SAME', 'VALID', "
+                     "an int, a pair of ints, or ((top, bottom), (left, right))")
+  if min(min(p) for p in pads) < 0:
+    raise ValueError(f"adder_conv: padding must be non-negative (zero padding takes part in "
+                     f"the sum; crop the input instead), got {padding!r}")
+  return tuple((int(lo), int(hi)) for lo, hi in pads)
 
 
 def output_channel_chunk(batch: int, padded_hw: Tuple[int, int], taps: int,

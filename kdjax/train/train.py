@@ -37,13 +37,23 @@ class NonFiniteLossError(FloatingPointError):
 
 # ---------------------------------------------------------------- mesh
 
-def make_mesh() -> jax.sharding.Mesh:
-  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+def mesh_devices(config: ml_collections.ConfigDict):
+  """All devices, or the first ``config.num_devices`` (single-process runs only)."""
+  devices = jax.devices()
+  wanted = config.get('num_devices', 0) or len(devices)
+  if wanted > len(devices) or (wanted != len(devices) and jax.process_count() > 1):
+    raise ValueError(f'config.num_devices={wanted}, but {len(devices)} devices are visible '
+                     f'to {jax.process_count()} process(es); use 0 for all of them.')
+  return devices[:wanted]
 
 
-def check_batch_size(global_batch: int, what: str = 'batch_size') -> None:
-  devices, processes = jax.device_count(), jax.process_count()
+def make_mesh(devices) -> jax.sharding.Mesh:
+  return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=devices)
+
+
+def check_batch_size(global_batch: int, devices: int, what: str = 'batch_size') -> None:
+  processes = jax.process_count()
   if global_batch % devices:
     raise ValueError(f'config.{what}={global_batch} is not divisible by the {devices} devices '
                      f'of the mesh; use a multiple of {devices}.')
@@ -181,9 +191,11 @@ class _Preemption:
 def _build(config, workdir):
   """Everything both train and eval need."""
   del workdir
-  check_batch_size(config.batch_size)
-  check_batch_size(config.get('eval_batch_size') or config.batch_size, 'eval_batch_size')
-  mesh = make_mesh()
+  devices = mesh_devices(config)
+  check_batch_size(config.batch_size, len(devices))
+  check_batch_size(config.get('eval_batch_size') or config.batch_size, len(devices),
+                   'eval_batch_size')
+  mesh = make_mesh(devices)
   train_source, eval_source = build_inputs(config)
   method = build_method(config, num_classes=train_source.num_classes,
                         image_shape=train_source.image_shape)
@@ -265,7 +277,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     reporter.console(f'{config.method}: student {model_meta["name"]}/{model_meta["conv_type"]} '
                      f'mults={ops["multiplications"]:,} adds={ops["additions"]:,}; '
                      f'{steps_per_epoch} steps/epoch, {total_steps} steps, '
-                     f'{jax.device_count()} devices, {jax.process_count()} processes')
+                     f'{mesh.size} devices, {jax.process_count()} processes')
 
     def save(step, force=False):
       epoch, step_in_epoch = divmod(step, steps_per_epoch)
@@ -322,7 +334,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
           progress.close()
           reporter.console(f'epoch {step / steps_per_epoch:.2f} step {step}: ' + ', '.join(
               f'{k} {100 * v:.2f}%' for k, v in eval_results.items()))
-    if not preempted:
+    if not preempted and ckpt.latest_step() != step:
       save(step, force=True)
     ckpt.close()
     reporter.close()
@@ -331,7 +343,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       'method': config.method, 'preempted': preempted, 'steps': step,
       'epochs': step / steps_per_epoch, 'eval_accuracy': eval_results, 'history': history,
       'skipped_nonfinite_batches': skipped, 'wall_seconds': time.time() - started,
-      'student_ops': ops, 'devices': jax.device_count(), 'processes': jax.process_count(),
+      'student_ops': ops, 'devices': mesh.size, 'processes': jax.process_count(),
       'config': config.to_dict(),
   }
   reporting.write_summary(workdir, summary)
