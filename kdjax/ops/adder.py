@@ -162,9 +162,9 @@ def _phase_input_grad(xq, filters, g, offsets, chunk):
       dL/dxq[p, c] = sum_{t, o} G_t[p, o] * clip(F[t, c, o] - xq[p, c])
 
   where G_t is g placed where tap t reads, so the patch-to-pixel scatter is a
-  sum and the clip reads x in place. Output channels run ``chunk`` at a time
-  (scan) and one at a time inside a chunk (fori_loop): the working set is
-  taps * N * Hq * Wq * chunk floats.
+  sum and the clip reads x in place. Output channels run ``chunk`` at a time,
+  and (output channel, tap) pairs one at a time inside a chunk: the working
+  set is taps * N * Hq * Wq * chunk floats.
   """
   hq, wq = xq.shape[1:3]
   out_channels = g.shape[-1]
@@ -179,14 +179,16 @@ def _phase_input_grad(xq, filters, g, offsets, chunk):
     placed = jnp.stack([place(g_chunk, offset) for offset in offsets])  # (T, N, Hq, Wq, oc)
     placed = jnp.moveaxis(placed, -1, 0)  # (oc, T, N, Hq, Wq)
 
-    def add_out_channel(o, acc):
-      g_o = lax.dynamic_index_in_dim(placed, o, 0, keepdims=False)
-      f_o = lax.dynamic_index_in_dim(f_chunk, o, 0, keepdims=False)
-      for t in range(len(offsets)):
-        acc = acc + g_o[t][..., None] * jnp.clip(f_o[t] - xq, -1.0, 1.0)
-      return acc
+    # One (output channel, tap) pair per scan step: XLA CPU fuses a single
+    # broadcast-multiply-add into a fast vectorised loop, while several taps
+    # in one step made a fusion that ran ~4x slower per tap (measured).
+    pairs = placed.reshape((-1,) + placed.shape[2:]), f_chunk.reshape(-1, f_chunk.shape[-1])
 
-    return lax.fori_loop(0, g_chunk.shape[-1], add_out_channel, acc), None
+    def add_pair(acc, pair):
+      g_ot, f_ot = pair  # (N, Hq, Wq), (C,)
+      return acc + g_ot[..., None] * jnp.clip(f_ot - xq, -1.0, 1.0), None
+
+    return lax.scan(add_pair, acc, pairs)[0], None
 
   num_chunks = -(-out_channels // chunk)
   extra = num_chunks * chunk - out_channels
