@@ -19,6 +19,10 @@ def base_config(method: str) -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 0  # 0: at the end of every epoch.
   config.keep_checkpoints = 3
   config.nonfinite = 'raise'  # or 'skip': drop a batch whose loss is NaN/Inf.
+  # > 0: before each eval, BN running statistics are recomputed over this many
+  # train batches with the current weights ("precise BN"); the saved state is
+  # unchanged. Off for paper presets; on for the short demo runs.
+  config.eval_bn_recalibration_batches = 0
 
   config.dataset = ml_collections.ConfigDict()
   config.dataset.name = 'mnist5k'
@@ -111,5 +115,6 @@ def demo_recipe(config: ml_collections.ConfigDict, epochs: int = 4) -> None:
   config.batch_size = 64
   config.num_epochs = epochs
   config.log_every_steps = 20
+  config.eval_bn_recalibration_batches = 10
   config.optimizer.update(learning_rate=0.05, momentum=0.9, nesterov=False, weight_decay=5e-4,
                           schedule='cosine')

@@ -24,6 +24,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from kdjax import data as kd_data
 from kdjax import opcount
 from kdjax import optim
+from kdjax.models.layers import BN_MOMENTUM
 from kdjax.train import checkpointing, reporting
 from kdjax.train.methods import build_method
 from kdjax.train.state import TrainState
@@ -145,6 +146,36 @@ def eval_step(method, state: TrainState, frozen, batch):
   correct = {name: jnp.sum((jnp.argmax(logits, -1) == batch['label']) * mask)
              for name, logits in heads.items()}
   return correct, jnp.sum(mask)
+
+
+def batch_stat_estimates(method, state: TrainState, frozen, batch):
+  """This batch's BN mean/var for every trainable BN, from one train-mode forward.
+
+  Every BN in kdjax updates running = m * running + (1 - m) * batch with
+  m = BN_MOMENTUM, so the batch statistics are recovered exactly from the
+  update the loss returns.
+  """
+  rng = jax.random.wrap_key_data(state.rng)
+  _, (new_stats, _) = method.loss(state.params, state.batch_stats, frozen, batch, rng)
+  m = BN_MOMENTUM
+  return jax.tree.map(lambda new, old: (new - m * old) / (1 - m), new_stats, state.batch_stats)
+
+
+def recalibrate_batch_stats(estimate_fn, state, frozen, train_source, sharding, num_batches):
+  """Replaces running BN statistics by their mean over ``num_batches`` train batches.
+
+  "Precise BN": with the current weights, instead of an average over weights
+  that kept changing. It matters for short runs of adder nets, whose BN inputs
+  move fast; the training state itself is left untouched.
+  """
+  total, count = None, 0
+  for batch in train_source.epoch(0):
+    stats = estimate_fn(state, frozen, to_global(batch, sharding))
+    total = stats if total is None else jax.tree.map(jnp.add, total, stats)
+    count += 1
+    if count == num_batches:
+      break
+  return state.replace(batch_stats=jax.tree.map(lambda t: t / count, total))
 
 
 def evaluate_heads(eval_fn, state, frozen, eval_source, sharding) -> Dict[str, float]:
@@ -270,6 +301,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                                         config.get('nonfinite', 'raise') == 'skip'),
                       donate_argnums=0)
     eval_fn = jax.jit(functools.partial(eval_step, method))
+    estimate_fn = jax.jit(functools.partial(batch_stat_estimates, method))
     reporter = reporting.Reporter(workdir)
     schedule = optim.build_schedule(optimizer_config(config, 'student'), steps_per_epoch)
     model_meta = {'name': config.model.name, 'conv_type': config.model.get('conv_type', 'conv')}
@@ -328,7 +360,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
             break
         epoch_done = step % steps_per_epoch == 0 or step >= total_steps
         if epoch_done and not preempted:
-          eval_results = evaluate_heads(eval_fn, state, frozen, eval_source, batch_sharding)
+          eval_state = state
+          if config.get('eval_bn_recalibration_batches', 0):
+            eval_state = recalibrate_batch_stats(
+                estimate_fn, state, frozen, train_source, batch_sharding,
+                config.eval_bn_recalibration_batches)
+          eval_results = evaluate_heads(eval_fn, eval_state, frozen, eval_source, batch_sharding)
           reporter.scalars(step, {f'eval_accuracy/{k}': v for k, v in eval_results.items()})
           history.append({'step': step, 'epoch': step / steps_per_epoch, **eval_results})
           progress.close()
