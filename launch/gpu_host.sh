@@ -1,0 +1,191 @@
+#!/usr/bin/env bash
+# Train kdjax on a single-GPU Linux host: venv, jax[cudaNN], one run, its summary.json.
+#
+#   launch/gpu_host.sh pkkd:cifar100_resnet20 workdir/pkkd_c100
+#   launch/gpu_host.sh --cuda=13 configs/kd.py:demo /tmp/kd_demo --config.num_epochs=2
+#   launch/gpu_host.sh --dry-run pkkd:demo /tmp/pkkd_demo     # print the commands only
+set -euo pipefail
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
+PROG="launch/gpu_host.sh"
+
+usage() {
+  cat <<EOF
+Usage: $PROG [options] CONFIG[:PRESET] WORKDIR [--config.KEY=VALUE ...] [-- more kdjax.main flags]
+
+Creates a venv (unless it exists), installs requirements.txt, kdjax (editable) and
+jax[cudaNN] at the jax version requirements.txt pins, checks that jax sees the GPU,
+runs python -m kdjax.main on CONFIG[:PRESET] with WORKDIR and prints WORKDIR/summary.json.
+Re-running the same command resumes from the newest checkpoint in WORKDIR.
+
+  CONFIG[:PRESET]     configs/pkkd.py:cifar100_resnet20, or pkkd:cifar100_resnet20
+  WORKDIR             checkpoints, TensorBoard events, summary.json
+
+Options (the environment variable in brackets is the default):
+  --cuda=12|13        [KDJAX_CUDA]   jax[cuda12] (driver >= 525) or jax[cuda13]
+                                     (driver >= 580); default 12
+  --venv=DIR          [KDJAX_VENV]   virtual environment (default <repo>/.venv)
+  --python=EXE        [KDJAX_PYTHON] Python >= 3.11 that creates the venv (default python3)
+  --data-dir=DIR      [TFDS_DATA_DIR] tfds data dir (--config.dataset.data_dir)
+  --mode=train|eval                  kdjax.main --mode (default train)
+  --skip-install                     use the venv as it is
+  --dry-run           [DRY_RUN=1]    print the commands instead of running them
+  -h, --help                         this message
+EOF
+}
+
+die() {
+  echo "$PROG: $*" >&2
+  echo "Run '$PROG --help' for usage." >&2
+  exit 2
+}
+
+# Quotes one word for a POSIX shell, leaving plain words readable.
+quote() {
+  local s="$1"
+  if [[ -n "$s" && "$s" =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then
+    printf '%s' "$s"
+  else
+    printf "'%s'" "${s//\'/\'\\\'\'}"
+  fi
+}
+
+quote_all() {
+  local out="" word
+  for word in "$@"; do
+    out+="${out:+ }$(quote "$word")"
+  done
+  printf '%s' "$out"
+}
+
+# Runs a command, or prints it under --dry-run.
+run() {
+  if [[ "$DRY_RUN" == 1 ]]; then
+    echo "+ $(quote_all "$@")"
+  else
+    echo "+ $(quote_all "$@")" >&2
+    "$@"
+  fi
+}
+
+# The version specifier of jax in requirements.txt, e.g. ">=0.10.2,<0.11".
+jax_spec() {
+  local requirements="$1" spec
+  [[ -f "$requirements" ]] || die "no $requirements to read the jax version from"
+  spec="$(sed -n -E 's/^[[:space:]]*jax(\[[^]]*\])?[[:space:]]*([<>=!~][^;#[:space:]]*).*/\2/p' \
+    "$requirements" | head -n 1)"
+  [[ -n "$spec" ]] || die "no jax version specifier (jax[...]>=X) in $requirements"
+  printf '%s' "$spec"
+}
+
+# configs/pkkd.py:demo, pkkd:demo and pkkd.py:demo all mean configs/pkkd.py:demo.
+normalize_config() {
+  local config="$1" file preset=""
+  file="${config%%:*}"
+  [[ "$config" == *:* ]] && preset=":${config#*:}"
+  [[ "$file" == */* ]] || file="configs/$file"
+  [[ "$file" == *.py ]] || file="$file.py"
+  printf '%s%s' "$file" "$preset"
+}
+
+CUDA="${KDJAX_CUDA:-12}"
+VENV="${KDJAX_VENV:-$REPO_ROOT/.venv}"
+PYTHON="${KDJAX_PYTHON:-python3}"
+DATA_DIR="${TFDS_DATA_DIR:-}"
+MODE="train"
+SKIP_INSTALL=0
+DRY_RUN="${DRY_RUN:-0}"
+POSITIONAL=()
+EXTRA=()
+
+need_value() {
+  [[ $# -ge 2 && -n "$2" ]] || die "option $1 needs a value"
+}
+
+while [[ $# -gt 0 ]]; do
+  arg="$1"
+  if [[ "$arg" == --*=* && "$arg" != --config.* ]]; then
+    opt="${arg%%=*}"
+    val="${arg#*=}"
+    shift
+    [[ -n "$val" ]] || die "option $opt needs a value"
+    set -- "$opt" "$val" "$@"
+    continue
+  fi
+  case "$arg" in
+    -h|--help) usage; exit 0 ;;
+    --cuda) need_value "$@"; CUDA="$2"; shift 2 ;;
+    --venv) need_value "$@"; VENV="$2"; shift 2 ;;
+    --python) need_value "$@"; PYTHON="$2"; shift 2 ;;
+    --data-dir) need_value "$@"; DATA_DIR="$2"; shift 2 ;;
+    --mode) need_value "$@"; MODE="$2"; shift 2 ;;
+    --skip-install) SKIP_INSTALL=1; shift ;;
+    --dry-run) DRY_RUN=1; shift ;;
+    --config.*) EXTRA+=("$arg"); shift ;;
+    --)
+      shift
+      # --dry-run is never meant for kdjax.main: honour it even here.
+      for arg in "$@"; do
+        if [[ "$arg" == --dry-run ]]; then DRY_RUN=1; else EXTRA+=("$arg"); fi
+      done
+      break ;;
+    -*) die "unknown option: $arg" ;;
+    *) POSITIONAL+=("$arg"); shift ;;
+  esac
+done
+
+[[ ${#POSITIONAL[@]} -eq 2 ]] || { usage >&2; exit 2; }
+CONFIG="$(normalize_config "${POSITIONAL[0]}")"
+WORKDIR="${POSITIONAL[1]}"
+case "$CUDA" in 12|13) ;; *) die "--cuda must be 12 or 13, got: $CUDA" ;; esac
+case "$MODE" in train|eval) ;; *) die "--mode must be train or eval, got: $MODE" ;; esac
+[[ -f "$REPO_ROOT/${CONFIG%%:*}" ]] || die "no config file ${CONFIG%%:*} in $REPO_ROOT"
+# kdjax.main runs in the repository root: make a relative workdir relative to the caller.
+if [[ "$WORKDIR" != /* && "$WORKDIR" != *://* ]]; then
+  WORKDIR="$PWD/$WORKDIR"
+fi
+
+JAX_SPEC="$(jax_spec "$REPO_ROOT/requirements.txt")"
+VENV_PYTHON="$VENV/bin/python"
+
+if [[ "$SKIP_INSTALL" != 1 ]]; then
+  if [[ "$DRY_RUN" != 1 ]]; then
+    command -v "$PYTHON" >/dev/null || die "no $PYTHON on this host; give --python=python3.11"
+    "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
+      die "$PYTHON is Python $("$PYTHON" -c 'import platform; print(platform.python_version())'); kdjax needs >= 3.11 (--python=...)"
+    if command -v nvidia-smi >/dev/null; then
+      nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >&2 || true
+    else
+      echo "$PROG: warning: no nvidia-smi; is the NVIDIA driver installed?" >&2
+    fi
+  fi
+  if [[ ! -x "$VENV_PYTHON" ]]; then
+    run "$PYTHON" -m venv "$VENV"
+  fi
+  run "$VENV_PYTHON" -m pip install -q --upgrade pip
+  run "$VENV_PYTHON" -m pip install -q -r "$REPO_ROOT/requirements.txt" -e "$REPO_ROOT"
+  run "$VENV_PYTHON" -m pip install -q "jax[cuda$CUDA]$JAX_SPEC"
+  run "$VENV_PYTHON" -c 'import jax, sys; print("jax", jax.__version__, jax.devices()); sys.exit(None if jax.default_backend() == "gpu" else "jax sees no GPU: check the driver and --cuda")'
+fi
+
+TRAIN=("$VENV_PYTHON" -m kdjax.main "--config=$CONFIG" "--workdir=$WORKDIR")
+[[ -n "$DATA_DIR" ]] && TRAIN+=("--config.dataset.data_dir=$DATA_DIR")
+[[ "$MODE" != train ]] && TRAIN+=("--mode=$MODE")
+TRAIN+=(${EXTRA[@]+"${EXTRA[@]}"})
+
+if [[ "$DRY_RUN" == 1 ]]; then
+  echo "+ cd $(quote "$REPO_ROOT")"
+else
+  cd "$REPO_ROOT"
+fi
+run "${TRAIN[@]}"
+
+# Evaluation prints its result; training also leaves summary.json.
+if [[ "$MODE" == train ]]; then
+  if [[ "$WORKDIR" == gs://* ]]; then
+    run gcloud storage cat "$WORKDIR/summary.json"
+  else
+    run cat "$WORKDIR/summary.json"
+  fi
+fi
