@@ -13,6 +13,7 @@ import json
 import os
 
 from absl import app
+from etils import epath
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
@@ -55,7 +56,7 @@ def main(argv):
   if flags.FLAGS['verbosity'].using_default_value:
     logging.set_verbosity(logging.WARNING)
   config, workdir = _CONFIG.value, _WORKDIR.value
-  os.makedirs(workdir, exist_ok=True)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # Also gs:// paths.
   logging.info('JAX %s, %d devices on %d processes', jax.__version__, jax.device_count(),
                jax.process_count())
   if _MODE.value == 'eval':

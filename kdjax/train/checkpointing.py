@@ -12,6 +12,7 @@ import os
 from typing import Any, Dict, Optional, Tuple
 
 from absl import logging
+from etils import epath
 import jax
 import orbax.checkpoint as ocp
 
@@ -24,18 +25,21 @@ class CheckpointError(RuntimeError):
   """A checkpoint that is missing, unreadable, or of another architecture."""
 
 
-def checkpoint_dir(path: str) -> str:
-  """Accepts a run's workdir or its checkpoints/ directory."""
-  path = os.fspath(path)
-  sub = os.path.join(path, CHECKPOINT_SUBDIR)
-  return sub if os.path.isdir(sub) else path
+def checkpoint_dir(path: str) -> epath.Path:
+  """Accepts a run's workdir or its checkpoints/ directory (local or gs://)."""
+  path = epath.Path(path)
+  sub = path / CHECKPOINT_SUBDIR
+  return sub if sub.is_dir() else path
 
 
 class RunCheckpointer:
   """Saves and restores one run's TrainState plus its JSON metadata."""
 
   def __init__(self, workdir: str, *, max_to_keep: int = 3, async_save: bool = True):
-    self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_SUBDIR)
+    workdir = epath.Path(workdir)
+    if '://' not in os.fspath(workdir):
+      workdir = workdir.absolute()
+    self.directory = workdir / CHECKPOINT_SUBDIR
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                            enable_async_checkpointing=async_save)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
@@ -102,14 +106,14 @@ def restore_teacher(path: str, expected: Dict[str, Any], abstract_params: PyTree
     CheckpointError: no checkpoint there, or one of another architecture.
   """
   directory = checkpoint_dir(path)
-  if not os.path.isdir(directory):
+  if not directory.is_dir():
     raise CheckpointError(
         f'Teacher checkpoint directory {path!r} does not exist. Train the teacher first, e.g. '
         f'python -m kdjax.main --config=configs/supervised.py:<preset> --workdir={path}')
   manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
   step = manager.latest_step()
   if step is None:
-    raise CheckpointError(f'Teacher checkpoint directory {directory!r} holds no checkpoint.')
+    raise CheckpointError(f'Teacher checkpoint directory '{directory}' holds no checkpoint.')
   meta = dict(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta'])
   trained = {k: meta.get('model', {}).get(k) for k in ('name', 'conv_type')}
   trained['num_classes'] = meta.get('num_classes')
@@ -117,7 +121,7 @@ def restore_teacher(path: str, expected: Dict[str, Any], abstract_params: PyTree
            'num_classes': expected['num_classes']}
   if trained != asked:
     raise CheckpointError(
-        f'Teacher checkpoint {directory!r} (step {step}) was trained as {trained}, but the config '
+        f'Teacher checkpoint '{directory}' (step {step}) was trained as {trained}, but the config '
         f'asks for a teacher {asked}. Point the config at the matching run, or change '
         'the teacher model settings.')
 
@@ -126,14 +130,14 @@ def restore_teacher(path: str, expected: Dict[str, Any], abstract_params: PyTree
     saved = {'params': item['params']['student']['model'],
              'batch_stats': item['batch_stats']['student']['model']}
   except (KeyError, TypeError) as e:
-    raise CheckpointError(f'Checkpoint {directory!r} has no student model to use as a teacher '
+    raise CheckpointError(f'Checkpoint '{directory}' has no student model to use as a teacher '
                           f'(missing {e}).') from e
   want = {'params': abstract_params, 'batch_stats': abstract_batch_stats}
   have_shapes, want_shapes = _describe(saved), _describe(want)
   if have_shapes != want_shapes:
     diffs = sorted(set(have_shapes.items()) ^ set(want_shapes.items()))[:6]
     raise CheckpointError(
-        f'Teacher checkpoint {directory!r} does not match the teacher architecture of the '
+        f'Teacher checkpoint '{directory}' does not match the teacher architecture of the '
         f'config ({asked}); first differences (path, shape): {diffs}')
 
   restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(

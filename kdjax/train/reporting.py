@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from typing import Any, Dict, Mapping
 
 from absl import logging
+from etils import epath
 from clu import metric_writers
 import jax
 import numpy as np
@@ -70,9 +70,18 @@ class Reporter:
     self.writer.close()
 
 
-def write_summary(workdir: str, summary: Dict[str, Any]) -> str:
-  path = os.path.join(workdir, 'summary.json')
+def summary_path(workdir: str) -> epath.Path:
+  return epath.Path(workdir) / 'summary.json'
+
+
+def read_summary(workdir: str) -> Dict[str, Any]:
+  """The summary.json of an earlier (part of the) run in ``workdir``, or {}."""
+  path = summary_path(workdir)
+  return json.loads(path.read_text()) if path.exists() else {}
+
+
+def write_summary(workdir: str, summary: Dict[str, Any]) -> epath.Path:
+  path = summary_path(workdir)
   if jax.process_index() == 0:
-    with open(path, 'w') as f:
-      json.dump(summary, f, indent=2, sort_keys=True, default=str)
+    path.write_text(json.dumps(summary, indent=2, sort_keys=True, default=str))
   return path

@@ -320,7 +320,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
 
     step = int(state.step)
     progress = reporting.ProgressBar(total_steps, step)
-    history, eval_results, skipped = [], {}, 0
+    # A resumed run keeps the evals it already made; a finished one its result.
+    previous = reporting.read_summary(workdir) if restored is not None else {}
+    history = [h for h in previous.get('history', []) if h['step'] <= step]
+    eval_results = previous.get('eval_accuracy', {}) if step >= total_steps else {}
+    skipped = previous.get('skipped_nonfinite_batches', 0)
     window_start, window_images = time.time(), 0
     checkpoint_every = config.get('checkpoint_every_steps', 0) or steps_per_epoch
     preempted = False
