@@ -113,7 +113,7 @@ def restore_teacher(path: str, expected: Dict[str, Any], abstract_params: PyTree
   manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
   step = manager.latest_step()
   if step is None:
-    raise CheckpointError(f'Teacher checkpoint directory '{directory}' holds no checkpoint.')
+    raise CheckpointError(f'Teacher checkpoint directory {str(directory)!r} holds no checkpoint.')
   meta = dict(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta'])
   trained = {k: meta.get('model', {}).get(k) for k in ('name', 'conv_type')}
   trained['num_classes'] = meta.get('num_classes')
@@ -121,7 +121,7 @@ def restore_teacher(path: str, expected: Dict[str, Any], abstract_params: PyTree
            'num_classes': expected['num_classes']}
   if trained != asked:
     raise CheckpointError(
-        f'Teacher checkpoint '{directory}' (step {step}) was trained as {trained}, but the config '
+        f'Teacher checkpoint {str(directory)!r} (step {step}) was trained as {trained}, but the config '
         f'asks for a teacher {asked}. Point the config at the matching run, or change '
         'the teacher model settings.')
 
@@ -130,14 +130,14 @@ def restore_teacher(path: str, expected: Dict[str, Any], abstract_params: PyTree
     saved = {'params': item['params']['student']['model'],
              'batch_stats': item['batch_stats']['student']['model']}
   except (KeyError, TypeError) as e:
-    raise CheckpointError(f'Checkpoint '{directory}' has no student model to use as a teacher '
+    raise CheckpointError(f'Checkpoint {str(directory)!r} has no student model to use as a teacher '
                           f'(missing {e}).') from e
   want = {'params': abstract_params, 'batch_stats': abstract_batch_stats}
   have_shapes, want_shapes = _describe(saved), _describe(want)
   if have_shapes != want_shapes:
     diffs = sorted(set(have_shapes.items()) ^ set(want_shapes.items()))[:6]
     raise CheckpointError(
-        f'Teacher checkpoint '{directory}' does not match the teacher architecture of the '
+        f'Teacher checkpoint {str(directory)!r} does not match the teacher architecture of the '
         f'config ({asked}); first differences (path, shape): {diffs}')
 
   restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
