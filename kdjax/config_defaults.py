@@ -116,5 +116,5 @@ def demo_recipe(config: ml_collections.ConfigDict, epochs: int = 4) -> None:
   config.num_epochs = epochs
   config.log_every_steps = 20
   config.eval_bn_recalibration_batches = 10
-  config.optimizer.update(learning_rate=0.05, momentum=0.9, nesterov=False, weight_decay=5e-4,
+  config.optimizer.update(learning_rate=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4,
                           schedule='cosine')

@@ -21,9 +21,11 @@ import shutil
 import tempfile
 import zlib
 from typing import Iterator
+from unittest import mock
 
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core import dataset_builder
 from tensorflow_datasets.testing import mocking
 
 FIXTURES_DIR = os.path.join(
@@ -133,10 +135,19 @@ def mock_dataset(
     (mnist5k included) looks unprepared there.
   """
   names = (name,) if isinstance(name, str) else tuple(name)
+  # tfds.testing.mock_data wraps every `as_dataset` call in
+  # `tfds.testing.MockFs`, which swaps the tf.io.gfile and epath backends for a
+  # throwaway directory, process-wide, while the call runs. Any other thread
+  # writing files then (an orbax checkpoint committing in the background while
+  # the trainer builds its next epoch's pipeline) writes them into that
+  # directory, where they are lost. The metadata fixtures are real files in
+  # `data_dir`, so the unwrapped `as_dataset` works as is: keep it.
+  unwrapped_as_dataset = dataset_builder.DatasetBuilder.as_dataset
   with tempfile.TemporaryDirectory(prefix='kdjax_mock_tfds_') as data_dir:
     for dataset_name in names:
       _write_fixture_copy(dataset_name, fixtures_dir, data_dir, num_examples)
     with tfds.testing.mock_data(
         data_dir=data_dir, policy=tfds.testing.MockPolicy.USE_FILES,
-        as_dataset_fn=_mock_as_dataset):
+        as_dataset_fn=_mock_as_dataset), mock.patch.object(
+            dataset_builder.DatasetBuilder, 'as_dataset', unwrapped_as_dataset):
       yield data_dir

@@ -9,16 +9,20 @@ conv type, classes), which is what teacher restores check first.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, Dict, Optional, Tuple
 
 from absl import logging
 from etils import epath
 import jax
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
 PyTree = Any
 
 CHECKPOINT_SUBDIR = 'checkpoints'
+# Orbax writes a step into <step><this suffix>... and renames it when complete.
+_TMP_SUFFIX = '.orbax-checkpoint-tmp'
 
 
 class CheckpointError(RuntimeError):
@@ -61,13 +65,20 @@ class RunCheckpointer:
   def restore_latest(self, abstract_state: PyTree) -> Tuple[Optional[PyTree], Dict[str, Any]]:
     """Restores the newest checkpoint that reads back completely.
 
-    A checkpoint that fails to restore (a write cut off by a crash, a corrupt
-    file) is reported and skipped in favour of the one before it.
+    A checkpoint that fails to restore (a corrupt or truncated file) is
+    reported, renamed to ``<step>.unrestorable-<time>`` (which orbax ignores,
+    so the resumed run can save that step again) and skipped in favour of the
+    one before it. Saves cut off before their commit (a process killed
+    mid-save leaves ``<step>.orbax-checkpoint-tmp*``) are never steps; they are
+    reported too.
 
     Returns:
       (state, meta), or (None, {}) when the run has no checkpoint yet.
     """
+    skipped = [f'step {name.partition(_TMP_SUFFIX)[0]} (save cut off before its commit: {name})'
+               for name in self._unfinished_saves()]
     steps = sorted(self.manager.all_steps(), reverse=True)
+    bad = []
     for i, step in enumerate(steps):
       try:
         restored = self.manager.restore(step, args=ocp.args.Composite(
@@ -75,12 +86,39 @@ class RunCheckpointer:
       except Exception as e:  # pylint: disable=broad-except
         fallback = f'falling back to step {steps[i + 1]}' if i + 1 < len(steps) else 'none left'
         logging.warning('Checkpoint at step %d in %s does not restore (%s: %s); %s.', step,
-                        self.directory, type(e).__name__, e, fallback)
+                        self.directory, type(e).__name__, str(e)[:1000], fallback)
+        bad.append(step)
         continue
+      skipped += [f'step {s} (does not restore; moved to {name})'
+                  for s, name in self._set_aside(bad)]
+      if skipped:
+        logging.warning('Resuming from checkpoint step %d in %s, the newest that restores; '
+                        'skipped: %s.', step, self.directory, '; '.join(skipped))
       return restored['state'], dict(restored['meta'])
     if steps:
       raise CheckpointError(f'No checkpoint in {self.directory} restores (tried steps {steps}).')
     return None, {}
+
+  def _unfinished_saves(self):
+    if not self.directory.is_dir():
+      return []
+    return sorted(p.name for p in self.directory.iterdir() if _TMP_SUFFIX in p.name)
+
+  def _set_aside(self, steps):
+    """Renames unrestorable step directories out of orbax's sight; [(step, new name)]."""
+    moved = [(step, f'{step}.unrestorable-{int(time.time())}') for step in steps]
+    if jax.process_index() == 0:
+      for step, name in moved:
+        try:
+          (self.directory / str(step)).rename(self.directory / name)
+        except OSError as e:  # A read-only directory (eval of another run): leave it.
+          logging.warning('Could not move the unrestorable checkpoint %s aside: %s',
+                          self.directory / str(step), e)
+    if moved:
+      if jax.process_count() > 1:
+        multihost_utils.sync_global_devices('kdjax_set_aside_unrestorable_checkpoints')
+      self.manager.reload()
+    return moved
 
 
 def _describe(tree: PyTree) -> Dict[str, Tuple[int, ...]]:
@@ -110,7 +148,10 @@ def restore_teacher(path: str, expected: Dict[str, Any], abstract_params: PyTree
     raise CheckpointError(
         f'Teacher checkpoint directory {path!r} does not exist. Train the teacher first, e.g. '
         f'python -m kdjax.main --config=configs/supervised.py:<preset> --workdir={path}')
-  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
+  # Without registered handlers orbax's item_metadata() gives None for every item.
+  manager = ocp.CheckpointManager(
+      directory, options=ocp.CheckpointManagerOptions(read_only=True),
+      item_handlers={'state': ocp.PyTreeCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler()})
   step = manager.latest_step()
   if step is None:
     raise CheckpointError(f'Teacher checkpoint directory {str(directory)!r} holds no checkpoint.')

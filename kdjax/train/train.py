@@ -198,6 +198,10 @@ class _Preemption:
     self._previous = None
 
   def __enter__(self):
+    if jax.process_count() > 1:
+      # jax.distributed's preemption service owns SIGTERM (a Python handler
+      # would replace it) and agrees on one step for every process to save.
+      return self
     try:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # Not the main thread: no handler, no preemption saves.
@@ -211,7 +215,7 @@ class _Preemption:
   def reached(self, step: int) -> bool:
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      return self.requested or multihost_utils.reached_preemption_sync_point(step)
+      return multihost_utils.reached_preemption_sync_point(step)
     return self.requested
 
   def __exit__(self, *exc):
@@ -246,11 +250,15 @@ def frozen_teacher_configs(config: ml_collections.ConfigDict):
   return []
 
 
-def pretrain_teachers(config: ml_collections.ConfigDict, workdir: str) -> None:
+def pretrain_teachers(config: ml_collections.ConfigDict,
+                      workdir: str) -> Optional[Dict[str, Any]]:
   """Trains, in-process, each frozen teacher that has no checkpoint_dir but pretrain_epochs.
 
   Each teacher is an ordinary supervised run in ``workdir/teachers/<i>_<name>``
   (so it resumes too); its workdir becomes the teacher's checkpoint_dir.
+
+  Returns:
+    The summary of a teacher run that was preempted (SIGTERM), or None.
   """
   for i, teacher in enumerate(frozen_teacher_configs(config)):
     if teacher.get('checkpoint_dir') or not teacher.get('pretrain_epochs', 0):
@@ -262,14 +270,19 @@ def pretrain_teachers(config: ml_collections.ConfigDict, workdir: str) -> None:
     sub.max_steps = -1
     teacher_dir = os.path.join(workdir, 'teachers', f'{i}_{teacher.name}')
     logging.info('Pre-training teacher %d (%s) in %s', i, teacher.name, teacher_dir)
-    train_and_evaluate(sub, teacher_dir)
+    summary = train_and_evaluate(sub, teacher_dir)
+    if summary['preempted']:
+      return summary
     teacher.checkpoint_dir = teacher_dir
+  return None
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   """Trains ``config.method`` and returns the summary also written to summary.json."""
   started = time.time()
-  pretrain_teachers(config, workdir)
+  preempted_teacher = pretrain_teachers(config, workdir)
+  if preempted_teacher is not None:  # Preempted while pre-training: the rerun resumes it.
+    return preempted_teacher
   # -- Mesh, data --------------------------------------------------------
   mesh, train_source, eval_source, method, frozen, sample = _build(config, workdir)
   replicated = NamedSharding(mesh, P())
@@ -337,6 +350,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
             bad = {k: float(v) for k, v in jax.device_get(metrics).items()
                    if k.startswith('loss/') and not np.isfinite(v)}
             if config.get('nonfinite', 'raise') != 'skip':
+              ckpt.wait()  # The last good checkpoint may still be being written.
               raise NonFiniteLossError(
                   f'Non-finite loss at step {step} (epoch {epoch}): {bad}. The state was not '
                   f'updated; the last good checkpoint in {ckpt.directory} is kept. Set '
