@@ -250,6 +250,16 @@ def frozen_teacher_configs(config: ml_collections.ConfigDict):
   return []
 
 
+def pretrained_teachers(config: ml_collections.ConfigDict):
+  """(index, entry) of the frozen teachers trained in-process (no checkpoint_dir)."""
+  return [(i, teacher) for i, teacher in enumerate(frozen_teacher_configs(config))
+          if not teacher.get('checkpoint_dir') and teacher.get('pretrain_epochs', 0)]
+
+
+def pretrained_teacher_dir(workdir: str, index: int, teacher) -> str:
+  return os.path.join(workdir, 'teachers', f'{index}_{teacher.name}')
+
+
 def pretrain_teachers(config: ml_collections.ConfigDict,
                       workdir: str) -> Optional[Dict[str, Any]]:
   """Trains, in-process, each frozen teacher that has no checkpoint_dir but pretrain_epochs.
@@ -260,15 +270,13 @@ def pretrain_teachers(config: ml_collections.ConfigDict,
   Returns:
     The summary of a teacher run that was preempted (SIGTERM), or None.
   """
-  for i, teacher in enumerate(frozen_teacher_configs(config)):
-    if teacher.get('checkpoint_dir') or not teacher.get('pretrain_epochs', 0):
-      continue
+  for i, teacher in pretrained_teachers(config):
     sub = ml_collections.ConfigDict(config.to_dict())
     sub.method = 'supervised'
     sub.model = ml_collections.ConfigDict(teacher.to_dict())
     sub.num_epochs = teacher.pretrain_epochs
     sub.max_steps = -1
-    teacher_dir = os.path.join(workdir, 'teachers', f'{i}_{teacher.name}')
+    teacher_dir = pretrained_teacher_dir(workdir, i, teacher)
     logging.info('Pre-training teacher %d (%s) in %s', i, teacher.name, teacher_dir)
     summary = train_and_evaluate(sub, teacher_dir)
     if summary['preempted']:
@@ -406,22 +414,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, float]:
-  """Restores the latest checkpoint of ``workdir`` and reports eval accuracy per head."""
-  mesh, _, eval_source, method, frozen, sample = _build(config, workdir)
+  """Restores the latest checkpoint of ``workdir`` and reports eval accuracy per head.
+
+  Evaluates as training did: teachers pre-trained in-process are read from
+  ``workdir/teachers``, and precise-BN recalibration runs when configured.
+  """
+  for i, teacher in pretrained_teachers(config):
+    teacher.checkpoint_dir = pretrained_teacher_dir(workdir, i, teacher)
+  mesh, train_source, eval_source, method, frozen, sample = _build(config, workdir)
   replicated = NamedSharding(mesh, P())
+  batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
   with jax.set_mesh(mesh):
-    state = jax.eval_shape(lambda: method.init(jax.random.key(0), sample))
-    steps = 1
-    optimizers = build_optimizers(config, method, state[0], steps)
+    abstract_params = jax.eval_shape(lambda: method.init(jax.random.key(0), sample)[0])
+    optimizers = build_optimizers(config, method, abstract_params, train_source.steps_per_epoch)
     abstract = jax.eval_shape(functools.partial(init_state, config, method, optimizers), sample)
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
                             abstract)
     ckpt = checkpointing.RunCheckpointer(workdir)
-    restored, meta = ckpt.restore_latest(abstract)
-    if restored is None:
+    state, meta = ckpt.restore_latest(abstract)
+    ckpt.close()
+    if state is None:
       raise checkpointing.CheckpointError(f'No checkpoint to evaluate in {ckpt.directory}.')
     frozen = jax.device_put(frozen, replicated)
-    results = evaluate_heads(jax.jit(functools.partial(eval_step, method)), restored, frozen,
-                             eval_source, NamedSharding(mesh, P(DATA_AXIS)))
-    ckpt.close()
+    if config.get('eval_bn_recalibration_batches', 0):
+      state = recalibrate_batch_stats(
+          jax.jit(functools.partial(batch_stat_estimates, method)), state, frozen, train_source,
+          batch_sharding, config.eval_bn_recalibration_batches)
+    results = evaluate_heads(jax.jit(functools.partial(eval_step, method)), state, frozen,
+                             eval_source, batch_sharding)
   return {'step': meta.get('step'), 'eval_accuracy': results}
