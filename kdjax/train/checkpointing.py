@@ -16,6 +16,7 @@ from absl import logging
 from etils import epath
 import jax
 from jax.experimental import multihost_utils
+import numpy as np
 import orbax.checkpoint as ocp
 
 PyTree = Any
@@ -184,7 +185,7 @@ def restore_teacher(path: str, expected: Dict[str, Any], abstract_params: PyTree
   restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
       item={'params': {'student': {'model': abstract_params}},
             'batch_stats': {'student': {'model': abstract_batch_stats}}},
-      restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=jax.Array),
+      restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
                                 {'params': {'student': {'model': abstract_params}},
                                  'batch_stats': {'student': {'model': abstract_batch_stats}}}),
       partial_restore=True)))['state']

@@ -1,0 +1,616 @@
+"""Fault tolerance of the trainer: preemption, torn checkpoints, NaNs, bad input.
+
+Every run is tiny: supervised resnet8 on the first 256 embedded mnist5k digits,
+batch 8 on 2 of the 8 fake CPU devices, a few steps, eval on 64 digits. Runs
+through the command line go through tests/fault_injection.py, which is
+`python -m kdjax.main` plus opt-in hooks (a per-batch marker line, a pause at a
+chosen batch, a SIGKILL inside orbax's commit of a chosen step). They share a
+persistent XLA compilation cache, so only the first one pays for compiling.
+
+Expectations:
+  * a run stopped by SIGTERM and resumed ends bit-identical to an uninterrupted
+    run (same program, same devices: CPU XLA is deterministic);
+  * a crash or corruption never leaves a workdir that cannot resume: the newest
+    checkpoint that restores is used, and the log names the ones skipped;
+  * a non-finite loss term stops the run naming step and term, with the last
+    good checkpoint on disk ('skip' drops exactly that update instead);
+  * bad records, sizes and teachers fail before the first training step.
+"""
+
+import copy
+import glob
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import tensorflow as tf
+
+from kdjax import config_defaults
+from kdjax.data import mnist5k
+from kdjax.data import pipeline
+from kdjax.data import testing as data_testing
+from kdjax.train import checkpointing
+from kdjax.train import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAULT_CLI = os.path.join(REPO, 'tests', 'fault_injection.py')
+TIMEOUT = 300
+
+# The run every test starts from, as command-line overrides of
+# configs/supervised.py:demo and as the same config in-process.
+TINY = {
+    'model.name': 'resnet8',
+    'batch_size': 8,
+    'num_devices': 2,
+    'eval_bn_recalibration_batches': 0,
+    'dataset.train_split': 'train[:256]',  # 32 steps per epoch.
+    'dataset.eval_split': 'test[:64]',
+}
+REFERENCE_STEPS = 6
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _fast_init_compile():
+  """Non-partitionable threefry (as in test_train.py): ~4x faster CPU compiles.
+
+  The command-line runs get the same setting from JAX_THREEFRY_PARTITIONABLE=0,
+  so in-process and subprocess runs compile the same programs.
+  """
+  previous = jax.config.jax_threefry_partitionable
+  jax.config.update('jax_threefry_partitionable', False)
+  yield
+  jax.config.update('jax_threefry_partitionable', previous)
+
+
+def _shared_root(tmp_path_factory):
+  base = tmp_path_factory.getbasetemp()
+  return base.parent if os.environ.get('PYTEST_XDIST_WORKER') else base
+
+
+@pytest.fixture(scope='module')
+def mnist_dir(tmp_path_factory):
+  """mnist5k prepared once per session (same place as test_train.py's)."""
+  data_dir = _shared_root(tmp_path_factory) / 'kdjax_mnist5k'
+  data_dir.mkdir(exist_ok=True)
+  mnist5k.prepare(str(data_dir))
+  return str(data_dir)
+
+
+@pytest.fixture(scope='module')
+def compile_cache(tmp_path_factory):
+  path = _shared_root(tmp_path_factory) / 'kdjax_fault_tests_xla_cache'
+  path.mkdir(exist_ok=True)
+  return str(path)
+
+
+def tiny_config(mnist_dir, steps, **overrides):
+  """configs/supervised.py:demo with TINY, `steps` steps and dotted-key overrides."""
+  config = _load_config_module('supervised').get_config('demo')
+  for key, value in {**TINY, 'max_steps': steps, 'dataset.data_dir': mnist_dir,
+                     **overrides}.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  return config
+
+
+def _load_config_module(name):
+  """configs/<name>.py as a module (configs/ is not a package)."""
+  path = os.path.join(REPO, 'configs', f'{name}.py')
+  spec = importlib.util.spec_from_file_location(f'kdjax_fault_test_configs_{name}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def cli_command(workdir, mnist_dir, steps, *, faults=False, **overrides):
+  """The tiny_config run as a command line (through fault_injection.py if `faults`)."""
+  flags = {**TINY, 'max_steps': steps, 'dataset.data_dir': mnist_dir, **overrides}
+  entry = [FAULT_CLI] if faults else ['-m', 'kdjax.main']
+  return [sys.executable, *entry, '--config=configs/supervised.py:demo',
+          f'--workdir={workdir}'] + [f'--config.{k}={v}' for k, v in flags.items()]
+
+
+def cli_env(compile_cache, **extra):
+  return dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3',
+              JAX_THREEFRY_PARTITIONABLE='0', JAX_COMPILATION_CACHE_DIR=compile_cache,
+              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0', **extra)
+
+
+def run_cli(command, env):
+  return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                        timeout=TIMEOUT)
+
+
+def checkpoint_steps(workdir):
+  """Names in workdir/checkpoints (finished steps, and anything else left there)."""
+  directory = os.path.join(workdir, checkpointing.CHECKPOINT_SUBDIR)
+  return sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+
+
+def restore_state(workdir, step):
+  """(meta, state) of checkpoint `step` of a run, as NumPy arrays, read with orbax alone."""
+  path = os.path.join(workdir, checkpointing.CHECKPOINT_SUBDIR, str(step))
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    tree = checkpointer.metadata(os.path.join(path, 'state')).item_metadata.tree
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    state = checkpointer.restore(os.path.join(path, 'state'), args=ocp.args.PyTreeRestore(
+        item=tree, restore_args=restore_args))
+  with open(os.path.join(path, 'meta', 'metadata')) as f:
+    meta = json.load(f)
+  return meta, state
+
+
+def assert_trees_equal(expected, actual):
+  """Bit for bit, leaf by leaf."""
+  flat_expected = jax.tree_util.tree_leaves_with_path(expected)
+  flat_actual = jax.tree_util.tree_leaves_with_path(actual)
+  assert [p for p, _ in flat_expected] == [p for p, _ in flat_actual]
+  for (path, a), (_, b) in zip(flat_expected, flat_actual):
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.dtype == b.dtype and a.shape == b.shape, jax.tree_util.keystr(path)
+    np.testing.assert_array_equal(b, a, err_msg=jax.tree_util.keystr(path))
+
+
+def trees_differ(a, b):
+  return any(not np.array_equal(np.asarray(x), np.asarray(y))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+@pytest.fixture(scope='module')
+def reference(tmp_path_factory, mnist_dir):
+  """An uninterrupted in-process run of REFERENCE_STEPS steps, checkpoints at 2, 4, 6."""
+  workdir = str(tmp_path_factory.mktemp('reference'))
+  config = tiny_config(mnist_dir, REFERENCE_STEPS, checkpoint_every_steps=2,
+                       keep_checkpoints=10)
+  summary = train.train_and_evaluate(config, workdir)
+  assert summary['steps'] == REFERENCE_STEPS and not summary['preempted']
+  assert checkpoint_steps(workdir) == ['2', '4', '6']
+  return workdir
+
+
+# ----------------------------------------------------------------------------
+# 1. Preemption.
+
+
+def _wait_for_line(process, needle, timeout=TIMEOUT):
+  """Reads process.stdout until a line contains `needle`; returns the lines read."""
+  lines, deadline = [], time.time() + timeout
+  while time.time() < deadline:
+    line = process.stdout.readline()
+    if not line:
+      break
+    lines.append(line)
+    if needle in line:
+      return lines
+  process.kill()
+  raise AssertionError(f'never printed {needle!r}; stdout:\n{"".join(lines)[-3000:]}')
+
+
+def test_sigterm_saves_at_step_boundary_and_resume_is_bit_identical(
+    reference, mnist_dir, compile_cache, tmp_path):
+  workdir = str(tmp_path / 'run')
+  go = str(tmp_path / 'go')
+  # The run stops before feeding batch 2 until the test has sent SIGTERM.
+  env = cli_env(compile_cache, KDJAX_FAULT_MARKERS='1', KDJAX_FAULT_PAUSE_AT='2',
+                KDJAX_FAULT_GO_FILE=go)
+  with open(tmp_path / 'stderr', 'w') as stderr:
+    process = subprocess.Popen(
+        cli_command(workdir, mnist_dir, REFERENCE_STEPS, faults=True, checkpoint_every_steps=0),
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
+    try:
+      _wait_for_line(process, 'KDJAX_FAULT batch 2 ')
+      process.send_signal(signal.SIGTERM)
+      time.sleep(0.2)
+      open(go, 'w').close()
+      out, _ = process.communicate(timeout=TIMEOUT)
+    finally:
+      if process.poll() is None:
+        process.kill()
+  assert process.returncode == 0, (tmp_path / 'stderr').read_text()[-3000:]
+  # Step 2 (the batch in flight) completed, then the run saved step 3 and left.
+  assert 'Preemption requested: saved step 3, exiting.' in out
+  assert 'KDJAX_FAULT batch 3 ' not in out
+  assert checkpoint_steps(workdir) == ['3']
+  meta, _ = restore_state(workdir, 3)
+  assert (meta['step'], meta['epoch'], meta['step_in_epoch']) == (3, 0, 3)
+  with open(os.path.join(workdir, 'summary.json')) as f:
+    summary = json.load(f)
+  assert summary['preempted'] and summary['steps'] == 3
+
+  # The same command again, without hooks, finishes the run.
+  resumed = run_cli(cli_command(workdir, mnist_dir, REFERENCE_STEPS, checkpoint_every_steps=0),
+                    cli_env(compile_cache))
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert json.loads(resumed.stdout[resumed.stdout.index('{'):])['steps'] == REFERENCE_STEPS
+  assert checkpoint_steps(workdir) == ['3', '6']
+  _, expected = restore_state(reference, REFERENCE_STEPS)
+  _, actual = restore_state(workdir, REFERENCE_STEPS)
+  assert_trees_equal(expected, actual)
+  assert trees_differ(restore_state(workdir, 3)[1]['params'], actual['params'])
+
+
+def test_sigterm_while_pretraining_a_teacher_stops_the_whole_run(
+    mnist_dir, tmp_path, monkeypatch):
+  """The preempted teacher is not used half-trained, and the run exits instead of going on."""
+  workdir = str(tmp_path)
+  config = tiny_config(mnist_dir, 1)
+  config.method = 'kd'
+  config.kd = _load_config_module('kd').get_config('demo').kd
+  config.dataset.train_split = 'train[:32]'  # 4 steps per epoch.
+  config.teacher = config_defaults.model('resnet8', 'conv', pretrain_epochs=1,
+                                         stage_widths=(4, 8, 8))
+  teacher_dir = os.path.join(workdir, 'teachers', '0_resnet8')
+  original = train.to_global
+  calls = []
+
+  def sigterm_at_batch_1(batch, sharding):
+    calls.append(1)
+    if len(calls) == 2:
+      os.kill(os.getpid(), signal.SIGTERM)  # Handled by train's _Preemption.
+    return original(batch, sharding)
+
+  monkeypatch.setattr(train, 'to_global', sigterm_at_batch_1)
+  handler = signal.getsignal(signal.SIGTERM)
+  first = train.train_and_evaluate(copy.deepcopy(config), workdir)
+  assert first['preempted'] and first['steps'] == 2
+  assert checkpoint_steps(teacher_dir) == ['2']
+  assert checkpoint_steps(workdir) == []  # The student never started.
+  assert signal.getsignal(signal.SIGTERM) is handler  # Restored after the loop.
+
+  # Rerunning resumes the teacher from step 2, then trains the student (not
+  # repeated here: resuming is what the test above checks).
+
+
+# ----------------------------------------------------------------------------
+# 2. Crashes during a save; corrupt checkpoints.
+
+
+def test_sigkill_during_checkpoint_commit_resumes_from_last_complete(
+    reference, mnist_dir, compile_cache, tmp_path):
+  workdir = str(tmp_path / 'run')
+  command = cli_command(workdir, mnist_dir, 4, faults=True, checkpoint_every_steps=2)
+  killed = run_cli(command, cli_env(compile_cache, KDJAX_FAULT_KILL_IN_SAVE='4'))
+  assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+  assert 'KDJAX_FAULT SIGKILL while committing' in killed.stdout
+  left = checkpoint_steps(workdir)
+  assert left[0] == '2' and len(left) == 2 and left[1].startswith('4.orbax-checkpoint-tmp'), left
+
+  resumed = run_cli(cli_command(workdir, mnist_dir, 4, checkpoint_every_steps=2),
+                    cli_env(compile_cache))
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert 'Resuming from checkpoint step 2' in resumed.stderr
+  assert 'step 4 (save cut off before its commit' in resumed.stderr
+  assert checkpoint_steps(workdir) == ['2', '4']
+  assert_trees_equal(restore_state(reference, 4)[1], restore_state(workdir, 4)[1])
+
+
+def _truncate_arrays(step_dir):
+  files = [f for f in glob.glob(os.path.join(step_dir, 'state', '**', 'd', '*'), recursive=True)
+           if os.path.isfile(f)]
+  assert files
+  for path in files:
+    os.truncate(path, os.path.getsize(path) // 2)
+
+
+def _garble_arrays(step_dir):
+  files = [f for f in glob.glob(os.path.join(step_dir, 'state', '**', 'd', '*'), recursive=True)
+           if os.path.isfile(f)]
+  for path in files:
+    with open(path, 'r+b') as f:
+      middle = os.path.getsize(path) // 2
+      f.seek(middle)
+      data = f.read(16)
+      f.seek(middle)
+      f.write(bytes(b ^ 0xFF for b in data))
+
+
+def _drop_manifests(step_dir):
+  for path in glob.glob(os.path.join(step_dir, 'state', '**', 'manifest.ocdbt'), recursive=True):
+    os.remove(path)
+
+
+def _truncate_meta(step_dir):
+  os.truncate(os.path.join(step_dir, 'meta', 'metadata'), 3)
+
+
+def _empty_every_file(step_dir):
+  for path in glob.glob(os.path.join(step_dir, '**'), recursive=True):
+    if os.path.isfile(path):
+      os.truncate(path, 0)
+
+
+CORRUPTIONS = {'truncated arrays': _truncate_arrays, 'garbled arrays': _garble_arrays,
+               'no ocdbt manifest': _drop_manifests, 'truncated meta json': _truncate_meta,
+               'every file empty': _empty_every_file}
+
+
+@pytest.mark.parametrize('corruption', sorted(CORRUPTIONS))
+def test_restore_latest_skips_a_corrupt_checkpoint(tmp_path, corruption, caplog):
+  """RunCheckpointer alone, on a small tree: the fallback, its message, and re-saving."""
+  state = {'w': jnp.arange(1000.0), 'b': jnp.ones((3, 3))}
+  checkpointer = checkpointing.RunCheckpointer(str(tmp_path))
+  checkpointer.save(2, state, {'step': 2})
+  checkpointer.save(4, jax.tree.map(lambda x: x + 1, state), {'step': 4})
+  checkpointer.close()
+  CORRUPTIONS[corruption](str(tmp_path / 'checkpoints' / '4'))
+
+  checkpointer = checkpointing.RunCheckpointer(str(tmp_path))
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                          state)
+  with caplog.at_level(logging.WARNING):
+    restored, meta = checkpointer.restore_latest(abstract)
+  assert meta == {'step': 2}
+  assert_trees_equal(state, restored)
+  assert 'Checkpoint at step 4' in caplog.text and 'falling back to step 2' in caplog.text
+  assert 'Resuming from checkpoint step 2' in caplog.text
+  # The bad step is kept for inspection under another name, so step 4 can be saved again.
+  moved = [n for n in os.listdir(tmp_path / 'checkpoints') if n.startswith('4.unrestorable-')]
+  assert len(moved) == 1 and f'step 4 (does not restore; moved to {moved[0]})' in caplog.text
+  checkpointer.save(4, state, {'step': 4})
+  checkpointer.close()
+  assert sorted(checkpointer.manager.all_steps()) == [2, 4]
+
+
+def test_no_restorable_checkpoint_is_a_clear_error(tmp_path):
+  state = {'w': jnp.arange(10.0)}
+  checkpointer = checkpointing.RunCheckpointer(str(tmp_path))
+  checkpointer.save(1, state, {'step': 1})
+  checkpointer.close()
+  _truncate_meta(str(tmp_path / 'checkpoints' / '1'))
+  checkpointer = checkpointing.RunCheckpointer(str(tmp_path))
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                          state)
+  with pytest.raises(checkpointing.CheckpointError, match=r'No checkpoint .* restores \(tried '
+                     r'steps \[1\]\)'):
+    checkpointer.restore_latest(abstract)
+  checkpointer.close()
+  assert checkpoint_steps(str(tmp_path)) == ['1']  # Nothing is moved when nothing restores.
+
+
+def test_corrupt_newest_checkpoints_resume_from_the_last_good_one(
+    reference, mnist_dir, tmp_path, caplog):
+  """The trainer end to end: steps 6 and 4 are damaged, the run redoes 3-6 from step 2."""
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(reference, workdir)
+  _truncate_arrays(os.path.join(workdir, 'checkpoints', '6'))
+  _truncate_meta(os.path.join(workdir, 'checkpoints', '4'))
+  os.makedirs(os.path.join(workdir, 'checkpoints', '8.orbax-checkpoint-tmp-1234', 'state'))
+  config = tiny_config(mnist_dir, REFERENCE_STEPS, checkpoint_every_steps=2, keep_checkpoints=10)
+  with caplog.at_level(logging.WARNING):
+    summary = train.train_and_evaluate(config, workdir)
+  assert summary['steps'] == REFERENCE_STEPS
+  assert 'Checkpoint at step 6' in caplog.text and 'Checkpoint at step 4' in caplog.text
+  assert 'Resuming from checkpoint step 2' in caplog.text
+  assert 'step 8 (save cut off before its commit' in caplog.text
+  names = checkpoint_steps(workdir)
+  assert [n for n in names if n.isdigit()] == ['2', '4', '6']
+  assert any(n.startswith('6.unrestorable-') for n in names)
+  assert any(n.startswith('4.unrestorable-') for n in names)
+  assert_trees_equal(restore_state(reference, 6)[1], restore_state(workdir, 6)[1])
+
+
+# ----------------------------------------------------------------------------
+# 3. Non-finite losses.
+
+
+def _poison_loss(monkeypatch, *, at_step, term, value, total_too):
+  """Makes metrics[term] (and maybe the total) `value` at one step, inside the jitted step.
+
+  Only loss values change, never gradients: what is tested is the guard.
+  """
+  original = train.train_step
+
+  def poisoned_train_step(method, optimizers, skip_nonfinite, state, frozen, batch):
+    proxy = copy.copy(method)
+
+    def loss(*args):
+      total, (batch_stats, metrics) = method.loss(*args)
+      bad = jnp.where(state.step == at_step, value, 0.0)
+      metrics = dict(metrics, **{term: metrics[term] + bad})
+      return (total + bad if total_too else total), (batch_stats, metrics)
+
+    proxy.loss = loss
+    return original(proxy, optimizers, skip_nonfinite, state, frozen, batch)
+
+  monkeypatch.setattr(train, 'train_step', poisoned_train_step)
+
+
+def test_nan_loss_term_stops_the_run_and_keeps_the_last_checkpoint(
+    reference, mnist_dir, tmp_path, monkeypatch):
+  # Only the reported term is NaN, the total is finite: every term is checked.
+  _poison_loss(monkeypatch, at_step=3, term='loss/ce', value=jnp.nan, total_too=False)
+  config = tiny_config(mnist_dir, REFERENCE_STEPS, checkpoint_every_steps=2)
+  workdir = str(tmp_path)
+  with pytest.raises(train.NonFiniteLossError,
+                     match=r"Non-finite loss at step 3 \(epoch 0\): \{'loss/ce': nan\}.*"
+                           r'last good checkpoint .* is kept.*nonfinite=skip'):
+    train.train_and_evaluate(config, workdir)
+  assert checkpoint_steps(workdir) == ['2']  # Committed before the error left.
+  assert_trees_equal(restore_state(reference, 2)[1], restore_state(workdir, 2)[1])
+
+
+def test_inf_loss_with_nonfinite_skip_drops_that_batch(
+    reference, mnist_dir, tmp_path, monkeypatch):
+  # Step 3 (the 4th, from state 3 to state 4) has an infinite total loss.
+  _poison_loss(monkeypatch, at_step=3, term='loss/ce', value=jnp.inf, total_too=True)
+  config = tiny_config(mnist_dir, 5, checkpoint_every_steps=1, keep_checkpoints=10,
+                       nonfinite='skip')
+  workdir = str(tmp_path)
+  summary = train.train_and_evaluate(config, workdir)
+  assert summary['steps'] == 5 and summary['skipped_nonfinite_batches'] == 1
+  states = {s: restore_state(workdir, s)[1] for s in (2, 3, 4, 5)}
+  assert_trees_equal(restore_state(reference, 2)[1], states[2])
+  # Step 3 moved the data position and step counter on, nothing else.
+  assert int(states[4]['step']) == 4
+  for part in ('params', 'batch_stats', 'opt_state'):
+    assert_trees_equal(states[3][part], states[4][part])
+  assert trees_differ(states[2]['params'], states[3]['params'])
+  assert trees_differ(states[4]['params'], states[5]['params'])
+  assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(states[5]['params']))
+
+
+# ----------------------------------------------------------------------------
+# 4. Bad input: clear errors before the first step.
+
+
+@pytest.fixture
+def damaged_mnist(mnist_dir, tmp_path):
+  """damage(edit) -> data_dir: a copy of mnist5k whose train record 5 is edited."""
+
+  def damage(edit):
+    copy_dir = tmp_path / 'tfds'
+    shutil.copytree(mnist_dir, copy_dir)
+    (path,) = glob.glob(str(copy_dir / 'mnist5k' / '*' / 'mnist5k-train.tfrecord*'))
+    edit(path)
+    return str(copy_dir)
+
+  return damage
+
+
+def _rewrite_record(**features):
+  def edit(path):
+    records = list(tf.data.TFRecordDataset(path).as_numpy_iterator())
+    example = tf.train.Example.FromString(records[5])
+    for key, value in features.items():
+      feature = example.features.feature[key]
+      if isinstance(value, bytes):
+        feature.bytes_list.value[:] = [value]
+      else:
+        feature.int64_list.value[:] = [value]
+    records[5] = example.SerializeToString()
+    with tf.io.TFRecordWriter(path) as writer:
+      for record in records:
+        writer.write(record)
+  return edit
+
+
+def _garble_bytes(path):
+  with open(path, 'r+b') as f:  # The record's CRC no longer matches.
+    f.seek(3000)
+    data = f.read(64)
+    f.seek(3000)
+    f.write(bytes(b ^ 0xFF for b in data))
+
+
+BAD_RECORDS = {
+    'label out of range': (_rewrite_record(label=10), r'label >= num_classes 10'),
+    'mis-shaped image': (
+        _rewrite_record(image=tf.io.encode_png(tf.zeros([30, 28, 1], tf.uint8)).numpy()),
+        r'image shape differs'),
+    'undecodable image': (_rewrite_record(image=b'not a png'), r'mnist5k/train'),
+    'corrupt record bytes': (_garble_bytes, r'mnist5k/train'),
+}
+
+
+@pytest.mark.parametrize('fault', sorted(BAD_RECORDS))
+def test_bad_record_fails_before_the_first_step(damaged_mnist, tmp_path, fault):
+  edit, message = BAD_RECORDS[fault]
+  config = tiny_config(damaged_mnist(edit), 2)
+  workdir = str(tmp_path / 'run')
+  with pytest.raises(pipeline.InvalidRecordError, match=message):
+    train.train_and_evaluate(config, workdir)
+  assert checkpoint_steps(workdir) == []
+
+
+@pytest.mark.parametrize('label', [10, -1])
+def test_label_out_of_range_in_mock_cifar10(tmp_path, monkeypatch, label):
+  """Record 5 of a mocked CIFAR-10 train split gets a label outside [0, 10)."""
+  read = pipeline._read  # pylint: disable=protected-access
+
+  def read_with_a_bad_label(builder, split):
+    return read(builder, split).enumerate().map(lambda i, ex: {
+        **ex, 'label': tf.where(i == 5, tf.constant(label, ex['label'].dtype), ex['label'])})
+
+  monkeypatch.setattr(pipeline, '_read', read_with_a_bad_label)
+  config = tiny_config(None, 2)
+  config_defaults.set_dataset(config, 'cifar10', train_split='train', eval_split='test')
+  message = 'label >= num_classes 10' if label >= 10 else 'negative label'
+  with data_testing.mock_dataset('cifar10', {'train': 32, 'test': 8}):
+    with pytest.raises(pipeline.InvalidRecordError, match=rf'cifar10/train: {message}'):
+      train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert checkpoint_steps(str(tmp_path / 'run')) == []
+
+
+def test_image_size_too_small_for_the_model(mnist_dir, tmp_path):
+  config = tiny_config(mnist_dir, 2)
+  config.dataset.image_size = 2
+  workdir = str(tmp_path / 'run')
+  with pytest.raises(ValueError, match=r'resnet8 downsamples by 4: image size 2x2 is too small'):
+    train.train_and_evaluate(config, workdir)
+  assert not os.path.exists(os.path.join(workdir, 'checkpoints'))
+
+
+@pytest.mark.parametrize('teacher_kwargs,message', [
+    (dict(name='resnet20'), r"trained as \{'name': 'resnet8'.*asks for a teacher "
+                            r"\{'name': 'resnet20'"),
+    (dict(name='resnet8', conv_type='adder'), r"'conv_type': 'conv'.*'conv_type': 'adder'"),
+    (dict(name='resnet8', stage_widths=(8, 16, 32)),
+     r'does not match the teacher architecture.*stage1_block1'),
+], ids=['name', 'conv_type', 'widths'])
+def test_teacher_of_another_architecture(reference, mnist_dir, tmp_path, teacher_kwargs, message):
+  config = tiny_config(mnist_dir, 2)
+  config.method = 'kd'
+  config.kd = _load_config_module('kd').get_config('demo').kd
+  kwargs = dict(teacher_kwargs)
+  config.teacher = config_defaults.model(kwargs.pop('name'), kwargs.pop('conv_type', 'conv'),
+                                         checkpoint_dir=reference, **kwargs)
+  with pytest.raises(checkpointing.CheckpointError, match=message):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert checkpoint_steps(str(tmp_path / 'run')) == []
+
+
+def test_teacher_with_another_number_of_classes(reference, tmp_path):
+  config = tiny_config(None, 2)
+  config_defaults.set_dataset(config, 'cifar100', train_split='train', eval_split='test')
+  config.method = 'kd'
+  config.kd = _load_config_module('kd').get_config('demo').kd
+  config.teacher = config_defaults.model('resnet8', 'conv', checkpoint_dir=reference)
+  with data_testing.mock_dataset('cifar100', {'train': 32, 'test': 8}):
+    with pytest.raises(checkpointing.CheckpointError,
+                       match=r"'num_classes': 10\}.*'num_classes': 100\}"):
+      train.train_and_evaluate(config, str(tmp_path / 'run'))
+
+
+_RESTORE_TEACHER_ON_ONE_DEVICE = """
+import sys
+import jax, jax.numpy as jnp, numpy as np
+from kdjax import models
+from kdjax.train import checkpointing
+assert jax.device_count() == 1
+model = models.build_model('resnet8', num_classes=10)
+abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1))))
+params, _ = checkpointing.restore_teacher(
+    sys.argv[1], {'model': 'resnet8', 'conv_type': 'conv', 'num_classes': 10},
+    abstract['params'], abstract['batch_stats'])
+np.savez(sys.argv[2], *jax.tree.leaves(params))
+"""
+
+
+def test_teacher_restores_on_another_device_count(reference, compile_cache, tmp_path):
+  """A teacher saved from 2 devices loads in a process that has 1."""
+  out = str(tmp_path / 'params.npz')
+  process = run_cli([sys.executable, '-c', _RESTORE_TEACHER_ON_ONE_DEVICE, reference, out],
+                    cli_env(compile_cache, XLA_FLAGS='--xla_force_host_platform_device_count=1'))
+  assert process.returncode == 0, process.stderr[-3000:]
+  _, state = restore_state(reference, REFERENCE_STEPS)
+  with np.load(out) as loaded:
+    restored = [loaded[f'arr_{i}'] for i in range(len(loaded.files))]
+  expected = jax.tree.leaves(state['params']['student']['model'])
+  assert len(restored) == len(expected)
+  for a, b in zip(expected, restored):
+    np.testing.assert_array_equal(b, a)
