@@ -11,6 +11,7 @@ Flags:
 
 import json
 import os
+import sys
 
 from absl import app
 from etils import epath
@@ -53,7 +54,8 @@ def main(argv):
   initialize_distributed()
   from kdjax.train import train  # pylint: disable=g-import-not-at-top
   # Orbax logs every checkpoint step at INFO; --verbosity=0 brings that back.
-  if flags.FLAGS['verbosity'].using_default_value:
+  # (absl's app.run marks --verbosity as set, so look at the command line itself.)
+  if not any(a.startswith(('--verbosity', '-v=', '--v=')) for a in sys.argv[1:]):
     logging.set_verbosity(logging.WARNING)
   config, workdir = _CONFIG.value, _WORKDIR.value
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # Also gs:// paths.

@@ -375,6 +375,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
             scalars['images_per_second'] = window_images / max(now - window_start, 1e-9)
             window_start, window_images = now, 0
             reporter.scalars(step, scalars)
+            if not progress.enabled:
+              reporter.console(f'step {step}: loss {scalars["loss/total"]:.4f}, lr '
+                               f'{scalars["learning_rate"]:.4g}, '
+                               f'{scalars["images_per_second"]:.0f} images/s')
           if step % checkpoint_every == 0:
             save(step)
           if preemption.reached(step):
