@@ -289,3 +289,32 @@ def test_numpy_integer_strides_and_padding():
 def test_bad_padding_is_a_clear_error(padding):
   with pytest.raises(ValueError, match="adder_conv: .*padding"):
     adder_conv(jnp.zeros((1, 5, 5, 2)), jnp.zeros((3, 3, 2, 3)), 1, padding)
+
+
+def test_inside_a_sharded_step_matches_one_device():
+  """jit over an 8-device batch mesh gives the single-device values and gradients."""
+  if jax.device_count() < 8:
+    pytest.skip(f"needs 8 devices (tests/conftest.py sets XLA_FLAGS); have {jax.device_count()}")
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(8, 6, 6, 3)).astype(np.float32)
+  f = rng.normal(size=(3, 3, 3, 4)).astype(np.float32)
+  r = rng.normal(size=(8, 3, 3, 4)).astype(np.float32)
+  expected_y, expected_dx, expected_df = reference_adder(x, f, r, 2, 1)
+
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  batch, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+
+  def loss(x, f, r):
+    y = adder_conv(x, f, 2, 1)
+    return jnp.sum(y * r), y
+
+  step = jax.jit(jax.grad(loss, argnums=(0, 1), has_aux=True),
+                 in_shardings=(batch, replicated, batch))
+  with jax.set_mesh(mesh):
+    (dx, df), y = step(jax.device_put(x, batch), jax.device_put(f, replicated),
+                       jax.device_put(r, batch))
+  assert dx.sharding.spec[0] == "data"
+  np.testing.assert_allclose(np.asarray(y), expected_y, rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(np.asarray(dx), expected_dx, rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(np.asarray(df), expected_df, rtol=1e-5, atol=1e-3)
