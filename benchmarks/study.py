@@ -1,13 +1,14 @@
 r"""Small-scale study on the embedded MNIST-5k digits: do the papers' effects show?
 
-    python benchmarks/study.py                      # the default plan, ~60 min on 2 cores
+    python benchmarks/study.py                      # default plan: estimated 60 min, 2 cores
     python benchmarks/study.py --dry-run            # print the plan and its estimate only
     python benchmarks/study.py --studies pkkd,cost --seeds 5
     python benchmarks/study.py --quick --out /tmp/study   # rot check: 1 seed, 2 steps a run
 
 Studies (SPEC sections 1-5), every cell on mnist5k (4,000 train / 1,000 test real
-MNIST digits, 28x28x1), built from the ``demo`` presets of configs/*.py (batch
-64, SGD momentum 0.9, lr 0.1 cosine, wd 5e-4, precise-BN before each eval):
+MNIST digits, 28x28x1), built from the ``demo`` presets of configs/*.py (their
+optimizer recipe, kdjax.config_defaults.demo_recipe; batch 64; precise-BN
+before each eval):
 
   pkkd  same architecture (ResNet-8 at half width, 8/16/32 channels: adder
         layers are slow on CPU): CNN alone, ANN alone, ANN + PKKD, and the
@@ -294,7 +295,8 @@ def pkkd_cells(s: Settings) -> Tuple[List[Cell], Dict[str, Dep]]:
            heads=(('student', ''), ('teacher', 'its co-trained CNN teacher')),
            paper='PKKD-ANN 92.96 (C10 R20), 69.93 (C100 R20): above the ANN, matches the CNN',
            checks=(Check('PKKD-ANN > ANN alone', 'ann'),
-                   Check('PKKD-ANN >~ CNN alone', 'cnn', '>~'))),
+                   Check('PKKD-ANN >~ CNN alone', 'cnn', '>~'),
+                   Check('premise: its CNN teacher > ANN alone', 'ann', '>', 'teacher'))),
       Cell('pkkd', 'no_kernel_features', 'ablation: soft labels only (beta = 0)',
            lambda s, seed, d: pkkd_config(s, seed, beta=0.0),
            heads=(('student', ''), ('teacher', 'its co-trained CNN teacher')),
@@ -325,7 +327,8 @@ def ofd_cells(s: Settings) -> Tuple[List[Cell], Dict[str, Dep]]:
   cells = [
       Cell('ofd', 'teacher', f'teacher ({teacher}, {s.ofd_teacher_epochs} epochs)',
            lambda s, seed, d: supervised(s, seed, s.ofd_teacher, s.ofd_teacher_epochs),
-           paper='WRN28-4 teacher: 78.91 (21.09 % error), CIFAR-100'),
+           paper='WRN28-4 teacher: 78.91 (21.09 % error), CIFAR-100',
+           checks=(Check('premise: teacher > student alone', 'alone'),)),
       Cell('ofd', 'alone', f'student alone ({student})',
            lambda s, seed, d: supervised(s, seed, s.ofd_student, s.ofd_epochs),
            paper='alone: WRN16-2 72.68 (OFD, CIFAR-100); ResNet8x4 72.50 (RepDistiller)'),
@@ -705,7 +708,8 @@ def cost_rows(settings: Settings, aggregated: Dict[str, Any]) -> List[Dict[str, 
   from kdjax import models, opcount  # pylint: disable=g-import-not-at-top
   entries = [
       ('pkkd', 'cnn', 'PKKD study: CNN', settings.pkkd_model, 'conv'),
-      ('pkkd', 'pkkd', 'PKKD study: ANN (alone / PKKD)', settings.pkkd_model, 'adder'),
+      ('pkkd', 'ann', 'PKKD study: ANN alone', settings.pkkd_model, 'adder'),
+      ('pkkd', 'pkkd', 'PKKD study: PKKD-trained ANN', settings.pkkd_model, 'adder'),
       ('ofd', 'alone', 'OFD study: student', settings.ofd_student, 'conv'),
       ('ofd', 'teacher', 'OFD study: teacher', settings.ofd_teacher, 'conv'),
       ('ekd', 'single', 'EKD study: single student', settings.ekd_single, 'conv'),
@@ -953,6 +957,10 @@ def parse_args(argv):
                       'STUDY/REGIME/NAME (e.g. pkkd/cnn,ekd/10pct/ekd); their teachers run too')
   parser.add_argument('--epochs-scale', type=float, default=1.0,
                       help='multiply every epoch budget (rounded, at least 1)')
+  parser.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE',
+                      help='override a budget or model of the plan (a Settings field; VALUE '
+                      'is JSON, e.g. --set pkkd_epochs=4 --set \'ofd_teacher=["resnet20", {}]\'); '
+                      'repeatable, applied after --quick and --epochs-scale')
   parser.add_argument('--ekd-10pct-teachers', choices=('full', 'subset'), default=None,
                       help='EKD 10 %% regime: teachers trained on all the data (default) or '
                       'on the same 10 %% as the students')
@@ -978,6 +986,28 @@ def parse_args(argv):
   return args
 
 
+def _tuples(value):
+  """JSON lists -> tuples (model kwargs such as stage_widths must be hashable)."""
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  return value
+
+
+def apply_override(settings: Settings, item: str) -> None:
+  """--set FIELD=VALUE: VALUE is JSON (a bare word is taken as a string)."""
+  field, sep, text = item.partition('=')
+  names = {f.name for f in dataclasses.fields(settings)}
+  if not sep or field not in names:
+    raise SystemExit(f'--set {item!r}: expected FIELD=VALUE with FIELD one of {sorted(names)}')
+  try:
+    value = json.loads(text)
+  except json.JSONDecodeError:
+    value = text
+  setattr(settings, field, _tuples(value))
+
+
 def scaled(settings: Settings, factor: float) -> Settings:
   if factor == 1.0:
     return settings
@@ -989,7 +1019,9 @@ def scaled(settings: Settings, factor: float) -> Settings:
 
 
 def budget_lines(s: Settings) -> Dict[str, str]:
-  common = (f'SGD momentum 0.9, lr 0.1 cosine, wd 5e-4, precise-BN over '
+  opt = preset('supervised').optimizer  # The demo recipe every cell starts from.
+  common = (f'SGD{" Nesterov" if opt.get("nesterov") else ""} momentum {opt.momentum:g}, '
+            f'lr {opt.learning_rate:g} {opt.schedule}, wd {opt.weight_decay:g}, precise-BN over '
             f'{s.recalibration_batches} train batches before each eval'
             + (f', max {s.max_steps} steps per run' if s.max_steps > 0 else ''))
   return {
@@ -1041,6 +1073,8 @@ def main(argv=None) -> Dict[str, Any]:
   settings = scaled(quick_settings() if args.quick else Settings(), args.epochs_scale)
   if args.ekd_10pct_teachers:
     settings.ekd_10pct_teachers = args.ekd_10pct_teachers
+  for item in args.set:
+    apply_override(settings, item)
   cost = CostModel()
   cells, deps = [], {}
   for study in args.studies:
@@ -1072,7 +1106,8 @@ def main(argv=None) -> Dict[str, Any]:
       for job in round_jobs:
         c = job.config
         steps = f', max_steps {c.max_steps}' if c.max_steps > 0 else ''
-        log(f'    {job.group}/{job.label}: {c.method} {c.model.name}/{c.model.conv_type} '
+        student = model_label((c.model.name, dict(c.model.kwargs)))
+        log(f'    {job.group}/{job.label}: {c.method} {student}/{c.model.conv_type} '
             f'{c.num_epochs} epochs, data {c.dataset.train_fraction:g}{steps}: '
             f'~{job.estimate_s:.0f} s')
   if args.budget_minutes and total > 60 * args.budget_minutes:
@@ -1230,8 +1265,16 @@ def notes(s: Settings) -> List[str]:
       'EKD "multi-branch student trained alone" is method ekd with lambda_feat = lambda_kd = 0: '
       'the teachers are still restored and run (their heads are reported) but do not enter '
       'the loss.',
+      'A frozen teacher (KD, FitNets, AT, OFD, EKD, the PKKD fixed-teacher ablation) is '
+      'restored with the running BN statistics of its checkpoint; its own row reports its '
+      'accuracy after precise-BN, so the two can differ slightly (the "teacher" sub-rows are '
+      'the restored teacher as the students saw it).',
+      f'Evaluation: the {1000 if s.eval_split == "test" else s.eval_split} test digits in '
+      f'batches of {s.eval_batch_size} after every epoch, BN statistics re-estimated over '
+      f'{s.recalibration_batches} train batches first (the state is not changed).',
       'Checks compare means against the pooled std of the two cells; with 3 seeds this is a '
-      'rough screen, not a significance test.',
+      'rough screen, not a significance test. "premise" rows check what a method needs to '
+      'help (a teacher stronger than the student alone) at this budget.',
   ]
 
 
