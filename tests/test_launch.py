@@ -84,6 +84,14 @@ def test_shellcheck(script):
   assert result.returncode == 0, result.stdout
 
 
+def test_shellcheck_shared_helpers():
+  if shutil.which('shellcheck') is None:
+    pytest.skip('shellcheck is not installed')
+  common = os.path.join(os.path.dirname(SCRIPTS[0]), 'common.sh')
+  result = subprocess.run(['shellcheck', '-s', 'bash', common], capture_output=True, text=True)
+  assert result.returncode == 0, result.stdout
+
+
 @pytest.mark.parametrize('script', SCRIPTS, ids=os.path.basename)
 def test_help(script):
   result = _run(script, '--help')
