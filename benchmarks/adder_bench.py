@@ -93,6 +93,9 @@ def parse_args(argv=None):
   parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                       help="CPUs for JAX (affinity) and torch (set_num_threads)")
   parser.add_argument("--no-torch", action="store_true", help="skip the official baseline")
+  parser.add_argument("--torch-device", default=None,
+                      help="device of the official baseline (default: cuda when JAX runs on a "
+                           "GPU, else cpu), so both sides run on the same hardware")
   args = parser.parse_args(argv)
   unknown = [s for s in args.shapes.split(",") if s not in SHAPES]
   if unknown:
@@ -121,19 +124,23 @@ def main(argv=None):
   from kdjax.ops import adder_conv
 
   have_torch = not args.no_torch and importlib.util.find_spec("torch") is not None
+  on_gpu = jax.default_backend() == "gpu"
+  torch_device = args.torch_device or ("cuda" if on_gpu else "cpu")
   print(json.dumps({"meta": {
       "batch": args.batch, "reps": args.reps, "torch_reps": args.torch_reps,
       "threads": args.threads,
       "cpu": platform.processor() or platform.machine(), "jax": jax.__version__,
       "jax_device": str(jax.devices()[0]), "torch_baseline": have_torch,
+      "torch_device": torch_device if have_torch else None,
       "timing": "median seconds of reps (torch: torch_reps) after 1 warm-up; fwd_bwd = "
                 "jit(value_and_grad) w.r.t. x and kernel; torch fwd under no_grad",
       "kdjax_vs_conv": "time kdjax fwd_bwd / time conv fwd_bwd",
       "official_vs_kdjax": "time torch_official fwd_bwd / time kdjax fwd_bwd",
       "xla_temp": "compiled.memory_analysis().temp_size_in_bytes of the jitted fwd_bwd",
       "torch_difference_tensor": "C_out*C*k*k*N*Ho*Wo*4",
-      "torch_rss_peak_delta": "torch subprocess peak RSS during its first fwd_bwd minus RSS "
-                              "before it (VmHWM reset via /proc/self/clear_refs)",
+      "torch_rss_peak_delta": "torch subprocess peak RSS (on cuda: peak allocated GPU memory) "
+                              "during its first fwd_bwd minus before it (VmHWM reset via "
+                              "/proc/self/clear_refs)",
       "im2col_patches": "N*Ho*Wo*k*k*C*4",
       "adder_adds_fwd": "N*Ho*Wo*k*k*C*C_out*2", "adds_per_s": "adder_adds_fwd / fwd time"}}),
         flush=True)
@@ -183,7 +190,8 @@ def main(argv=None):
         proc = subprocess.run(
             [sys.executable, REFERENCE_SCRIPT, "--inputs", inputs_path, "--outputs",
              outputs_path, "--stride", str(stride), "--padding", str(pad),
-             "--reps", str(args.torch_reps), "--threads", str(args.threads)],
+             "--reps", str(args.torch_reps), "--threads", str(args.threads),
+             "--device", torch_device],
             capture_output=True, text=True, check=True)
         torch_result = json.loads(proc.stdout.strip().splitlines()[-1])
         ref = np.load(outputs_path)

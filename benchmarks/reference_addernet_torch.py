@@ -123,41 +123,61 @@ def _median_time(fn, reps: int) -> float:
   return statistics.median(times)
 
 
+def _peak_cuda_growth(fn) -> tuple:
+  """Runs fn once; returns (its result, peak allocated CUDA memory minus before, how)."""
+  torch.cuda.synchronize()
+  torch.cuda.reset_peak_memory_stats()
+  before = torch.cuda.memory_allocated()
+  result = fn()
+  torch.cuda.synchronize()
+  return (result, torch.cuda.max_memory_allocated() - before,
+          "torch.cuda.max_memory_allocated after reset - memory_allocated before")
+
+
 def run_layer(inputs_path: str, outputs_path: str, stride: int, padding: int, reps: int,
-              threads: int) -> dict:
+              threads: int, device: str = "cpu") -> dict:
   """Times and checks one layer; inputs/outputs in kdjax layouts (NHWC, HWIO)."""
   torch.set_num_threads(threads)
   data = np.load(inputs_path)
-  x = torch.from_numpy(np.ascontiguousarray(data["x"].transpose(0, 3, 1, 2)))
-  weight = torch.from_numpy(np.ascontiguousarray(data["kernel"].transpose(3, 2, 0, 1)))
-  cotangent = torch.from_numpy(np.ascontiguousarray(data["cotangent"].transpose(0, 3, 1, 2)))
+  to_torch = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)
+  x = to_torch(data["x"].transpose(0, 3, 1, 2))
+  weight = to_torch(data["kernel"].transpose(3, 2, 0, 1))
+  cotangent = to_torch(data["cotangent"].transpose(0, 3, 1, 2))
   x.requires_grad_(True)
   weight.requires_grad_(True)
+  # CUDA kernels run asynchronously: a timed call must wait for them.
+  sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
   def forward_backward():
     x.grad = None
     weight.grad = None
     y = adder2d(x, weight, stride, padding)
     (y * cotangent).sum().backward()
+    sync()
     return y
 
   def forward():
     with torch.no_grad():
-      return adder2d(x, weight, stride, padding)
+      y = adder2d(x, weight, stride, padding)
+    sync()
+    return y
 
-  # The first call (a warm-up, excluded from timing) also gives the peak RSS
+  # The first call (a warm-up, excluded from timing) also gives the peak memory
   # growth of one forward+backward over the inputs already resident.
-  y, rss_peak_delta, rss_method = _peak_rss_growth(forward_backward)
-  np.savez(outputs_path, y=y.detach().numpy().transpose(0, 2, 3, 1),
-           dx=x.grad.numpy().transpose(0, 2, 3, 1),
-           dkernel=weight.grad.numpy().transpose(2, 3, 1, 0))
+  peak_growth = _peak_cuda_growth if device.startswith("cuda") else _peak_rss_growth
+  y, rss_peak_delta, rss_method = peak_growth(forward_backward)
+  to_numpy = lambda t: t.detach().cpu().numpy()
+  np.savez(outputs_path, y=to_numpy(y).transpose(0, 2, 3, 1),
+           dx=to_numpy(x.grad).transpose(0, 2, 3, 1),
+           dkernel=to_numpy(weight.grad).transpose(2, 3, 1, 0))
   del y
   fwd_bwd_s = _median_time(forward_backward, reps)
   # No separate forward warm-up: eager torch has nothing to compile, and the
   # allocator is already warm from the forward+backward runs.
   fwd_s = _median_time(forward, reps)
   return {"fwd_bwd_s": fwd_bwd_s, "fwd_s": fwd_s, "rss_peak_delta_bytes": rss_peak_delta,
-          "rss_method": rss_method, "threads": torch.get_num_threads(), "torch": torch.__version__}
+          "rss_method": rss_method, "threads": torch.get_num_threads(), "torch": torch.__version__,
+          "device": device}
 
 
 def main(argv=None):
@@ -168,9 +188,10 @@ def main(argv=None):
   parser.add_argument("--padding", type=int, required=True)
   parser.add_argument("--reps", type=int, default=3)
   parser.add_argument("--threads", type=int, default=os.cpu_count())
+  parser.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
   args = parser.parse_args(argv)
   result = run_layer(args.inputs, args.outputs, args.stride, args.padding, args.reps,
-                     args.threads)
+                     args.threads, args.device)
   print(json.dumps(result))
   return 0
 

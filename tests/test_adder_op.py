@@ -75,23 +75,29 @@ def _cotangent(y_shape, seed=1):
   return np.random.default_rng(seed).normal(size=y_shape).astype(np.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("strides", "padding", "memory_budget_bytes"))
-def _value_and_grads(x, f, g, strides, padding,
-                     memory_budget_bytes=adder_lib.DEFAULT_MEMORY_BUDGET_BYTES):
+def _value_and_grads_eager(x, f, g, strides, padding,
+                           memory_budget_bytes=adder_lib.DEFAULT_MEMORY_BUDGET_BYTES,
+                           method="auto"):
   def loss(x, f):
-    y = adder_conv(x, f, strides, padding, memory_budget_bytes=memory_budget_bytes)
+    y = adder_conv(x, f, strides, padding, memory_budget_bytes=memory_budget_bytes,
+                   method=method)
     return jnp.sum(y * g), y
 
   (_, y), (dx, df) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(x, f)
   return y, dx, df
 
 
-def _assert_matches_reference(x, f, strides, padding, memory_budget_bytes=None, seed=1):
+_value_and_grads = jax.jit(_value_and_grads_eager,
+                           static_argnames=("strides", "padding", "memory_budget_bytes", "method"))
+
+
+def _assert_matches_reference(x, f, strides, padding, memory_budget_bytes=None, seed=1,
+                              method="auto", value_and_grads=_value_and_grads):
   y_shape = jax.eval_shape(lambda: adder_conv(x, f, strides, padding)).shape
   g = _cotangent(y_shape, seed)
   want_y, want_dx, want_df = reference_adder(x, f, g, strides, padding)
   kwargs = {} if memory_budget_bytes is None else dict(memory_budget_bytes=memory_budget_bytes)
-  y, dx, df = _value_and_grads(x, f, g, strides, padding, **kwargs)
+  y, dx, df = value_and_grads(x, f, g, strides, padding, method=method, **kwargs)
   assert y.shape == want_y.shape
   np.testing.assert_allclose(y, want_y, rtol=1e-5, atol=1e-4)
   np.testing.assert_allclose(dx, want_dx, rtol=1e-5, atol=1e-4)
@@ -116,11 +122,35 @@ REFERENCE_CASES = {
 }
 
 
+@pytest.mark.parametrize("method", ["loop", "fused"])
 @pytest.mark.parametrize("case", sorted(REFERENCE_CASES))
-def test_matches_numpy_reference(case):
+def test_matches_numpy_reference(case, method):
   (n, h, w, c), (kh, kw, o), strides, padding = REFERENCE_CASES[case]
   x, f = _inputs(n, h, w, c, kh, kw, o)
-  _assert_matches_reference(x, f, strides, padding)
+  _assert_matches_reference(x, f, strides, padding, method=method)
+
+
+def _fresh_value_and_grads():
+  # A new jit, so that module constants patched by a test are read when tracing.
+  return jax.jit(_value_and_grads_eager,
+                 static_argnames=("strides", "padding", "memory_budget_bytes", "method"))
+
+
+@pytest.mark.parametrize("max_channels", [0, 10**9], ids=["pairs", "by_channel"])
+@pytest.mark.parametrize("case", ["3x3_s1_same", "3x3_s2_same_odd_nonsquare", "7x7_s2_int_pad3",
+                                  "3x3_s1_explicit_asym", "3x1_s21_same"])
+def test_both_loop_input_gradients(case, max_channels, monkeypatch):
+  # The loop method picks its input-gradient layout by channel count; run each on every case.
+  monkeypatch.setattr(adder_lib, "TAPS_FUSED_MAX_CHANNELS", max_channels)
+  (n, h, w, c), (kh, kw, o), strides, padding = REFERENCE_CASES[case]
+  x, f = _inputs(n, h, w, c, kh, kw, o, seed=4)
+  _assert_matches_reference(x, f, strides, padding, method="loop",
+                            value_and_grads=_fresh_value_and_grads())
+
+
+def test_unknown_method_is_a_clear_error():
+  with pytest.raises(ValueError, match="method must be one of"):
+    adder_conv(np.zeros((1, 4, 4, 1)), np.zeros((3, 3, 1, 1)), method="im2col")
 
 
 def test_large_differences_hit_the_clip():
@@ -176,13 +206,17 @@ def _budget_for_chunk(monkeypatch, x, f, strides, padding, target):
 @pytest.mark.parametrize("chunk", [1, 3])
 def test_chunked_output_channels(chunk, monkeypatch):
   # 7 output channels in chunks of 3 leaves a last chunk of 1 (3 does not divide 7).
+  # Chunks are used by the pair-per-step input gradient, forced here.
+  monkeypatch.setattr(adder_lib, "TAPS_FUSED_MAX_CHANNELS", 0)
+  value_and_grads = _fresh_value_and_grads()
   n, h, w, c, o = 2, 6, 5, 2, 7
   x, f = _inputs(n, h, w, c, 3, 3, o, seed=3)
   budget = _budget_for_chunk(monkeypatch, x, f, 2, "SAME", chunk)
-  _assert_matches_reference(x, f, 2, "SAME", memory_budget_bytes=budget)
+  _assert_matches_reference(x, f, 2, "SAME", memory_budget_bytes=budget, method="loop",
+                            value_and_grads=value_and_grads)
   g = _cotangent((n, 3, 3, o))
-  unchunked = _value_and_grads(x, f, g, 2, "SAME")
-  chunked = _value_and_grads(x, f, g, 2, "SAME", memory_budget_bytes=budget)
+  unchunked = value_and_grads(x, f, g, 2, "SAME", method="loop")
+  chunked = value_and_grads(x, f, g, 2, "SAME", memory_budget_bytes=budget, method="loop")
   for a, b in zip(chunked, unchunked):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-5)
 

@@ -201,6 +201,39 @@ def _phase_input_grad(xq, filters, g, offsets, chunk):
   return acc
 
 
+def _phase_input_grad_by_channel(xq, filters, g, offsets, chunk):
+  """`_phase_input_grad` with every tap of one output channel in one step.
+
+  The forward's layout turned around: a loop over output channels whose step
+  adds, for each tap, a shifted window of that channel's zero-padded output
+  gradient times the clip. Nothing per tap is stored, so the working set is
+  one padded gradient plane plus the accumulator and ``chunk`` is not needed.
+  """
+  del chunk
+  n, hq, wq, _ = xq.shape
+  _, ho, wo, out_channels = g.shape
+  low_h, low_w = max(d for d, _ in offsets), max(d for _, d in offsets)
+  # g moved so that tap t's window of it starts at (low_h - di, low_w - dj).
+  g_padded = jnp.pad(g, ((0, 0), (low_h, hq - ho), (low_w, wq - wo), (0, 0)))
+
+  def add_channel(o, acc):
+    g_o = lax.dynamic_slice_in_dim(g_padded, o, 1, axis=3)
+    f_o = lax.dynamic_index_in_dim(filters, o, 0, keepdims=False)  # (T, C)
+    for t, (di, dj) in enumerate(offsets):
+      window = lax.slice(g_o, (0, low_h - di, low_w - dj, 0),
+                         (n, low_h - di + hq, low_w - dj + wq, 1))
+      acc = acc + window * jnp.clip(f_o[t] - xq, -1.0, 1.0)
+    return acc
+
+  return lax.fori_loop(0, out_channels, add_channel, jnp.zeros_like(xq))
+
+
+# XLA:CPU runs the all-taps-per-step loop about 2x faster than the
+# pair-per-step scan when the input has 16 channels or fewer, and 2-3x slower
+# from 32 up (benchmarks/adder_bench.py shapes, 2 cores).
+TAPS_FUSED_MAX_CHANNELS = 16
+
+
 def _input_grad(xp, kernel, g, strides, chunk):
   """dL/dX on the padded grid, one stride phase at a time.
 
@@ -218,7 +251,9 @@ def _input_grad(xp, kernel, g, strides, chunk):
       xq = xp[:, a::sh, b::sw, :]
       phase_filters = filters[:, [i * kw + j for i, j in taps], :]
       offsets = [(i // sh, j // sw) for i, j in taps]
-      dxq = _phase_input_grad(xq, phase_filters, g, offsets, chunk)
+      phase_grad = (_phase_input_grad_by_channel if in_channels <= TAPS_FUSED_MAX_CHANNELS
+                    else _phase_input_grad)
+      dxq = phase_grad(xq, phase_filters, g, offsets, chunk)
       hq, wq = dxq.shape[1:3]
       dxp = dxp + lax.pad(dxq, jnp.zeros((), dxq.dtype),
                           [(0, 0, 0), (a, hp - a - ((hq - 1) * sh + 1), sh - 1),
@@ -226,20 +261,73 @@ def _input_grad(xp, kernel, g, strides, chunk):
   return dxp
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _adder_conv_f32(x, kernel, strides, pads, chunk):
+def _patches(xp, kernel_hw, out_hw, strides):
+  """(N, Ho, Wo, T * C) im2col patches of the padded input, tap-major."""
+  return jnp.concatenate([_tap(xp, i, j, out_hw, strides)
+                          for i in range(kernel_hw[0]) for j in range(kernel_hw[1])], axis=-1)
+
+
+def _fused_forward(x, kernel, strides, pads):
+  """One reduction over the im2col patches, for GPUs.
+
+  ``sum_k |P[..., k] - F[k, o]|`` is written as a broadcast feeding a
+  reduction; XLA fuses the two, so the (N*Ho*Wo, T*C, O) difference tensor is
+  never stored, and the GPU runs every output element in parallel instead of
+  looping over input channels.
+  """
+  xp = _pad(x, pads)
+  out_hw = _out_hw(xp.shape, kernel.shape, strides)
+  patches = _patches(xp, kernel.shape[:2], out_hw, strides)
+  filters = kernel.reshape(-1, kernel.shape[-1]).T  # (O, T*C)
+  return -jnp.sum(jnp.abs(patches[..., None, :] - filters), axis=-1)
+
+
+def _fused_input_grad(xp, kernel, g, strides):
+  """dL/dX on the padded grid from one fused reduction over output channels.
+
+  dP[..., k] = sum_o g[..., o] * clip(F[k, o] - P[..., k], -1, 1) on the
+  patches, then the patch-to-pixel scatter is the transpose of the patch
+  extraction.
+  """
+  out_hw = g.shape[1:3]
+  extract = lambda xp: _patches(xp, kernel.shape[:2], out_hw, strides)
+  patches, scatter = jax.vjp(extract, xp)
+  filters = kernel.reshape(-1, kernel.shape[-1])  # (T*C, O)
+  dpatches = jnp.sum(g[..., None, :] * jnp.clip(filters - patches[..., None], -1.0, 1.0),
+                     axis=-1)
+  return scatter(dpatches)[0]
+
+
+# Which formulation each platform runs: XLA:CPU is fastest on the loops (one
+# small fused elementwise pass per step), GPUs on the fused reductions, which
+# expose all the parallelism at once (benchmarks/adder_bench.py measures both).
+METHODS = ("auto", "loop", "fused")
+
+
+def _by_method(method, loop_fn, fused_fn, *args):
+  if method == "loop":
+    return loop_fn(*args)
+  if method == "fused":
+    return fused_fn(*args)
+  return lax.platform_dependent(*args, cpu=loop_fn, default=fused_fn)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _adder_conv_f32(x, kernel, strides, pads, chunk, method):
   del chunk  # Only the backward needs a working-set bound.
-  return _adder_forward(x, kernel, strides, pads)
+  return _by_method(method, functools.partial(_adder_forward, strides=strides, pads=pads),
+                    functools.partial(_fused_forward, strides=strides, pads=pads), x, kernel)
 
 
-def _adder_fwd(x, kernel, strides, pads, chunk):
-  del chunk
-  return _adder_forward(x, kernel, strides, pads), (x, kernel)
+def _adder_fwd(x, kernel, strides, pads, chunk, method):
+  return _adder_conv_f32(x, kernel, strides, pads, chunk, method), (x, kernel)
 
 
-def _adder_bwd(strides, pads, chunk, residuals, g):
+def _adder_bwd(strides, pads, chunk, method, residuals, g):
   x, kernel = residuals
-  dxp = _input_grad(_pad(x, pads), kernel, g, strides, chunk)
+  dxp = _by_method(method, functools.partial(_input_grad, strides=strides, chunk=chunk),
+                   functools.partial(_fused_input_grad, strides=strides),
+                   _pad(x, pads), kernel, g)
   h, w = x.shape[1:3]
   dx = dxp[:, pads[0][0]:pads[0][0] + h, pads[1][0]:pads[1][0] + w, :]
 
@@ -257,7 +345,8 @@ _adder_conv_f32.defvjp(_adder_fwd, _adder_bwd)
 
 def adder_conv(x: jax.Array, kernel: jax.Array, strides: Union[int, Sequence[int]] = 1,
                padding: PaddingLike = "SAME", *,
-               memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES) -> jax.Array:
+               memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
+               method: str = "auto") -> jax.Array:
   """Adder convolution ``Y = -sum |X - F|`` with the AdderNet backward.
 
   Args:
@@ -266,8 +355,13 @@ def adder_conv(x: jax.Array, kernel: jax.Array, strides: Union[int, Sequence[int
     strides: int or (sh, sw).
     padding: 'SAME', 'VALID', an int, or ((top, bottom), (left, right)); zero
       padding, and padded cells take part in the sum.
-    memory_budget_bytes: bound on the backward's working set; output channels
-      are processed in chunks that fit it.
+    memory_budget_bytes: bound on the loop backward's working set; output
+      channels are processed in chunks that fit it.
+    method: 'loop' (loops over channels and taps, bounded by
+      ``memory_budget_bytes``), 'fused' (broadcast-and-reduce over im2col
+      patches, which XLA fuses so that only the patches are stored), or
+      'auto': 'loop' on CPU and 'fused' elsewhere, decided when lowering.
+      All three compute the same values.
 
   Returns:
     NHWC output in the input's dtype, always <= 0.
@@ -280,6 +374,8 @@ def adder_conv(x: jax.Array, kernel: jax.Array, strides: Union[int, Sequence[int
   if x.shape[-1] != kernel.shape[2]:
     raise ValueError(f"adder_conv: input has {x.shape[-1]} channels but the kernel expects "
                      f"{kernel.shape[2]} (kernel shape {kernel.shape}, HWIO)")
+  if method not in METHODS:
+    raise ValueError(f"adder_conv: method must be one of {METHODS}, got {method!r}")
   strides = normalize_strides(strides)
   pads = normalize_padding(padding, x.shape[1:3], kernel.shape[:2], strides)
   padded = (x.shape[1] + sum(pads[0]), x.shape[2] + sum(pads[1]))
@@ -289,5 +385,6 @@ def adder_conv(x: jax.Array, kernel: jax.Array, strides: Union[int, Sequence[int
   chunk = output_channel_chunk(x.shape[0], padded, kernel.shape[0] * kernel.shape[1],
                                kernel.shape[-1], memory_budget_bytes)
   out_dtype = jnp.result_type(x.dtype, kernel.dtype)
-  y = _adder_conv_f32(x.astype(jnp.float32), kernel.astype(jnp.float32), strides, pads, chunk)
+  y = _adder_conv_f32(x.astype(jnp.float32), kernel.astype(jnp.float32), strides, pads, chunk,
+                      method)
   return y.astype(out_dtype)
