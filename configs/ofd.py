@@ -10,7 +10,7 @@ Presets (CIFAR-100 error %, student alone -> OFD; teacher WRN28-4 21.09):
   cifar100_wrn28_4_wrn16_2      27.32 -> 24.08
   cifar100_wrn28_4_resnet56     27.68 -> 24.44
   imagenet_resnet152_resnet50   top-1/5 error 23.72/6.97 -> 21.65/5.83 (teacher 21.69/5.95)
-  demo   wrn16_2 teacher trained in-process for 2 epochs -> resnet8, MNIST-5k
+  demo   resnet20 teacher trained in-process for 2 epochs -> resnet8, MNIST-5k
 alpha = 1e-3 on CIFAR, 1e-4 on ImageNet.
 """
 
@@ -33,7 +33,7 @@ def get_config(preset: str = 'demo'):
   config.ofd = ml_collections.ConfigDict(dict(alpha=1e-3))
   if preset == 'demo':
     defaults.demo_recipe(config, epochs=3)
-    config.teacher = defaults.model('wrn16_2', 'conv', pretrain_epochs=2)
+    config.teacher = defaults.model('resnet20', 'conv', pretrain_epochs=2)
     config.model = defaults.model('resnet8', 'conv')
     return config
   teacher, student = PAIRS[preset]
