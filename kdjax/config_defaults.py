@@ -32,6 +32,11 @@ def base_config(method: str) -> ml_collections.ConfigDict:
   config.dataset.image_size = ml_collections.config_dict.placeholder(int)
   config.dataset.augment = 'default'  # or a recipe name: cifar, cifar_reflect, imagenet, mnist, none
   config.dataset.train_fraction = 1.0
+  # How the examples are read. 'tfds': tfds + tf.data, every dataset (needs
+  # tensorflow and tensorflow_datasets). 'numpy': from memory with NumPy alone,
+  # for hosts without TensorFlow; only for the embedded mnist5k digits.
+  config.data = ml_collections.ConfigDict()
+  config.data.loader = 'tfds'
 
   config.model = model('resnet20', 'conv')
   config.optimizer = default_optimizer()

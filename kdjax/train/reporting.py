@@ -1,4 +1,10 @@
-"""What a run tells its user: TensorBoard scalars, console lines, a progress bar, summary.json."""
+"""What a run tells its user: TensorBoard scalars, console lines, a progress bar, summary.json.
+
+Scalars go to TensorBoard through clu's metric writers, which need tensorflow.
+Where clu or tensorflow cannot be imported (a host running the numpy data
+loader), they go to ``<workdir>/metrics.jsonl`` instead, one JSON object per
+write: ``{"step": 20, "loss/total": 1.93, ...}``.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +15,15 @@ from typing import Any, Dict, Mapping
 
 from absl import logging
 from etils import epath
-from clu import metric_writers
 import jax
 import numpy as np
+
+try:
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+except ImportError:  # clu itself, or the tensorflow its writers import, is missing.
+  metric_writers = None
+
+METRICS_JSONL = 'metrics.jsonl'
 
 
 def _format_duration(seconds: float) -> str:
@@ -48,13 +60,43 @@ class ProgressBar:
       sys.stderr.flush()
 
 
+class JsonlWriter:
+  """The scalar writer without clu: JSON lines in ``<workdir>/metrics.jsonl``, and the log.
+
+  Has the methods of clu's writers that Reporter calls.
+  """
+
+  def __init__(self, workdir: str, just_logging: bool):
+    self.path = None if just_logging else epath.Path(workdir) / METRICS_JSONL
+
+  def write_scalars(self, step: int, values: Mapping[str, float]) -> None:
+    logging.info('[%d] %s', step, ', '.join(f'{k}={v:.6g}' for k, v in sorted(values.items())))
+    if self.path is not None:
+      # Appended: a resumed run adds to what the earlier part wrote, like event files.
+      with self.path.open('a') as f:
+        f.write(json.dumps({'step': int(step), **values}) + '\n')
+
+  def flush(self) -> None:
+    pass
+
+  def close(self) -> None:
+    pass
+
+
 class Reporter:
   """Writes scalars to TensorBoard (process 0 only) and concise console lines."""
 
   def __init__(self, workdir: str):
     self.is_lead = jax.process_index() == 0
-    self.writer = metric_writers.create_default_writer(workdir, just_logging=not self.is_lead,
-                                                       asynchronous=False)
+    if metric_writers is not None:
+      self.writer = metric_writers.create_default_writer(workdir, just_logging=not self.is_lead,
+                                                         asynchronous=False)
+    else:
+      if self.is_lead:
+        logging.warning('clu/tensorflow not importable: no TensorBoard event files (they need '
+                        'tensorflow and clu); scalars go to %s',
+                        epath.Path(workdir) / METRICS_JSONL)
+      self.writer = JsonlWriter(workdir, just_logging=not self.is_lead)
 
   def scalars(self, step: int, values: Mapping[str, Any]) -> None:
     values = {k: float(np.asarray(v)) for k, v in values.items()}

