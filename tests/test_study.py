@@ -164,3 +164,32 @@ def test_quick_real_runs(tmp_path):
   table = (out / 'study.md').read_text()
   assert '| CNN alone (' in table and '| ablation: fixed pretrained CNN teacher |' in table
   assert 'ANN + PKKD' not in table  # Only the cells asked for are reported.
+
+
+def test_study_table_merges_split_runs(tmp_path):
+  """Cells of several study.json files land in one column; a missing cell shows '-'."""
+  def write(path, cells):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({'cells': cells}))
+
+  stats = lambda values: {'mean': sum(values) / len(values), 'n': len(values),
+                          'std': (sum((v - sum(values) / len(values)) ** 2 for v in values)
+                                  / (len(values) - 1)) ** 0.5}
+  write(tmp_path / 'a' / 'p1' / 'study.json',
+        {'s/full/x': {'label': 'X', 'heads': {'student': stats([0.90, 0.92])}}})
+  write(tmp_path / 'a' / 'p2' / 'study.json',
+        {'s/full/y': {'label': 'Y', 'heads': {'student': stats([0.5, 0.7]),
+                                              'teacher': stats([0.99, 0.97])}}})
+  write(tmp_path / 'b' / 'study.json',
+        {'s/full/y': {'label': 'Y', 'heads': {'student': stats([0.8, 0.8])}}})
+  proc = subprocess.run(
+      [sys.executable, str(REPO / 'benchmarks' / 'study_table.py'),
+       f'A={tmp_path}/a/*/study.json', f'B={tmp_path}/b/study.json'],
+      capture_output=True, text=True, check=True)
+  lines = proc.stdout.strip().splitlines()
+  assert lines[0] == '| cell | A | B |'
+  # std of (0.90, 0.92) is 0.01414 -> 1.41 %; of (0.5, 0.7) 0.1414 -> 14.14 %.
+  assert lines[2] == '| X | 91.00 ± 1.41 (2) | - |'
+  assert lines[3] == '| Y | 60.00 ± 14.14 (2) | 80.00 ± 0.00 (2) |'
+  assert lines[4] == '| &nbsp;&nbsp;↳ its teacher | 98.00 ± 1.41 (2) | - |'
+  assert len(lines) == 5
