@@ -150,8 +150,11 @@ def restore_teacher(path: str, expected: Dict[str, Any], abstract_params: PyTree
         f'Teacher checkpoint directory {path!r} does not exist. Train the teacher first, e.g. '
         f'python -m kdjax.main --config=configs/supervised.py:<preset> --workdir={path}')
   # Without registered handlers orbax's item_metadata() gives None for every item.
+  # save_interval_steps=0 and create=False are what read_only implies; saying so
+  # spares two orbax warnings per teacher.
   manager = ocp.CheckpointManager(
-      directory, options=ocp.CheckpointManagerOptions(read_only=True),
+      directory, options=ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0,
+                                                      create=False),
       item_handlers={'state': ocp.PyTreeCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler()})
   step = manager.latest_step()
   if step is None:
