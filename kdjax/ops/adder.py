@@ -312,15 +312,20 @@ def _by_method(method, loop_fn, fused_fn, *args):
   return lax.platform_dependent(*args, cpu=loop_fn, default=fused_fn)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
-def _adder_conv_f32(x, kernel, strides, pads, chunk, method):
-  del chunk  # Only the backward needs a working-set bound.
+def _forward(x, kernel, strides, pads, method):
   return _by_method(method, functools.partial(_adder_forward, strides=strides, pads=pads),
                     functools.partial(_fused_forward, strides=strides, pads=pads), x, kernel)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _adder_conv_f32(x, kernel, strides, pads, chunk, method):
+  del chunk  # Only the backward needs a working-set bound.
+  return _forward(x, kernel, strides, pads, method)
+
+
 def _adder_fwd(x, kernel, strides, pads, chunk, method):
-  return _adder_conv_f32(x, kernel, strides, pads, chunk, method), (x, kernel)
+  del chunk
+  return _forward(x, kernel, strides, pads, method), (x, kernel)
 
 
 def _adder_bwd(strides, pads, chunk, method, residuals, g):
