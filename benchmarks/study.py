@@ -63,7 +63,6 @@ import argparse
 import dataclasses
 import functools
 import hashlib
-import importlib.util
 import json
 import math
 import os
@@ -165,11 +164,8 @@ def model_label(entry: Tuple[str, Dict[str, Any]]) -> str:
 
 @functools.lru_cache(maxsize=None)
 def _config_module(method: str):
-  path = os.path.join(REPO, 'configs', f'{method}.py')
-  spec = importlib.util.spec_from_file_location(f'kdjax_study_config_{method}', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  from kdjax import config_defaults  # pylint: disable=g-import-not-at-top
+  return config_defaults.load_config_module(os.path.join(REPO, 'configs', f'{method}.py'))
 
 
 def preset(method: str):

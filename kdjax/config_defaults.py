@@ -1,8 +1,29 @@
-"""Building blocks shared by the files in configs/ (recipes from SPEC sections 1-5)."""
+"""Building blocks shared by the files in configs/ (recipes from SPEC sections 1-5).
+
+`load_config_module` imports one of those files by path, as --config does, for
+code that builds configs in Python (tests, benchmarks/study.py).
+"""
+
+import importlib.util
+import os
+import types
 
 import ml_collections
 
 from kdjax.optim.builder import default_config as default_optimizer
+
+
+def load_config_module(path: str) -> types.ModuleType:
+  """The config file at ``path`` (e.g. configs/pkkd.py) as a module with its get_config.
+
+  configs/ is not a package, so its files are loaded by path, like
+  ml_collections' config_flags does for ``--config=configs/pkkd.py:demo``.
+  """
+  name = os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(f'kdjax_config_file_{name}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def base_config(method: str) -> ml_collections.ConfigDict:

@@ -4,7 +4,6 @@ The expected numbers are the recipes of SPEC.md (sections 1-5), written here
 independently of kdjax.config_defaults. Nothing is compiled or trained.
 """
 
-import importlib.util
 import os
 
 import jax
@@ -12,6 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 import pytest
 
+from kdjax import config_defaults
 from kdjax import data as kd_data
 from kdjax import models
 
@@ -20,11 +20,7 @@ METHODS = ('supervised', 'kd', 'pkkd', 'ofd', 'ekd')
 
 
 def load(name):
-  path = os.path.join(REPO, 'configs', f'{name}.py')
-  spec = importlib.util.spec_from_file_location(f'kdjax_test_configs_{name}', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return config_defaults.load_config_module(os.path.join(REPO, 'configs', f'{name}.py'))
 
 
 ALL_PRESETS = [(name, preset) for name in METHODS for preset in load(name).PRESETS]

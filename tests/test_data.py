@@ -1,5 +1,6 @@
 """Tests of kdjax.data: the mnist5k builder, the pipelines, the tfds mocks."""
 
+import functools
 import glob
 import hashlib
 import shutil
@@ -358,25 +359,12 @@ def _rewrite_record(data_dir, tmp_path, edit):
   copy = tmp_path / 'tfds'
   shutil.copytree(data_dir, copy)
   (path,) = glob.glob(str(copy / 'mnist5k' / '*' / 'mnist5k-test.tfrecord*'))
-  records = list(tf.data.TFRecordDataset(path).as_numpy_iterator())
-  records[10] = edit(records[10])
-  with tf.io.TFRecordWriter(path) as writer:
-    for record in records:
-      writer.write(record)
+  data_testing.rewrite_record(path, 10, edit)
   return str(copy)
 
 
 def _edit_example(**features):
-  def edit(record):
-    example = tf.train.Example.FromString(record)
-    for key, value in features.items():
-      feature = example.features.feature[key]
-      if isinstance(value, bytes):
-        feature.bytes_list.value[:] = [value]
-      else:
-        feature.int64_list.value[:] = [value]
-    return example.SerializeToString()
-  return edit
+  return functools.partial(data_testing.edit_example, **features)
 
 
 def _read_all_test(data_dir):

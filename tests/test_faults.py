@@ -18,8 +18,8 @@ Expectations:
 """
 
 import copy
+import functools
 import glob
-import importlib.util
 import json
 import logging
 import os
@@ -37,7 +37,6 @@ import pytest
 import tensorflow as tf
 
 from kdjax import config_defaults
-from kdjax.data import mnist5k
 from kdjax.data import pipeline
 from kdjax.data import testing as data_testing
 from kdjax.train import checkpointing
@@ -73,23 +72,9 @@ def _fast_init_compile():
   jax.config.update('jax_threefry_partitionable', previous)
 
 
-def _shared_root(tmp_path_factory):
-  base = tmp_path_factory.getbasetemp()
-  return base.parent if os.environ.get('PYTEST_XDIST_WORKER') else base
-
-
 @pytest.fixture(scope='module')
-def mnist_dir(tmp_path_factory):
-  """mnist5k prepared once per session (same place as test_train.py's)."""
-  data_dir = _shared_root(tmp_path_factory) / 'kdjax_mnist5k'
-  data_dir.mkdir(exist_ok=True)
-  mnist5k.prepare(str(data_dir))
-  return str(data_dir)
-
-
-@pytest.fixture(scope='module')
-def compile_cache(tmp_path_factory):
-  path = _shared_root(tmp_path_factory) / 'kdjax_fault_tests_xla_cache'
+def compile_cache(shared_tmp_root):
+  path = shared_tmp_root / 'kdjax_fault_tests_xla_cache'
   path.mkdir(exist_ok=True)
   return str(path)
 
@@ -109,11 +94,7 @@ def tiny_config(mnist_dir, steps, **overrides):
 
 def _load_config_module(name):
   """configs/<name>.py as a module (configs/ is not a package)."""
-  path = os.path.join(REPO, 'configs', f'{name}.py')
-  spec = importlib.util.spec_from_file_location(f'kdjax_fault_test_configs_{name}', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return config_defaults.load_config_module(os.path.join(REPO, 'configs', f'{name}.py'))
 
 
 def cli_command(workdir, mnist_dir, steps, *, faults=False, **overrides):
@@ -484,18 +465,7 @@ def damaged_mnist(mnist_dir, tmp_path):
 
 def _rewrite_record(**features):
   def edit(path):
-    records = list(tf.data.TFRecordDataset(path).as_numpy_iterator())
-    example = tf.train.Example.FromString(records[5])
-    for key, value in features.items():
-      feature = example.features.feature[key]
-      if isinstance(value, bytes):
-        feature.bytes_list.value[:] = [value]
-      else:
-        feature.int64_list.value[:] = [value]
-    records[5] = example.SerializeToString()
-    with tf.io.TFRecordWriter(path) as writer:
-      for record in records:
-        writer.write(record)
+    data_testing.rewrite_record(path, 5, functools.partial(data_testing.edit_example, **features))
   return edit
 
 

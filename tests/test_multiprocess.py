@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import test_faults as faults  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # pylint: disable=unused-import
-from test_faults import _fast_init_compile, compile_cache, mnist_dir  # noqa: F401
+from test_faults import _fast_init_compile, compile_cache  # noqa: F401
 # pylint: enable=unused-import
 
 REPO = faults.REPO

@@ -29,7 +29,7 @@ from kdjax.train import reporting
 from kdjax.train import train
 from test_study import fake_train_and_evaluate, load_study
 # pylint: disable=unused-import
-from test_train import get_config, mnist_dir  # noqa: F401
+from test_train import get_config
 # pylint: enable=unused-import
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -19,7 +19,6 @@ Independent expectations used below:
 
 import fcntl
 import glob
-import importlib.util
 import json
 import math
 import os
@@ -33,7 +32,6 @@ import pytest
 import tensorflow as tf
 
 from kdjax import config_defaults
-from kdjax.data import mnist5k
 from kdjax.data import testing as data_testing
 from kdjax.train import checkpointing
 from kdjax.train import train
@@ -73,10 +71,7 @@ def _fast_init_compile():
 def get_config(name, preset='demo'):
   """configs/<name>.py's get_config(preset), as --config=configs/<name>.py:<preset>."""
   path = os.path.join(REPO, 'configs', f'{name}.py')
-  spec = importlib.util.spec_from_file_location(f'kdjax_test_configs_{name}', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(preset)
+  return config_defaults.load_config_module(path).get_config(preset)
 
 
 def tiny_config(name, dataset='cifar10', *, steps=2, devices=1, data_dir=None):
@@ -112,19 +107,13 @@ def evaluate(config, workdir):
   return train.evaluate(config, workdir)
 
 
-def _shared_root(tmp_path_factory):
-  base = tmp_path_factory.getbasetemp()
-  # Under pytest-xdist every worker has its own basetemp inside the session's.
-  return base.parent if os.environ.get('PYTEST_XDIST_WORKER') else base
-
-
-def _shared_run(tmp_path_factory, name, config_fn):
+def _shared_run(shared_tmp_root, name, config_fn):
   """Trains config_fn() once per session; returns (workdir, summary).
 
   Whichever xdist worker asks first trains; the others wait on the lock and
   read the result.
   """
-  root = _shared_root(tmp_path_factory) / 'kdjax_shared_runs'
+  root = shared_tmp_root / 'kdjax_shared_runs'
   root.mkdir(exist_ok=True)
   workdir, result = root / name, root / f'{name}.json'
   with open(root / f'{name}.lock', 'w') as lock:
@@ -229,18 +218,9 @@ def _reference_config(devices=1):
 
 
 @pytest.fixture(scope='module')
-def reference_run(tmp_path_factory):
+def reference_run(shared_tmp_root):
   """(workdir, summary): an uninterrupted 1-device run, also the frozen teacher."""
-  return _shared_run(tmp_path_factory, 'supervised_resnet8_1dev', _reference_config)
-
-
-@pytest.fixture(scope='module')
-def mnist_dir(tmp_path_factory):
-  """A tfds data_dir with mnist5k prepared once per session (the build is locked)."""
-  data_dir = _shared_root(tmp_path_factory) / 'kdjax_mnist5k'
-  data_dir.mkdir(exist_ok=True)
-  mnist5k.prepare(str(data_dir))
-  return str(data_dir)
+  return _shared_run(shared_tmp_root, 'supervised_resnet8_1dev', _reference_config)
 
 
 # ----------------------------------------------------------------------------
@@ -284,8 +264,8 @@ def _mnist_supervised_config(mnist_dir):
 
 
 @pytest.fixture(scope='module')
-def mnist_supervised_run(tmp_path_factory, mnist_dir):
-  workdir, summary = _shared_run(tmp_path_factory, 'mnist_supervised',
+def mnist_supervised_run(shared_tmp_root, mnist_dir):
+  workdir, summary = _shared_run(shared_tmp_root, 'mnist_supervised',
                                  lambda: _mnist_supervised_config(mnist_dir))
   return _mnist_supervised_config(mnist_dir), workdir, summary
 
@@ -335,16 +315,22 @@ def _frozen_teacher(reference_workdir):
   return config_defaults.model('resnet8', 'conv', checkpoint_dir=reference_workdir)
 
 
-def test_kd_from_frozen_teacher(reference_run, tmp_path):
+def _run_with_frozen_teacher(method, reference_run, workdir):
+  """2 steps of `method` (resnet8 student) from the reference run as teacher; (config, summary)."""
   teacher_dir, teacher_summary = reference_run
-  config = tiny_config('kd', 'cifar10', steps=2)
+  config = tiny_config(method, 'cifar10', steps=2)
   config.teacher = _frozen_teacher(teacher_dir)
   config.model = config_defaults.model('resnet8', 'conv')
-  summary = run(config, str(tmp_path))
-  check_run(summary, str(tmp_path), steps=2, heads=['student', 'teacher'],
+  summary = run(config, workdir)
+  check_run(summary, workdir, steps=2, heads=['student', 'teacher'],
             eval_examples=MOCK_EVAL_EXAMPLES)
   # The restored teacher is the reference run's final student.
   assert summary['eval_accuracy']['teacher'] == teacher_summary['eval_accuracy']['student']
+  return config, summary
+
+
+def test_kd_from_frozen_teacher(reference_run, tmp_path):
+  config, summary = _run_with_frozen_teacher('kd', reference_run, str(tmp_path))
   # Only the student is trained; the teacher is not part of the state.
   _, state = restore_state(str(tmp_path))
   assert list(state['params']) == ['student']
@@ -354,14 +340,7 @@ def test_kd_from_frozen_teacher(reference_run, tmp_path):
 
 
 def test_ofd_from_frozen_teacher(reference_run, tmp_path):
-  teacher_dir, teacher_summary = reference_run
-  config = tiny_config('ofd', 'cifar10', steps=2)
-  config.teacher = _frozen_teacher(teacher_dir)
-  config.model = config_defaults.model('resnet8', 'conv')
-  summary = run(config, str(tmp_path))
-  check_run(summary, str(tmp_path), steps=2, heads=['student', 'teacher'],
-            eval_examples=MOCK_EVAL_EXAMPLES)
-  assert summary['eval_accuracy']['teacher'] == teacher_summary['eval_accuracy']['student']
+  _run_with_frozen_teacher('ofd', reference_run, str(tmp_path))
   assert math.isfinite(read_scalars(str(tmp_path))['loss/ofd'][2])
   # The connectors (one per stage) train with the student.
   _, state = restore_state(str(tmp_path))
@@ -379,8 +358,8 @@ def _ekd_config(reference_workdir):
 
 
 @pytest.fixture(scope='module')
-def ekd_run(reference_run, tmp_path_factory):
-  return _shared_run(tmp_path_factory, 'ekd', lambda: _ekd_config(reference_run[0]))
+def ekd_run(reference_run, shared_tmp_root):
+  return _shared_run(shared_tmp_root, 'ekd', lambda: _ekd_config(reference_run[0]))
 
 
 def test_ekd_with_restored_and_pretrained_teachers(reference_run, ekd_run):

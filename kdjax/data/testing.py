@@ -20,7 +20,7 @@ import os
 import shutil
 import tempfile
 import zlib
-from typing import Iterator
+from typing import Callable, Iterator
 from unittest import mock
 
 import tensorflow as tf
@@ -151,3 +151,30 @@ def mock_dataset(
         as_dataset_fn=_mock_as_dataset), mock.patch.object(
             dataset_builder.DatasetBuilder, 'as_dataset', unwrapped_as_dataset):
       yield data_dir
+
+
+def rewrite_record(path: str, index: int, edit: Callable[[bytes], bytes]) -> None:
+  """Replaces record `index` of the TFRecord file `path` by `edit(record)`.
+
+  For tests of how the pipeline meets damaged data.
+  """
+  records = list(tf.data.TFRecordDataset(path).as_numpy_iterator())
+  records[index] = edit(records[index])
+  with tf.io.TFRecordWriter(path) as writer:
+    for record in records:
+      writer.write(record)
+
+
+def edit_example(record: bytes, **features: bytes | int) -> bytes:
+  """`record`, a serialized tf.train.Example, with the named features replaced.
+
+  A bytes value replaces a bytes feature, an int an int64 feature.
+  """
+  example = tf.train.Example.FromString(record)
+  for key, value in features.items():
+    feature = example.features.feature[key]
+    if isinstance(value, bytes):
+      feature.bytes_list.value[:] = [value]
+    else:
+      feature.int64_list.value[:] = [value]
+  return example.SerializeToString()
