@@ -43,7 +43,9 @@ class AdderColumns(torch.autograd.Function):
   def forward(ctx, x_col, w_col, adaptive_eta):
     ctx.save_for_backward(x_col, w_col)
     ctx.adaptive_eta = adaptive_eta
-    difference = x_col.unsqueeze(0) - w_col.unsqueeze(2)  # (C_out, C*k*k, N*Ho*Wo)
+    difference = x_col.unsqueeze(0) - w_col.unsqueeze(
+      2
+    )  # (C_out, C*k*k, N*Ho*Wo)
     return -difference.abs().sum(1)
 
   @staticmethod
@@ -53,26 +55,37 @@ class AdderColumns(torch.autograd.Function):
     grad_w_col = (difference * grad_out.unsqueeze(1)).sum(2)
     if ctx.adaptive_eta is not None:
       norm = grad_w_col.norm(p=2).clamp(min=1e-12)
-      grad_w_col = grad_w_col / norm * (ctx.adaptive_eta * math.sqrt(grad_w_col.numel()))
+      grad_w_col = (
+        grad_w_col / norm * (ctx.adaptive_eta * math.sqrt(grad_w_col.numel()))
+      )
     grad_x_col = (-difference.clamp(-1, 1) * grad_out.unsqueeze(1)).sum(0)
     return grad_x_col, grad_w_col, None
 
 
-def adder2d(x: torch.Tensor, weight: torch.Tensor, stride: int = 1, padding: int = 0,
-            adaptive_eta: Optional[float] = None) -> torch.Tensor:
+def adder2d(
+  x: torch.Tensor,
+  weight: torch.Tensor,
+  stride: int = 1,
+  padding: int = 0,
+  adaptive_eta: Optional[float] = None,
+) -> torch.Tensor:
   """Official-algorithm adder convolution. x: (N, C, H, W), weight: (C_out, C, k, k)."""
   n, _, h, w = x.shape
   out_channels, _, kh, kw = weight.shape
   ho = (h + 2 * padding - kh) // stride + 1
   wo = (w + 2 * padding - kw) // stride + 1
-  x_col = F.unfold(x, (kh, kw), padding=padding, stride=stride)  # (N, C*k*k, Ho*Wo)
-  x_col = x_col.permute(1, 2, 0).reshape(x_col.shape[1], -1)    # (C*k*k, Ho*Wo*N)
+  x_col = F.unfold(
+    x, (kh, kw), padding=padding, stride=stride
+  )  # (N, C*k*k, Ho*Wo)
+  x_col = x_col.permute(1, 2, 0).reshape(x_col.shape[1], -1)  # (C*k*k, Ho*Wo*N)
   w_col = weight.reshape(out_channels, -1)
-  out = AdderColumns.apply(x_col, w_col, adaptive_eta)          # (C_out, Ho*Wo*N)
+  out = AdderColumns.apply(x_col, w_col, adaptive_eta)  # (C_out, Ho*Wo*N)
   return out.reshape(out_channels, ho, wo, n).permute(3, 0, 1, 2).contiguous()
 
 
-def difference_tensor_bytes(n, c, h, w, out_channels, k, stride, padding, itemsize=4):
+def difference_tensor_bytes(
+  n, c, h, w, out_channels, k, stride, padding, itemsize=4
+):
   """Size of the (C_out, C*k*k, N*Ho*Wo) difference tensor the official code materialises."""
   ho = (h + 2 * padding - k) // stride + 1
   wo = (w + 2 * padding - k) // stride + 1
@@ -81,9 +94,9 @@ def difference_tensor_bytes(n, c, h, w, out_channels, k, stride, padding, itemsi
 
 def _proc_status_bytes(field: str) -> Optional[int]:
   try:
-    with open("/proc/self/status") as status:
+    with open('/proc/self/status') as status:
       for line in status:
-        if line.startswith(field + ":"):
+        if line.startswith(field + ':'):
           return int(line.split()[1]) * 1024  # reported in kB
   except OSError:
     pass
@@ -93,8 +106,8 @@ def _proc_status_bytes(field: str) -> Optional[int]:
 def _reset_peak_rss() -> bool:
   """Resets VmHWM (Linux >= 4.0), so the next peak is this layer's, not torch's import."""
   try:
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-      clear_refs.write("5")
+    with open('/proc/self/clear_refs', 'w') as clear_refs:
+      clear_refs.write('5')
     return True
   except OSError:
     return False
@@ -102,16 +115,20 @@ def _reset_peak_rss() -> bool:
 
 def _peak_rss_growth(fn) -> tuple:
   """Runs fn once; returns (its result, peak RSS minus RSS before, how it was measured)."""
-  if _reset_peak_rss() and _proc_status_bytes("VmRSS") is not None:
-    before = _proc_status_bytes("VmRSS")
+  if _reset_peak_rss() and _proc_status_bytes('VmRSS') is not None:
+    before = _proc_status_bytes('VmRSS')
     result = fn()
-    return result, _proc_status_bytes("VmHWM") - before, "VmHWM after reset - VmRSS before"
+    return (
+      result,
+      _proc_status_bytes('VmHWM') - before,
+      'VmHWM after reset - VmRSS before',
+    )
   # Fallback: ru_maxrss only moves past the process's earlier peak (e.g. the
   # import), so small layers can read 0.
   before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
   result = fn()
   after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-  return result, after - before, "ru_maxrss growth (lower bound)"
+  return result, after - before, 'ru_maxrss growth (lower bound)'
 
 
 def _median_time(fn, reps: int) -> float:
@@ -130,23 +147,33 @@ def _peak_cuda_growth(fn) -> tuple:
   before = torch.cuda.memory_allocated()
   result = fn()
   torch.cuda.synchronize()
-  return (result, torch.cuda.max_memory_allocated() - before,
-          "torch.cuda.max_memory_allocated after reset - memory_allocated before")
+  return (
+    result,
+    torch.cuda.max_memory_allocated() - before,
+    'torch.cuda.max_memory_allocated after reset - memory_allocated before',
+  )
 
 
-def run_layer(inputs_path: str, outputs_path: str, stride: int, padding: int, reps: int,
-              threads: int, device: str = "cpu") -> dict:
+def run_layer(
+  inputs_path: str,
+  outputs_path: str,
+  stride: int,
+  padding: int,
+  reps: int,
+  threads: int,
+  device: str = 'cpu',
+) -> dict:
   """Times and checks one layer; inputs/outputs in kdjax layouts (NHWC, HWIO)."""
   torch.set_num_threads(threads)
   data = np.load(inputs_path)
   to_torch = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)
-  x = to_torch(data["x"].transpose(0, 3, 1, 2))
-  weight = to_torch(data["kernel"].transpose(3, 2, 0, 1))
-  cotangent = to_torch(data["cotangent"].transpose(0, 3, 1, 2))
+  x = to_torch(data['x'].transpose(0, 3, 1, 2))
+  weight = to_torch(data['kernel'].transpose(3, 2, 0, 1))
+  cotangent = to_torch(data['cotangent'].transpose(0, 3, 1, 2))
   x.requires_grad_(True)
   weight.requires_grad_(True)
   # CUDA kernels run asynchronously: a timed call must wait for them.
-  sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+  sync = torch.cuda.synchronize if device.startswith('cuda') else (lambda: None)
 
   def forward_backward():
     x.grad = None
@@ -164,37 +191,63 @@ def run_layer(inputs_path: str, outputs_path: str, stride: int, padding: int, re
 
   # The first call (a warm-up, excluded from timing) also gives the peak memory
   # growth of one forward+backward over the inputs already resident.
-  peak_growth = _peak_cuda_growth if device.startswith("cuda") else _peak_rss_growth
+  peak_growth = (
+    _peak_cuda_growth if device.startswith('cuda') else _peak_rss_growth
+  )
   y, rss_peak_delta, rss_method = peak_growth(forward_backward)
   to_numpy = lambda t: t.detach().cpu().numpy()
-  np.savez(outputs_path, y=to_numpy(y).transpose(0, 2, 3, 1),
-           dx=to_numpy(x.grad).transpose(0, 2, 3, 1),
-           dkernel=to_numpy(weight.grad).transpose(2, 3, 1, 0))
+  np.savez(
+    outputs_path,
+    y=to_numpy(y).transpose(0, 2, 3, 1),
+    dx=to_numpy(x.grad).transpose(0, 2, 3, 1),
+    dkernel=to_numpy(weight.grad).transpose(2, 3, 1, 0),
+  )
   del y
   fwd_bwd_s = _median_time(forward_backward, reps)
   # No separate forward warm-up: eager torch has nothing to compile, and the
   # allocator is already warm from the forward+backward runs.
   fwd_s = _median_time(forward, reps)
-  return {"fwd_bwd_s": fwd_bwd_s, "fwd_s": fwd_s, "rss_peak_delta_bytes": rss_peak_delta,
-          "rss_method": rss_method, "threads": torch.get_num_threads(), "torch": torch.__version__,
-          "device": device}
+  return {
+    'fwd_bwd_s': fwd_bwd_s,
+    'fwd_s': fwd_s,
+    'rss_peak_delta_bytes': rss_peak_delta,
+    'rss_method': rss_method,
+    'threads': torch.get_num_threads(),
+    'torch': torch.__version__,
+    'device': device,
+  }
 
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--inputs", required=True, help="npz with x (NHWC), kernel (HWIO), cotangent")
-  parser.add_argument("--outputs", required=True, help="npz to write y, dx, dkernel to")
-  parser.add_argument("--stride", type=int, required=True)
-  parser.add_argument("--padding", type=int, required=True)
-  parser.add_argument("--reps", type=int, default=3)
-  parser.add_argument("--threads", type=int, default=os.cpu_count())
-  parser.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
+  parser.add_argument(
+    '--inputs',
+    required=True,
+    help='npz with x (NHWC), kernel (HWIO), cotangent',
+  )
+  parser.add_argument(
+    '--outputs', required=True, help='npz to write y, dx, dkernel to'
+  )
+  parser.add_argument('--stride', type=int, required=True)
+  parser.add_argument('--padding', type=int, required=True)
+  parser.add_argument('--reps', type=int, default=3)
+  parser.add_argument('--threads', type=int, default=os.cpu_count())
+  parser.add_argument(
+    '--device', default='cpu', help='torch device: cpu or cuda'
+  )
   args = parser.parse_args(argv)
-  result = run_layer(args.inputs, args.outputs, args.stride, args.padding, args.reps,
-                     args.threads, args.device)
+  result = run_layer(
+    args.inputs,
+    args.outputs,
+    args.stride,
+    args.padding,
+    args.reps,
+    args.threads,
+    args.device,
+  )
   print(json.dumps(result))
   return 0
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
   sys.exit(main())

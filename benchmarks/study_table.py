@@ -45,18 +45,28 @@ def head_entry(cell: dict, head: str) -> str:
 SUB_HEADS = {'teacher': 'its teacher', 'branch_mean': 'mean of its branches'}
 
 
-def rows(columns: List[Tuple[str, Dict[str, dict]]]) -> List[Tuple[str, str, str]]:
+def rows(
+  columns: List[Tuple[str, Dict[str, dict]]],
+) -> List[Tuple[str, str, str]]:
   order: List[str] = []
   for _, cells in columns:
     order += [key for key in cells if key not in order]
   out = []
   for key in order:
     cell = next(cells[key] for _, cells in columns if key in cells)
-    heads = ['student'] + [head for head in SUB_HEADS
-                           if any(head in cells.get(key, {}).get('heads', {})
-                                  for _, cells in columns)]
+    heads = ['student'] + [
+      head
+      for head in SUB_HEADS
+      if any(
+        head in cells.get(key, {}).get('heads', {}) for _, cells in columns
+      )
+    ]
     for head in heads:
-      label = cell['label'] if head == 'student' else f'&nbsp;&nbsp;↳ {SUB_HEADS[head]}'
+      label = (
+        cell['label']
+        if head == 'student'
+        else f'&nbsp;&nbsp;↳ {SUB_HEADS[head]}'
+      )
       out.append((key, head, label))
   return out
 
@@ -74,7 +84,10 @@ def main(argv=None) -> int:
   print('| cell | ' + ' | '.join(name for name, _ in columns) + ' |')
   print('|---|' + '---|' * len(columns))
   for key, head, label in rows(columns):
-    entries = [head_entry(cells[key], head) if key in cells else '-' for _, cells in columns]
+    entries = [
+      head_entry(cells[key], head) if key in cells else '-'
+      for _, cells in columns
+    ]
     print(f'| {label} | ' + ' | '.join(entries) + ' |')
   return 0
 

@@ -27,25 +27,37 @@ def get_config(preset: str = 'demo'):
   if preset not in PRESETS:
     raise ValueError(f'Unknown ekd preset {preset!r}; choose one of {PRESETS}')
   config = defaults.base_config('ekd')
-  config.ekd = ml_collections.ConfigDict(dict(temperature=4.0, lambda_feat=1.0, lambda_kd=1.0))
+  config.ekd = ml_collections.ConfigDict(
+    dict(temperature=4.0, lambda_feat=1.0, lambda_kd=1.0)
+  )
   if preset == 'demo':
     defaults.demo_recipe(config, epochs=2)
     # Three different architectures, each about as cheap as the student, so
     # that pretraining all of them in-process fits the demo's 3 minutes.
     config.teachers = [
-        defaults.model('resnet20', 'conv', pretrain_epochs=1),
-        defaults.model('wrn16_2', 'conv', pretrain_epochs=1, widen_factor=1),
-        defaults.model('resnet8', 'conv', pretrain_epochs=1, stem_width=24,
-                       stage_widths=(24, 48, 96)),
+      defaults.model('resnet20', 'conv', pretrain_epochs=1),
+      defaults.model('wrn16_2', 'conv', pretrain_epochs=1, widen_factor=1),
+      defaults.model(
+        'resnet8',
+        'conv',
+        pretrain_epochs=1,
+        stem_width=24,
+        stage_widths=(24, 48, 96),
+      ),
     ]
     # Branches share the stem and the first stage, as in the study (a quarter fewer MACs).
-    config.model = defaults.model('ekd_student', 'conv', num_branches=3, shared_stages=1)
+    config.model = defaults.model(
+      'ekd_student', 'conv', num_branches=3, shared_stages=1
+    )
     return config
   dataset = preset.split('_')[0]
   defaults.set_dataset(config, dataset)
   if preset.endswith('_10pct'):
     config.dataset.train_fraction = 0.1
   defaults.repdistiller_recipe(config)
-  config.teachers = [defaults.model(name, 'conv') for name in ('resnet110', 'resnet56', 'wrn40_2')]
+  config.teachers = [
+    defaults.model(name, 'conv')
+    for name in ('resnet110', 'resnet56', 'wrn40_2')
+  ]
   config.model = defaults.model('ekd_student', 'conv', num_branches=7)
   return config

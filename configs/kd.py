@@ -16,17 +16,28 @@ import ml_collections
 
 from kdjax import config_defaults as defaults
 
-PAIRS = {'cifar100_resnet32x4_resnet8x4': ('resnet32x4', 'resnet8x4'),
-         'cifar100_wrn40_2_wrn16_2': ('wrn40_2', 'wrn16_2')}
-PRESETS = ('demo',) + tuple(p + v for p in PAIRS for v in ('', '_fitnet', '_at'))
+PAIRS = {
+  'cifar100_resnet32x4_resnet8x4': ('resnet32x4', 'resnet8x4'),
+  'cifar100_wrn40_2_wrn16_2': ('wrn40_2', 'wrn16_2'),
+}
+PRESETS = ('demo',) + tuple(
+  p + v for p in PAIRS for v in ('', '_fitnet', '_at')
+)
 
 
 def get_config(preset: str = 'demo'):
   if preset not in PRESETS:
     raise ValueError(f'Unknown kd preset {preset!r}; choose one of {PRESETS}')
   config = defaults.base_config('kd')
-  config.kd = ml_collections.ConfigDict(dict(temperature=4.0, kd_weight=0.9, fitnet_weight=0.0,
-                                             fitnet_stage=1, at_weight=0.0))
+  config.kd = ml_collections.ConfigDict(
+    dict(
+      temperature=4.0,
+      kd_weight=0.9,
+      fitnet_weight=0.0,
+      fitnet_stage=1,
+      at_weight=0.0,
+    )
+  )
   if preset == 'demo':
     defaults.demo_recipe(config, epochs=3)
     config.teacher = defaults.model('resnet20', 'conv', pretrain_epochs=2)
@@ -35,7 +46,7 @@ def get_config(preset: str = 'demo'):
   variant = 'plain'
   for suffix in ('_fitnet', '_at'):
     if preset.endswith(suffix):
-      preset, variant = preset[:-len(suffix)], suffix[1:]
+      preset, variant = preset[: -len(suffix)], suffix[1:]
   teacher, student = PAIRS[preset]
   defaults.set_dataset(config, 'cifar100')
   defaults.repdistiller_recipe(config)
@@ -43,7 +54,9 @@ def get_config(preset: str = 'demo'):
   config.model = defaults.model(student, 'conv')
   # The quoted FitNet / AT numbers are CE plus the feature term alone, without KD.
   if variant == 'fitnet':
-    config.kd.update(kd_weight=0.0, fitnet_weight=100.0)  # RepDistiller's hint weight.
+    config.kd.update(
+      kd_weight=0.0, fitnet_weight=100.0
+    )  # RepDistiller's hint weight.
   elif variant == 'at':
     config.kd.update(kd_weight=0.0, at_weight=1000.0 / 2.0)
   return config

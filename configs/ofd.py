@@ -18,11 +18,13 @@ import ml_collections
 
 from kdjax import config_defaults as defaults
 
-PAIRS = {'cifar100_wrn28_4_wrn16_4': ('wrn28_4', 'wrn16_4'),
-         'cifar100_wrn28_4_wrn28_2': ('wrn28_4', 'wrn28_2'),
-         'cifar100_wrn28_4_wrn16_2': ('wrn28_4', 'wrn16_2'),
-         'cifar100_wrn28_4_resnet56': ('wrn28_4', 'resnet56'),
-         'imagenet_resnet152_resnet50': ('resnet152', 'resnet50')}
+PAIRS = {
+  'cifar100_wrn28_4_wrn16_4': ('wrn28_4', 'wrn16_4'),
+  'cifar100_wrn28_4_wrn28_2': ('wrn28_4', 'wrn28_2'),
+  'cifar100_wrn28_4_wrn16_2': ('wrn28_4', 'wrn16_2'),
+  'cifar100_wrn28_4_resnet56': ('wrn28_4', 'resnet56'),
+  'imagenet_resnet152_resnet50': ('resnet152', 'resnet50'),
+}
 PRESETS = ('demo',) + tuple(PAIRS)
 
 

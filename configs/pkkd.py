@@ -20,18 +20,33 @@ import ml_collections
 
 from kdjax import config_defaults as defaults
 
-PRESETS = ('demo', 'cifar10_resnet20', 'cifar100_resnet20', 'cifar10_resnet32',
-           'cifar100_resnet32', 'imagenet_resnet18', 'imagenet_resnet50')
+PRESETS = (
+  'demo',
+  'cifar10_resnet20',
+  'cifar100_resnet20',
+  'cifar10_resnet32',
+  'cifar100_resnet32',
+  'imagenet_resnet18',
+  'imagenet_resnet50',
+)
 
 
 def get_config(preset: str = 'demo') -> ml_collections.ConfigDict:
   if preset not in PRESETS:
     raise ValueError(f'Unknown pkkd preset {preset!r}; choose one of {PRESETS}')
   config = defaults.base_config('pkkd')
-  config.pkkd = ml_collections.ConfigDict(dict(
-      alpha=5.0, beta=5.0, temperature=4.0, features='kernel', teacher_mode='cotrained',
-      sigma_scale_teacher=1.0, sigma_scale_student=1.0,
-      stages=ml_collections.config_dict.placeholder(tuple)))
+  config.pkkd = ml_collections.ConfigDict(
+    dict(
+      alpha=5.0,
+      beta=5.0,
+      temperature=4.0,
+      features='kernel',
+      teacher_mode='cotrained',
+      sigma_scale_teacher=1.0,
+      sigma_scale_student=1.0,
+      stages=ml_collections.config_dict.placeholder(tuple),
+    )
+  )
 
   if preset == 'demo':
     defaults.demo_recipe(config, epochs=4)
@@ -47,6 +62,8 @@ def get_config(preset: str = 'demo') -> ml_collections.ConfigDict:
   config.model = defaults.model(arch, 'adder')
   config.teacher = defaults.model(arch, 'conv')
   # The teacher trains with the same recipe, without the adder LR scaling.
-  config.optimizers.teacher = ml_collections.ConfigDict(config.optimizer.to_dict())
+  config.optimizers.teacher = ml_collections.ConfigDict(
+    config.optimizer.to_dict()
+  )
   config.optimizers.teacher.adder_eta = None
   return config

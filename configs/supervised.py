@@ -23,16 +23,34 @@ Presets:
 
 from kdjax import config_defaults as defaults
 
-PRESETS = ('demo', 'cifar10_resnet20', 'cifar100_resnet20', 'cifar10_resnet32',
-           'cifar100_resnet32', 'cifar100_wrn28_4', 'cifar100_wrn16_4', 'cifar100_wrn28_2',
-           'cifar100_wrn16_2', 'cifar100_resnet56', 'cifar100_resnet32x4', 'cifar100_wrn40_2',
-           'cifar100_resnet8x4', 'cifar100_wrn16_2_rd', 'imagenet_resnet152', 'imagenet_resnet50',
-           'imagenet_mobilenet_v1', 'cifar10_ekd_teachers', 'cifar100_ekd_teachers')
+PRESETS = (
+  'demo',
+  'cifar10_resnet20',
+  'cifar100_resnet20',
+  'cifar10_resnet32',
+  'cifar100_resnet32',
+  'cifar100_wrn28_4',
+  'cifar100_wrn16_4',
+  'cifar100_wrn28_2',
+  'cifar100_wrn16_2',
+  'cifar100_resnet56',
+  'cifar100_resnet32x4',
+  'cifar100_wrn40_2',
+  'cifar100_resnet8x4',
+  'cifar100_wrn16_2_rd',
+  'imagenet_resnet152',
+  'imagenet_resnet50',
+  'imagenet_mobilenet_v1',
+  'cifar10_ekd_teachers',
+  'cifar100_ekd_teachers',
+)
 
 
 def get_config(preset: str = 'demo'):
   if preset not in PRESETS:
-    raise ValueError(f'Unknown supervised preset {preset!r}; choose one of {PRESETS}')
+    raise ValueError(
+      f'Unknown supervised preset {preset!r}; choose one of {PRESETS}'
+    )
   config = defaults.base_config('supervised')
   if preset == 'demo':
     defaults.demo_recipe(config, epochs=3)

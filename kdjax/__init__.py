@@ -9,4 +9,4 @@ Sub-packages:
   train    the trainer behind ``python -m kdjax.main``
 """
 
-__version__ = "0.1.0"
+__version__ = '0.1.0'

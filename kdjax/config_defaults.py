@@ -20,7 +20,9 @@ def load_config_module(path: str) -> types.ModuleType:
   ml_collections' config_flags does for ``--config=configs/pkkd.py:demo``.
   """
   name = os.path.splitext(os.path.basename(path))[0]
-  spec = importlib.util.spec_from_file_location(f'kdjax_config_file_{name}', path)
+  spec = importlib.util.spec_from_file_location(
+    f'kdjax_config_file_{name}', path
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
@@ -51,7 +53,9 @@ def base_config(method: str) -> ml_collections.ConfigDict:
   config.dataset.train_split = 'train'
   config.dataset.eval_split = 'test'
   config.dataset.image_size = ml_collections.config_dict.placeholder(int)
-  config.dataset.augment = 'default'  # or a recipe name: cifar, cifar_reflect, imagenet, mnist, none
+  config.dataset.augment = (
+    'default'  # or a recipe name: cifar, cifar_reflect, imagenet, mnist, none
+  )
   config.dataset.train_fraction = 1.0
   # How the examples are read. 'tfds': tfds + tf.data, every dataset (needs
   # tensorflow and tensorflow_datasets). 'numpy': from memory with NumPy alone,
@@ -61,13 +65,20 @@ def base_config(method: str) -> ml_collections.ConfigDict:
 
   config.model = model('resnet20', 'conv')
   config.optimizer = default_optimizer()
-  config.optimizers = ml_collections.ConfigDict()  # Per-group overrides, e.g. 'teacher'.
+  config.optimizers = (
+    ml_collections.ConfigDict()
+  )  # Per-group overrides, e.g. 'teacher'.
   config.loss = ml_collections.ConfigDict({'label_smoothing': 0.0})
   return config
 
 
-def model(name: str, conv_type: str = 'conv', checkpoint_dir=None, pretrain_epochs: int = 0,
-          **kwargs) -> ml_collections.ConfigDict:
+def model(
+  name: str,
+  conv_type: str = 'conv',
+  checkpoint_dir=None,
+  pretrain_epochs: int = 0,
+  **kwargs,
+) -> ml_collections.ConfigDict:
   """A model entry: the student, a co-trained teacher, or a frozen teacher.
 
   Frozen teachers load from ``checkpoint_dir`` (a supervised run's workdir).
@@ -85,7 +96,9 @@ def model(name: str, conv_type: str = 'conv', checkpoint_dir=None, pretrain_epoc
   return config
 
 
-def set_dataset(config: ml_collections.ConfigDict, name: str, **overrides) -> None:
+def set_dataset(
+  config: ml_collections.ConfigDict, name: str, **overrides
+) -> None:
   config.dataset.name = name
   if name == 'imagenet2012':
     config.dataset.eval_split = 'validation'
@@ -97,42 +110,73 @@ def addernet_cifar_recipe(config: ml_collections.ConfigDict) -> None:
   """SGD 0.1, momentum 0.9, wd 5e-4, batch 256, cosine over 400 epochs (SPEC §1)."""
   config.batch_size = 256
   config.num_epochs = 400
-  config.optimizer.update(learning_rate=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4,
-                          schedule='cosine')
+  config.optimizer.update(
+    learning_rate=0.1,
+    momentum=0.9,
+    nesterov=False,
+    weight_decay=5e-4,
+    schedule='cosine',
+  )
 
 
 def addernet_imagenet_recipe(config: ml_collections.ConfigDict) -> None:
   """Cosine over 150 epochs, lr 0.1, wd 1e-4, batch 256 (SPEC §1)."""
   config.batch_size = 256
   config.num_epochs = 150
-  config.optimizer.update(learning_rate=0.1, momentum=0.9, nesterov=False, weight_decay=1e-4,
-                          schedule='cosine')
+  config.optimizer.update(
+    learning_rate=0.1,
+    momentum=0.9,
+    nesterov=False,
+    weight_decay=1e-4,
+    schedule='cosine',
+  )
 
 
 def ofd_cifar_recipe(config: ml_collections.ConfigDict) -> None:
   """Nesterov 0.9, wd 5e-4, lr 0.1, 200 epochs, batch 128, x0.1 at 100/150 (SPEC §3)."""
   config.batch_size = 128
   config.num_epochs = 200
-  config.optimizer.update(learning_rate=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
-                          schedule='step', decay_epochs=(100, 150), decay_factor=0.1,
-                          reset_momentum_at_boundaries=True)
+  config.optimizer.update(
+    learning_rate=0.1,
+    momentum=0.9,
+    nesterov=True,
+    weight_decay=5e-4,
+    schedule='step',
+    decay_epochs=(100, 150),
+    decay_factor=0.1,
+    reset_momentum_at_boundaries=True,
+  )
 
 
 def ofd_imagenet_recipe(config: ml_collections.ConfigDict) -> None:
   """Nesterov, wd 1e-4, lr 0.1 x0.1 every 30 epochs, 100 epochs, batch 256 (SPEC §3)."""
   config.batch_size = 256
   config.num_epochs = 100
-  config.optimizer.update(learning_rate=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4,
-                          schedule='step', decay_epochs=(30, 60, 90), decay_factor=0.1,
-                          reset_momentum_at_boundaries=True)
+  config.optimizer.update(
+    learning_rate=0.1,
+    momentum=0.9,
+    nesterov=True,
+    weight_decay=1e-4,
+    schedule='step',
+    decay_epochs=(30, 60, 90),
+    decay_factor=0.1,
+    reset_momentum_at_boundaries=True,
+  )
 
 
 def repdistiller_recipe(config: ml_collections.ConfigDict) -> None:
   """SGD, batch 64, 240 epochs, lr 0.05 x0.1 at 150/180/210, wd 5e-4 (SPEC §5)."""
   config.batch_size = 64
   config.num_epochs = 240
-  config.optimizer.update(learning_rate=0.05, momentum=0.9, nesterov=False, weight_decay=5e-4,
-                          schedule='step', decay_epochs=(150, 180, 210), decay_factor=0.1)
+  config.optimizer.update(
+    learning_rate=0.05,
+    momentum=0.9,
+    nesterov=False,
+    weight_decay=5e-4,
+    schedule='step',
+    decay_epochs=(150, 180, 210),
+    decay_factor=0.1,
+  )
 
 
 def demo_recipe(config: ml_collections.ConfigDict, epochs: int = 4) -> None:
@@ -142,5 +186,10 @@ def demo_recipe(config: ml_collections.ConfigDict, epochs: int = 4) -> None:
   config.num_epochs = epochs
   config.log_every_steps = 20
   config.eval_bn_recalibration_batches = 10
-  config.optimizer.update(learning_rate=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4,
-                          schedule='cosine')
+  config.optimizer.update(
+    learning_rate=0.1,
+    momentum=0.9,
+    nesterov=False,
+    weight_decay=5e-4,
+    schedule='cosine',
+  )

@@ -24,10 +24,15 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 import jax  # pylint: disable=g-import-not-at-top
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file[:preset].',
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, summary.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval'], 'Train or evaluate.')
+_CONFIG = config_flags.DEFINE_config_file(
+  'config', None, 'Config file[:preset].', lock_config=True
+)
+_WORKDIR = flags.DEFINE_string(
+  'workdir', None, 'Directory for checkpoints, metrics, summary.'
+)
+_MODE = flags.DEFINE_enum(
+  'mode', 'train', ['train', 'eval'], 'Train or evaluate.'
+)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -40,9 +45,10 @@ def initialize_distributed() -> None:
   """
   if os.environ.get('JAX_COORDINATOR_ADDRESS'):
     jax.distributed.initialize(
-        coordinator_address=os.environ['JAX_COORDINATOR_ADDRESS'],
-        num_processes=int(os.environ['JAX_NUM_PROCESSES']),
-        process_id=int(os.environ['JAX_PROCESS_ID']))
+      coordinator_address=os.environ['JAX_COORDINATOR_ADDRESS'],
+      num_processes=int(os.environ['JAX_NUM_PROCESSES']),
+      process_id=int(os.environ['JAX_PROCESS_ID']),
+    )
   elif os.environ.get('TPU_WORKER_HOSTNAMES', '').count(',') > 0:
     jax.distributed.initialize()
 
@@ -57,19 +63,28 @@ def main(argv):
     tf.config.set_visible_devices([], 'GPU')
   initialize_distributed()
   from kdjax.train import train  # pylint: disable=g-import-not-at-top
+
   # Orbax logs every checkpoint step at INFO; --verbosity=0 brings that back.
   # (absl's app.run marks --verbosity as set, so look at the command line itself.)
-  if not any(a.startswith(('--verbosity', '-v=', '--v=')) for a in sys.argv[1:]):
+  if not any(
+    a.startswith(('--verbosity', '-v=', '--v=')) for a in sys.argv[1:]
+  ):
     logging.set_verbosity(logging.WARNING)
   config, workdir = _CONFIG.value, _WORKDIR.value
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # Also gs:// paths.
-  logging.info('JAX %s, %d devices on %d processes', jax.__version__, jax.device_count(),
-               jax.process_count())
+  logging.info(
+    'JAX %s, %d devices on %d processes',
+    jax.__version__,
+    jax.device_count(),
+    jax.process_count(),
+  )
   if _MODE.value == 'eval':
     result = train.evaluate(config, workdir)
   else:
     result = train.train_and_evaluate(config, workdir)
-    result = {k: result[k] for k in ('method', 'steps', 'eval_accuracy', 'wall_seconds')}
+    result = {
+      k: result[k] for k in ('method', 'steps', 'eval_accuracy', 'wall_seconds')
+    }
   if jax.process_index() == 0:
     print(json.dumps(result, indent=1, default=str))
 

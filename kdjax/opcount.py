@@ -55,14 +55,17 @@ from kdjax.models.layers import ConvOrAdder, as_pair
 MUL_ENERGY_PJ = 3.7
 ADD_ENERGY_PJ = 0.9
 
-CONVENTION = ('conv/dense MAC = 1 multiplication + 1 addition (bias included); adder MAC '
-              '|x - f| = 2 additions; not counted: BatchNorm, ReLU, pooling, residual additions, '
-              'padding, the PKKD patch-energy feature')
+CONVENTION = (
+  'conv/dense MAC = 1 multiplication + 1 addition (bias included); adder MAC '
+  '|x - f| = 2 additions; not counted: BatchNorm, ReLU, pooling, residual additions, '
+  'padding, the PKKD patch-energy feature'
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class LayerRecord:
   """One traced conv/adder/dense call."""
+
   path: str
   kind: str  # 'conv', 'adder' or 'dense'
   input_shape: tuple
@@ -76,11 +79,19 @@ def _conv_record(path, kind, x, y, kernel_size, groups) -> LayerRecord:
   cin_per_group = x.shape[-1] // groups
   cout = y.shape[-1]
   macs = math.prod(y.shape[1:3]) * cout * kh * kw * cin_per_group
-  return LayerRecord(path, kind, tuple(x.shape), tuple(y.shape), (kh, kw, cin_per_group, cout),
-                     int(macs))
+  return LayerRecord(
+    path,
+    kind,
+    tuple(x.shape),
+    tuple(y.shape),
+    (kh, kw, cin_per_group, cout),
+    int(macs),
+  )
 
 
-def trace_layers(model: nn.Module, input_shape: Sequence[int], **call_kwargs) -> tuple:
+def trace_layers(
+  model: nn.Module, input_shape: Sequence[int], **call_kwargs
+) -> tuple:
   """Records every conv/adder/dense call of ``model`` on one image.
 
   Args:
@@ -96,7 +107,9 @@ def trace_layers(model: nn.Module, input_shape: Sequence[int], **call_kwargs) ->
   if len(input_shape) == 3:
     input_shape = (1,) + input_shape
   if len(input_shape) != 4 or input_shape[0] != 1:
-    raise ValueError(f'input_shape must be (H, W, C) or (1, H, W, C), got {input_shape}')
+    raise ValueError(
+      f'input_shape must be (H, W, C) or (1, H, W, C), got {input_shape}'
+    )
   records: List[LayerRecord] = []
 
   def interceptor(next_fun, args, kwargs, context):
@@ -107,27 +120,54 @@ def trace_layers(model: nn.Module, input_shape: Sequence[int], **call_kwargs) ->
     path = '/'.join(module.path)
     if isinstance(module, ConvOrAdder):
       y = outputs[0] if isinstance(outputs, tuple) else outputs
-      records.append(_conv_record(path, module.conv_type, args[0], y,
-                                  as_pair(module.kernel_size), module.feature_group_count))
+      records.append(
+        _conv_record(
+          path,
+          module.conv_type,
+          args[0],
+          y,
+          as_pair(module.kernel_size),
+          module.feature_group_count,
+        )
+      )
     elif isinstance(module, nn.Conv):
-      records.append(_conv_record(path, 'conv', args[0], outputs, tuple(module.kernel_size),
-                                  module.feature_group_count))
+      records.append(
+        _conv_record(
+          path,
+          'conv',
+          args[0],
+          outputs,
+          tuple(module.kernel_size),
+          module.feature_group_count,
+        )
+      )
     elif isinstance(module, nn.Dense):
       x = args[0]
       macs = math.prod(x.shape[1:]) * module.features
-      records.append(LayerRecord(path, 'dense', tuple(x.shape), tuple(outputs.shape),
-                                 (x.shape[-1], module.features), int(macs)))
+      records.append(
+        LayerRecord(
+          path,
+          'dense',
+          tuple(x.shape),
+          tuple(outputs.shape),
+          (x.shape[-1], module.features),
+          int(macs),
+        )
+      )
     return outputs
 
   call_kwargs.setdefault('train', False)
   images = jax.ShapeDtypeStruct(input_shape, jnp.float32)
   with nn.intercept_methods(interceptor):
     variables = jax.eval_shape(
-        lambda x: model.init(jax.random.key(0), x, **call_kwargs), images)
+      lambda x: model.init(jax.random.key(0), x, **call_kwargs), images
+    )
   return records, variables['params']
 
 
-def count_ops(model: nn.Module, input_shape: Sequence[int], **call_kwargs) -> Dict[str, Any]:
+def count_ops(
+  model: nn.Module, input_shape: Sequence[int], **call_kwargs
+) -> Dict[str, Any]:
   """Counts multiplications, additions, MACs by kind, parameters and energy per image.
 
   Args:
@@ -148,36 +188,55 @@ def count_ops(model: nn.Module, input_shape: Sequence[int], **call_kwargs) -> Di
   additions = macs['conv'] + macs['dense'] + 2 * macs['adder']
   energy_pj = MUL_ENERGY_PJ * multiplications + ADD_ENERGY_PJ * additions
   return {
-      'model': type(model).__name__,
-      'layout': getattr(model, 'layout', type(model).__name__),
-      'conv_type': getattr(model, 'conv_type', None),
-      'input_shape': list(input_shape[-3:]),
-      'multiplications': multiplications,
-      'additions': additions,
-      'multiply_accumulates': dict(macs, total=sum(macs.values())),
-      'layers': layers,
-      'parameters': int(sum(math.prod(p.shape) for p in jax.tree_util.tree_leaves(params))),
-      'energy_pj': energy_pj,
-      'energy_mj': energy_pj * 1e-9,
-      'energy_per_op_pj': {'mul': MUL_ENERGY_PJ, 'add': ADD_ENERGY_PJ,
-                           'note': '45 nm, 32-bit float'},
-      'convention': CONVENTION,
+    'model': type(model).__name__,
+    'layout': getattr(model, 'layout', type(model).__name__),
+    'conv_type': getattr(model, 'conv_type', None),
+    'input_shape': list(input_shape[-3:]),
+    'multiplications': multiplications,
+    'additions': additions,
+    'multiply_accumulates': dict(macs, total=sum(macs.values())),
+    'layers': layers,
+    'parameters': int(
+      sum(math.prod(p.shape) for p in jax.tree_util.tree_leaves(params))
+    ),
+    'energy_pj': energy_pj,
+    'energy_mj': energy_pj * 1e-9,
+    'energy_per_op_pj': {
+      'mul': MUL_ENERGY_PJ,
+      'add': ADD_ENERGY_PJ,
+      'note': '45 nm, 32-bit float',
+    },
+    'convention': CONVENTION,
   }
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-  parser = argparse.ArgumentParser(prog='python -m kdjax.opcount',
-                                   description=__doc__.split('\n')[0])
-  parser.add_argument('--model', required=True, help=f'one of {models.available_models()}')
+  parser = argparse.ArgumentParser(
+    prog='python -m kdjax.opcount', description=__doc__.split('\n')[0]
+  )
+  parser.add_argument(
+    '--model', required=True, help=f'one of {models.available_models()}'
+  )
   parser.add_argument('--conv', default='conv', choices=list(models.CONV_TYPES))
-  parser.add_argument('--image-size', type=int, default=None,
-                      help='input height and width (default: 32 CIFAR models, 224 ImageNet ones)')
+  parser.add_argument(
+    '--image-size',
+    type=int,
+    default=None,
+    help='input height and width (default: 32 CIFAR models, 224 ImageNet ones)',
+  )
   parser.add_argument('--channels', type=int, default=3)
-  parser.add_argument('--num-classes', type=int, default=None,
-                      help='default: 100 CIFAR models, 1000 ImageNet ones, 10 ekd_student')
-  parser.add_argument('--stride-in-1x1', action='store_true',
-                      help='ImageNet bottleneck ResNets: ResNet v1 layout (stride in the first '
-                      '1x1)')
+  parser.add_argument(
+    '--num-classes',
+    type=int,
+    default=None,
+    help='default: 100 CIFAR models, 1000 ImageNet ones, 10 ekd_student',
+  )
+  parser.add_argument(
+    '--stride-in-1x1',
+    action='store_true',
+    help='ImageNet bottleneck ResNets: ResNet v1 layout (stride in the first '
+    '1x1)',
+  )
   args = parser.parse_args(argv)
 
   try:
@@ -186,12 +245,17 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     num_classes = args.num_classes or spec.default_num_classes
     kwargs = {'stride_in_1x1': True} if args.stride_in_1x1 else {}
     models.check_input_size(args.model, image_size, **kwargs)
-    model = models.build_model(args.model, conv_type=args.conv, num_classes=num_classes, **kwargs)
+    model = models.build_model(
+      args.model, conv_type=args.conv, num_classes=num_classes, **kwargs
+    )
   except ValueError as e:
     parser.error(str(e))
   result = count_ops(model, (image_size, image_size, args.channels))
-  result = dict(model=args.model, num_classes=num_classes, **{
-      k: v for k, v in result.items() if k != 'model'})
+  result = dict(
+    model=args.model,
+    num_classes=num_classes,
+    **{k: v for k, v in result.items() if k != 'model'},
+  )
   print(json.dumps(result))
   return result
 

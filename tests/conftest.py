@@ -2,14 +2,14 @@
 
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope='session')
 def shared_tmp_root(tmp_path_factory):
   """A temp directory common to all pytest-xdist workers of this session.
 
@@ -17,15 +17,16 @@ def shared_tmp_root(tmp_path_factory):
   """
   base = tmp_path_factory.getbasetemp()
   # Under pytest-xdist every worker has its own basetemp inside the session's.
-  return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+  return base.parent if os.environ.get('PYTEST_XDIST_WORKER') else base
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope='session')
 def mnist_dir(shared_tmp_root):
   """A tfds data_dir with mnist5k prepared once per session (the build is locked)."""
   # Imported here so that the environment above is set before jax starts.
   from kdjax.data import mnist5k  # pylint: disable=g-import-not-at-top
-  data_dir = shared_tmp_root / "kdjax_mnist5k"
+
+  data_dir = shared_tmp_root / 'kdjax_mnist5k'
   data_dir.mkdir(exist_ok=True)
   mnist5k.prepare(str(data_dir))
   return str(data_dir)

@@ -50,12 +50,17 @@ def _install_hooks() -> None:
       calls['train'] += 1
       if markers:
         digests = ','.join(
-            hashlib.md5(image.tobytes() + label.tobytes()).hexdigest()[:12]
-            for image, label in zip(np.asarray(batch['image']), np.asarray(batch['label'])))
+          hashlib.md5(image.tobytes() + label.tobytes()).hexdigest()[:12]
+          for image, label in zip(
+            np.asarray(batch['image']), np.asarray(batch['label'])
+          )
+        )
         print(f'KDJAX_FAULT batch {k} {digests}', flush=True)
       if k == pause_at:
         deadline = time.time() + 120
-        while go_file and not os.path.exists(go_file) and time.time() < deadline:
+        while (
+          go_file and not os.path.exists(go_file) and time.time() < deadline
+        ):
           time.sleep(0.02)
       return original(batch, sharding)
 
@@ -64,6 +69,7 @@ def _install_hooks() -> None:
   kill_in_save = os.environ.get('KDJAX_FAULT_KILL_IN_SAVE')
   if kill_in_save:
     from orbax.checkpoint._src.path import atomicity  # pylint: disable=g-import-not-at-top
+
     original_finalize = atomicity.AtomicRenameTemporaryPath.finalize
 
     async def finalize(self, *args, **kwargs):

@@ -21,9 +21,9 @@ from kdjax.ops import adder as adder_lib
 
 def reference_pads(in_hw, kernel_hw, strides, padding):
   """XLA's rule for 'SAME': out = ceil(in / s), extra pixel on the high side."""
-  if padding == "VALID":
+  if padding == 'VALID':
     return ((0, 0), (0, 0))
-  if padding == "SAME":
+  if padding == 'SAME':
     pads = []
     for size, k, s in zip(in_hw, kernel_hw, strides):
       total = max((-(-size // s) - 1) * s + k - size, 0)
@@ -48,15 +48,18 @@ def reference_adder(x, f, g, strides, padding):
   dxp = np.zeros_like(xp)
   for h in range(ho):
     for w in range(wo):
-      patch = xp[:, h * sh:h * sh + kh, w * sw:w * sw + kw, :]  # (N, kh, kw, C)
-      diff = patch[..., None] - f[None]                           # (N, kh, kw, C, O)
+      patch = xp[
+        :, h * sh : h * sh + kh, w * sw : w * sw + kw, :
+      ]  # (N, kh, kw, C)
+      diff = patch[..., None] - f[None]  # (N, kh, kw, C, O)
       y[:, h, w, :] = -np.abs(diff).sum(axis=(1, 2, 3))
       g_hw = g[:, h, w, :][:, None, None, None, :]
       df += (g_hw * diff).sum(axis=0)
-      dxp[:, h * sh:h * sh + kh, w * sw:w * sw + kw, :] += (
-          g_hw * np.clip(-diff, -1.0, 1.0)).sum(axis=-1)
+      dxp[:, h * sh : h * sh + kh, w * sw : w * sw + kw, :] += (
+        g_hw * np.clip(-diff, -1.0, 1.0)
+      ).sum(axis=-1)
   (top, _), (left, _) = pads
-  dx = dxp[:, top:top + x.shape[1], left:left + x.shape[2], :]
+  dx = dxp[:, top : top + x.shape[1], left : left + x.shape[2], :]
   return y, dx, df
 
 
@@ -75,29 +78,59 @@ def _cotangent(y_shape, seed=1):
   return np.random.default_rng(seed).normal(size=y_shape).astype(np.float32)
 
 
-def _value_and_grads_eager(x, f, g, strides, padding,
-                           memory_budget_bytes=adder_lib.DEFAULT_MEMORY_BUDGET_BYTES,
-                           method="auto"):
+def _value_and_grads_eager(
+  x,
+  f,
+  g,
+  strides,
+  padding,
+  memory_budget_bytes=adder_lib.DEFAULT_MEMORY_BUDGET_BYTES,
+  method='auto',
+):
   def loss(x, f):
-    y = adder_conv(x, f, strides, padding, memory_budget_bytes=memory_budget_bytes,
-                   method=method)
+    y = adder_conv(
+      x,
+      f,
+      strides,
+      padding,
+      memory_budget_bytes=memory_budget_bytes,
+      method=method,
+    )
     return jnp.sum(y * g), y
 
-  (_, y), (dx, df) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(x, f)
+  (_, y), (dx, df) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
+    x, f
+  )
   return y, dx, df
 
 
-_value_and_grads = jax.jit(_value_and_grads_eager,
-                           static_argnames=("strides", "padding", "memory_budget_bytes", "method"))
+_value_and_grads = jax.jit(
+  _value_and_grads_eager,
+  static_argnames=('strides', 'padding', 'memory_budget_bytes', 'method'),
+)
 
 
-def _assert_matches_reference(x, f, strides, padding, memory_budget_bytes=None, seed=1,
-                              method="auto", value_and_grads=_value_and_grads):
+def _assert_matches_reference(
+  x,
+  f,
+  strides,
+  padding,
+  memory_budget_bytes=None,
+  seed=1,
+  method='auto',
+  value_and_grads=_value_and_grads,
+):
   y_shape = jax.eval_shape(lambda: adder_conv(x, f, strides, padding)).shape
   g = _cotangent(y_shape, seed)
   want_y, want_dx, want_df = reference_adder(x, f, g, strides, padding)
-  kwargs = {} if memory_budget_bytes is None else dict(memory_budget_bytes=memory_budget_bytes)
-  y, dx, df = value_and_grads(x, f, g, strides, padding, method=method, **kwargs)
+  kwargs = (
+    {}
+    if memory_budget_bytes is None
+    else dict(memory_budget_bytes=memory_budget_bytes)
+  )
+  y, dx, df = value_and_grads(
+    x, f, g, strides, padding, method=method, **kwargs
+  )
   assert y.shape == want_y.shape
   np.testing.assert_allclose(y, want_y, rtol=1e-5, atol=1e-4)
   np.testing.assert_allclose(dx, want_dx, rtol=1e-5, atol=1e-4)
@@ -107,23 +140,23 @@ def _assert_matches_reference(x, f, strides, padding, memory_budget_bytes=None, 
 
 # (input N, H, W, C), (kh, kw, C_out), strides, padding
 REFERENCE_CASES = {
-    "3x3_s1_same": ((2, 5, 5, 3), (3, 3, 4), 1, "SAME"),
-    "3x3_s2_same_even": ((2, 6, 6, 3), (3, 3, 4), 2, "SAME"),
-    "3x3_s2_same_odd_nonsquare": ((1, 7, 5, 2), (3, 3, 3), 2, "SAME"),
-    "3x3_s1_valid_nonsquare": ((2, 6, 7, 2), (3, 3, 3), 1, "VALID"),
-    "3x3_s2_valid_odd": ((1, 7, 7, 2), (3, 3, 2), 2, "VALID"),
-    "1x1_s1_valid": ((2, 4, 3, 3), (1, 1, 5), 1, "VALID"),
-    "1x1_s2_same_shortcut": ((2, 6, 6, 3), (1, 1, 4), 2, "SAME"),
-    "7x7_s2_int_pad3": ((1, 9, 9, 2), (7, 7, 3), 2, 3),
-    "7x7_s1_same": ((1, 7, 8, 1), (7, 7, 2), 1, "SAME"),
-    "3x3_s1_explicit_asym": ((2, 5, 4, 2), (3, 3, 3), 1, ((1, 0), (2, 1))),
-    "3x3_s12_int_pad1": ((1, 5, 6, 2), (3, 3, 2), (1, 2), 1),
-    "3x1_s21_same": ((1, 7, 4, 2), (3, 1, 3), (2, 1), "SAME"),
+  '3x3_s1_same': ((2, 5, 5, 3), (3, 3, 4), 1, 'SAME'),
+  '3x3_s2_same_even': ((2, 6, 6, 3), (3, 3, 4), 2, 'SAME'),
+  '3x3_s2_same_odd_nonsquare': ((1, 7, 5, 2), (3, 3, 3), 2, 'SAME'),
+  '3x3_s1_valid_nonsquare': ((2, 6, 7, 2), (3, 3, 3), 1, 'VALID'),
+  '3x3_s2_valid_odd': ((1, 7, 7, 2), (3, 3, 2), 2, 'VALID'),
+  '1x1_s1_valid': ((2, 4, 3, 3), (1, 1, 5), 1, 'VALID'),
+  '1x1_s2_same_shortcut': ((2, 6, 6, 3), (1, 1, 4), 2, 'SAME'),
+  '7x7_s2_int_pad3': ((1, 9, 9, 2), (7, 7, 3), 2, 3),
+  '7x7_s1_same': ((1, 7, 8, 1), (7, 7, 2), 1, 'SAME'),
+  '3x3_s1_explicit_asym': ((2, 5, 4, 2), (3, 3, 3), 1, ((1, 0), (2, 1))),
+  '3x3_s12_int_pad1': ((1, 5, 6, 2), (3, 3, 2), (1, 2), 1),
+  '3x1_s21_same': ((1, 7, 4, 2), (3, 1, 3), (2, 1), 'SAME'),
 }
 
 
-@pytest.mark.parametrize("method", ["loop", "fused"])
-@pytest.mark.parametrize("case", sorted(REFERENCE_CASES))
+@pytest.mark.parametrize('method', ['loop', 'fused'])
+@pytest.mark.parametrize('case', sorted(REFERENCE_CASES))
 def test_matches_numpy_reference(case, method):
   (n, h, w, c), (kh, kw, o), strides, padding = REFERENCE_CASES[case]
   x, f = _inputs(n, h, w, c, kh, kw, o)
@@ -132,45 +165,74 @@ def test_matches_numpy_reference(case, method):
 
 def _fresh_value_and_grads():
   # A new jit, so that module constants patched by a test are read when tracing.
-  return jax.jit(_value_and_grads_eager,
-                 static_argnames=("strides", "padding", "memory_budget_bytes", "method"))
+  return jax.jit(
+    _value_and_grads_eager,
+    static_argnames=('strides', 'padding', 'memory_budget_bytes', 'method'),
+  )
 
 
-@pytest.mark.parametrize("max_channels", [0, 10**9], ids=["pairs", "by_channel"])
-@pytest.mark.parametrize("case", ["3x3_s1_same", "3x3_s2_same_odd_nonsquare", "7x7_s2_int_pad3",
-                                  "3x3_s1_explicit_asym", "3x1_s21_same"])
+@pytest.mark.parametrize(
+  'max_channels', [0, 10**9], ids=['pairs', 'by_channel']
+)
+@pytest.mark.parametrize(
+  'case',
+  [
+    '3x3_s1_same',
+    '3x3_s2_same_odd_nonsquare',
+    '7x7_s2_int_pad3',
+    '3x3_s1_explicit_asym',
+    '3x1_s21_same',
+  ],
+)
 def test_both_loop_input_gradients(case, max_channels, monkeypatch):
   # The loop method picks its input-gradient layout by channel count; run each on every case.
-  monkeypatch.setattr(adder_lib, "TAPS_FUSED_MAX_CHANNELS", max_channels)
+  monkeypatch.setattr(adder_lib, 'TAPS_FUSED_MAX_CHANNELS', max_channels)
   (n, h, w, c), (kh, kw, o), strides, padding = REFERENCE_CASES[case]
   x, f = _inputs(n, h, w, c, kh, kw, o, seed=4)
-  _assert_matches_reference(x, f, strides, padding, method="loop",
-                            value_and_grads=_fresh_value_and_grads())
+  _assert_matches_reference(
+    x,
+    f,
+    strides,
+    padding,
+    method='loop',
+    value_and_grads=_fresh_value_and_grads(),
+  )
 
 
 def test_unknown_method_is_a_clear_error():
-  with pytest.raises(ValueError, match="method must be one of"):
-    adder_conv(np.zeros((1, 4, 4, 1)), np.zeros((3, 3, 1, 1)), method="im2col")
+  with pytest.raises(ValueError, match='method must be one of'):
+    adder_conv(np.zeros((1, 4, 4, 1)), np.zeros((3, 3, 1, 1)), method='im2col')
 
 
 def test_large_differences_hit_the_clip():
   # Inputs far from the filters put most of clip(F - X) at +-1; the rest stays linear.
   x, f = _inputs(2, 5, 5, 2, 3, 3, 3, scale=3.0)
-  _assert_matches_reference(x, f, 1, "SAME")
+  _assert_matches_reference(x, f, 1, 'SAME')
 
 
 def test_xla_same_pads_high_side_at_stride_2():
-  assert adder_lib.normalize_padding("SAME", (6, 6), (3, 3), (2, 2)) == ((0, 1), (0, 1))
-  assert adder_lib.normalize_padding("SAME", (7, 7), (3, 3), (2, 2)) == ((1, 1), (1, 1))
-  assert adder_lib.normalize_padding("SAME", (6, 6), (1, 1), (2, 2)) == ((0, 0), (0, 0))
+  assert adder_lib.normalize_padding('SAME', (6, 6), (3, 3), (2, 2)) == (
+    (0, 1),
+    (0, 1),
+  )
+  assert adder_lib.normalize_padding('SAME', (7, 7), (3, 3), (2, 2)) == (
+    (1, 1),
+    (1, 1),
+  )
+  assert adder_lib.normalize_padding('SAME', (6, 6), (1, 1), (2, 2)) == (
+    (0, 0),
+    (0, 0),
+  )
 
 
 def test_zero_padding_takes_part():
   # With x = 0 everywhere, every cell (padded or not) contributes |0 - F|, so the
   # SAME output equals the VALID one, -sum|F|, at every position.
   f = np.arange(1.0, 19.0, dtype=np.float32).reshape(3, 3, 2, 1) / 10
-  y = adder_conv(jnp.zeros((1, 4, 4, 2)), f, 1, "SAME")
-  np.testing.assert_allclose(y, np.full((1, 4, 4, 1), -np.abs(f).sum()), rtol=1e-6)
+  y = adder_conv(jnp.zeros((1, 4, 4, 2)), f, 1, 'SAME')
+  np.testing.assert_allclose(
+    y, np.full((1, 4, 4, 1), -np.abs(f).sum()), rtol=1e-6
+  )
 
 
 def _budget_for_chunk(monkeypatch, x, f, strides, padding, target):
@@ -186,10 +248,12 @@ def _budget_for_chunk(monkeypatch, x, f, strides, padding, target):
     seen.append(real(*args, **kwargs))
     return seen[-1]
 
-  monkeypatch.setattr(adder_lib, "output_channel_chunk", spy)
+  monkeypatch.setattr(adder_lib, 'output_channel_chunk', spy)
 
   def chunk_for(budget):
-    jax.eval_shape(lambda: adder_conv(x, f, strides, padding, memory_budget_bytes=budget))
+    jax.eval_shape(
+      lambda: adder_conv(x, f, strides, padding, memory_budget_bytes=budget)
+    )
     return seen[-1]
 
   lo, hi = 1, 1
@@ -199,32 +263,41 @@ def _budget_for_chunk(monkeypatch, x, f, strides, padding, target):
     mid = (lo + hi) // 2
     lo, hi = (mid + 1, hi) if chunk_for(mid) < target else (lo, mid)
   assert chunk_for(lo) == target
-  monkeypatch.setattr(adder_lib, "output_channel_chunk", real)
+  monkeypatch.setattr(adder_lib, 'output_channel_chunk', real)
   return lo
 
 
-@pytest.mark.parametrize("chunk", [1, 3])
+@pytest.mark.parametrize('chunk', [1, 3])
 def test_chunked_output_channels(chunk, monkeypatch):
   # 7 output channels in chunks of 3 leaves a last chunk of 1 (3 does not divide 7).
   # Chunks are used by the pair-per-step input gradient, forced here.
-  monkeypatch.setattr(adder_lib, "TAPS_FUSED_MAX_CHANNELS", 0)
+  monkeypatch.setattr(adder_lib, 'TAPS_FUSED_MAX_CHANNELS', 0)
   value_and_grads = _fresh_value_and_grads()
   n, h, w, c, o = 2, 6, 5, 2, 7
   x, f = _inputs(n, h, w, c, 3, 3, o, seed=3)
-  budget = _budget_for_chunk(monkeypatch, x, f, 2, "SAME", chunk)
-  _assert_matches_reference(x, f, 2, "SAME", memory_budget_bytes=budget, method="loop",
-                            value_and_grads=value_and_grads)
+  budget = _budget_for_chunk(monkeypatch, x, f, 2, 'SAME', chunk)
+  _assert_matches_reference(
+    x,
+    f,
+    2,
+    'SAME',
+    memory_budget_bytes=budget,
+    method='loop',
+    value_and_grads=value_and_grads,
+  )
   g = _cotangent((n, 3, 3, o))
-  unchunked = value_and_grads(x, f, g, 2, "SAME", method="loop")
-  chunked = value_and_grads(x, f, g, 2, "SAME", memory_budget_bytes=budget, method="loop")
+  unchunked = value_and_grads(x, f, g, 2, 'SAME', method='loop')
+  chunked = value_and_grads(
+    x, f, g, 2, 'SAME', memory_budget_bytes=budget, method='loop'
+  )
   for a, b in zip(chunked, unchunked):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-5)
 
 
 def test_eager_equals_jit():
   x, f = _inputs(2, 5, 5, 3, 3, 3, 4)
-  eager = adder_conv(x, f, 2, "SAME")
-  jitted = _adder_jit(x, f, 2, "SAME")
+  eager = adder_conv(x, f, 2, 'SAME')
+  jitted = _adder_jit(x, f, 2, 'SAME')
   np.testing.assert_allclose(eager, jitted, rtol=1e-6)
 
 
@@ -232,8 +305,10 @@ def test_grad_is_adder_backward_not_true_derivative():
   # The true dY/dF of -|X - F| is sign(X - F); the AdderNet weight gradient is X - F.
   x = np.full((1, 1, 1, 1), 3.0, np.float32)
   f = np.full((1, 1, 1, 1), 0.5, np.float32)
-  dx, df = jax.grad(lambda x, f: jnp.sum(adder_conv(x, f, 1, "VALID")), argnums=(0, 1))(x, f)
-  np.testing.assert_allclose(df, [[[[2.5]]]])   # X - F
+  dx, df = jax.grad(
+    lambda x, f: jnp.sum(adder_conv(x, f, 1, 'VALID')), argnums=(0, 1)
+  )(x, f)
+  np.testing.assert_allclose(df, [[[[2.5]]]])  # X - F
   np.testing.assert_allclose(dx, [[[[-1.0]]]])  # clip(F - X, -1, 1)
 
 
@@ -242,7 +317,7 @@ def test_vmap_matches_loop():
   rng = np.random.default_rng(5)
   xs = rng.normal(size=(b, 2, 5, 4, 2)).astype(np.float32)
   fs = rng.normal(size=(b, 3, 3, 2, 3)).astype(np.float32)
-  conv = lambda x, f: adder_conv(x, f, 2, "SAME")
+  conv = lambda x, f: adder_conv(x, f, 2, 'SAME')
   shared_kernel = jax.vmap(conv, in_axes=(0, None))(xs, fs[0])
   both = jax.vmap(conv)(xs, fs)
   for i in range(b):
@@ -253,7 +328,7 @@ def test_vmap_matches_loop():
   grad_fn = jax.grad(lambda x, f, g: jnp.sum(conv(x, f) * g), argnums=(0, 1))
   dxs, dfs = jax.jit(jax.vmap(grad_fn))(xs, fs, g)
   for i in range(b):
-    _, want_dx, want_df = reference_adder(xs[i], fs[i], g[i], 2, "SAME")
+    _, want_dx, want_df = reference_adder(xs[i], fs[i], g[i], 2, 'SAME')
     np.testing.assert_allclose(dxs[i], want_dx, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(dfs[i], want_df, rtol=1e-5, atol=1e-4)
 
@@ -261,51 +336,66 @@ def test_vmap_matches_loop():
 def test_bfloat16_inputs():
   x, f = _inputs(2, 6, 6, 4, 3, 3, 5, seed=7)
   xb, fb = jnp.asarray(x, jnp.bfloat16), jnp.asarray(f, jnp.bfloat16)
-  y = _adder_jit(xb, fb, 1, "SAME")
+  y = _adder_jit(xb, fb, 1, 'SAME')
   assert y.dtype == jnp.bfloat16
   # Same bf16-rounded inputs in float32: only the output rounding differs.
-  want = _adder_jit(xb.astype(jnp.float32), fb.astype(jnp.float32), 1, "SAME")
+  want = _adder_jit(xb.astype(jnp.float32), fb.astype(jnp.float32), 1, 'SAME')
   np.testing.assert_allclose(y.astype(np.float32), want, rtol=1e-2, atol=1e-2)
   # Against the unrounded float32 inputs too, at bf16 tolerance.
-  np.testing.assert_allclose(y.astype(np.float32), _adder_jit(x, f, 1, "SAME"),
-                             rtol=2e-2, atol=0.1)
+  np.testing.assert_allclose(
+    y.astype(np.float32), _adder_jit(x, f, 1, 'SAME'), rtol=2e-2, atol=0.1
+  )
   assert float(jnp.max(y.astype(jnp.float32))) <= 0.0
-  dx, df = jax.jit(jax.grad(
-      lambda x, f: jnp.sum(adder_conv(x, f, 1, "SAME")).astype(jnp.float32),
-      argnums=(0, 1)))(xb, fb)
+  dx, df = jax.jit(
+    jax.grad(
+      lambda x, f: jnp.sum(adder_conv(x, f, 1, 'SAME')).astype(jnp.float32),
+      argnums=(0, 1),
+    )
+  )(xb, fb)
   assert dx.dtype == jnp.bfloat16 and df.dtype == jnp.bfloat16
-  _, want_dx, want_df = reference_adder(xb.astype(np.float32), fb.astype(np.float32),
-                                        np.ones((2, 6, 6, 5), np.float32), 1, "SAME")
-  np.testing.assert_allclose(dx.astype(np.float32), want_dx, rtol=2e-2, atol=5e-2)
-  np.testing.assert_allclose(df.astype(np.float32), want_df, rtol=2e-2, atol=0.5)
+  _, want_dx, want_df = reference_adder(
+    xb.astype(np.float32),
+    fb.astype(np.float32),
+    np.ones((2, 6, 6, 5), np.float32),
+    1,
+    'SAME',
+  )
+  np.testing.assert_allclose(
+    dx.astype(np.float32), want_dx, rtol=2e-2, atol=5e-2
+  )
+  np.testing.assert_allclose(
+    df.astype(np.float32), want_df, rtol=2e-2, atol=0.5
+  )
 
 
 def test_output_never_positive():
   rng = np.random.default_rng(11)
   x = (rng.normal(size=(2, 6, 6, 3)) * 100).astype(np.float32)
   f = (rng.normal(size=(3, 3, 3, 4)) * 100).astype(np.float32)
-  assert float(jnp.max(_adder_jit(x, f, 1, "SAME"))) <= 0.0
+  assert float(jnp.max(_adder_jit(x, f, 1, 'SAME'))) <= 0.0
   # Exact match of input and filter gives exactly 0, the maximum.
   patch = rng.normal(size=(1, 3, 3, 2)).astype(np.float32)
-  y = _adder_jit(patch, patch[0][..., None], 1, "VALID")
+  y = _adder_jit(patch, patch[0][..., None], 1, 'VALID')
   assert float(y[0, 0, 0, 0]) == 0.0
 
 
 def test_errors():
   x = jnp.zeros((1, 4, 4, 3))
-  with pytest.raises(ValueError, match="channels"):
+  with pytest.raises(ValueError, match='channels'):
     adder_conv(x, jnp.zeros((3, 3, 2, 4)))
-  with pytest.raises(ValueError, match="does not fit the padded input"):
-    adder_conv(x, jnp.zeros((5, 5, 3, 4)), 1, "VALID")
-  with pytest.raises(ValueError, match="does not fit the padded input"):
-    adder_conv(jnp.zeros((1, 2, 6, 3)), jnp.zeros((3, 3, 3, 4)), 1, ((0, 0), (1, 1)))
-  with pytest.raises(ValueError, match="padding"):
-    adder_conv(x, jnp.zeros((3, 3, 3, 4)), 1, "FULL")
-  with pytest.raises(ValueError, match="padding"):
-    adder_conv(x, jnp.zeros((3, 3, 3, 4)), 1, "CIRCULAR")
-  with pytest.raises(ValueError, match="strides"):
+  with pytest.raises(ValueError, match='does not fit the padded input'):
+    adder_conv(x, jnp.zeros((5, 5, 3, 4)), 1, 'VALID')
+  with pytest.raises(ValueError, match='does not fit the padded input'):
+    adder_conv(
+      jnp.zeros((1, 2, 6, 3)), jnp.zeros((3, 3, 3, 4)), 1, ((0, 0), (1, 1))
+    )
+  with pytest.raises(ValueError, match='padding'):
+    adder_conv(x, jnp.zeros((3, 3, 3, 4)), 1, 'FULL')
+  with pytest.raises(ValueError, match='padding'):
+    adder_conv(x, jnp.zeros((3, 3, 3, 4)), 1, 'CIRCULAR')
+  with pytest.raises(ValueError, match='strides'):
     adder_conv(x, jnp.zeros((3, 3, 3, 4)), 0)
-  with pytest.raises(ValueError, match="NHWC"):
+  with pytest.raises(ValueError, match='NHWC'):
     adder_conv(jnp.zeros((4, 4, 3)), jnp.zeros((3, 3, 3, 4)))
 
 
@@ -319,36 +409,48 @@ def test_numpy_integer_strides_and_padding():
   np.testing.assert_allclose(np.asarray(y), expected, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("padding", [-1, ((2, -1), (0, 0)), True, (1.5, 1), "SAME2"])
+@pytest.mark.parametrize(
+  'padding', [-1, ((2, -1), (0, 0)), True, (1.5, 1), 'SAME2']
+)
 def test_bad_padding_is_a_clear_error(padding):
-  with pytest.raises(ValueError, match="adder_conv: .*padding"):
+  with pytest.raises(ValueError, match='adder_conv: .*padding'):
     adder_conv(jnp.zeros((1, 5, 5, 2)), jnp.zeros((3, 3, 2, 3)), 1, padding)
 
 
 def test_inside_a_sharded_step_matches_one_device():
   """jit over an 8-device batch mesh gives the single-device values and gradients."""
   if jax.device_count() < 8:
-    pytest.skip(f"needs 8 devices (tests/conftest.py sets XLA_FLAGS); have {jax.device_count()}")
+    pytest.skip(
+      f'needs 8 devices (tests/conftest.py sets XLA_FLAGS); have {jax.device_count()}'
+    )
   from jax.sharding import NamedSharding, PartitionSpec as P
+
   rng = np.random.default_rng(3)
   x = rng.normal(size=(8, 6, 6, 3)).astype(np.float32)
   f = rng.normal(size=(3, 3, 3, 4)).astype(np.float32)
   r = rng.normal(size=(8, 3, 3, 4)).astype(np.float32)
   expected_y, expected_dx, expected_df = reference_adder(x, f, r, 2, 1)
 
-  mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-  batch, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+  mesh = jax.make_mesh(
+    (8,), ('data',), axis_types=(jax.sharding.AxisType.Auto,)
+  )
+  batch, replicated = NamedSharding(mesh, P('data')), NamedSharding(mesh, P())
 
   def loss(x, f, r):
     y = adder_conv(x, f, 2, 1)
     return jnp.sum(y * r), y
 
-  step = jax.jit(jax.grad(loss, argnums=(0, 1), has_aux=True),
-                 in_shardings=(batch, replicated, batch))
+  step = jax.jit(
+    jax.grad(loss, argnums=(0, 1), has_aux=True),
+    in_shardings=(batch, replicated, batch),
+  )
   with jax.set_mesh(mesh):
-    (dx, df), y = step(jax.device_put(x, batch), jax.device_put(f, replicated),
-                       jax.device_put(r, batch))
-  assert dx.sharding.spec[0] == "data"
+    (dx, df), y = step(
+      jax.device_put(x, batch),
+      jax.device_put(f, replicated),
+      jax.device_put(r, batch),
+    )
+  assert dx.sharding.spec[0] == 'data'
   np.testing.assert_allclose(np.asarray(y), expected_y, rtol=1e-5, atol=1e-4)
   np.testing.assert_allclose(np.asarray(dx), expected_dx, rtol=1e-5, atol=1e-4)
   np.testing.assert_allclose(np.asarray(df), expected_df, rtol=1e-5, atol=1e-3)

@@ -20,10 +20,14 @@ METHODS = ('supervised', 'kd', 'pkkd', 'ofd', 'ekd')
 
 
 def load(name):
-  return config_defaults.load_config_module(os.path.join(REPO, 'configs', f'{name}.py'))
+  return config_defaults.load_config_module(
+    os.path.join(REPO, 'configs', f'{name}.py')
+  )
 
 
-ALL_PRESETS = [(name, preset) for name in METHODS for preset in load(name).PRESETS]
+ALL_PRESETS = [
+  (name, preset) for name in METHODS for preset in load(name).PRESETS
+]
 
 
 def _model_entries(config):
@@ -38,7 +42,9 @@ def _model_entries(config):
 
 @pytest.mark.parametrize('name', METHODS)
 def test_unknown_preset(name):
-  with pytest.raises(ValueError, match=rf"Unknown {name} preset 'nope'; choose one of .*demo"):
+  with pytest.raises(
+    ValueError, match=rf"Unknown {name} preset 'nope'; choose one of .*demo"
+  ):
     load(name).get_config('nope')
 
 
@@ -48,7 +54,9 @@ def test_default_preset_is_demo_on_mnist5k(name):
   assert 'demo' in module.PRESETS
   config = module.get_config()
   assert config.method == name
-  assert config.dataset.name == 'mnist5k'  # The one dataset that is always there.
+  assert (
+    config.dataset.name == 'mnist5k'
+  )  # The one dataset that is always there.
 
 
 @pytest.mark.parametrize('name,preset', ALL_PRESETS)
@@ -63,8 +71,12 @@ def test_preset_builds_and_names_what_exists(name, preset):
     assert entry.name in models.available_models(), (role, entry.name)
     assert entry.conv_type in ('conv', 'adder'), (role, entry.conv_type)
     kwargs = dict(entry.kwargs)
-    models.build_model(entry.name, conv_type=entry.conv_type, num_classes=spec.num_classes,
-                       **kwargs)
+    models.build_model(
+      entry.name,
+      conv_type=entry.conv_type,
+      num_classes=spec.num_classes,
+      **kwargs,
+    )
     models.check_input_size(entry.name, image_size, **kwargs)
   # The batch shards over the usual device counts.
   for devices in (1, 2, 8):
@@ -81,7 +93,11 @@ def test_preset_builds_and_names_what_exists(name, preset):
 def test_pkkd_presets_follow_spec(preset):
   config = load('pkkd').get_config(preset)
   # SPEC section 2: alpha = beta = 5; CNN teacher of the same architecture, co-trained.
-  assert (config.pkkd.alpha, config.pkkd.beta, config.pkkd.temperature) == (5.0, 5.0, 4.0)
+  assert (config.pkkd.alpha, config.pkkd.beta, config.pkkd.temperature) == (
+    5.0,
+    5.0,
+    4.0,
+  )
   assert config.pkkd.teacher_mode == 'cotrained'
   assert (config.model.conv_type, config.teacher.conv_type) == ('adder', 'conv')
   assert config.model.name == config.teacher.name
@@ -113,11 +129,19 @@ def test_ofd_presets_follow_spec(preset):
   assert opt.schedule == 'step' and opt.decay_factor == 0.1
   if preset.startswith('imagenet'):
     assert config.ofd.alpha == pytest.approx(1e-4)
-    assert (config.batch_size, config.num_epochs, opt.weight_decay) == (256, 100, 1e-4)
+    assert (config.batch_size, config.num_epochs, opt.weight_decay) == (
+      256,
+      100,
+      1e-4,
+    )
     assert (config.teacher.name, config.model.name) == ('resnet152', 'resnet50')
   else:
     assert config.ofd.alpha == pytest.approx(1e-3)
-    assert (config.batch_size, config.num_epochs, opt.weight_decay) == (128, 200, 5e-4)
+    assert (config.batch_size, config.num_epochs, opt.weight_decay) == (
+      128,
+      200,
+      5e-4,
+    )
     assert tuple(opt.decay_epochs) == (100, 150)
     assert config.dataset.name == 'cifar100'
     assert config.dataset.augment == 'cifar_reflect'
@@ -132,11 +156,17 @@ def test_kd_presets_follow_spec(preset):
     return
   opt = config.optimizer
   # RepDistiller recipe (SPEC section 5).
-  assert (config.batch_size, config.num_epochs, opt.learning_rate) == (64, 240, 0.05)
+  assert (config.batch_size, config.num_epochs, opt.learning_rate) == (
+    64,
+    240,
+    0.05,
+  )
   assert tuple(opt.decay_epochs) == (150, 180, 210) and opt.weight_decay == 5e-4
   assert config.dataset.name == 'cifar100'
-  pairs = {'cifar100_resnet32x4_resnet8x4': ('resnet32x4', 'resnet8x4'),
-           'cifar100_wrn40_2_wrn16_2': ('wrn40_2', 'wrn16_2')}
+  pairs = {
+    'cifar100_resnet32x4_resnet8x4': ('resnet32x4', 'resnet8x4'),
+    'cifar100_wrn40_2_wrn16_2': ('wrn40_2', 'wrn16_2'),
+  }
   base = preset.replace('_fitnet', '').replace('_at', '')
   assert (config.teacher.name, config.model.name) == pairs[base]
   assert (config.kd.fitnet_weight > 0) == preset.endswith('_fitnet')
@@ -152,8 +182,12 @@ def test_ekd_presets_follow_spec(preset):
   assert len({t.name for t in teachers}) == len(teachers)  # Different teachers.
   if preset == 'demo':
     return
-  assert config.model.kwargs.num_branches == 7  # The paper's 7-branch ResNet-8 student.
-  assert config.dataset.train_fraction == (0.1 if preset.endswith('_10pct') else 1.0)
+  assert (
+    config.model.kwargs.num_branches == 7
+  )  # The paper's 7-branch ResNet-8 student.
+  assert config.dataset.train_fraction == (
+    0.1 if preset.endswith('_10pct') else 1.0
+  )
   assert config.dataset.name == preset.split('_')[0]
 
 
@@ -163,12 +197,22 @@ def test_ofd_pairs_have_as_many_stages(preset):
   config = load('ofd').get_config(preset)
   spec = kd_data.DATASETS[config.dataset.name]
   size = config.dataset.image_size or spec.image_shape[0]
-  images = jax.ShapeDtypeStruct((1, size, size, spec.image_shape[-1]), jnp.float32)
+  images = jax.ShapeDtypeStruct(
+    (1, size, size, spec.image_shape[-1]), jnp.float32
+  )
   stages = []
   for entry in (config.teacher, config.model):
-    model = models.build_model(entry.name, conv_type=entry.conv_type,
-                               num_classes=spec.num_classes, **dict(entry.kwargs))
+    model = models.build_model(
+      entry.name,
+      conv_type=entry.conv_type,
+      num_classes=spec.num_classes,
+      **dict(entry.kwargs),
+    )
     _, features = jax.eval_shape(
-        lambda x, m=model: m.init_with_output(jax.random.key(0), x, train=False)[0], images)
+      lambda x, m=model: m.init_with_output(jax.random.key(0), x, train=False)[
+        0
+      ],
+      images,
+    )
     stages.append(len(features['stages']))
   assert stages[0] == stages[1] == (4 if preset.startswith('imagenet') else 3)

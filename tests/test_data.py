@@ -50,11 +50,13 @@ def _example_hashes(batches):
   """Content hash of every real (mask 1) example: a unique id per image."""
   hashes = []
   for batch in batches:
-    for image, label, mask in zip(batch['image'], batch['label'],
-                                  batch['mask']):
+    for image, label, mask in zip(
+      batch['image'], batch['label'], batch['mask']
+    ):
       if mask:
-        hashes.append(hashlib.sha1(image.tobytes() + label.tobytes())
-                      .hexdigest())
+        hashes.append(
+          hashlib.sha1(image.tobytes() + label.tobytes()).hexdigest()
+        )
   return hashes
 
 
@@ -94,8 +96,9 @@ def test_mnist5k_builder_splits(mnist_dir):
   np.testing.assert_array_equal(np.sort(test_ids), rows['test'])
   assert not set(train_ids) & set(test_ids)
   # Real, correctly labelled digits: nearest class mean gets most right.
-  means = np.stack([train_images[train_labels == c].mean(0)
-                    for c in range(10)]).reshape(10, -1)
+  means = np.stack(
+    [train_images[train_labels == c].mean(0) for c in range(10)]
+  ).reshape(10, -1)
   flat = test_images.reshape(1000, -1).astype(np.float32)
   distances = ((flat[:, None, :] - means[None]) ** 2).sum(-1)
   assert (distances.argmin(1) == test_labels).mean() > 0.7
@@ -107,17 +110,27 @@ def test_class_balanced_subset():
   np.testing.assert_array_equal(np.bincount(labels[subset]), [40] * 10)
   assert np.all(np.diff(subset) > 0)
   np.testing.assert_array_equal(
-      subset, kd.class_balanced_subset(labels, 0.1, seed=3))
-  assert not np.array_equal(subset,
-                            kd.class_balanced_subset(labels, 0.1, seed=4))
+    subset, kd.class_balanced_subset(labels, 0.1, seed=3)
+  )
+  assert not np.array_equal(
+    subset, kd.class_balanced_subset(labels, 0.1, seed=4)
+  )
 
 
 def test_train_fraction_is_class_balanced_and_split_over_processes(mnist_dir):
   def source(process_index, process_count):
     return kd.build_input(
-        'mnist5k', 'train', global_batch_size=40, train=True, seed=0,
-        data_dir=mnist_dir, augment='none', train_fraction=0.1,
-        process_index=process_index, process_count=process_count)
+      'mnist5k',
+      'train',
+      global_batch_size=40,
+      train=True,
+      seed=0,
+      data_dir=mnist_dir,
+      augment='none',
+      train_fraction=0.1,
+      process_index=process_index,
+      process_count=process_count,
+    )
 
   single = source(0, 1)
   assert single.num_examples == 400 and single.steps_per_epoch == 10
@@ -135,8 +148,14 @@ def test_train_fraction_is_class_balanced_and_split_over_processes(mnist_dir):
 
 
 def test_mnist5k_batches(mnist_dir):
-  train = kd.build_input('mnist5k', 'train', global_batch_size=64, train=True,
-                         seed=0, data_dir=mnist_dir)
+  train = kd.build_input(
+    'mnist5k',
+    'train',
+    global_batch_size=64,
+    train=True,
+    seed=0,
+    data_dir=mnist_dir,
+  )
   assert (train.num_examples, train.steps_per_epoch) == (4000, 62)
   assert train.image_shape == (28, 28, 1) and train.num_classes == 10
   batch = next(train.epoch(0))
@@ -145,29 +164,50 @@ def test_mnist5k_batches(mnist_dir):
   assert batch['label'].dtype == np.int32
   np.testing.assert_array_equal(batch['mask'], np.ones(64, np.float32))
 
-  test = kd.build_input('mnist5k', 'test', global_batch_size=500, train=False,
-                        seed=0, data_dir=mnist_dir)
+  test = kd.build_input(
+    'mnist5k',
+    'test',
+    global_batch_size=500,
+    train=False,
+    seed=0,
+    data_dir=mnist_dir,
+  )
   images = np.concatenate([b['image'] for b in test.epoch(0)])
   # Normalized with MNIST's mean/std: close to zero mean, unit variance.
   assert abs(images.mean()) < 0.05 and abs(images.std() - 1) < 0.05
 
-  padded = kd.build_input('mnist5k', 'test', global_batch_size=8, train=False,
-                          seed=0, data_dir=mnist_dir, image_size=32)
+  padded = kd.build_input(
+    'mnist5k',
+    'test',
+    global_batch_size=8,
+    train=False,
+    seed=0,
+    data_dir=mnist_dir,
+    image_size=32,
+  )
   image = next(padded.epoch(0))['image']
   assert image.shape == (8, 32, 32, 1)
   # 28 -> 32 pads 2 blank pixels per side.
   np.testing.assert_allclose(image[:, :2], -0.1307 / 0.3081, rtol=1e-5)
 
 
-@pytest.mark.parametrize('name, image_size', [
-    ('cifar10', None), ('cifar100', None), ('imagenet2012', 64)])
+@pytest.mark.parametrize(
+  'name, image_size',
+  [('cifar10', None), ('cifar100', None), ('imagenet2012', 64)],
+)
 def test_mock_dataset_batches(name, image_size):
   spec = kd.DATASETS[name]
   side = image_size or spec.image_shape[0]
   with data_testing.mock_dataset(name):
     for split, train in [(spec.train_split, True), (spec.eval_split, False)]:
-      source = kd.build_input(name, split, global_batch_size=16, train=train,
-                              seed=0, image_size=image_size)
+      source = kd.build_input(
+        name,
+        split,
+        global_batch_size=16,
+        train=train,
+        seed=0,
+        image_size=image_size,
+      )
       assert source.num_classes == spec.num_classes
       assert source.image_shape == (side, side, 3)
       batches = _epoch(source)
@@ -183,17 +223,24 @@ def test_mock_dataset_batches(name, image_size):
         expected = np.mean((0.5 - np.array(spec.mean)) / np.array(spec.std))
         assert abs(images.mean() - expected) < 0.15
       masks = np.concatenate([b['mask'] for b in batches])
-      assert masks.sum() == (source.steps_per_epoch * 16 if train
-                             else source.num_examples)
+      assert masks.sum() == (
+        source.steps_per_epoch * 16 if train else source.num_examples
+      )
 
 
 def test_train_fraction_on_mock_cifar():
   with data_testing.mock_dataset('cifar10', {'train': 200}):
-    source = kd.build_input('cifar10', 'train', global_batch_size=4,
-                            train=True, seed=0, train_fraction=0.5,
-                            process_index=0, process_count=1)
-    labels = kd.pipeline.split_labels(
-        tfds.builder('cifar10'), 'train')
+    source = kd.build_input(
+      'cifar10',
+      'train',
+      global_batch_size=4,
+      train=True,
+      seed=0,
+      train_fraction=0.5,
+      process_index=0,
+      process_count=1,
+    )
+    labels = kd.pipeline.split_labels(tfds.builder('cifar10'), 'train')
     expected = kd.class_balanced_subset(labels, 0.5, seed=0)
     assert source.num_examples == len(expected)
     assert 90 <= len(expected) <= 110
@@ -202,18 +249,31 @@ def test_train_fraction_on_mock_cifar():
 # Determinism and resumption --------------------------------------------------
 
 
-@pytest.mark.parametrize('name, augment', [
-    ('mnist5k', 'default'), ('cifar10', 'cifar_reflect'),
-    ('imagenet2012', 'default')])
+@pytest.mark.parametrize(
+  'name, augment',
+  [
+    ('mnist5k', 'default'),
+    ('cifar10', 'cifar_reflect'),
+    ('imagenet2012', 'default'),
+  ],
+)
 def test_epochs_are_deterministic_and_resumable(mnist_dir, name, augment):
   # A 1,000-example slice of mnist5k keeps the test fast.
   split = 'train[:1000]' if name == 'mnist5k' else 'train'
 
   def build(seed):
     return kd.build_input(
-        name, split, global_batch_size=16, train=True, seed=seed,
-        data_dir=mnist_dir, augment=augment, process_index=0, process_count=1,
-        image_size=32 if name == 'imagenet2012' else None)
+      name,
+      split,
+      global_batch_size=16,
+      train=True,
+      seed=seed,
+      data_dir=mnist_dir,
+      augment=augment,
+      process_index=0,
+      process_count=1,
+      image_size=32 if name == 'imagenet2012' else None,
+    )
 
   def run():
     source = build(seed=7)
@@ -238,21 +298,31 @@ def test_epochs_are_deterministic_and_resumable(mnist_dir, name, augment):
 
 def test_augmentation_changes_images_but_not_labels(mnist_dir):
   def first_batch(augment):
-    source = kd.build_input('mnist5k', 'train', global_batch_size=32,
-                            train=True, seed=1, data_dir=mnist_dir,
-                            augment=augment, process_index=0, process_count=1)
+    source = kd.build_input(
+      'mnist5k',
+      'train',
+      global_batch_size=32,
+      train=True,
+      seed=1,
+      data_dir=mnist_dir,
+      augment=augment,
+      process_index=0,
+      process_count=1,
+    )
     return next(source.epoch(0))
 
   plain, shifted = first_batch('none'), first_batch('mnist')
   np.testing.assert_array_equal(plain['label'], shifted['label'])
   assert not np.array_equal(plain['image'], shifted['image'])
+
   # A shift moves ink but keeps nearly all of it: crops lose at most a
   # 2-pixel border, which is nearly always blank on MNIST.
   def ink(images):
     return (images * 0.3081 + 0.1307).sum()
 
-  np.testing.assert_allclose(ink(plain['image']), ink(shifted['image']),
-                             rtol=0.02)
+  np.testing.assert_allclose(
+    ink(plain['image']), ink(shifted['image']), rtol=0.02
+  )
 
 
 # Processes and evaluation ----------------------------------------------------
@@ -268,9 +338,16 @@ def test_processes_read_disjoint_parts(mnist_dir, name, train):
 
   def hashes(process_index, process_count):
     source = kd.build_input(
-        name, split, global_batch_size=64, train=train, seed=0,
-        data_dir=mnist_dir, augment='none', process_index=process_index,
-        process_count=process_count)
+      name,
+      split,
+      global_batch_size=64,
+      train=train,
+      seed=0,
+      data_dir=mnist_dir,
+      augment='none',
+      process_index=process_index,
+      process_count=process_count,
+    )
     batches = _epoch(source)
     assert len(batches) == source.steps_per_epoch
     assert all(len(b['label']) == 64 // process_count for b in batches)
@@ -283,9 +360,20 @@ def test_processes_read_disjoint_parts(mnist_dir, name, train):
     assert not set(parts[0]) & set(parts[1])
     if train:  # Each process drops its own remainder.
       assert len(parts[0]) == len(parts[1]) == len(whole) // 2
-      every_example = _example_hashes(_epoch(kd.build_input(
-          name, split, global_batch_size=64, train=False, seed=0,
-          data_dir=mnist_dir, process_index=0, process_count=1)))
+      every_example = _example_hashes(
+        _epoch(
+          kd.build_input(
+            name,
+            split,
+            global_batch_size=64,
+            train=False,
+            seed=0,
+            data_dir=mnist_dir,
+            process_index=0,
+            process_count=1,
+          )
+        )
+      )
       assert set(parts[0]) | set(parts[1]) <= set(every_example)
     else:  # Evaluation covers the split exactly.
       assert sorted(parts[0] + parts[1]) == sorted(whole)
@@ -298,8 +386,14 @@ def test_processes_read_disjoint_parts(mnist_dir, name, train):
 
 
 def test_eval_mask_counts_every_example_once(mnist_dir):
-  source = kd.build_input('mnist5k', 'test', global_batch_size=96,
-                          train=False, seed=0, data_dir=mnist_dir)
+  source = kd.build_input(
+    'mnist5k',
+    'test',
+    global_batch_size=96,
+    train=False,
+    seed=0,
+    data_dir=mnist_dir,
+  )
   assert source.steps_per_epoch == 11  # ceil(1000 / 96)
   batches = _epoch(source)
   assert len(batches) == 11
@@ -319,37 +413,79 @@ def test_eval_mask_counts_every_example_once(mnist_dir):
 
 def test_unprepared_dataset_error(tmp_path, no_network):
   with pytest.raises(kd.DatasetNotPreparedError) as info:
-    kd.build_input('cifar10', 'train', global_batch_size=8, train=True,
-                   seed=0, data_dir=str(tmp_path), process_index=0,
-                   process_count=1)
+    kd.build_input(
+      'cifar10',
+      'train',
+      global_batch_size=8,
+      train=True,
+      seed=0,
+      data_dir=str(tmp_path),
+      process_index=0,
+      process_count=1,
+    )
   assert isinstance(info.value, FileNotFoundError)
   message = str(info.value)
   assert "'cifar10'" in message and str(tmp_path) in message
   assert f'tfds build cifar10 --data_dir={tmp_path}' in message
   with pytest.raises(kd.DatasetNotPreparedError, match='--manual_dir'):
-    kd.build_input('imagenet2012', 'train', global_batch_size=8, train=True,
-                   seed=0, data_dir=str(tmp_path), process_index=0,
-                   process_count=1)
+    kd.build_input(
+      'imagenet2012',
+      'train',
+      global_batch_size=8,
+      train=True,
+      seed=0,
+      data_dir=str(tmp_path),
+      process_index=0,
+      process_count=1,
+    )
 
 
 def test_argument_errors(mnist_dir):
   with pytest.raises(ValueError, match='multiple of the process count 4'):
-    kd.build_input('mnist5k', 'train', global_batch_size=30, train=True,
-                   seed=0, data_dir=mnist_dir, process_index=0,
-                   process_count=4)
+    kd.build_input(
+      'mnist5k',
+      'train',
+      global_batch_size=30,
+      train=True,
+      seed=0,
+      data_dir=mnist_dir,
+      process_index=0,
+      process_count=4,
+    )
   with pytest.raises(ValueError, match='Unknown dataset'):
     kd.build_input('mnist', 'train', global_batch_size=8, train=True, seed=0)
   with pytest.raises(ValueError, match='no split'):
-    kd.build_input('mnist5k', 'validation', global_batch_size=8, train=False,
-                   seed=0, data_dir=mnist_dir, process_index=0,
-                   process_count=1)
+    kd.build_input(
+      'mnist5k',
+      'validation',
+      global_batch_size=8,
+      train=False,
+      seed=0,
+      data_dir=mnist_dir,
+      process_index=0,
+      process_count=1,
+    )
   with pytest.raises(ValueError, match='fewer than one global batch'):
-    kd.build_input('mnist5k', 'test', global_batch_size=2048, train=True,
-                   seed=0, data_dir=mnist_dir, process_index=0,
-                   process_count=1)
-  source = kd.build_input('mnist5k', 'test', global_batch_size=8,
-                          train=False, seed=0, data_dir=mnist_dir,
-                          process_index=0, process_count=1)
+    kd.build_input(
+      'mnist5k',
+      'test',
+      global_batch_size=2048,
+      train=True,
+      seed=0,
+      data_dir=mnist_dir,
+      process_index=0,
+      process_count=1,
+    )
+  source = kd.build_input(
+    'mnist5k',
+    'test',
+    global_batch_size=8,
+    train=False,
+    seed=0,
+    data_dir=mnist_dir,
+    process_index=0,
+    process_count=1,
+  )
   with pytest.raises(ValueError, match='start_step'):
     source.epoch(0, start_step=source.steps_per_epoch + 1)
 
@@ -368,9 +504,16 @@ def _edit_example(**features):
 
 
 def _read_all_test(data_dir):
-  source = kd.build_input('mnist5k', 'test', global_batch_size=100,
-                          train=False, seed=0, data_dir=data_dir,
-                          process_index=0, process_count=1)
+  source = kd.build_input(
+    'mnist5k',
+    'test',
+    global_batch_size=100,
+    train=False,
+    seed=0,
+    data_dir=data_dir,
+    process_index=0,
+    process_count=1,
+  )
   return _epoch(source)
 
 

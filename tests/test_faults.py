@@ -49,12 +49,12 @@ TIMEOUT = 300
 # The run every test starts from, as command-line overrides of
 # configs/supervised.py:demo and as the same config in-process.
 TINY = {
-    'model.name': 'resnet8',
-    'batch_size': 8,
-    'num_devices': 2,
-    'eval_bn_recalibration_batches': 0,
-    'dataset.train_split': 'train[:256]',  # 32 steps per epoch.
-    'dataset.eval_split': 'test[:64]',
+  'model.name': 'resnet8',
+  'batch_size': 8,
+  'num_devices': 2,
+  'eval_bn_recalibration_batches': 0,
+  'dataset.train_split': 'train[:256]',  # 32 steps per epoch.
+  'dataset.eval_split': 'test[:64]',
 }
 REFERENCE_STEPS = 6
 
@@ -82,8 +82,12 @@ def compile_cache(shared_tmp_root):
 def tiny_config(mnist_dir, steps, **overrides):
   """configs/supervised.py:demo with TINY, `steps` steps and dotted-key overrides."""
   config = _load_config_module('supervised').get_config('demo')
-  for key, value in {**TINY, 'max_steps': steps, 'dataset.data_dir': mnist_dir,
-                     **overrides}.items():
+  for key, value in {
+    **TINY,
+    'max_steps': steps,
+    'dataset.data_dir': mnist_dir,
+    **overrides,
+  }.items():
     node = config
     *parents, leaf = key.split('.')
     for parent in parents:
@@ -94,27 +98,45 @@ def tiny_config(mnist_dir, steps, **overrides):
 
 def _load_config_module(name):
   """configs/<name>.py as a module (configs/ is not a package)."""
-  return config_defaults.load_config_module(os.path.join(REPO, 'configs', f'{name}.py'))
+  return config_defaults.load_config_module(
+    os.path.join(REPO, 'configs', f'{name}.py')
+  )
 
 
 def cli_command(workdir, mnist_dir, steps, *, faults=False, **overrides):
   """The tiny_config run as a command line (through fault_injection.py if `faults`)."""
-  flags = {**TINY, 'max_steps': steps, 'dataset.data_dir': mnist_dir, **overrides}
+  flags = {
+    **TINY,
+    'max_steps': steps,
+    'dataset.data_dir': mnist_dir,
+    **overrides,
+  }
   entry = [FAULT_CLI] if faults else ['-m', 'kdjax.main']
-  return [sys.executable, *entry, '--config=configs/supervised.py:demo',
-          f'--workdir={workdir}'] + [f'--config.{k}={v}' for k, v in flags.items()]
+  return [
+    sys.executable,
+    *entry,
+    '--config=configs/supervised.py:demo',
+    f'--workdir={workdir}',
+  ] + [f'--config.{k}={v}' for k, v in flags.items()]
 
 
 def cli_env(compile_cache, **extra):
-  return dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3',
-              JAX_THREEFRY_PARTITIONABLE='0', JAX_COMPILATION_CACHE_DIR=compile_cache,
-              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0', **extra)
+  return dict(
+    os.environ,
+    JAX_PLATFORMS='cpu',
+    TF_CPP_MIN_LOG_LEVEL='3',
+    JAX_THREEFRY_PARTITIONABLE='0',
+    JAX_COMPILATION_CACHE_DIR=compile_cache,
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0',
+    **extra,
+  )
 
 
 def run_cli(command, env):
-  return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
-                        timeout=TIMEOUT)
+  return subprocess.run(
+    command, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT
+  )
 
 
 def checkpoint_steps(workdir):
@@ -128,9 +150,13 @@ def restore_state(workdir, step):
   path = os.path.join(workdir, checkpointing.CHECKPOINT_SUBDIR, str(step))
   with ocp.PyTreeCheckpointer() as checkpointer:
     tree = checkpointer.metadata(os.path.join(path, 'state')).item_metadata.tree
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-    state = checkpointer.restore(os.path.join(path, 'state'), args=ocp.args.PyTreeRestore(
-        item=tree, restore_args=restore_args))
+    restore_args = jax.tree.map(
+      lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree
+    )
+    state = checkpointer.restore(
+      os.path.join(path, 'state'),
+      args=ocp.args.PyTreeRestore(item=tree, restore_args=restore_args),
+    )
   with open(os.path.join(path, 'meta', 'metadata')) as f:
     meta = json.load(f)
   return meta, state
@@ -148,16 +174,19 @@ def assert_trees_equal(expected, actual):
 
 
 def trees_differ(a, b):
-  return any(not np.array_equal(np.asarray(x), np.asarray(y))
-             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  return any(
+    not np.array_equal(np.asarray(x), np.asarray(y))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+  )
 
 
 @pytest.fixture(scope='module')
 def reference(tmp_path_factory, mnist_dir):
   """An uninterrupted in-process run of REFERENCE_STEPS steps, checkpoints at 2, 4, 6."""
   workdir = str(tmp_path_factory.mktemp('reference'))
-  config = tiny_config(mnist_dir, REFERENCE_STEPS, checkpoint_every_steps=2,
-                       keep_checkpoints=10)
+  config = tiny_config(
+    mnist_dir, REFERENCE_STEPS, checkpoint_every_steps=2, keep_checkpoints=10
+  )
   summary = train.train_and_evaluate(config, workdir)
   assert summary['steps'] == REFERENCE_STEPS and not summary['preempted']
   assert checkpoint_steps(workdir) == ['2', '4', '6']
@@ -179,20 +208,38 @@ def _wait_for_line(process, needle, timeout=TIMEOUT):
     if needle in line:
       return lines
   process.kill()
-  raise AssertionError(f'never printed {needle!r}; stdout:\n{"".join(lines)[-3000:]}')
+  raise AssertionError(
+    f'never printed {needle!r}; stdout:\n{"".join(lines)[-3000:]}'
+  )
 
 
 def test_sigterm_saves_at_step_boundary_and_resume_is_bit_identical(
-    reference, mnist_dir, compile_cache, tmp_path):
+  reference, mnist_dir, compile_cache, tmp_path
+):
   workdir = str(tmp_path / 'run')
   go = str(tmp_path / 'go')
   # The run stops before feeding batch 2 until the test has sent SIGTERM.
-  env = cli_env(compile_cache, KDJAX_FAULT_MARKERS='1', KDJAX_FAULT_PAUSE_AT='2',
-                KDJAX_FAULT_GO_FILE=go)
+  env = cli_env(
+    compile_cache,
+    KDJAX_FAULT_MARKERS='1',
+    KDJAX_FAULT_PAUSE_AT='2',
+    KDJAX_FAULT_GO_FILE=go,
+  )
   with open(tmp_path / 'stderr', 'w') as stderr:
     process = subprocess.Popen(
-        cli_command(workdir, mnist_dir, REFERENCE_STEPS, faults=True, checkpoint_every_steps=0),
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
+      cli_command(
+        workdir,
+        mnist_dir,
+        REFERENCE_STEPS,
+        faults=True,
+        checkpoint_every_steps=0,
+      ),
+      cwd=REPO,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=stderr,
+      text=True,
+    )
     try:
       _wait_for_line(process, 'KDJAX_FAULT batch 2 ')
       process.send_signal(signal.SIGTERM)
@@ -214,10 +261,15 @@ def test_sigterm_saves_at_step_boundary_and_resume_is_bit_identical(
   assert summary['preempted'] and summary['steps'] == 3
 
   # The same command again, without hooks, finishes the run.
-  resumed = run_cli(cli_command(workdir, mnist_dir, REFERENCE_STEPS, checkpoint_every_steps=0),
-                    cli_env(compile_cache))
+  resumed = run_cli(
+    cli_command(workdir, mnist_dir, REFERENCE_STEPS, checkpoint_every_steps=0),
+    cli_env(compile_cache),
+  )
   assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert json.loads(resumed.stdout[resumed.stdout.index('{'):])['steps'] == REFERENCE_STEPS
+  assert (
+    json.loads(resumed.stdout[resumed.stdout.index('{') :])['steps']
+    == REFERENCE_STEPS
+  )
   assert checkpoint_steps(workdir) == ['3', '6']
   _, expected = restore_state(reference, REFERENCE_STEPS)
   _, actual = restore_state(workdir, REFERENCE_STEPS)
@@ -226,15 +278,17 @@ def test_sigterm_saves_at_step_boundary_and_resume_is_bit_identical(
 
 
 def test_sigterm_while_pretraining_a_teacher_stops_the_whole_run(
-    mnist_dir, tmp_path, monkeypatch):
+  mnist_dir, tmp_path, monkeypatch
+):
   """The preempted teacher is not used half-trained, and the run exits instead of going on."""
   workdir = str(tmp_path)
   config = tiny_config(mnist_dir, 1)
   config.method = 'kd'
   config.kd = _load_config_module('kd').get_config('demo').kd
   config.dataset.train_split = 'train[:32]'  # 4 steps per epoch.
-  config.teacher = config_defaults.model('resnet8', 'conv', pretrain_epochs=1,
-                                         stage_widths=(4, 8, 8))
+  config.teacher = config_defaults.model(
+    'resnet8', 'conv', pretrain_epochs=1, stage_widths=(4, 8, 8)
+  )
   teacher_dir = os.path.join(workdir, 'teachers', '0_resnet8')
   original = train.to_global
   calls = []
@@ -262,35 +316,58 @@ def test_sigterm_while_pretraining_a_teacher_stops_the_whole_run(
 
 
 def test_sigkill_during_checkpoint_commit_resumes_from_last_complete(
-    reference, mnist_dir, compile_cache, tmp_path):
+  reference, mnist_dir, compile_cache, tmp_path
+):
   workdir = str(tmp_path / 'run')
-  command = cli_command(workdir, mnist_dir, 4, faults=True, checkpoint_every_steps=2)
-  killed = run_cli(command, cli_env(compile_cache, KDJAX_FAULT_KILL_IN_SAVE='4'))
+  command = cli_command(
+    workdir, mnist_dir, 4, faults=True, checkpoint_every_steps=2
+  )
+  killed = run_cli(
+    command, cli_env(compile_cache, KDJAX_FAULT_KILL_IN_SAVE='4')
+  )
   assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
   assert 'KDJAX_FAULT SIGKILL while committing' in killed.stdout
   left = checkpoint_steps(workdir)
-  assert left[0] == '2' and len(left) == 2 and left[1].startswith('4.orbax-checkpoint-tmp'), left
+  assert (
+    left[0] == '2'
+    and len(left) == 2
+    and left[1].startswith('4.orbax-checkpoint-tmp')
+  ), left
 
-  resumed = run_cli(cli_command(workdir, mnist_dir, 4, checkpoint_every_steps=2),
-                    cli_env(compile_cache))
+  resumed = run_cli(
+    cli_command(workdir, mnist_dir, 4, checkpoint_every_steps=2),
+    cli_env(compile_cache),
+  )
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert 'Resuming from checkpoint step 2' in resumed.stderr
   assert 'step 4 (save cut off before its commit' in resumed.stderr
   assert checkpoint_steps(workdir) == ['2', '4']
-  assert_trees_equal(restore_state(reference, 4)[1], restore_state(workdir, 4)[1])
+  assert_trees_equal(
+    restore_state(reference, 4)[1], restore_state(workdir, 4)[1]
+  )
 
 
 def _truncate_arrays(step_dir):
-  files = [f for f in glob.glob(os.path.join(step_dir, 'state', '**', 'd', '*'), recursive=True)
-           if os.path.isfile(f)]
+  files = [
+    f
+    for f in glob.glob(
+      os.path.join(step_dir, 'state', '**', 'd', '*'), recursive=True
+    )
+    if os.path.isfile(f)
+  ]
   assert files
   for path in files:
     os.truncate(path, os.path.getsize(path) // 2)
 
 
 def _garble_arrays(step_dir):
-  files = [f for f in glob.glob(os.path.join(step_dir, 'state', '**', 'd', '*'), recursive=True)
-           if os.path.isfile(f)]
+  files = [
+    f
+    for f in glob.glob(
+      os.path.join(step_dir, 'state', '**', 'd', '*'), recursive=True
+    )
+    if os.path.isfile(f)
+  ]
   for path in files:
     with open(path, 'r+b') as f:
       middle = os.path.getsize(path) // 2
@@ -301,7 +378,9 @@ def _garble_arrays(step_dir):
 
 
 def _drop_manifests(step_dir):
-  for path in glob.glob(os.path.join(step_dir, 'state', '**', 'manifest.ocdbt'), recursive=True):
+  for path in glob.glob(
+    os.path.join(step_dir, 'state', '**', 'manifest.ocdbt'), recursive=True
+  ):
     os.remove(path)
 
 
@@ -315,13 +394,19 @@ def _empty_every_file(step_dir):
       os.truncate(path, 0)
 
 
-CORRUPTIONS = {'truncated arrays': _truncate_arrays, 'garbled arrays': _garble_arrays,
-               'no ocdbt manifest': _drop_manifests, 'truncated meta json': _truncate_meta,
-               'every file empty': _empty_every_file}
+CORRUPTIONS = {
+  'truncated arrays': _truncate_arrays,
+  'garbled arrays': _garble_arrays,
+  'no ocdbt manifest': _drop_manifests,
+  'truncated meta json': _truncate_meta,
+  'every file empty': _empty_every_file,
+}
 
 
 @pytest.mark.parametrize('corruption', sorted(CORRUPTIONS))
-def test_restore_latest_skips_a_corrupt_checkpoint(tmp_path, corruption, caplog):
+def test_restore_latest_skips_a_corrupt_checkpoint(
+  tmp_path, corruption, caplog
+):
   """RunCheckpointer alone, on a small tree: the fallback, its message, and re-saving."""
   state = {'w': jnp.arange(1000.0), 'b': jnp.ones((3, 3))}
   checkpointer = checkpointing.RunCheckpointer(str(tmp_path))
@@ -331,17 +416,28 @@ def test_restore_latest_skips_a_corrupt_checkpoint(tmp_path, corruption, caplog)
   CORRUPTIONS[corruption](str(tmp_path / 'checkpoints' / '4'))
 
   checkpointer = checkpointing.RunCheckpointer(str(tmp_path))
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                          state)
+  abstract = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
+  )
   with caplog.at_level(logging.WARNING):
     restored, meta = checkpointer.restore_latest(abstract)
   assert meta == {'step': 2}
   assert_trees_equal(state, restored)
-  assert 'Checkpoint at step 4' in caplog.text and 'falling back to step 2' in caplog.text
+  assert (
+    'Checkpoint at step 4' in caplog.text
+    and 'falling back to step 2' in caplog.text
+  )
   assert 'Resuming from checkpoint step 2' in caplog.text
   # The bad step is kept for inspection under another name, so step 4 can be saved again.
-  moved = [n for n in os.listdir(tmp_path / 'checkpoints') if n.startswith('4.unrestorable-')]
-  assert len(moved) == 1 and f'step 4 (does not restore; moved to {moved[0]})' in caplog.text
+  moved = [
+    n
+    for n in os.listdir(tmp_path / 'checkpoints')
+    if n.startswith('4.unrestorable-')
+  ]
+  assert (
+    len(moved) == 1
+    and f'step 4 (does not restore; moved to {moved[0]})' in caplog.text
+  )
   checkpointer.save(4, state, {'step': 4})
   checkpointer.close()
   assert sorted(checkpointer.manager.all_steps()) == [2, 4]
@@ -354,35 +450,51 @@ def test_no_restorable_checkpoint_is_a_clear_error(tmp_path):
   checkpointer.close()
   _truncate_meta(str(tmp_path / 'checkpoints' / '1'))
   checkpointer = checkpointing.RunCheckpointer(str(tmp_path))
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                          state)
-  with pytest.raises(checkpointing.CheckpointError, match=r'No checkpoint .* restores \(tried '
-                     r'steps \[1\]\)'):
+  abstract = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
+  )
+  with pytest.raises(
+    checkpointing.CheckpointError,
+    match=r'No checkpoint .* restores \(tried '
+    r'steps \[1\]\)',
+  ):
     checkpointer.restore_latest(abstract)
   checkpointer.close()
-  assert checkpoint_steps(str(tmp_path)) == ['1']  # Nothing is moved when nothing restores.
+  assert checkpoint_steps(str(tmp_path)) == [
+    '1'
+  ]  # Nothing is moved when nothing restores.
 
 
 def test_corrupt_newest_checkpoints_resume_from_the_last_good_one(
-    reference, mnist_dir, tmp_path, caplog):
+  reference, mnist_dir, tmp_path, caplog
+):
   """The trainer end to end: steps 6 and 4 are damaged, the run redoes 3-6 from step 2."""
   workdir = str(tmp_path / 'run')
   shutil.copytree(reference, workdir)
   _truncate_arrays(os.path.join(workdir, 'checkpoints', '6'))
   _truncate_meta(os.path.join(workdir, 'checkpoints', '4'))
-  os.makedirs(os.path.join(workdir, 'checkpoints', '8.orbax-checkpoint-tmp-1234', 'state'))
-  config = tiny_config(mnist_dir, REFERENCE_STEPS, checkpoint_every_steps=2, keep_checkpoints=10)
+  os.makedirs(
+    os.path.join(workdir, 'checkpoints', '8.orbax-checkpoint-tmp-1234', 'state')
+  )
+  config = tiny_config(
+    mnist_dir, REFERENCE_STEPS, checkpoint_every_steps=2, keep_checkpoints=10
+  )
   with caplog.at_level(logging.WARNING):
     summary = train.train_and_evaluate(config, workdir)
   assert summary['steps'] == REFERENCE_STEPS
-  assert 'Checkpoint at step 6' in caplog.text and 'Checkpoint at step 4' in caplog.text
+  assert (
+    'Checkpoint at step 6' in caplog.text
+    and 'Checkpoint at step 4' in caplog.text
+  )
   assert 'Resuming from checkpoint step 2' in caplog.text
   assert 'step 8 (save cut off before its commit' in caplog.text
   names = checkpoint_steps(workdir)
   assert [n for n in names if n.isdigit()] == ['2', '4', '6']
   assert any(n.startswith('6.unrestorable-') for n in names)
   assert any(n.startswith('4.unrestorable-') for n in names)
-  assert_trees_equal(restore_state(reference, 6)[1], restore_state(workdir, 6)[1])
+  assert_trees_equal(
+    restore_state(reference, 6)[1], restore_state(workdir, 6)[1]
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -396,7 +508,9 @@ def _poison_loss(monkeypatch, *, at_step, term, value, total_too):
   """
   original = train.train_step
 
-  def poisoned_train_step(method, optimizers, skip_nonfinite, state, frozen, batch):
+  def poisoned_train_step(
+    method, optimizers, skip_nonfinite, state, frozen, batch
+  ):
     proxy = copy.copy(method)
 
     def loss(*args):
@@ -412,25 +526,40 @@ def _poison_loss(monkeypatch, *, at_step, term, value, total_too):
 
 
 def test_nan_loss_term_stops_the_run_and_keeps_the_last_checkpoint(
-    reference, mnist_dir, tmp_path, monkeypatch):
+  reference, mnist_dir, tmp_path, monkeypatch
+):
   # Only the reported term is NaN, the total is finite: every term is checked.
-  _poison_loss(monkeypatch, at_step=3, term='loss/ce', value=jnp.nan, total_too=False)
+  _poison_loss(
+    monkeypatch, at_step=3, term='loss/ce', value=jnp.nan, total_too=False
+  )
   config = tiny_config(mnist_dir, REFERENCE_STEPS, checkpoint_every_steps=2)
   workdir = str(tmp_path)
-  with pytest.raises(train.NonFiniteLossError,
-                     match=r"Non-finite loss at step 3 \(epoch 0\): \{'loss/ce': nan\}.*"
-                           r'last good checkpoint .* is kept.*nonfinite=skip'):
+  with pytest.raises(
+    train.NonFiniteLossError,
+    match=r"Non-finite loss at step 3 \(epoch 0\): \{'loss/ce': nan\}.*"
+    r'last good checkpoint .* is kept.*nonfinite=skip',
+  ):
     train.train_and_evaluate(config, workdir)
   assert checkpoint_steps(workdir) == ['2']  # Committed before the error left.
-  assert_trees_equal(restore_state(reference, 2)[1], restore_state(workdir, 2)[1])
+  assert_trees_equal(
+    restore_state(reference, 2)[1], restore_state(workdir, 2)[1]
+  )
 
 
 def test_inf_loss_with_nonfinite_skip_drops_that_batch(
-    reference, mnist_dir, tmp_path, monkeypatch):
+  reference, mnist_dir, tmp_path, monkeypatch
+):
   # Step 3 (the 4th, from state 3 to state 4) has an infinite total loss.
-  _poison_loss(monkeypatch, at_step=3, term='loss/ce', value=jnp.inf, total_too=True)
-  config = tiny_config(mnist_dir, 5, checkpoint_every_steps=1, keep_checkpoints=10,
-                       nonfinite='skip')
+  _poison_loss(
+    monkeypatch, at_step=3, term='loss/ce', value=jnp.inf, total_too=True
+  )
+  config = tiny_config(
+    mnist_dir,
+    5,
+    checkpoint_every_steps=1,
+    keep_checkpoints=10,
+    nonfinite='skip',
+  )
   workdir = str(tmp_path)
   summary = train.train_and_evaluate(config, workdir)
   assert summary['steps'] == 5 and summary['skipped_nonfinite_batches'] == 1
@@ -442,7 +571,9 @@ def test_inf_loss_with_nonfinite_skip_drops_that_batch(
     assert_trees_equal(states[3][part], states[4][part])
   assert trees_differ(states[2]['params'], states[3]['params'])
   assert trees_differ(states[4]['params'], states[5]['params'])
-  assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(states[5]['params']))
+  assert all(
+    np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(states[5]['params'])
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -456,7 +587,9 @@ def damaged_mnist(mnist_dir, tmp_path):
   def damage(edit):
     copy_dir = tmp_path / 'tfds'
     shutil.copytree(mnist_dir, copy_dir)
-    (path,) = glob.glob(str(copy_dir / 'mnist5k' / '*' / 'mnist5k-train.tfrecord*'))
+    (path,) = glob.glob(
+      str(copy_dir / 'mnist5k' / '*' / 'mnist5k-train.tfrecord*')
+    )
     edit(path)
     return str(copy_dir)
 
@@ -465,7 +598,10 @@ def damaged_mnist(mnist_dir, tmp_path):
 
 def _rewrite_record(**features):
   def edit(path):
-    data_testing.rewrite_record(path, 5, functools.partial(data_testing.edit_example, **features))
+    data_testing.rewrite_record(
+      path, 5, functools.partial(data_testing.edit_example, **features)
+    )
+
   return edit
 
 
@@ -478,12 +614,15 @@ def _garble_bytes(path):
 
 
 BAD_RECORDS = {
-    'label out of range': (_rewrite_record(label=10), r'label >= num_classes 10'),
-    'mis-shaped image': (
-        _rewrite_record(image=tf.io.encode_png(tf.zeros([30, 28, 1], tf.uint8)).numpy()),
-        r'image shape differs'),
-    'undecodable image': (_rewrite_record(image=b'not a png'), r'mnist5k/train'),
-    'corrupt record bytes': (_garble_bytes, r'mnist5k/train'),
+  'label out of range': (_rewrite_record(label=10), r'label >= num_classes 10'),
+  'mis-shaped image': (
+    _rewrite_record(
+      image=tf.io.encode_png(tf.zeros([30, 28, 1], tf.uint8)).numpy()
+    ),
+    r'image shape differs',
+  ),
+  'undecodable image': (_rewrite_record(image=b'not a png'), r'mnist5k/train'),
+  'corrupt record bytes': (_garble_bytes, r'mnist5k/train'),
 }
 
 
@@ -503,15 +642,29 @@ def test_label_out_of_range_in_mock_cifar10(tmp_path, monkeypatch, label):
   read = pipeline._read  # pylint: disable=protected-access
 
   def read_with_a_bad_label(builder, split):
-    return read(builder, split).enumerate().map(lambda i, ex: {
-        **ex, 'label': tf.where(i == 5, tf.constant(label, ex['label'].dtype), ex['label'])})
+    return (
+      read(builder, split)
+      .enumerate()
+      .map(
+        lambda i, ex: {
+          **ex,
+          'label': tf.where(
+            i == 5, tf.constant(label, ex['label'].dtype), ex['label']
+          ),
+        }
+      )
+    )
 
   monkeypatch.setattr(pipeline, '_read', read_with_a_bad_label)
   config = tiny_config(None, 2)
-  config_defaults.set_dataset(config, 'cifar10', train_split='train', eval_split='test')
+  config_defaults.set_dataset(
+    config, 'cifar10', train_split='train', eval_split='test'
+  )
   message = 'label >= num_classes 10' if label >= 10 else 'negative label'
   with data_testing.mock_dataset('cifar10', {'train': 32, 'test': 8}):
-    with pytest.raises(pipeline.InvalidRecordError, match=rf'cifar10/train: {message}'):
+    with pytest.raises(
+      pipeline.InvalidRecordError, match=rf'cifar10/train: {message}'
+    ):
       train.train_and_evaluate(config, str(tmp_path / 'run'))
   assert checkpoint_steps(str(tmp_path / 'run')) == []
 
@@ -520,25 +673,45 @@ def test_image_size_too_small_for_the_model(mnist_dir, tmp_path):
   config = tiny_config(mnist_dir, 2)
   config.dataset.image_size = 2
   workdir = str(tmp_path / 'run')
-  with pytest.raises(ValueError, match=r'resnet8 downsamples by 4: image size 2x2 is too small'):
+  with pytest.raises(
+    ValueError, match=r'resnet8 downsamples by 4: image size 2x2 is too small'
+  ):
     train.train_and_evaluate(config, workdir)
   assert not os.path.exists(os.path.join(workdir, 'checkpoints'))
 
 
-@pytest.mark.parametrize('teacher_kwargs,message', [
-    (dict(name='resnet20'), r"trained as \{'name': 'resnet8'.*asks for a teacher "
-                            r"\{'name': 'resnet20'"),
-    (dict(name='resnet8', conv_type='adder'), r"'conv_type': 'conv'.*'conv_type': 'adder'"),
-    (dict(name='resnet8', stage_widths=(8, 16, 32)),
-     r'does not match the teacher architecture.*stage1_block1'),
-], ids=['name', 'conv_type', 'widths'])
-def test_teacher_of_another_architecture(reference, mnist_dir, tmp_path, teacher_kwargs, message):
+@pytest.mark.parametrize(
+  'teacher_kwargs,message',
+  [
+    (
+      dict(name='resnet20'),
+      r"trained as \{'name': 'resnet8'.*asks for a teacher "
+      r"\{'name': 'resnet20'",
+    ),
+    (
+      dict(name='resnet8', conv_type='adder'),
+      r"'conv_type': 'conv'.*'conv_type': 'adder'",
+    ),
+    (
+      dict(name='resnet8', stage_widths=(8, 16, 32)),
+      r'does not match the teacher architecture.*stage1_block1',
+    ),
+  ],
+  ids=['name', 'conv_type', 'widths'],
+)
+def test_teacher_of_another_architecture(
+  reference, mnist_dir, tmp_path, teacher_kwargs, message
+):
   config = tiny_config(mnist_dir, 2)
   config.method = 'kd'
   config.kd = _load_config_module('kd').get_config('demo').kd
   kwargs = dict(teacher_kwargs)
-  config.teacher = config_defaults.model(kwargs.pop('name'), kwargs.pop('conv_type', 'conv'),
-                                         checkpoint_dir=reference, **kwargs)
+  config.teacher = config_defaults.model(
+    kwargs.pop('name'),
+    kwargs.pop('conv_type', 'conv'),
+    checkpoint_dir=reference,
+    **kwargs,
+  )
   with pytest.raises(checkpointing.CheckpointError, match=message):
     train.train_and_evaluate(config, str(tmp_path / 'run'))
   assert checkpoint_steps(str(tmp_path / 'run')) == []
@@ -546,13 +719,19 @@ def test_teacher_of_another_architecture(reference, mnist_dir, tmp_path, teacher
 
 def test_teacher_with_another_number_of_classes(reference, tmp_path):
   config = tiny_config(None, 2)
-  config_defaults.set_dataset(config, 'cifar100', train_split='train', eval_split='test')
+  config_defaults.set_dataset(
+    config, 'cifar100', train_split='train', eval_split='test'
+  )
   config.method = 'kd'
   config.kd = _load_config_module('kd').get_config('demo').kd
-  config.teacher = config_defaults.model('resnet8', 'conv', checkpoint_dir=reference)
+  config.teacher = config_defaults.model(
+    'resnet8', 'conv', checkpoint_dir=reference
+  )
   with data_testing.mock_dataset('cifar100', {'train': 32, 'test': 8}):
-    with pytest.raises(checkpointing.CheckpointError,
-                       match=r"'num_classes': 10\}.*'num_classes': 100\}"):
+    with pytest.raises(
+      checkpointing.CheckpointError,
+      match=r"'num_classes': 10\}.*'num_classes': 100\}",
+    ):
       train.train_and_evaluate(config, str(tmp_path / 'run'))
 
 
@@ -571,11 +750,17 @@ np.savez(sys.argv[2], *jax.tree.leaves(params))
 """
 
 
-def test_teacher_restores_on_another_device_count(reference, compile_cache, tmp_path):
+def test_teacher_restores_on_another_device_count(
+  reference, compile_cache, tmp_path
+):
   """A teacher saved from 2 devices loads in a process that has 1."""
   out = str(tmp_path / 'params.npz')
-  process = run_cli([sys.executable, '-c', _RESTORE_TEACHER_ON_ONE_DEVICE, reference, out],
-                    cli_env(compile_cache, XLA_FLAGS='--xla_force_host_platform_device_count=1'))
+  process = run_cli(
+    [sys.executable, '-c', _RESTORE_TEACHER_ON_ONE_DEVICE, reference, out],
+    cli_env(
+      compile_cache, XLA_FLAGS='--xla_force_host_platform_device_count=1'
+    ),
+  )
   assert process.returncode == 0, process.stderr[-3000:]
   _, state = restore_state(reference, REFERENCE_STEPS)
   with np.load(out) as loaded:

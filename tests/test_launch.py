@@ -25,27 +25,53 @@ SCRIPTS = [TPU_POD, GPU_HOST]
 def _jax_spec():
   """The jax version specifier of requirements.txt, e.g. '>=0.10.2,<0.11'."""
   with open(os.path.join(ROOT, 'requirements.txt')) as f:
-    match = re.search(r'^jax(?:\[[^\]]*\])?\s*([<>=!~][^;#\s]*)', f.read(), re.M)
+    match = re.search(
+      r'^jax(?:\[[^\]]*\])?\s*([<>=!~][^;#\s]*)', f.read(), re.M
+    )
   assert match, 'requirements.txt pins no jax version'
   return match.group(1)
 
 
 def _run(script, *args, env=None, check=True):
   """Runs a launch script with --dry-run; returns the CompletedProcess."""
-  full_env = {k: v for k, v in os.environ.items()
-              if k not in ('TPU_NAME', 'ZONE', 'PROJECT', 'ACCELERATOR', 'WORKDIR', 'DRY_RUN',
-                           'TFDS_DATA_DIR', 'TPU_VERSION') and not k.startswith('KDJAX_')}
+  full_env = {
+    k: v
+    for k, v in os.environ.items()
+    if k
+    not in (
+      'TPU_NAME',
+      'ZONE',
+      'PROJECT',
+      'ACCELERATOR',
+      'WORKDIR',
+      'DRY_RUN',
+      'TFDS_DATA_DIR',
+      'TPU_VERSION',
+    )
+    and not k.startswith('KDJAX_')
+  }
   full_env.update(env or {})
-  result = subprocess.run(['bash', script, *args], capture_output=True, text=True,
-                          env=full_env, cwd=ROOT, timeout=30)
+  result = subprocess.run(
+    ['bash', script, *args],
+    capture_output=True,
+    text=True,
+    env=full_env,
+    cwd=ROOT,
+    timeout=30,
+  )
   if check:
     assert result.returncode == 0, result.stderr
   return result
 
 
 def _tpu(*args, check=True):
-  return _run(TPU_POD, *args, '--dry-run',
-              env={'TPU_NAME': 'kd-test', 'ZONE': 'us-central2-b'}, check=check)
+  return _run(
+    TPU_POD,
+    *args,
+    '--dry-run',
+    env={'TPU_NAME': 'kd-test', 'ZONE': 'us-central2-b'},
+    check=check,
+  )
 
 
 def _commands(result):
@@ -57,7 +83,11 @@ def _commands(result):
 
 def _remote_train_argv(ssh):
   """The kdjax.main command line that a printed `tpu-vm ssh --command=...` runs remotely."""
-  (command,) = [a[len('--command='):] for a in shlex.split(ssh) if a.startswith('--command=')]
+  (command,) = [
+    a[len('--command=') :]
+    for a in shlex.split(ssh)
+    if a.startswith('--command=')
+  ]
   activate = ' && . .venv/bin/activate && '
   assert activate in command
   return shlex.split(command.split(activate, 1)[1])
@@ -80,7 +110,9 @@ def test_bash_syntax(script):
 def test_shellcheck(script):
   if shutil.which('shellcheck') is None:
     pytest.skip('shellcheck is not installed')
-  result = subprocess.run(['shellcheck', script], capture_output=True, text=True)
+  result = subprocess.run(
+    ['shellcheck', script], capture_output=True, text=True
+  )
   assert result.returncode == 0, result.stdout
 
 
@@ -88,7 +120,9 @@ def test_shellcheck_shared_helpers():
   if shutil.which('shellcheck') is None:
     pytest.skip('shellcheck is not installed')
   common = os.path.join(os.path.dirname(SCRIPTS[0]), 'common.sh')
-  result = subprocess.run(['shellcheck', '-s', 'bash', common], capture_output=True, text=True)
+  result = subprocess.run(
+    ['shellcheck', '-s', 'bash', common], capture_output=True, text=True
+  )
   assert result.returncode == 0, result.stdout
 
 
@@ -103,28 +137,53 @@ def test_help(script):
 
 
 def test_tpu_create():
-  (create,) = _commands(_tpu('create', '--accelerator=v4-32', '--project=my-proj', '--spot'))
+  (create,) = _commands(
+    _tpu('create', '--accelerator=v4-32', '--project=my-proj', '--spot')
+  )
   assert create.startswith('gcloud compute tpus tpu-vm create kd-test ')
-  for piece in ('--zone=us-central2-b', '--project=my-proj', '--accelerator-type=v4-32',
-                '--version=tpu-ubuntu2204-base', '--spot'):
+  for piece in (
+    '--zone=us-central2-b',
+    '--project=my-proj',
+    '--accelerator-type=v4-32',
+    '--version=tpu-ubuntu2204-base',
+    '--spot',
+  ):
     assert piece in create.split()
 
 
 def test_tpu_options_from_environment():
-  result = _run(TPU_POD, 'create', env={
-      'TPU_NAME': 'env-tpu', 'ZONE': 'europe-west4-a', 'PROJECT': 'p1',
-      'ACCELERATOR': 'v5litepod-16', 'TPU_VERSION': 'v2-alpha-tpuv5-lite', 'DRY_RUN': '1'})
+  result = _run(
+    TPU_POD,
+    'create',
+    env={
+      'TPU_NAME': 'env-tpu',
+      'ZONE': 'europe-west4-a',
+      'PROJECT': 'p1',
+      'ACCELERATOR': 'v5litepod-16',
+      'TPU_VERSION': 'v2-alpha-tpuv5-lite',
+      'DRY_RUN': '1',
+    },
+  )
   (create,) = _commands(result)
-  for piece in ('env-tpu', '--zone=europe-west4-a', '--project=p1',
-                '--accelerator-type=v5litepod-16', '--version=v2-alpha-tpuv5-lite'):
+  for piece in (
+    'env-tpu',
+    '--zone=europe-west4-a',
+    '--project=p1',
+    '--accelerator-type=v5litepod-16',
+    '--version=v2-alpha-tpuv5-lite',
+  ):
     assert piece in create.split()
 
 
 def test_tpu_install_from_source_pins_jax_tpu():
   commands = _commands(_tpu('install'))
   tar, scp, ssh = commands
-  assert tar.startswith('env COPYFILE_DISABLE=1 tar -czf ') and f'-C {ROOT} ' in tar
-  assert scp.startswith('gcloud compute tpus tpu-vm scp ') and '--worker=all' in scp
+  assert (
+    tar.startswith('env COPYFILE_DISABLE=1 tar -czf ') and f'-C {ROOT} ' in tar
+  )
+  assert (
+    scp.startswith('gcloud compute tpus tpu-vm scp ') and '--worker=all' in scp
+  )
   assert 'kd-test:/tmp/kdjax-src.tgz' in scp
   assert ssh.startswith('gcloud compute tpus tpu-vm ssh kd-test ')
   assert '--worker=all' in ssh and '--zone=us-central2-b' in ssh
@@ -138,28 +197,44 @@ def test_tpu_install_from_source_pins_jax_tpu():
 
 
 def test_tpu_install_from_repo():
-  (ssh,) = _commands(_tpu('install', '--repo=https://example.com/kdjax.git', '--branch=v1'))
+  (ssh,) = _commands(
+    _tpu('install', '--repo=https://example.com/kdjax.git', '--branch=v1')
+  )
   assert '--worker=all' in ssh
   assert 'git clone --branch v1 https://example.com/kdjax.git kdjax' in ssh
   assert f'jax[tpu]{_jax_spec()}' in ssh
 
 
 def test_tpu_install_needs_one_source():
-  result = _tpu('install', '--repo=https://example.com/k.git', f'--source={ROOT}', check=False)
+  result = _tpu(
+    'install',
+    '--repo=https://example.com/k.git',
+    f'--source={ROOT}',
+    check=False,
+  )
   assert result.returncode == 2 and 'not both' in result.stderr
 
 
 def test_tpu_run_passes_config_workdir_and_overrides():
-  (ssh,) = _commands(_tpu(
-      'run', '--config=pkkd:cifar100_resnet20', '--workdir=gs://bucket/runs/c100',
-      '--data-dir=gs://bucket/tensorflow_datasets', '--config.num_epochs=10',
-      '--', '--config.optimizer.learning_rate=0.2'))
+  (ssh,) = _commands(
+    _tpu(
+      'run',
+      '--config=pkkd:cifar100_resnet20',
+      '--workdir=gs://bucket/runs/c100',
+      '--data-dir=gs://bucket/tensorflow_datasets',
+      '--config.num_epochs=10',
+      '--',
+      '--config.optimizer.learning_rate=0.2',
+    )
+  )
   assert ssh.startswith('gcloud compute tpus tpu-vm ssh kd-test ')
   assert '--worker=all' in ssh
-  train = ('python -m kdjax.main --config=configs/pkkd.py:cifar100_resnet20 '
-           '--workdir=gs://bucket/runs/c100 '
-           '--config.dataset.data_dir=gs://bucket/tensorflow_datasets '
-           '--config.num_epochs=10 --config.optimizer.learning_rate=0.2')
+  train = (
+    'python -m kdjax.main --config=configs/pkkd.py:cifar100_resnet20 '
+    '--workdir=gs://bucket/runs/c100 '
+    '--config.dataset.data_dir=gs://bucket/tensorflow_datasets '
+    '--config.num_epochs=10 --config.optimizer.learning_rate=0.2'
+  )
   assert train in ssh
   assert 'cd kdjax && . .venv/bin/activate' in ssh
   # Multi-host: the workers learn their peers from the TPU VM metadata.
@@ -168,26 +243,57 @@ def test_tpu_run_passes_config_workdir_and_overrides():
 
 
 def test_tpu_run_detach_and_eval():
-  (ssh,) = _commands(_tpu('run', '--config=configs/kd.py:demo', '--workdir=gs://b/r',
-                          '--detach', '--mode=eval'))
+  (ssh,) = _commands(
+    _tpu(
+      'run',
+      '--config=configs/kd.py:demo',
+      '--workdir=gs://b/r',
+      '--detach',
+      '--mode=eval',
+    )
+  )
   assert '--worker=all' in ssh
-  assert ('nohup python -m kdjax.main --config=configs/kd.py:demo --workdir=gs://b/r '
-          '--mode=eval > kdjax_run.log') in ssh
+  assert (
+    'nohup python -m kdjax.main --config=configs/kd.py:demo --workdir=gs://b/r '
+    '--mode=eval > kdjax_run.log'
+  ) in ssh
 
 
 def test_tpu_dry_run_after_double_dash_is_not_passed_on():
-  result = _run(TPU_POD, 'run', '--config=pkkd:demo', '--workdir=gs://b/r', '--',
-                '--config.seed=3', '--dry-run', env={'TPU_NAME': 'kd', 'ZONE': 'z'})
+  result = _run(
+    TPU_POD,
+    'run',
+    '--config=pkkd:demo',
+    '--workdir=gs://b/r',
+    '--',
+    '--config.seed=3',
+    '--dry-run',
+    env={'TPU_NAME': 'kd', 'ZONE': 'z'},
+  )
   (ssh,) = _commands(result)
-  assert _remote_train_argv(ssh)[-2:] == ['--workdir=gs://b/r', '--config.seed=3']
+  assert _remote_train_argv(ssh)[-2:] == [
+    '--workdir=gs://b/r',
+    '--config.seed=3',
+  ]
 
 
 def test_tpu_run_quotes_overrides():
-  (ssh,) = _commands(_tpu('run', '--config=pkkd:demo', '--workdir=gs://b/my run',
-                          "--config.model.name=it's $odd"))
+  (ssh,) = _commands(
+    _tpu(
+      'run',
+      '--config=pkkd:demo',
+      '--workdir=gs://b/my run',
+      "--config.model.name=it's $odd",
+    )
+  )
   assert _remote_train_argv(ssh) == [
-      'python', '-m', 'kdjax.main', '--config=configs/pkkd.py:demo', '--workdir=gs://b/my run',
-      "--config.model.name=it's $odd"]
+    'python',
+    '-m',
+    'kdjax.main',
+    '--config=configs/pkkd.py:demo',
+    '--workdir=gs://b/my run',
+    "--config.model.name=it's $odd",
+  ]
 
 
 def test_tpu_copy_back_from_bucket():
@@ -196,16 +302,22 @@ def test_tpu_copy_back_from_bucket():
   assert rsync.startswith('gcloud storage rsync --recursive ')
   assert "'--exclude=(^|.*/)checkpoints/.*'" in rsync
   assert rsync.endswith(' gs://b/runs/c100 runs/c100')
-  _, rsync = _commands(_tpu('copy-back', '--workdir=gs://b/r', '--dest=out', '--with-checkpoints'))
+  _, rsync = _commands(
+    _tpu('copy-back', '--workdir=gs://b/r', '--dest=out', '--with-checkpoints')
+  )
   assert 'exclude' not in rsync and rsync.endswith(' gs://b/r out')
 
 
 def test_tpu_copy_back_from_worker_0():
-  mkdir, ssh, scp, untar, rm = _commands(_tpu('copy-back', '--workdir=/data/run1', '--dest=out'))
+  mkdir, ssh, scp, untar, rm = _commands(
+    _tpu('copy-back', '--workdir=/data/run1', '--dest=out')
+  )
   assert mkdir == 'mkdir -p out'
   assert '--worker=0' in ssh and 'tar -czf /tmp/kdjax-copy-back.tgz' in ssh
   assert '--exclude=checkpoints -C /data/run1 .' in ssh
-  assert scp.startswith('gcloud compute tpus tpu-vm scp kd-test:/tmp/kdjax-copy-back.tgz out/ ')
+  assert scp.startswith(
+    'gcloud compute tpus tpu-vm scp kd-test:/tmp/kdjax-copy-back.tgz out/ '
+  )
   assert '--worker=0' in scp
   assert untar == 'tar -xzf out/kdjax-copy-back.tgz -C out'
 
@@ -216,7 +328,9 @@ def test_tpu_logs_stop_delete():
   (stop,) = _commands(_tpu('stop'))
   assert '--worker=all' in stop and 'kill -TERM' in stop
   (delete,) = _commands(_tpu('delete'))
-  assert delete == 'gcloud compute tpus tpu-vm delete kd-test --zone=us-central2-b'
+  assert (
+    delete == 'gcloud compute tpus tpu-vm delete kd-test --zone=us-central2-b'
+  )
   (delete,) = _commands(_tpu('delete', '--yes'))
   assert delete.endswith(' --quiet')
 
@@ -235,16 +349,25 @@ fi
 
 def _fake_gcloud(tmp_path):
   """A PATH and environment whose `gcloud` only records what it is asked to do."""
-  bin_dir, capture, tmp = tmp_path / 'bin', tmp_path / 'capture', tmp_path / 'tmp'
+  bin_dir, capture, tmp = (
+    tmp_path / 'bin',
+    tmp_path / 'capture',
+    tmp_path / 'tmp',
+  )
   for d in (bin_dir, capture, tmp):
     d.mkdir()
   gcloud = bin_dir / 'gcloud'
   gcloud.write_text(_FAKE_GCLOUD)
   gcloud.chmod(0o755)
   log = tmp_path / 'gcloud.log'
-  env = {'PATH': f'{bin_dir}:{os.environ["PATH"]}', 'TMPDIR': str(tmp), 'TPU_NAME': 'kd-test',
-         'ZONE': 'us-central2-b', 'FAKE_GCLOUD_LOG': str(log),
-         'FAKE_GCLOUD_CAPTURE': str(capture)}
+  env = {
+    'PATH': f'{bin_dir}:{os.environ["PATH"]}',
+    'TMPDIR': str(tmp),
+    'TPU_NAME': 'kd-test',
+    'ZONE': 'us-central2-b',
+    'FAKE_GCLOUD_LOG': str(log),
+    'FAKE_GCLOUD_CAPTURE': str(capture),
+  }
   return env, log, capture, tmp
 
 
@@ -253,13 +376,22 @@ def test_tpu_install_uploads_the_checkout(tmp_path):
   env, log, capture, tmp = _fake_gcloud(tmp_path)
   _run(TPU_POD, 'install', env=env)
   scp, ssh = log.read_text().splitlines()
-  assert scp.startswith('compute tpus tpu-vm scp ') and scp.endswith('--worker=all')
-  assert ssh.startswith('compute tpus tpu-vm ssh kd-test --zone=us-central2-b --worker=all ')
+  assert scp.startswith('compute tpus tpu-vm scp ') and scp.endswith(
+    '--worker=all'
+  )
+  assert ssh.startswith(
+    'compute tpus tpu-vm ssh kd-test --zone=us-central2-b --worker=all '
+  )
   assert f'jax[tpu]{_jax_spec()}' in ssh
   (archive,) = capture.iterdir()
   with tarfile.open(archive) as tar:
     names = {os.path.normpath(n) for n in tar.getnames()}
-  for path in ('pyproject.toml', 'requirements.txt', 'kdjax/main.py', 'configs/pkkd.py'):
+  for path in (
+    'pyproject.toml',
+    'requirements.txt',
+    'kdjax/main.py',
+    'configs/pkkd.py',
+  ):
     assert path in names
   assert not any(n.split(os.sep)[0] in ('.git', '.venv') for n in names)
   assert not any('__pycache__' in n for n in names)
@@ -269,18 +401,23 @@ def test_tpu_install_uploads_the_checkout(tmp_path):
 def test_tpu_copy_back_runs_and_prints_summary(tmp_path):
   env, log, _, _ = _fake_gcloud(tmp_path)
   dest = tmp_path / 'dest'
-  result = _run(TPU_POD, 'copy-back', '--workdir=gs://b/r', f'--dest={dest}', env=env)
+  result = _run(
+    TPU_POD, 'copy-back', '--workdir=gs://b/r', f'--dest={dest}', env=env
+  )
   assert log.read_text().startswith('storage rsync --recursive')
   assert json.loads(result.stdout) == {'eval_accuracy': {'student': 0.5}}
 
 
-@pytest.mark.parametrize('args, message', [
+@pytest.mark.parametrize(
+  'args, message',
+  [
     (['run', '--workdir=gs://b/r'], 'needs --config'),
     (['run', '--config=pkkd:demo'], 'needs --workdir'),
     (['launch'], 'unknown command'),
     (['create', '--frobnicate'], 'unknown option'),
     (['create', '--zone='], 'needs a value'),
-])
+  ],
+)
 def test_tpu_usage_errors(args, message):
   result = _tpu(*args, check=False)
   assert result.returncode == 2
@@ -290,7 +427,9 @@ def test_tpu_usage_errors(args, message):
 def test_tpu_name_and_zone_are_required():
   result = _run(TPU_POD, 'create', '--dry-run', check=False)
   assert result.returncode == 2 and 'name is required' in result.stderr
-  result = _run(TPU_POD, 'create', '--dry-run', env={'TPU_NAME': 'kd'}, check=False)
+  result = _run(
+    TPU_POD, 'create', '--dry-run', env={'TPU_NAME': 'kd'}, check=False
+  )
   assert result.returncode == 2 and 'zone is required' in result.stderr
 
 
@@ -299,37 +438,84 @@ def test_tpu_name_and_zone_are_required():
 
 def test_gpu_host_installs_jax_cuda_and_runs(tmp_path):
   venv = tmp_path / 'venv'
-  commands = _commands(_run(GPU_HOST, '--dry-run', f'--venv={venv}', '--python=python3.12',
-                            'pkkd:cifar100_resnet20', 'runs/c100', '--config.num_epochs=2'))
+  commands = _commands(
+    _run(
+      GPU_HOST,
+      '--dry-run',
+      f'--venv={venv}',
+      '--python=python3.12',
+      'pkkd:cifar100_resnet20',
+      'runs/c100',
+      '--config.num_epochs=2',
+    )
+  )
   assert commands[0] == f'python3.12 -m venv {venv}'
   install_reqs = next(c for c in commands if '-r ' in c)
-  assert install_reqs == (f'{venv}/bin/python -m pip install -q -r {ROOT}/requirements.txt '
-                          f'-e {ROOT}')
+  assert install_reqs == (
+    f'{venv}/bin/python -m pip install -q -r {ROOT}/requirements.txt -e {ROOT}'
+  )
   jax_cuda = f"{venv}/bin/python -m pip install -q 'jax[cuda12]{_jax_spec()}'"
   assert jax_cuda in commands
   assert commands.index(install_reqs) < commands.index(jax_cuda)
   assert any('jax.default_backend() == "gpu"' in c for c in commands)
-  workdir = os.path.join(ROOT, 'runs', 'c100')  # relative to the caller (cwd=ROOT here)
+  workdir = os.path.join(
+    ROOT, 'runs', 'c100'
+  )  # relative to the caller (cwd=ROOT here)
   assert f'cd {ROOT}' in commands
-  assert (f'{venv}/bin/python -m kdjax.main --config=configs/pkkd.py:cifar100_resnet20 '
-          f'--workdir={workdir} --config.num_epochs=2') in commands
+  assert (
+    f'{venv}/bin/python -m kdjax.main --config=configs/pkkd.py:cifar100_resnet20 '
+    f'--workdir={workdir} --config.num_epochs=2'
+  ) in commands
   assert commands[-1] == f'cat {workdir}/summary.json'
 
 
 def test_gpu_host_cuda13_data_dir_skip_install():
-  commands = _commands(_run(GPU_HOST, '--cuda=13', '--dry-run', '--skip-install',
-                            '--data-dir=/data/tfds', 'configs/kd.py:demo', '/tmp/w'))
+  commands = _commands(
+    _run(
+      GPU_HOST,
+      '--cuda=13',
+      '--dry-run',
+      '--skip-install',
+      '--data-dir=/data/tfds',
+      'configs/kd.py:demo',
+      '/tmp/w',
+    )
+  )
   assert not any('pip install' in c for c in commands)
-  assert any(c.endswith('-m kdjax.main --config=configs/kd.py:demo --workdir=/tmp/w '
-                        '--config.dataset.data_dir=/data/tfds') for c in commands)
-  commands = _commands(_run(GPU_HOST, '--cuda=13', '--dry-run', '--venv=/nonexistent/venv',
-                            'kd:demo', '/tmp/w'))
-  assert f"/nonexistent/venv/bin/python -m pip install -q 'jax[cuda13]{_jax_spec()}'" in commands
+  assert any(
+    c.endswith(
+      '-m kdjax.main --config=configs/kd.py:demo --workdir=/tmp/w '
+      '--config.dataset.data_dir=/data/tfds'
+    )
+    for c in commands
+  )
+  commands = _commands(
+    _run(
+      GPU_HOST,
+      '--cuda=13',
+      '--dry-run',
+      '--venv=/nonexistent/venv',
+      'kd:demo',
+      '/tmp/w',
+    )
+  )
+  assert (
+    f"/nonexistent/venv/bin/python -m pip install -q 'jax[cuda13]{_jax_spec()}'"
+    in commands
+  )
 
 
 def test_gpu_host_eval_prints_no_summary():
-  commands = _commands(_run(GPU_HOST, '--dry-run', '--skip-install', '--mode=eval',
-                            'pkkd:demo', '/tmp/w'))
+  commands = _commands(
+    _run(
+      GPU_HOST,
+      '--dry-run',
+      '--skip-install',
+      '--mode=eval',
+      'pkkd:demo',
+      '/tmp/w',
+    )
+  )
   assert commands[-1].endswith('--workdir=/tmp/w --mode=eval')
 
 
@@ -338,26 +524,42 @@ def test_gpu_host_runs_and_prints_summary(tmp_path):
   fake_python = tmp_path / 'venv' / 'bin' / 'python'
   fake_python.parent.mkdir(parents=True)
   fake_python.write_text(
-      '#!/usr/bin/env bash\n'
-      'echo "$PWD $*" > "$FAKE_PYTHON_LOG"\n'
-      'for a in "$@"; do case "$a" in --workdir=*) w="${a#--workdir=}" ;; esac; done\n'
-      'mkdir -p "$w" && echo \'{"method": "pkkd", "steps": 3}\' > "$w/summary.json"\n')
+    '#!/usr/bin/env bash\n'
+    'echo "$PWD $*" > "$FAKE_PYTHON_LOG"\n'
+    'for a in "$@"; do case "$a" in --workdir=*) w="${a#--workdir=}" ;; esac; done\n'
+    'mkdir -p "$w" && echo \'{"method": "pkkd", "steps": 3}\' > "$w/summary.json"\n'
+  )
   fake_python.chmod(0o755)
   log = tmp_path / 'python.log'
   workdir = tmp_path / 'w'
-  result = _run(GPU_HOST, '--skip-install', f'--venv={tmp_path / "venv"}', 'pkkd:demo',
-                str(workdir), '--config.num_epochs=1', env={'FAKE_PYTHON_LOG': str(log)})
+  result = _run(
+    GPU_HOST,
+    '--skip-install',
+    f'--venv={tmp_path / "venv"}',
+    'pkkd:demo',
+    str(workdir),
+    '--config.num_epochs=1',
+    env={'FAKE_PYTHON_LOG': str(log)},
+  )
   assert log.read_text().split() == [
-      ROOT, '-m', 'kdjax.main', '--config=configs/pkkd.py:demo', f'--workdir={workdir}',
-      '--config.num_epochs=1']
+    ROOT,
+    '-m',
+    'kdjax.main',
+    '--config=configs/pkkd.py:demo',
+    f'--workdir={workdir}',
+    '--config.num_epochs=1',
+  ]
   assert json.loads(result.stdout) == {'method': 'pkkd', 'steps': 3}
 
 
-@pytest.mark.parametrize('args, message', [
+@pytest.mark.parametrize(
+  'args, message',
+  [
     (['pkkd:demo'], 'Usage'),
     (['nosuchmethod:demo', '/tmp/w'], 'no config file configs/nosuchmethod.py'),
     (['--cuda=11', 'pkkd:demo', '/tmp/w'], '--cuda must be 12 or 13'),
-])
+  ],
+)
 def test_gpu_host_usage_errors(args, message):
   result = _run(GPU_HOST, '--dry-run', *args, check=False)
   assert result.returncode == 2
@@ -373,7 +575,9 @@ def _notebook():
 
 
 def _code_cells(notebook):
-  return [''.join(c['source']) for c in notebook['cells'] if c['cell_type'] == 'code']
+  return [
+    ''.join(c['source']) for c in notebook['cells'] if c['cell_type'] == 'code'
+  ]
 
 
 def test_notebook_is_valid_nbformat4():
@@ -395,26 +599,40 @@ def test_notebook_is_valid_nbformat4():
 def test_notebook_cells():
   cells = _code_cells(_notebook())
   text = '\n'.join(cells)
-  assert 'python -m kdjax.main --config=configs/pkkd.py:demo --workdir=/content/kdjax_demo' in text
+  assert (
+    'python -m kdjax.main --config=configs/pkkd.py:demo --workdir=/content/kdjax_demo'
+    in text
+  )
   assert 'KDJAX_GIT_URL' in text and 'pip install' in text
   assert 'jax.devices()' in text
-  assert '%load_ext tensorboard' in text and '%tensorboard --logdir /content/kdjax_demo' in text
+  assert (
+    '%load_ext tensorboard' in text
+    and '%tensorboard --logdir /content/kdjax_demo' in text
+  )
   assert 'EventAccumulator' in text
   assert 'summary.json' in text
   for tag in ('loss/total', 'eval_accuracy/student', 'eval_accuracy/teacher'):
     assert tag in text
   # Every cell is Python once the shell (!) and magic (%) lines are set aside.
   for cell in cells:
-    ast.parse('\n'.join(l for l in cell.splitlines() if not l.lstrip().startswith(('!', '%'))))
+    ast.parse(
+      '\n'.join(
+        l for l in cell.splitlines() if not l.lstrip().startswith(('!', '%'))
+      )
+    )
 
 
 def _plotting_namespace():
   """Executes the notebook cell that defines plot_training_curves; returns its namespace."""
-  (cell,) = [c for c in _code_cells(_notebook()) if 'def plot_training_curves' in c]
+  (cell,) = [
+    c for c in _code_cells(_notebook()) if 'def plot_training_curves' in c
+  ]
   tree = ast.parse(cell)
   # Only imports, constants and functions: nothing runs but the definitions.
   for node in tree.body:
-    assert isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.Assign)), node
+    assert isinstance(
+      node, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.Assign)
+    ), node
   namespace = {}
   exec(compile(tree, NOTEBOOK, 'exec'), namespace)  # pylint: disable=exec-used
   return namespace
@@ -422,6 +640,7 @@ def _plotting_namespace():
 
 def test_notebook_plots_training_curves(tmp_path):
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use('Agg')
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
 
@@ -429,31 +648,51 @@ def test_notebook_plots_training_curves(tmp_path):
   writer = metric_writers.create_default_writer(workdir, asynchronous=False)
   for step in range(1, 21):
     writer.write_scalars(step, {'loss/total': 4.0 / step, 'learning_rate': 0.1})
-  writer.write_scalars(10, {'eval_accuracy/student': 0.25, 'eval_accuracy/teacher': 0.5})
-  writer.write_scalars(20, {'eval_accuracy/student': 0.5, 'eval_accuracy/teacher': 0.75})
+  writer.write_scalars(
+    10, {'eval_accuracy/student': 0.25, 'eval_accuracy/teacher': 0.5}
+  )
+  writer.write_scalars(
+    20, {'eval_accuracy/student': 0.5, 'eval_accuracy/teacher': 0.75}
+  )
   writer.close()
   # A resumed run: a second event file that logs steps 20.. again and goes on.
   writer = metric_writers.create_default_writer(workdir, asynchronous=False)
   writer.write_scalars(20, {'loss/total': 0.2})
-  writer.write_scalars(30, {'loss/total': 0.1, 'eval_accuracy/student': 0.75,
-                            'eval_accuracy/teacher': 0.875})
+  writer.write_scalars(
+    30,
+    {
+      'loss/total': 0.1,
+      'eval_accuracy/student': 0.75,
+      'eval_accuracy/teacher': 0.875,
+    },
+  )
   writer.close()
 
   namespace = _plotting_namespace()
   scalars = namespace['load_scalars'](workdir)
   steps, values = scalars['loss/total']
   assert list(steps) == list(range(1, 21)) + [30]
-  assert values[0] == pytest.approx(4.0) and values[-2:] == pytest.approx([0.2, 0.1])
+  assert values[0] == pytest.approx(4.0) and values[-2:] == pytest.approx(
+    [0.2, 0.1]
+  )
   assert list(scalars['eval_accuracy/teacher'][0]) == [10, 20, 30]
 
   fig = namespace['plot_training_curves'](workdir)
   assert isinstance(fig, matplotlib.figure.Figure)
   lines = {line.get_label(): line for ax in fig.axes for line in ax.lines}
-  assert set(lines) == {'loss/total', 'eval_accuracy/student', 'eval_accuracy/teacher'}
+  assert set(lines) == {
+    'loss/total',
+    'eval_accuracy/student',
+    'eval_accuracy/teacher',
+  }
   assert list(lines['loss/total'].get_xdata()) == list(range(1, 21)) + [30]
   assert list(lines['eval_accuracy/student'].get_xdata()) == [10, 20, 30]
-  assert lines['eval_accuracy/student'].get_ydata() == pytest.approx([25, 50, 75], rel=1e-5)
-  assert lines['eval_accuracy/teacher'].get_ydata() == pytest.approx([50, 75, 87.5], rel=1e-5)
+  assert lines['eval_accuracy/student'].get_ydata() == pytest.approx(
+    [25, 50, 75], rel=1e-5
+  )
+  assert lines['eval_accuracy/teacher'].get_ydata() == pytest.approx(
+    [50, 75, 87.5], rel=1e-5
+  )
   loss_ax = lines['loss/total'].axes
   assert lines['eval_accuracy/student'].axes is not loss_ax
   fig.savefig(tmp_path / 'curves.png')
@@ -462,6 +701,7 @@ def test_notebook_plots_training_curves(tmp_path):
 
 def test_notebook_plot_reports_missing_series(tmp_path, capsys):
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use('Agg')
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
 
@@ -472,5 +712,7 @@ def test_notebook_plot_reports_missing_series(tmp_path, capsys):
   fig = _plotting_namespace()['plot_training_curves'](workdir)
   assert "['eval_accuracy/teacher']" in capsys.readouterr().out
   assert sorted(line.get_label() for ax in fig.axes for line in ax.lines) == [
-      'eval_accuracy/student', 'loss/total']
+    'eval_accuracy/student',
+    'loss/total',
+  ]
   matplotlib.pyplot.close(fig)

@@ -16,8 +16,11 @@ def _normal(rng, *shape, scale=1.0):
 
 
 def _conv(x, f):
-  return np.asarray(lax.conv_general_dilated(x, f, (1, 1), "SAME",
-                                             dimension_numbers=("NHWC", "HWIO", "NHWC")))
+  return np.asarray(
+    lax.conv_general_dilated(
+      x, f, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+    )
+  )
 
 
 def _pkkd_kernels(adder_out, x, f, conv_out):
@@ -28,50 +31,103 @@ def _pkkd_kernels(adder_out, x, f, conv_out):
 
 # name -> (loss returning a scalar, argument builder, argnums differentiated).
 CASES = {
-    "cross_entropy": (losses.cross_entropy,
-                      lambda r: [_normal(r, 4, 10, scale=3), r.integers(0, 10, 4)], (0,)),
-    "kd_loss": (lambda s, t: losses.kd_loss(s, t, 4.0),
-                lambda r: [_normal(r, 4, 10, scale=3), _normal(r, 4, 10, scale=3)], (0, 1)),
-    "hinton_kd_total": (lambda s, t, y: losses.hinton_kd_total(s, t, y)[0],
-                        lambda r: [_normal(r, 4, 10), _normal(r, 4, 10), r.integers(0, 10, 4)],
-                        (0, 1)),
-    "fitnet_loss": (losses.fitnet_loss,
-                    lambda r: [_normal(r, 2, 4, 4, 8), _normal(r, 2, 4, 4, 8)], (0, 1)),
-    "attention_transfer_loss": (losses.attention_transfer_loss,
-                                lambda r: [_normal(r, 2, 4, 4, 4), _normal(r, 2, 4, 4, 8)],
-                                (0, 1)),
-    "attention_transfer_total": (
-        lambda s, t: losses.attention_transfer_total(s, t)[0],
-        lambda r: [[_normal(r, 2, 4, 4, 4), _normal(r, 2, 2, 2, 8)],
-                   [_normal(r, 2, 4, 4, 8), _normal(r, 2, 2, 2, 16)]], (0, 1)),
-    "ofd_distance": (losses.ofd_distance,
-                     lambda r: [_normal(r, 2, 3, 3, 4), _normal(r, 2, 3, 3, 4),
-                                -np.abs(_normal(r, 4))], (0, 1, 2)),
-    "ofd_margin": (lambda g, b: jnp.sum(losses.ofd_margin(g, b)),
-                   lambda r: [_normal(r, 8), _normal(r, 8, scale=3)], (0, 1)),
-    "ofd_total": (lambda z, y, s, t, m: losses.ofd_total(z, y, s, t, m)[0],
-                  lambda r: [_normal(r, 2, 5), r.integers(0, 5, 2),
-                             [_normal(r, 2, 4, 4, 4), _normal(r, 2, 2, 2, 8)],
-                             [_normal(r, 2, 4, 4, 4), _normal(r, 2, 2, 2, 8)],
-                             [-np.abs(_normal(r, 4)), -np.abs(_normal(r, 8))]], (0, 2, 3)),
-    "pkkd_kernels": (_pkkd_kernels,
-                     lambda r: [-np.abs(_normal(r, 2, 4, 4, 6, scale=5))]
-                     + (lambda x, f: [x, f, _conv(x, f)])(_normal(r, 2, 4, 4, 3),
-                                                          _normal(r, 3, 3, 3, 6)),
-                     (0, 1, 2, 3)),
-    "pkkd_total": (lambda zs, zt, y, g, h: losses.pkkd_total(zs, zt, y, g, h)[0],
-                   lambda r: [_normal(r, 3, 5), _normal(r, 3, 5), r.integers(0, 5, 3),
-                              [r.uniform(size=(3, 2, 2, 4)).astype(np.float32)],
-                              [r.uniform(size=(3, 2, 2, 4)).astype(np.float32)]],
-                   (0, 1, 3, 4)),
-    "ekd_loss": (lambda z, y, h, zt, ht: losses.ekd_loss(z, y, h, zt, ht)[0],
-                 lambda r: [_normal(r, 3, 4, 5), r.integers(0, 5, 4), _normal(r, 3, 4, 6),
-                            _normal(r, 2, 4, 5), _normal(r, 2, 4, 6)], (0, 2, 3, 4)),
+  'cross_entropy': (
+    losses.cross_entropy,
+    lambda r: [_normal(r, 4, 10, scale=3), r.integers(0, 10, 4)],
+    (0,),
+  ),
+  'kd_loss': (
+    lambda s, t: losses.kd_loss(s, t, 4.0),
+    lambda r: [_normal(r, 4, 10, scale=3), _normal(r, 4, 10, scale=3)],
+    (0, 1),
+  ),
+  'hinton_kd_total': (
+    lambda s, t, y: losses.hinton_kd_total(s, t, y)[0],
+    lambda r: [_normal(r, 4, 10), _normal(r, 4, 10), r.integers(0, 10, 4)],
+    (0, 1),
+  ),
+  'fitnet_loss': (
+    losses.fitnet_loss,
+    lambda r: [_normal(r, 2, 4, 4, 8), _normal(r, 2, 4, 4, 8)],
+    (0, 1),
+  ),
+  'attention_transfer_loss': (
+    losses.attention_transfer_loss,
+    lambda r: [_normal(r, 2, 4, 4, 4), _normal(r, 2, 4, 4, 8)],
+    (0, 1),
+  ),
+  'attention_transfer_total': (
+    lambda s, t: losses.attention_transfer_total(s, t)[0],
+    lambda r: [
+      [_normal(r, 2, 4, 4, 4), _normal(r, 2, 2, 2, 8)],
+      [_normal(r, 2, 4, 4, 8), _normal(r, 2, 2, 2, 16)],
+    ],
+    (0, 1),
+  ),
+  'ofd_distance': (
+    losses.ofd_distance,
+    lambda r: [
+      _normal(r, 2, 3, 3, 4),
+      _normal(r, 2, 3, 3, 4),
+      -np.abs(_normal(r, 4)),
+    ],
+    (0, 1, 2),
+  ),
+  'ofd_margin': (
+    lambda g, b: jnp.sum(losses.ofd_margin(g, b)),
+    lambda r: [_normal(r, 8), _normal(r, 8, scale=3)],
+    (0, 1),
+  ),
+  'ofd_total': (
+    lambda z, y, s, t, m: losses.ofd_total(z, y, s, t, m)[0],
+    lambda r: [
+      _normal(r, 2, 5),
+      r.integers(0, 5, 2),
+      [_normal(r, 2, 4, 4, 4), _normal(r, 2, 2, 2, 8)],
+      [_normal(r, 2, 4, 4, 4), _normal(r, 2, 2, 2, 8)],
+      [-np.abs(_normal(r, 4)), -np.abs(_normal(r, 8))],
+    ],
+    (0, 2, 3),
+  ),
+  'pkkd_kernels': (
+    _pkkd_kernels,
+    lambda r: (
+      [-np.abs(_normal(r, 2, 4, 4, 6, scale=5))]
+      + (lambda x, f: [x, f, _conv(x, f)])(
+        _normal(r, 2, 4, 4, 3), _normal(r, 3, 3, 3, 6)
+      )
+    ),
+    (0, 1, 2, 3),
+  ),
+  'pkkd_total': (
+    lambda zs, zt, y, g, h: losses.pkkd_total(zs, zt, y, g, h)[0],
+    lambda r: [
+      _normal(r, 3, 5),
+      _normal(r, 3, 5),
+      r.integers(0, 5, 3),
+      [r.uniform(size=(3, 2, 2, 4)).astype(np.float32)],
+      [r.uniform(size=(3, 2, 2, 4)).astype(np.float32)],
+    ],
+    (0, 1, 3, 4),
+  ),
+  'ekd_loss': (
+    lambda z, y, h, zt, ht: losses.ekd_loss(z, y, h, zt, ht)[0],
+    lambda r: [
+      _normal(r, 3, 4, 5),
+      r.integers(0, 5, 4),
+      _normal(r, 3, 4, 6),
+      _normal(r, 2, 4, 5),
+      _normal(r, 2, 4, 6),
+    ],
+    (0, 2, 3, 4),
+  ),
 }
 
 
 def _to(dtype, args):
-  cast = lambda a: a.astype(dtype) if np.issubdtype(np.asarray(a).dtype, np.floating) else a
+  cast = lambda a: (
+    a.astype(dtype) if np.issubdtype(np.asarray(a).dtype, np.floating) else a
+  )
   return jax.tree.map(lambda a: jnp.asarray(cast(np.asarray(a))), args)
 
 
@@ -81,7 +137,7 @@ def _jitted_loss(name):
   return jax.jit(CASES[name][0])
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize('name', sorted(CASES))
 def test_jit_grad_finite_without_retracing(name):
   loss_fn, build, argnums = CASES[name]
   traces = []
@@ -97,25 +153,34 @@ def test_jit_grad_finite_without_retracing(name):
   assert len(traces) == 1
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize('name', sorted(CASES))
 def test_bfloat16_inputs_computed_in_float32(name):
   loss_fn, build, argnums = CASES[name]
   bf16_args = _to(jnp.bfloat16, build(np.random.default_rng(2)))
-  value, grads = jax.jit(jax.value_and_grad(loss_fn, argnums=argnums))(*bf16_args)
+  value, grads = jax.jit(jax.value_and_grad(loss_fn, argnums=argnums))(
+    *bf16_args
+  )
   # Same values, rounded to bfloat16 once, then given as float32.
-  rounded = jax.tree.map(lambda a: a.astype(jnp.float32) if a.dtype == jnp.bfloat16 else a,
-                         bf16_args)
+  rounded = jax.tree.map(
+    lambda a: a.astype(jnp.float32) if a.dtype == jnp.bfloat16 else a, bf16_args
+  )
   assert value.dtype == jnp.float32
-  np.testing.assert_allclose(value, _jitted_loss(name)(*rounded), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    value, _jitted_loss(name)(*rounded), rtol=1e-5, atol=1e-6
+  )
   for g in jax.tree.leaves(grads):
-    assert g.dtype == jnp.bfloat16 and np.all(np.isfinite(np.asarray(g, np.float32)))
+    assert g.dtype == jnp.bfloat16 and np.all(
+      np.isfinite(np.asarray(g, np.float32))
+    )
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize('name', sorted(CASES))
 def test_vmap_over_extra_leading_axis(name):
   _, build, _ = CASES[name]
-  first, second = _to(jnp.float32, build(np.random.default_rng(3))), _to(
-      jnp.float32, build(np.random.default_rng(4)))
+  first, second = (
+    _to(jnp.float32, build(np.random.default_rng(3))),
+    _to(jnp.float32, build(np.random.default_rng(4))),
+  )
   stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), first, second)
   got = jax.jit(jax.vmap(CASES[name][0]))(*stacked)
   expected = [_jitted_loss(name)(*first), _jitted_loss(name)(*second)]
@@ -137,27 +202,33 @@ def test_temperature_can_be_traced_without_retracing():
 
 def _init(module, *args, **kwargs):
   """Compiled init: one XLA program instead of one dispatch per op."""
-  return jax.jit(functools.partial(module.init, **kwargs))(jax.random.key(0), *args)
+  return jax.jit(functools.partial(module.init, **kwargs))(
+    jax.random.key(0), *args
+  )
 
 
 def test_feature_connector_shapes_and_parameters():
   connector = losses.FeatureConnector(features=32)
   x = jnp.ones((2, 4, 4, 16))
   variables = _init(connector, x, train=False)
-  assert set(variables["params"]["conv"]) == {"kernel"}  # no conv bias
-  assert variables["params"]["conv"]["kernel"].shape == (1, 1, 16, 32)
-  np.testing.assert_array_equal(variables["params"]["bn"]["scale"], 1.0)
-  np.testing.assert_array_equal(variables["params"]["bn"]["bias"], 0.0)
-  apply = jax.jit(functools.partial(connector.apply, train=True, mutable=["batch_stats"]))
+  assert set(variables['params']['conv']) == {'kernel'}  # no conv bias
+  assert variables['params']['conv']['kernel'].shape == (1, 1, 16, 32)
+  np.testing.assert_array_equal(variables['params']['bn']['scale'], 1.0)
+  np.testing.assert_array_equal(variables['params']['bn']['bias'], 0.0)
+  apply = jax.jit(
+    functools.partial(connector.apply, train=True, mutable=['batch_stats'])
+  )
   y, updates = apply(variables, x)
-  assert y.shape == (2, 4, 4, 32) and "bn" in updates["batch_stats"]
+  assert y.shape == (2, 4, 4, 32) and 'bn' in updates['batch_stats']
 
 
 def test_feature_connector_init_is_he_normal_fan_out():
   connector = losses.FeatureConnector(features=512)
   variables = _init(connector, jnp.ones((1, 2, 2, 256)), train=False)
-  kernel = np.asarray(variables["params"]["conv"]["kernel"], np.float64).ravel()
-  target_var = 2.0 / 512  # fan-out of a 1x1 kernel = C_out; fan-in would give 2 / 256
+  kernel = np.asarray(variables['params']['conv']['kernel'], np.float64).ravel()
+  target_var = (
+    2.0 / 512
+  )  # fan-out of a 1x1 kernel = C_out; fan-in would give 2 / 256
   assert abs(kernel.var() / target_var - 1) < 0.03
   assert abs(kernel.mean()) < 5 * np.sqrt(target_var / kernel.size)
   # Untruncated: with 131072 draws some exceed 3.5 std (a truncated normal stops at 2).
@@ -169,7 +240,7 @@ def test_kernel_transform_starts_as_identity():
   rho = losses.KernelTransform(features=6)
   np.testing.assert_allclose(jax.jit(rho.apply)(_init(rho, g), g), g, rtol=1e-6)
   widen = losses.KernelTransform(features=8)
-  kernel = _init(widen, g)["params"]["conv"]["kernel"]
+  kernel = _init(widen, g)['params']['conv']['kernel']
   np.testing.assert_array_equal(kernel[0, 0], np.eye(6, 8))
 
 
@@ -177,14 +248,19 @@ def test_branch_adapters_map_each_branch_to_its_teacher_width():
   adapters = losses.BranchAdapters(teacher_features=(4, 6))
   branch_feats = jnp.ones((3, 5, 8))
   params = _init(adapters, branch_feats)
-  assert set(params["params"]) == {"adapter_0", "adapter_1", "adapter_2"}
+  assert set(params['params']) == {'adapter_0', 'adapter_1', 'adapter_2'}
 
   @jax.jit
   def adapt_and_distil(params, branch_feats):
     outputs = adapters.apply(params, branch_feats)
     teacher_feats = [jnp.zeros((5, 4)), jnp.zeros((5, 6))]
-    total, _ = losses.ekd_loss(jnp.zeros((3, 5, 10)), jnp.zeros((5,), jnp.int32), outputs,
-                               jnp.zeros((2, 5, 10)), teacher_feats)
+    total, _ = losses.ekd_loss(
+      jnp.zeros((3, 5, 10)),
+      jnp.zeros((5,), jnp.int32),
+      outputs,
+      jnp.zeros((2, 5, 10)),
+      teacher_feats,
+    )
     return outputs, total
 
   outputs, total = adapt_and_distil(params, branch_feats)

@@ -27,7 +27,14 @@ def np_margin(gamma, beta):
   return -3.0 * std
 
 
-MC_CASES = [(1.0, 0.0), (2.0, 1.0), (-1.5, 0.5), (0.5, -1.0), (1.0, 2.5), (-0.3, -0.2)]
+MC_CASES = [
+  (1.0, 0.0),
+  (2.0, 1.0),
+  (-1.5, 0.5),
+  (0.5, -1.0),
+  (1.0, 2.5),
+  (-0.3, -0.2),
+]
 
 
 def test_margin_matches_monte_carlo_negative_mean():
@@ -38,13 +45,23 @@ def test_margin_matches_monte_carlo_negative_mean():
     x = rng.normal(beta, abs(gamma), size=1_000_000)
     negative = x[x < 0]
     standard_error = negative.std() / math.sqrt(negative.size)
-    assert abs(margin - negative.mean()) < 6 * standard_error + 1e-4, (gamma, beta)
+    assert abs(margin - negative.mean()) < 6 * standard_error + 1e-4, (
+      gamma,
+      beta,
+    )
     assert margin < 0
 
 
 def test_margin_matches_closed_form_on_both_sides_of_threshold():
   # Phi(-3) = 0.00135 > 0.001 keeps the formula; beta/|gamma| >= 3.1 falls back.
-  cases = [(1.0, 3.0), (1.0, 3.1), (-2.0, 8.0), (0.1, 1.0), (3.0, -2.0), (1.0, -40.0)]
+  cases = [
+    (1.0, 3.0),
+    (1.0, 3.1),
+    (-2.0, 8.0),
+    (0.1, 1.0),
+    (3.0, -2.0),
+    (1.0, -40.0),
+  ]
   gammas, betas = map(np.float32, zip(*cases))
   got = ofd_margin(jnp.asarray(gammas), jnp.asarray(betas))
   expected = [np_margin(g, b) for g, b in cases]
@@ -55,8 +72,9 @@ def test_margin_matches_closed_form_on_both_sides_of_threshold():
 def test_margin_gradients_are_finite_and_match_finite_differences():
   gammas = np.array([1.0, -1.5, 2.0, 1.0, 0.0, 0.0, 1e-3, 1.0], np.float32)
   betas = np.array([0.0, 0.5, 1.0, 5.0, -1.0, 1.0, -30.0, -40.0], np.float32)
-  grad_gamma, grad_beta = jax.jit(jax.grad(lambda g, b: jnp.sum(losses.ofd_margin(g, b)),
-                                           argnums=(0, 1)))(gammas, betas)
+  grad_gamma, grad_beta = jax.jit(
+    jax.grad(lambda g, b: jnp.sum(losses.ofd_margin(g, b)), argnums=(0, 1))
+  )(gammas, betas)
   assert np.all(np.isfinite(grad_gamma)) and np.all(np.isfinite(grad_beta))
   eps = 1e-5
   for i in range(3):  # formula branch, away from gamma = 0
@@ -76,7 +94,7 @@ def np_ofd_distance(student, teacher, margin):
     target = max(float(teacher[idx]), float(margin[idx[-1]]))
     s = float(student[idx])
     if s > target or target > 0:
-      total += (s - target)**2
+      total += (s - target) ** 2
       grad[idx] = 2 * (s - target)
   batch = student.shape[0]
   return total / batch, grad / batch
@@ -98,12 +116,16 @@ def ofd_case():
 def test_distance_matches_element_loop(ofd_case):
   student, teacher, margin = ofd_case
   expected, _ = np_ofd_distance(student, teacher, margin)
-  np.testing.assert_allclose(ofd_distance(student, teacher, margin), expected, rtol=1e-5)
+  np.testing.assert_allclose(
+    ofd_distance(student, teacher, margin), expected, rtol=1e-5
+  )
 
 
 def test_distance_gradient_zero_on_masked_elements_and_teacher(ofd_case):
   student, teacher, margin = ofd_case
-  grads = jax.jit(jax.grad(losses.ofd_distance, argnums=(0, 1, 2)))(student, teacher, margin)
+  grads = jax.jit(jax.grad(losses.ofd_distance, argnums=(0, 1, 2)))(
+    student, teacher, margin
+  )
   _, expected = np_ofd_distance(student, teacher, margin)
   np.testing.assert_allclose(grads[0], expected, rtol=1e-5, atol=1e-7)
   assert np.sum(expected == 0) > 0  # some elements are masked out
@@ -113,20 +135,23 @@ def test_distance_gradient_zero_on_masked_elements_and_teacher(ofd_case):
   # The pinned row: positive teacher -> kept; student below margin'd teacher
   # at t = -0.5 -> masked; student above -> kept; teacher under the margin with
   # the student above it -> kept.
-  np.testing.assert_array_equal(grads[0][0, 0, 0] != 0, [True, False, True, True])
+  np.testing.assert_array_equal(
+    grads[0][0, 0, 0] != 0, [True, False, True, True]
+  )
 
 
 def test_distance_divides_by_batch_size(ofd_case):
   student, teacher, margin = ofd_case
   single = ofd_distance(student, teacher, margin)
-  doubled = ofd_distance(np.concatenate([student] * 2), np.concatenate([teacher] * 2),
-                                margin)
+  doubled = ofd_distance(
+    np.concatenate([student] * 2), np.concatenate([teacher] * 2), margin
+  )
   np.testing.assert_allclose(doubled, single, rtol=1e-6)
 
 
 def test_distance_rejects_bad_margin(ofd_case):
   student, teacher, _ = ofd_case
-  with pytest.raises(ValueError, match="margin"):
+  with pytest.raises(ValueError, match='margin'):
     ofd_distance(student, teacher, jnp.zeros((3,)))
 
 
@@ -137,14 +162,23 @@ def test_stage_weights_and_total():
   student = [rng.normal(size=s).astype(np.float32) for s in shapes]
   teacher = [rng.normal(size=s).astype(np.float32) for s in shapes]
   margins = [-np.abs(rng.normal(size=s[-1])).astype(np.float32) for s in shapes]
-  distances = [np_ofd_distance(s, t, m)[0] for s, t, m in zip(student, teacher, margins)]
+  distances = [
+    np_ofd_distance(s, t, m)[0] for s, t, m in zip(student, teacher, margins)
+  ]
   weighted = distances[0] / 4 + distances[1] / 2 + distances[2]
-  np.testing.assert_allclose(jax.jit(losses.ofd_feature_loss)(student, teacher, margins),
-                             weighted, rtol=1e-5)
+  np.testing.assert_allclose(
+    jax.jit(losses.ofd_feature_loss)(student, teacher, margins),
+    weighted,
+    rtol=1e-5,
+  )
   logits = rng.normal(size=(2, 5)).astype(np.float32)
   labels = np.array([1, 3])
   log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
   ce = -np.mean(log_probs[np.arange(2), labels])
-  total, terms = jax.jit(losses.ofd_total)(logits, labels, student, teacher, margins, 1e-3)
+  total, terms = jax.jit(losses.ofd_total)(
+    logits, labels, student, teacher, margins, 1e-3
+  )
   np.testing.assert_allclose(total, ce + 1e-3 * weighted, rtol=1e-5)
-  np.testing.assert_allclose([terms[f"ofd/{i}"] for i in range(3)], distances, rtol=1e-5)
+  np.testing.assert_allclose(
+    [terms[f'ofd/{i}'] for i in range(3)], distances, rtol=1e-5
+  )

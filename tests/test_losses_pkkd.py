@@ -8,7 +8,7 @@ from jax import lax
 
 from kdjax import losses
 
-DIMS = ("NHWC", "HWIO", "NHWC")
+DIMS = ('NHWC', 'HWIO', 'NHWC')
 
 
 def np_patch_distances(x, f, stride, padding):
@@ -18,32 +18,48 @@ def np_patch_distances(x, f, stride, padding):
   """
   x, f = np.asarray(x, np.float64), np.asarray(f, np.float64)
   kh, kw, _, out_channels = f.shape
-  if padding == "SAME":
+  if padding == 'SAME':
     height, width = x.shape[1:3]
     out_h, out_w = -(-height // stride), -(-width // stride)
     pad_h = max((out_h - 1) * stride + kh - height, 0)
     pad_w = max((out_w - 1) * stride + kw - width, 0)
-    x = np.pad(x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2),
-                   (0, 0)))
+    x = np.pad(
+      x,
+      (
+        (0, 0),
+        (pad_h // 2, pad_h - pad_h // 2),
+        (pad_w // 2, pad_w - pad_w // 2),
+        (0, 0),
+      ),
+    )
   else:
     out_h = (x.shape[1] - kh) // stride + 1
     out_w = (x.shape[2] - kw) // stride + 1
   filters = f.reshape(-1, out_channels).T  # (O, kh*kw*C)
-  sq, l1 = (np.zeros((x.shape[0], out_h, out_w, out_channels)) for _ in range(2))
+  sq, l1 = (
+    np.zeros((x.shape[0], out_h, out_w, out_channels)) for _ in range(2)
+  )
   for b in range(x.shape[0]):
     for i in range(out_h):
       for j in range(out_w):
-        patch = x[b, i * stride:i * stride + kh, j * stride:j * stride + kw].reshape(-1)
-        sq[b, i, j] = ((patch - filters)**2).sum(-1)
+        patch = x[
+          b, i * stride : i * stride + kh, j * stride : j * stride + kw
+        ].reshape(-1)
+        sq[b, i, j] = ((patch - filters) ** 2).sum(-1)
         l1[b, i, j] = np.abs(patch - filters).sum(-1)
   return sq, l1
 
 
 def conv_pieces(x, f, stride, padding):
   """x . f and ||x_p||^2 by two lax convolutions, written here independently of kdjax."""
-  conv = lambda a, k: lax.conv_general_dilated(a, k, (stride, stride), padding,
-                                               dimension_numbers=DIMS,
-                                               precision=lax.Precision.HIGHEST)
+  conv = lambda a, k: lax.conv_general_dilated(
+    a,
+    k,
+    (stride, stride),
+    padding,
+    dimension_numbers=DIMS,
+    precision=lax.Precision.HIGHEST,
+  )
   conv_out = conv(jnp.asarray(x), jnp.asarray(f))
   ones = jnp.ones(f.shape[:3] + (1,), jnp.float32)
   patch_energy = conv(jnp.square(jnp.asarray(x)), ones)
@@ -58,64 +74,91 @@ def small_conv():
   return x, f
 
 
-@pytest.mark.parametrize("stride,padding", [(1, "SAME"), (2, "VALID")])
-def test_gaussian_kernel_equals_patch_distance_kernel(small_conv, stride, padding):
+@pytest.mark.parametrize('stride,padding', [(1, 'SAME'), (2, 'VALID')])
+def test_gaussian_kernel_equals_patch_distance_kernel(
+  small_conv, stride, padding
+):
   x, f = small_conv
   sq, _ = np_patch_distances(x, f, stride, padding)
   conv_out, patch_energy = conv_pieces(x, f, stride, padding)
-  filter_norm = (f.astype(np.float64)**2).reshape(-1, f.shape[-1]).sum(0)
+  filter_norm = (f.astype(np.float64) ** 2).reshape(-1, f.shape[-1]).sum(0)
   sigma = 3.0
-  got = losses.gaussian_kernel_features(conv_out, patch_energy, filter_norm, sigma)
-  np.testing.assert_allclose(got, np.exp(-sq / (2 * sigma**2)), rtol=1e-4, atol=1e-6)
+  got = losses.gaussian_kernel_features(
+    conv_out, patch_energy, filter_norm, sigma
+  )
+  np.testing.assert_allclose(
+    got, np.exp(-sq / (2 * sigma**2)), rtol=1e-4, atol=1e-6
+  )
   # The library's own patch / filter norms agree with the explicit patches.
-  np.testing.assert_allclose(losses.patch_sq_norms(x, (3, 3), stride, padding), patch_energy,
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    losses.patch_sq_norms(x, (3, 3), stride, padding), patch_energy, rtol=1e-5
+  )
   np.testing.assert_allclose(losses.filter_sq_norms(f), filter_norm, rtol=1e-5)
-  np.testing.assert_allclose(losses.gaussian_sq_distance(conv_out, patch_energy, filter_norm), sq,
-                             rtol=1e-4)
+  np.testing.assert_allclose(
+    losses.gaussian_sq_distance(conv_out, patch_energy, filter_norm),
+    sq,
+    rtol=1e-4,
+  )
 
 
-@pytest.mark.parametrize("sigma_scale", [1.0, 2.0])
-def test_gaussian_kernel_from_conv_uses_mean_distance_bandwidth(small_conv, sigma_scale):
+@pytest.mark.parametrize('sigma_scale', [1.0, 2.0])
+def test_gaussian_kernel_from_conv_uses_mean_distance_bandwidth(
+  small_conv, sigma_scale
+):
   x, f = small_conv
-  sq, _ = np_patch_distances(x, f, 1, "SAME")
-  conv_out, _ = conv_pieces(x, f, 1, "SAME")
-  got = losses.gaussian_kernel_from_conv(x, f, conv_out, 1, "SAME", sigma_scale=sigma_scale)
-  np.testing.assert_allclose(got, np.exp(-sq / (sigma_scale * sq.mean())), rtol=1e-4)
+  sq, _ = np_patch_distances(x, f, 1, 'SAME')
+  conv_out, _ = conv_pieces(x, f, 1, 'SAME')
+  got = losses.gaussian_kernel_from_conv(
+    x, f, conv_out, 1, 'SAME', sigma_scale=sigma_scale
+  )
+  np.testing.assert_allclose(
+    got, np.exp(-sq / (sigma_scale * sq.mean())), rtol=1e-4
+  )
 
 
 def test_gaussian_distance_clamped_at_zero():
   # A patch equal to the filter: round-off may make the expanded form negative.
-  d2 = losses.gaussian_sq_distance(jnp.array([[[[1.0000001]]]]), jnp.array([[[[1.0]]]]),
-                                   jnp.array([1.0]))
+  d2 = losses.gaussian_sq_distance(
+    jnp.array([[[[1.0000001]]]]), jnp.array([[[[1.0]]]]), jnp.array([1.0])
+  )
   assert float(d2.min()) >= 0.0
-  h = losses.gaussian_kernel_features(jnp.full((1, 1, 1, 1), 5.0), jnp.ones((1, 1, 1, 1)),
-                                      jnp.ones((1,)), 1.0)
+  h = losses.gaussian_kernel_features(
+    jnp.full((1, 1, 1, 1), 5.0), jnp.ones((1, 1, 1, 1)), jnp.ones((1,)), 1.0
+  )
   np.testing.assert_allclose(h, 1.0)
 
 
 def test_laplace_kernel_equals_patch_l1_kernel(small_conv):
   x, f = small_conv
-  _, l1 = np_patch_distances(x, f, 1, "SAME")
+  _, l1 = np_patch_distances(x, f, 1, 'SAME')
   adder_out = jnp.asarray(-l1, jnp.float32)
-  np.testing.assert_allclose(losses.laplace_kernel_features(adder_out, 4.0), np.exp(-l1 / 4.0),
-                             rtol=1e-5)
-  np.testing.assert_allclose(losses.laplace_kernel_from_adder(adder_out, sigma_scale=2.0),
-                             np.exp(-l1 / (2.0 * l1.mean())), rtol=1e-5)
-  np.testing.assert_allclose(losses.laplace_kernel_sigma(adder_out, 2.0), 2.0 * l1.mean(),
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    losses.laplace_kernel_features(adder_out, 4.0), np.exp(-l1 / 4.0), rtol=1e-5
+  )
+  np.testing.assert_allclose(
+    losses.laplace_kernel_from_adder(adder_out, sigma_scale=2.0),
+    np.exp(-l1 / (2.0 * l1.mean())),
+    rtol=1e-5,
+  )
+  np.testing.assert_allclose(
+    losses.laplace_kernel_sigma(adder_out, 2.0), 2.0 * l1.mean(), rtol=1e-5
+  )
 
 
 def test_default_sigma_keeps_kernels_inside_unit_interval_at_k_4608():
   rng = np.random.default_rng(1)
   x = rng.normal(size=(2, 4, 4, 512)).astype(np.float32)
   f = rng.normal(size=(3, 3, 512, 8)).astype(np.float32)
-  sq, l1 = np_patch_distances(x, f, 1, "SAME")
+  sq, l1 = np_patch_distances(x, f, 1, 'SAME')
   # A fixed unit bandwidth underflows everywhere at this K; that is the problem solved here.
-  assert np.all(np.exp(np.float32(-sq / 2)) == 0) and np.all(np.exp(np.float32(-l1)) == 0)
-  conv_out, _ = conv_pieces(x, f, 1, "SAME")
+  assert np.all(np.exp(np.float32(-sq / 2)) == 0) and np.all(
+    np.exp(np.float32(-l1)) == 0
+  )
+  conv_out, _ = conv_pieces(x, f, 1, 'SAME')
   gaussian = np.asarray(losses.gaussian_kernel_from_conv(x, f, conv_out))
-  laplace = np.asarray(losses.laplace_kernel_from_adder(jnp.asarray(-l1, jnp.float32)))
+  laplace = np.asarray(
+    losses.laplace_kernel_from_adder(jnp.asarray(-l1, jnp.float32))
+  )
   for values, dist in ((gaussian, sq), (laplace, l1)):
     assert np.all(np.isfinite(values))
     assert np.all(values > 1e-3) and np.all(values <= 1.0)
@@ -126,18 +169,28 @@ def test_default_sigma_keeps_kernels_inside_unit_interval_at_k_4608():
 
 def test_feature_loss_sums_layer_means_and_stops_teacher_gradient():
   rng = np.random.default_rng(2)
-  student = {"stage1": rng.uniform(size=(2, 4, 4, 3)).astype(np.float32),
-             "stage2": rng.uniform(size=(2, 2, 2, 5)).astype(np.float32)}
-  teacher = {"stage1": rng.uniform(size=(2, 4, 4, 3)).astype(np.float32),
-             "stage2": rng.uniform(size=(2, 2, 2, 5)).astype(np.float32)}
-  expected = sum(np.mean((student[k].astype(np.float64) - teacher[k])**2) for k in student)
-  np.testing.assert_allclose(losses.pkkd_feature_loss(student, teacher), expected, rtol=1e-5)
-  grad_student, grad_teacher = jax.grad(losses.pkkd_feature_loss, argnums=(0, 1))(student, teacher)
+  student = {
+    'stage1': rng.uniform(size=(2, 4, 4, 3)).astype(np.float32),
+    'stage2': rng.uniform(size=(2, 2, 2, 5)).astype(np.float32),
+  }
+  teacher = {
+    'stage1': rng.uniform(size=(2, 4, 4, 3)).astype(np.float32),
+    'stage2': rng.uniform(size=(2, 2, 2, 5)).astype(np.float32),
+  }
+  expected = sum(
+    np.mean((student[k].astype(np.float64) - teacher[k]) ** 2) for k in student
+  )
+  np.testing.assert_allclose(
+    losses.pkkd_feature_loss(student, teacher), expected, rtol=1e-5
+  )
+  grad_student, grad_teacher = jax.grad(
+    losses.pkkd_feature_loss, argnums=(0, 1)
+  )(student, teacher)
   for k in student:
     np.testing.assert_array_equal(grad_teacher[k], 0.0)
     assert np.any(grad_student[k] != 0)
   with pytest.raises(ValueError):
-    losses.pkkd_feature_loss(student, {"stage1": teacher["stage1"]})
+    losses.pkkd_feature_loss(student, {'stage1': teacher['stage1']})
 
 
 def test_pkkd_total_default_weights():
@@ -154,16 +207,20 @@ def test_pkkd_total_default_weights():
   ce = -np.mean(log_softmax(s_logits)[np.arange(4), labels])
   log_pt, log_ps = log_softmax(t_logits / 4), log_softmax(s_logits / 4)
   kd = 16 * np.mean((np.exp(log_pt) * (log_pt - log_ps)).sum(-1))
-  feat = np.mean((g[0].astype(np.float64) - h[0])**2)
+  feat = np.mean((g[0].astype(np.float64) - h[0]) ** 2)
   total, terms = losses.pkkd_total(s_logits, t_logits, labels, g, h)
   np.testing.assert_allclose(total, ce + 5 * kd + 5 * feat, rtol=1e-5)
-  np.testing.assert_allclose([terms["ce"], terms["kd"], terms["feat"]], [ce, kd, feat], rtol=1e-5)
+  np.testing.assert_allclose(
+    [terms['ce'], terms['kd'], terms['feat']], [ce, kd, feat], rtol=1e-5
+  )
 
 
 def test_student_gradient_reaches_adder_output_and_rho():
   """End to end on the student side: adder output -> Laplace kernel -> rho -> loss."""
   rng = np.random.default_rng(4)
-  adder_out = -jnp.asarray(rng.uniform(1.0, 3.0, size=(2, 3, 3, 4)), jnp.float32)
+  adder_out = -jnp.asarray(
+    rng.uniform(1.0, 3.0, size=(2, 3, 3, 4)), jnp.float32
+  )
   teacher_h = jnp.asarray(rng.uniform(size=(2, 3, 3, 4)), jnp.float32)
   rho = losses.KernelTransform(features=4)
   params = rho.init(jax.random.key(0), adder_out)
@@ -172,6 +229,8 @@ def test_student_gradient_reaches_adder_output_and_rho():
     g = losses.laplace_kernel_from_adder(adder_out)
     return losses.pkkd_feature_loss([rho.apply(params, g)], [teacher_h])
 
-  grad_params, grad_adder = jax.jit(jax.grad(loss_fn, argnums=(0, 1)))(params, adder_out)
+  grad_params, grad_adder = jax.jit(jax.grad(loss_fn, argnums=(0, 1)))(
+    params, adder_out
+  )
   leaves = jax.tree.leaves(grad_params) + [grad_adder]
   assert all(np.all(np.isfinite(leaf)) and np.any(leaf != 0) for leaf in leaves)

@@ -8,32 +8,44 @@ import pytest
 
 from kdjax import models
 
-STAGE_KEYS = {'preact', 'bn_scale', 'bn_bias', 'raw', 'patch_energy', 'filter_sq_norm'}
+STAGE_KEYS = {
+  'preact',
+  'bn_scale',
+  'bn_bias',
+  'raw',
+  'patch_energy',
+  'filter_sq_norm',
+}
 
 # (channels, spatial size) per stage at a 32x32 input; independent of the code.
 EXPECTED_STAGES = {
-    'resnet8': [(16, 32), (32, 16), (64, 8)],
-    'resnet20': [(16, 32), (32, 16), (64, 8)],
-    'resnet32': [(16, 32), (32, 16), (64, 8)],
-    'resnet56': [(16, 32), (32, 16), (64, 8)],
-    'resnet110': [(16, 32), (32, 16), (64, 8)],
-    'resnet8x4': [(64, 32), (128, 16), (256, 8)],
-    'resnet32x4': [(64, 32), (128, 16), (256, 8)],
-    'wrn16_2': [(32, 32), (64, 16), (128, 8)],
-    'wrn16_4': [(64, 32), (128, 16), (256, 8)],
-    'wrn28_2': [(32, 32), (64, 16), (128, 8)],
-    'wrn28_4': [(64, 32), (128, 16), (256, 8)],
-    'wrn40_2': [(32, 32), (64, 16), (128, 8)],
-    'resnet18': [(64, 8), (128, 4), (256, 2), (512, 1)],
-    'resnet34': [(64, 8), (128, 4), (256, 2), (512, 1)],
-    'resnet50': [(256, 8), (512, 4), (1024, 2), (2048, 1)],
-    'resnet101': [(256, 8), (512, 4), (1024, 2), (2048, 1)],
-    'resnet152': [(256, 8), (512, 4), (1024, 2), (2048, 1)],
-    'mobilenet_v1': [(128, 8), (256, 4), (512, 2), (1024, 1)],
-    'ekd_student': [],
+  'resnet8': [(16, 32), (32, 16), (64, 8)],
+  'resnet20': [(16, 32), (32, 16), (64, 8)],
+  'resnet32': [(16, 32), (32, 16), (64, 8)],
+  'resnet56': [(16, 32), (32, 16), (64, 8)],
+  'resnet110': [(16, 32), (32, 16), (64, 8)],
+  'resnet8x4': [(64, 32), (128, 16), (256, 8)],
+  'resnet32x4': [(64, 32), (128, 16), (256, 8)],
+  'wrn16_2': [(32, 32), (64, 16), (128, 8)],
+  'wrn16_4': [(64, 32), (128, 16), (256, 8)],
+  'wrn28_2': [(32, 32), (64, 16), (128, 8)],
+  'wrn28_4': [(64, 32), (128, 16), (256, 8)],
+  'wrn40_2': [(32, 32), (64, 16), (128, 8)],
+  'resnet18': [(64, 8), (128, 4), (256, 2), (512, 1)],
+  'resnet34': [(64, 8), (128, 4), (256, 2), (512, 1)],
+  'resnet50': [(256, 8), (512, 4), (1024, 2), (2048, 1)],
+  'resnet101': [(256, 8), (512, 4), (1024, 2), (2048, 1)],
+  'resnet152': [(256, 8), (512, 4), (1024, 2), (2048, 1)],
+  'mobilenet_v1': [(128, 8), (256, 4), (512, 2), (1024, 1)],
+  'ekd_student': [],
 }
-EXPECTED_POOLED = {'resnet8x4': 256, 'resnet32x4': 256, 'wrn16_4': 256, 'wrn28_4': 256,
-                   'ekd_student': 7 * 64}
+EXPECTED_POOLED = {
+  'resnet8x4': 256,
+  'resnet32x4': 256,
+  'wrn16_4': 256,
+  'wrn28_4': 256,
+  'ekd_student': 7 * 64,
+}
 
 
 # ----------------------------------------------------------------------------
@@ -48,7 +60,7 @@ def numpy_patches(x, kernel_hw, strides, pads):
   out = np.zeros((x.shape[0], ho, wo, kh, kw, x.shape[3]), x.dtype)
   for i in range(ho):
     for j in range(wo):
-      out[:, i, j] = x[:, i * sh:i * sh + kh, j * sw:j * sw + kw, :]
+      out[:, i, j] = x[:, i * sh : i * sh + kh, j * sw : j * sw + kw, :]
   return out
 
 
@@ -59,7 +71,7 @@ def numpy_layer(x, kernel, strides, pads, groups, kind):
   y = np.zeros(patches.shape[:3] + (out_features,))
   for o in range(out_features):
     g = o // (out_features // groups)
-    p = patches[..., g * group_in:(g + 1) * group_in]
+    p = patches[..., g * group_in : (g + 1) * group_in]
     f = np.asarray(kernel[..., o], np.float64)
     if kind == 'conv':
       y[..., o] = np.sum(p * f, axis=(3, 4, 5))
@@ -76,15 +88,18 @@ def random_variables(model, images_shape, seed=0, **call_kwargs):
   mode, where BN uses batch statistics and keeps adder activations in range.
   """
   variables = jax.eval_shape(
-      lambda x: model.init(jax.random.key(0), x, **call_kwargs),
-      jax.ShapeDtypeStruct(images_shape, jnp.float32))
+    lambda x: model.init(jax.random.key(0), x, **call_kwargs),
+    jax.ShapeDtypeStruct(images_shape, jnp.float32),
+  )
   adder = getattr(model, 'conv_type', 'conv') == 'adder'
   rng = np.random.default_rng(seed)
 
   def fill(path, leaf):
     names = [k.key for k in path]
     if names[-1] == 'kernel':
-      multiplicative = not adder or len(names) < 2 or names[-2] in ('stem', 'classifier')
+      multiplicative = (
+        not adder or len(names) < 2 or names[-2] in ('stem', 'classifier')
+      )
       std = 1 / np.sqrt(np.prod(leaf.shape[:-1])) if multiplicative else 1.0
       return (std * rng.normal(size=leaf.shape)).astype(np.float32)
     if names[-1] in ('scale', 'var'):
@@ -118,7 +133,8 @@ def test_output_and_feature_shapes(name, conv_type):
   model = models.build_model(name, conv_type=conv_type, num_classes=num_classes)
   images = jax.ShapeDtypeStruct((batch, 32, 32, 3), jnp.float32)
   (logits, features), variables = jax.eval_shape(
-      lambda x: model.init_with_output(jax.random.key(0), x, train=False), images)
+    lambda x: model.init_with_output(jax.random.key(0), x, train=False), images
+  )
   assert logits.shape == (batch, num_classes)
   assert set(variables) == {'params', 'batch_stats'}
   expected_keys = {'stages', 'pooled'}
@@ -134,9 +150,18 @@ def test_output_and_feature_shapes(name, conv_type):
     assert stage['bn_scale'].shape == stage['bn_bias'].shape == (channels,)
     assert stage['patch_energy'].shape == (batch, size, size, 1)
     assert stage['filter_sq_norm'].shape == (channels,)
-  default_pooled = EXPECTED_STAGES[name][-1][0] if EXPECTED_STAGES[name] else None
-  assert features['pooled'].shape == (batch, EXPECTED_POOLED.get(name, default_pooled))
-  head = variables['params']['branch1'] if name == 'ekd_student' else variables['params']
+  default_pooled = (
+    EXPECTED_STAGES[name][-1][0] if EXPECTED_STAGES[name] else None
+  )
+  assert features['pooled'].shape == (
+    batch,
+    EXPECTED_POOLED.get(name, default_pooled),
+  )
+  head = (
+    variables['params']['branch1']
+    if name == 'ekd_student'
+    else variables['params']
+  )
   assert ('logit_bn' in head) == (conv_type == 'adder')
   assert ('bias' in head['classifier']) == (conv_type == 'conv')
 
@@ -147,17 +172,21 @@ def test_mnist_sized_inputs(name):
   models.check_input_size(name, 28)
   images = jax.ShapeDtypeStruct((3, 28, 28, 1), jnp.float32)
   (logits, features), _ = jax.eval_shape(
-      lambda x: model.init_with_output(jax.random.key(0), x, train=False), images)
+    lambda x: model.init_with_output(jax.random.key(0), x, train=False), images
+  )
   assert logits.shape == (3, 10)
   if features['stages']:
     assert [s['preact'].shape[1] for s in features['stages']] == [28, 14, 7]
 
 
 def test_bfloat16_computation():
-  model = models.build_model('resnet8', conv_type='adder', num_classes=10, dtype=jnp.bfloat16)
+  model = models.build_model(
+    'resnet8', conv_type='adder', num_classes=10, dtype=jnp.bfloat16
+  )
   images = jax.ShapeDtypeStruct((2, 16, 16, 3), jnp.float32)
   (logits, features), variables = jax.eval_shape(
-      lambda x: model.init_with_output(jax.random.key(0), x, train=False), images)
+    lambda x: model.init_with_output(jax.random.key(0), x, train=False), images
+  )
   assert logits.dtype == jnp.bfloat16
   assert features['stages'][0]['preact'].dtype == jnp.bfloat16
   assert features['stages'][0]['patch_energy'].dtype == jnp.float32
@@ -165,17 +194,21 @@ def test_bfloat16_computation():
 
 
 def test_ekd_student_options_and_shapes():
-  model = models.build_model('ekd_student', num_classes=5, num_branches=3, width=8,
-                             shared_stages=1)
+  model = models.build_model(
+    'ekd_student', num_classes=5, num_branches=3, width=8, shared_stages=1
+  )
   images = jax.ShapeDtypeStruct((2, 16, 16, 3), jnp.float32)
   (logits, features), variables = jax.eval_shape(
-      lambda x: model.init_with_output(jax.random.key(0), x, train=False), images)
+    lambda x: model.init_with_output(jax.random.key(0), x, train=False), images
+  )
   assert logits.shape == (2, 5)
   assert features['branch_logits'].shape == (3, 2, 5)
   assert features['branch_pooled'].shape == (3, 2, 32)
   assert features['pooled'].shape == (2, 96)
   assert [s['preact'].shape for s in features['stages']] == [(2, 16, 16, 8)]
-  assert {'branch1', 'branch2', 'branch3', 'trunk_stage1_block1'} <= set(variables['params'])
+  assert {'branch1', 'branch2', 'branch3', 'trunk_stage1_block1'} <= set(
+    variables['params']
+  )
   assert 'stage1_block1' not in variables['params']['branch1']
 
 
@@ -184,15 +217,20 @@ def test_ekd_student_options_and_shapes():
 
 
 @pytest.mark.parametrize('conv_type', ['conv', 'adder'])
-@pytest.mark.parametrize('kernel_size,strides,groups', [(3, 2, 1), (3, 1, 2), (1, 2, 1)])
+@pytest.mark.parametrize(
+  'kernel_size,strides,groups', [(3, 2, 1), (3, 1, 2), (1, 2, 1)]
+)
 def test_conv_or_adder_against_numpy(conv_type, kernel_size, strides, groups):
-  layer = models.ConvOrAdder(4, kernel_size, strides, feature_group_count=groups,
-                             conv_type=conv_type)
+  layer = models.ConvOrAdder(
+    4, kernel_size, strides, feature_group_count=groups, conv_type=conv_type
+  )
   x = random_images((2, 7, 7, 2))
   variables = random_variables(layer, x.shape)
   kernel = np.asarray(variables['params']['kernel'])
   assert kernel.shape == (kernel_size, kernel_size, 2 // groups, 4)
-  y, patch_energy, filter_sq_norm = layer.apply(variables, x, return_kernel_features=True)
+  y, patch_energy, filter_sq_norm = layer.apply(
+    variables, x, return_kernel_features=True
+  )
   # PyTorch-style symmetric padding: 1 for 3x3 even at stride 2, 0 for 1x1.
   pad = (kernel_size - 1) // 2
   pads = ((pad, pad), (pad, pad))
@@ -201,13 +239,25 @@ def test_conv_or_adder_against_numpy(conv_type, kernel_size, strides, groups):
   if conv_type == 'adder':
     assert np.all(np.asarray(y) <= 0)
 
-  patches = numpy_patches(np.asarray(x, np.float64), (kernel_size,) * 2, (strides,) * 2, pads)
+  patches = numpy_patches(
+    np.asarray(x, np.float64), (kernel_size,) * 2, (strides,) * 2, pads
+  )
   group_in = 2 // groups
   expected_energy = np.stack(
-      [np.sum(patches[..., g * group_in:(g + 1) * group_in]**2, axis=(3, 4, 5))
-       for g in range(groups)], axis=-1)
-  np.testing.assert_allclose(patch_energy, expected_energy, rtol=1e-5, atol=1e-5)
-  expected_norms = [np.sum(kernel[..., o].astype(np.float64)**2) for o in range(4)]
+    [
+      np.sum(
+        patches[..., g * group_in : (g + 1) * group_in] ** 2, axis=(3, 4, 5)
+      )
+      for g in range(groups)
+    ],
+    axis=-1,
+  )
+  np.testing.assert_allclose(
+    patch_energy, expected_energy, rtol=1e-5, atol=1e-5
+  )
+  expected_norms = [
+    np.sum(kernel[..., o].astype(np.float64) ** 2) for o in range(4)
+  ]
   np.testing.assert_allclose(filter_sq_norm, expected_norms, rtol=1e-5)
   assert patch_energy.dtype == filter_sq_norm.dtype == jnp.float32
 
@@ -219,7 +269,9 @@ def test_kernel_initialisation():
   conv_kernel = conv.init(jax.random.key(0), x)['params']['kernel']
   adder_kernel = adder.init(jax.random.key(0), x)['params']['kernel']
   # He normal, fan_out = 3 * 3 * 64; AdderNet N(0, 1).
-  np.testing.assert_allclose(np.std(conv_kernel), np.sqrt(2.0 / (9 * 64)), rtol=0.05)
+  np.testing.assert_allclose(
+    np.std(conv_kernel), np.sqrt(2.0 / (9 * 64)), rtol=0.05
+  )
   np.testing.assert_allclose(np.std(adder_kernel), 1.0, rtol=0.05)
   assert abs(float(np.mean(adder_kernel))) < 0.03
 
@@ -231,27 +283,40 @@ def test_adder_mode_layer_kinds():
 
   def record(next_fun, args, kwargs, context):
     if context.method_name == '__call__' and isinstance(
-        context.module, (models.ConvOrAdder, nn.Dense)):
-      kinds['/'.join(context.module.path)] = getattr(context.module, 'conv_type', 'dense')
+      context.module, (models.ConvOrAdder, nn.Dense)
+    ):
+      kinds['/'.join(context.module.path)] = getattr(
+        context.module, 'conv_type', 'dense'
+      )
     return next_fun(*args, **kwargs)
 
   with nn.intercept_methods(record):
     variables = jax.eval_shape(
-        lambda: model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)), train=False))
+      lambda: model.init(
+        jax.random.key(0), jnp.zeros((1, 8, 8, 3)), train=False
+      )
+    )
   assert kinds['stem'] == 'conv'
   assert kinds['classifier'] == 'dense'
   shortcuts = [p for p in kinds if p.endswith('shortcut')]
   # resnet8x4: stem 32 -> stage widths 64/128/256, so every stage projects.
-  assert sorted(shortcuts) == ['stage1_block1/shortcut', 'stage2_block1/shortcut',
-                               'stage3_block1/shortcut']
-  assert all(kinds[p] == 'adder' for p in kinds if p not in ('stem', 'classifier'))
+  assert sorted(shortcuts) == [
+    'stage1_block1/shortcut',
+    'stage2_block1/shortcut',
+    'stage3_block1/shortcut',
+  ]
+  assert all(
+    kinds[p] == 'adder' for p in kinds if p not in ('stem', 'classifier')
+  )
   for path in kinds:
     if path.endswith('shortcut'):
       assert 'shortcut_bn' in variables['params'][path.split('/')[0]]
 
   mask = models.adder_kernel_mask(model, (1, 8, 8, 3))
-  flat = {'/'.join(k.key for k in path): v
-          for path, v in jax.tree_util.tree_flatten_with_path(mask)[0]}
+  flat = {
+    '/'.join(k.key for k in path): v
+    for path, v in jax.tree_util.tree_flatten_with_path(mask)[0]
+  }
   assert flat['stem/kernel'] is False and flat['classifier/kernel'] is False
   assert flat['stage1_block1/shortcut/kernel'] is True
   assert flat['stage3_block1/conv2/kernel'] is True
@@ -267,29 +332,55 @@ def test_adder_model_numerics():
   # GPUs run float32 matmuls and convs in TF32 by default (measured on an H100:
   # logits off by 4e-4); this test checks the wiring, so it asks for full f32.
   with jax.default_matmul_precision('highest'):
-    (logits, features), state = jax.jit(lambda v, x: model.apply(
-        v, x, train=True, mutable=['batch_stats', 'intermediates'],
-        capture_intermediates=is_layer))(variables, images)
+    (logits, features), state = jax.jit(
+      lambda v, x: model.apply(
+        v,
+        x,
+        train=True,
+        mutable=['batch_stats', 'intermediates'],
+        capture_intermediates=is_layer,
+      )
+    )(variables, images)
   inter = state['intermediates']
   params = variables['params']
 
   # Stage-2 projection shortcut: 1x1 adder, stride 2, on relu(stage-1 preact).
   shortcut_in = np.maximum(np.asarray(features['stages'][0]['preact']), 0)
-  expected = numpy_layer(shortcut_in, params['stage2_block1']['shortcut']['kernel'], (2, 2),
-                         ((0, 0), (0, 0)), 1, 'adder')
-  np.testing.assert_allclose(inter['stage2_block1']['shortcut']['__call__'][0], expected,
-                             rtol=1e-5, atol=1e-3)
-  expected_stem = numpy_layer(images, params['stem']['kernel'], (1, 1), ((1, 1), (1, 1)), 1,
-                              'conv')
-  np.testing.assert_allclose(inter['stem']['__call__'][0], expected_stem, rtol=1e-5, atol=1e-4)
+  expected = numpy_layer(
+    shortcut_in,
+    params['stage2_block1']['shortcut']['kernel'],
+    (2, 2),
+    ((0, 0), (0, 0)),
+    1,
+    'adder',
+  )
+  np.testing.assert_allclose(
+    inter['stage2_block1']['shortcut']['__call__'][0],
+    expected,
+    rtol=1e-5,
+    atol=1e-3,
+  )
+  expected_stem = numpy_layer(
+    images, params['stem']['kernel'], (1, 1), ((1, 1), (1, 1)), 1, 'conv'
+  )
+  np.testing.assert_allclose(
+    inter['stem']['__call__'][0], expected_stem, rtol=1e-5, atol=1e-4
+  )
   pooled = np.asarray(features['pooled'], np.float64)
-  expected_logits = pooled @ np.asarray(params['classifier']['kernel'], np.float64)
-  np.testing.assert_allclose(inter['classifier']['__call__'][0], expected_logits, rtol=1e-5,
-                             atol=1e-4)
+  expected_logits = pooled @ np.asarray(
+    params['classifier']['kernel'], np.float64
+  )
+  np.testing.assert_allclose(
+    inter['classifier']['__call__'][0], expected_logits, rtol=1e-5, atol=1e-4
+  )
   # The classifier has no bias; a BN over the logits follows it.
   bn = params['logit_bn']
-  np.testing.assert_allclose(logits, train_mode_bn(expected_logits, bn['scale'], bn['bias'], 0),
-                             rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(
+    logits,
+    train_mode_bn(expected_logits, bn['scale'], bn['bias'], 0),
+    rtol=1e-4,
+    atol=1e-4,
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -297,21 +388,45 @@ def test_adder_model_numerics():
 
 # Where each family's OFD BN lives, looked up by hand per stage.
 BN_PATHS = {
-    'resnet20': [('stage1_block3', 'bn2'), ('stage2_block3', 'bn2'), ('stage3_block3', 'bn2')],
-    'wrn16_2': [('stage2_block1', 'bn1'), ('stage3_block1', 'bn1'), ('final_bn',)],
-    'resnet18': [('stage1_block2', 'bn2'), ('stage2_block2', 'bn2'), ('stage3_block2', 'bn2'),
-                 ('stage4_block2', 'bn2')],
-    'bottleneck': [('stage1_block1', 'bn3'), ('stage2_block1', 'bn3'), ('stage3_block1', 'bn3'),
-                   ('stage4_block1', 'bn3')],
-    'mobilenet_v1': [('block3_pw_bn',), ('block5_pw_bn',), ('block11_pw_bn',),
-                     ('block13_pw_bn',)],
+  'resnet20': [
+    ('stage1_block3', 'bn2'),
+    ('stage2_block3', 'bn2'),
+    ('stage3_block3', 'bn2'),
+  ],
+  'wrn16_2': [
+    ('stage2_block1', 'bn1'),
+    ('stage3_block1', 'bn1'),
+    ('final_bn',),
+  ],
+  'resnet18': [
+    ('stage1_block2', 'bn2'),
+    ('stage2_block2', 'bn2'),
+    ('stage3_block2', 'bn2'),
+    ('stage4_block2', 'bn2'),
+  ],
+  'bottleneck': [
+    ('stage1_block1', 'bn3'),
+    ('stage2_block1', 'bn3'),
+    ('stage3_block1', 'bn3'),
+    ('stage4_block1', 'bn3'),
+  ],
+  'mobilenet_v1': [
+    ('block3_pw_bn',),
+    ('block5_pw_bn',),
+    ('block11_pw_bn',),
+    ('block13_pw_bn',),
+  ],
 }
 
 
 def _small_model(name, conv_type):
   if name == 'bottleneck':
-    return models.ImageNetResNet(stage_sizes=(1, 1, 1, 1), block='bottleneck', num_classes=6,
-                                 conv_type=conv_type)
+    return models.ImageNetResNet(
+      stage_sizes=(1, 1, 1, 1),
+      block='bottleneck',
+      num_classes=6,
+      conv_type=conv_type,
+    )
   kwargs = {'width_multiplier': 0.25} if name == 'mobilenet_v1' else {}
   return models.build_model(name, conv_type=conv_type, num_classes=6, **kwargs)
 
@@ -322,9 +437,16 @@ def _lookup(tree, path):
   return tree
 
 
-@pytest.mark.parametrize('name,conv_type', [('resnet20', 'conv'), ('wrn16_2', 'adder'),
-                                            ('resnet18', 'conv'), ('bottleneck', 'conv'),
-                                            ('mobilenet_v1', 'conv')])
+@pytest.mark.parametrize(
+  'name,conv_type',
+  [
+    ('resnet20', 'conv'),
+    ('wrn16_2', 'adder'),
+    ('resnet18', 'conv'),
+    ('bottleneck', 'conv'),
+    ('mobilenet_v1', 'conv'),
+  ],
+)
 def test_bn_features_match_variables(name, conv_type):
   model = _small_model(name, conv_type)
   # MobileNet at 64: the last stage keeps 2x2 pixels, enough for batch statistics.
@@ -332,7 +454,8 @@ def test_bn_features_match_variables(name, conv_type):
   images = random_images((2, size, size, 3))
   variables = random_variables(model, images.shape, train=False)
   (logits, features), _ = jax.jit(
-      lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']))(variables, images)
+    lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats'])
+  )(variables, images)
   assert np.all(np.isfinite(logits))
   for stage, path in zip(features['stages'], BN_PATHS[name], strict=True):
     bn = _lookup(variables['params'], path)
@@ -340,29 +463,39 @@ def test_bn_features_match_variables(name, conv_type):
     np.testing.assert_array_equal(stage['bn_bias'], bn['bias'])
   # Every family's last stage feeds the pooled features through a ReLU.
   np.testing.assert_allclose(
-      features['pooled'], np.mean(np.maximum(features['stages'][-1]['preact'], 0), axis=(1, 2)),
-      rtol=1e-5, atol=1e-5)
+    features['pooled'],
+    np.mean(np.maximum(features['stages'][-1]['preact'], 0), axis=(1, 2)),
+    rtol=1e-5,
+    atol=1e-5,
+  )
   if name == 'mobilenet_v1':
     # No shortcut: preact is exactly the BN of raw.
     for stage in features['stages']:
-      expected = train_mode_bn(stage['raw'], stage['bn_scale'], stage['bn_bias'], (0, 1, 2))
-      np.testing.assert_allclose(stage['preact'], expected, rtol=1e-4, atol=1e-4)
+      expected = train_mode_bn(
+        stage['raw'], stage['bn_scale'], stage['bn_bias'], (0, 1, 2)
+      )
+      np.testing.assert_allclose(
+        stage['preact'], expected, rtol=1e-4, atol=1e-4
+      )
 
 
 def test_ekd_ensemble_is_branch_mean_and_train_mode():
-  model = models.build_model('ekd_student', conv_type='adder', num_classes=4, num_branches=3,
-                             width=4)
+  model = models.build_model(
+    'ekd_student', conv_type='adder', num_classes=4, num_branches=3, width=4
+  )
   images = random_images((2, 8, 8, 3))
   variables = random_variables(model, images.shape, train=False)
   (logits, features), updates = jax.jit(
-      lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']))(variables, images)
+    lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats'])
+  )(variables, images)
   branch_logits = np.asarray(features['branch_logits'])
   assert branch_logits.shape == (3, 2, 4)
   expected = (branch_logits[0] + branch_logits[1] + branch_logits[2]) / 3.0
   np.testing.assert_allclose(logits, expected, rtol=1e-6, atol=1e-6)
   assert not np.allclose(branch_logits[0], branch_logits[1])
   np.testing.assert_allclose(
-      features['pooled'], np.concatenate(list(features['branch_pooled']), axis=-1))
+    features['pooled'], np.concatenate(list(features['branch_pooled']), axis=-1)
+  )
   assert set(updates) == {'batch_stats'}
   old = variables['batch_stats']['branch1']['stage3_block1']['bn2']['mean']
   new = updates['batch_stats']['branch1']['stage3_block1']['bn2']['mean']
@@ -380,11 +513,15 @@ def test_unknown_model_and_conv_type():
   with pytest.raises(ValueError, match=r"\['conv', 'adder'\]"):
     models.build_model('resnet20', conv_type='multiplier', num_classes=10)
   with pytest.raises(ValueError, match=r"\['conv', 'adder'\]"):
-    models.ConvOrAdder(4, conv_type='add').init(jax.random.key(0), jnp.zeros((1, 4, 4, 1)))
+    models.ConvOrAdder(4, conv_type='add').init(
+      jax.random.key(0), jnp.zeros((1, 4, 4, 1))
+    )
   with pytest.raises(ValueError, match='stride_in_1x1'):
     models.build_model('resnet20', num_classes=10, stride_in_1x1=True)
   assert models.build_model('wrn_40_2', num_classes=10).depth == 40
-  assert models.build_model('resnet50', num_classes=10, stride_in_1x1=True).stride_in_1x1
+  assert models.build_model(
+    'resnet50', num_classes=10, stride_in_1x1=True
+  ).stride_in_1x1
 
 
 def test_input_size_checks():
@@ -402,4 +539,6 @@ def test_input_size_checks():
     models.check_input_size('vgg', 32)
   model = models.build_model('resnet18', num_classes=10)
   with pytest.raises(ValueError, match='too small'):
-    jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3))))
+    jax.eval_shape(
+      lambda: model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+    )

@@ -41,7 +41,11 @@ from test_faults import _fast_init_compile, compile_cache  # noqa: F401
 
 REPO = faults.REPO
 STEPS = 6
-MULTIPROCESS = {'num_devices': 0, 'dataset.augment': 'none', 'checkpoint_every_steps': 0}
+MULTIPROCESS = {
+  'num_devices': 0,
+  'dataset.augment': 'none',
+  'checkpoint_every_steps': 0,
+}
 
 
 def _free_port():
@@ -69,8 +73,12 @@ def _read_as_two_processes(monkeypatch):
   build_input = kd_data.build_input
 
   def build(name, split, **kwargs):
-    return _TwoProcessInput([build_input(name, split, process_index=p, process_count=2,
-                                         **kwargs) for p in range(2)])
+    return _TwoProcessInput(
+      [
+        build_input(name, split, process_index=p, process_count=2, **kwargs)
+        for p in range(2)
+      ]
+    )
 
   monkeypatch.setattr(kd_data, 'build_input', build)
 
@@ -91,8 +99,13 @@ def _assert_close(expected, actual, *, atol_scale, parts=None):
       np.testing.assert_array_equal(b, a, err_msg=jax.tree_util.keystr(path))
     elif a.size:
       scale = max(float(np.max(np.abs(a))), 1e-12)
-      np.testing.assert_allclose(b, a, rtol=0, atol=atol_scale * scale,
-                                 err_msg=jax.tree_util.keystr(path))
+      np.testing.assert_allclose(
+        b,
+        a,
+        rtol=0,
+        atol=atol_scale * scale,
+        err_msg=jax.tree_util.keystr(path),
+      )
       worst = max(worst, float(np.max(np.abs(a - b))) / scale)
   return worst
 
@@ -103,25 +116,51 @@ def _digests(stdout):
   return {int(k): v.split(',') for k, v in found}
 
 
-def test_two_processes_preempted_resume_in_one(mnist_dir, compile_cache, tmp_path,  # noqa: F811
-                                               monkeypatch):
+def test_two_processes_preempted_resume_in_one(
+  mnist_dir,
+  compile_cache,
+  tmp_path,  # noqa: F811
+  monkeypatch,
+):
   if 'jax_cpu_collectives_implementation' not in jax.config.values:
-    pytest.skip('this jax has no jax_cpu_collectives_implementation option (gloo)')
+    pytest.skip(
+      'this jax has no jax_cpu_collectives_implementation option (gloo)'
+    )
   workdir = str(tmp_path / 'run')
   go = str(tmp_path / 'go')
   port = _free_port()
-  command = faults.cli_command(workdir, mnist_dir, STEPS, faults=True, **MULTIPROCESS)
+  command = faults.cli_command(
+    workdir, mnist_dir, STEPS, faults=True, **MULTIPROCESS
+  )
   processes, logs = [], []
   for index in range(2):
     env = faults.cli_env(
-        compile_cache, XLA_FLAGS='--xla_force_host_platform_device_count=4',
-        JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo',
-        JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}', JAX_NUM_PROCESSES='2',
-        JAX_PROCESS_ID=str(index), KDJAX_FAULT_MARKERS='1',
-        KDJAX_FAULT_PAUSE_AT='1' if index == 1 else '-1', KDJAX_FAULT_GO_FILE=go)
-    logs.append((open(tmp_path / f'out{index}', 'w+'), open(tmp_path / f'err{index}', 'w+')))
-    processes.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=logs[-1][0],
-                                      stderr=logs[-1][1], text=True))
+      compile_cache,
+      XLA_FLAGS='--xla_force_host_platform_device_count=4',
+      JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo',
+      JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}',
+      JAX_NUM_PROCESSES='2',
+      JAX_PROCESS_ID=str(index),
+      KDJAX_FAULT_MARKERS='1',
+      KDJAX_FAULT_PAUSE_AT='1' if index == 1 else '-1',
+      KDJAX_FAULT_GO_FILE=go,
+    )
+    logs.append(
+      (
+        open(tmp_path / f'out{index}', 'w+'),
+        open(tmp_path / f'err{index}', 'w+'),
+      )
+    )
+    processes.append(
+      subprocess.Popen(
+        command,
+        cwd=REPO,
+        env=env,
+        stdout=logs[-1][0],
+        stderr=logs[-1][1],
+        text=True,
+      )
+    )
   try:
     deadline = time.time() + faults.TIMEOUT
     while 'KDJAX_FAULT batch 1 ' not in (tmp_path / 'out1').read_text():
@@ -145,16 +184,27 @@ def test_two_processes_preempted_resume_in_one(mnist_dir, compile_cache, tmp_pat
   outs = [(tmp_path / f'out{i}').read_text() for i in range(2)]
   errs = [(tmp_path / f'err{i}').read_text() for i in range(2)]
   codes = [p.returncode for p in processes]
-  setup_failed = re.search(r'distributed|coordinator|gloo|collectives|DEADLINE_EXCEEDED|'
-                           r'UNAVAILABLE|Address already in use', errs[0] + errs[1])
-  if codes != [0, 0] and setup_failed and not any('KDJAX_FAULT batch 0 ' in o for o in outs):
+  setup_failed = re.search(
+    r'distributed|coordinator|gloo|collectives|DEADLINE_EXCEEDED|'
+    r'UNAVAILABLE|Address already in use',
+    errs[0] + errs[1],
+  )
+  if (
+    codes != [0, 0]
+    and setup_failed
+    and not any('KDJAX_FAULT batch 0 ' in o for o in outs)
+  ):
     # Neither process got to train and the errors are about the distributed setup.
-    pytest.skip(f'2-process CPU run could not start (exit codes {codes}): '
-                f'{errs[0][-1500:]} / {errs[1][-1500:]}')
+    pytest.skip(
+      f'2-process CPU run could not start (exit codes {codes}): '
+      f'{errs[0][-1500:]} / {errs[1][-1500:]}'
+    )
   assert codes == [0, 0], f'{codes}\n{errs[0][-3000:]}\n{errs[1][-3000:]}'
 
   # Both processes stopped at the step jax's preemption service agreed on.
-  (saved,) = re.findall(r'Preemption requested: saved step (\d+), exiting\.', outs[0])
+  (saved,) = re.findall(
+    r'Preemption requested: saved step (\d+), exiting\.', outs[0]
+  )
   saved = int(saved)
   assert 1 <= saved < STEPS
   assert 'Preemption requested' not in outs[1] and '"method"' not in outs[1]
@@ -172,7 +222,9 @@ def test_two_processes_preempted_resume_in_one(mnist_dir, compile_cache, tmp_pat
   assert not seen[0] & seen[1]
 
   # Metrics from process 0 only.
-  events = [n for n in os.listdir(workdir) if n.startswith('events.out.tfevents.')]
+  events = [
+    n for n in os.listdir(workdir) if n.startswith('events.out.tfevents.')
+  ]
   assert len(events) == 1, events
   with open(os.path.join(workdir, 'summary.json')) as f:
     summary = json.load(f)
@@ -181,17 +233,26 @@ def test_two_processes_preempted_resume_in_one(mnist_dir, compile_cache, tmp_pat
 
   # 1 process x 8 devices, same global batches: the reference.
   _read_as_two_processes(monkeypatch)
-  config = faults.tiny_config(mnist_dir, STEPS, num_devices=0, checkpoint_every_steps=1,
-                              keep_checkpoints=10)
+  config = faults.tiny_config(
+    mnist_dir,
+    STEPS,
+    num_devices=0,
+    checkpoint_every_steps=1,
+    keep_checkpoints=10,
+  )
   config.dataset.augment = 'none'
   reference = str(tmp_path / 'reference')
   assert train.train_and_evaluate(config, reference)['devices'] == 8
   # The 2-process run's result: equal up to float32 summation order (gloo
   # reduces in another order than XLA's in-process all-reduce): ~1e-7 on the
   # parameters, ~1e-6 of the leaf's scale on momentum entries near 0.
-  differences = {f'step {saved}': _assert_close(
-      faults.restore_state(reference, saved)[1], faults.restore_state(workdir, saved)[1],
-      atol_scale=1e-5)}
+  differences = {
+    f'step {saved}': _assert_close(
+      faults.restore_state(reference, saved)[1],
+      faults.restore_state(workdir, saved)[1],
+      atol_scale=1e-5,
+    )
+  }
 
   # The 2-process checkpoint resumes in 1 process and goes on like the reference.
   # Only roughly: the 1e-7 differences stayed 1e-7 for steps 3-5 and became
@@ -203,6 +264,9 @@ def test_two_processes_preempted_resume_in_one(mnist_dir, compile_cache, tmp_pat
   assert summary['steps'] == STEPS and summary['processes'] == 1
   assert faults.checkpoint_steps(resumed) == [str(saved), str(STEPS)]
   differences[f'step {STEPS}, resumed'] = _assert_close(
-      faults.restore_state(reference, STEPS)[1], faults.restore_state(resumed, STEPS)[1],
-      atol_scale=3e-2, parts=('params', 'step', 'rng'))
+    faults.restore_state(reference, STEPS)[1],
+    faults.restore_state(resumed, STEPS)[1],
+    atol_scale=3e-2,
+    parts=('params', 'step', 'rng'),
+  )
   print('largest |2-process - 1-process| / leaf scale:', differences)

@@ -30,7 +30,9 @@ def resnet50_macs(stride_in_1x1, size=224, num_classes=1000):
   stem = size * size * 7 * 7 * 3 * 64
   size //= 2  # max pool
   body, in_channels = 0, 64
-  for stage, (blocks, width) in enumerate(zip((3, 4, 6, 3), (64, 128, 256, 512))):
+  for stage, (blocks, width) in enumerate(
+    zip((3, 4, 6, 3), (64, 128, 256, 512))
+  ):
     for block in range(blocks):
       strides = 2 if stage > 0 and block == 0 else 1
       out_size = size // strides
@@ -46,32 +48,53 @@ def resnet50_macs(stride_in_1x1, size=224, num_classes=1000):
 
 def test_resnet20_closed_form():
   stem, body, fc = cifar_resnet20_macs()
-  ann = opcount.count_ops(models.build_model('resnet20', conv_type='adder', num_classes=100),
-                          (32, 32, 3))
-  assert ann['multiply_accumulates'] == dict(conv=stem, dense=fc, adder=body,
-                                             total=stem + body + fc)
+  ann = opcount.count_ops(
+    models.build_model('resnet20', conv_type='adder', num_classes=100),
+    (32, 32, 3),
+  )
+  assert ann['multiply_accumulates'] == dict(
+    conv=stem, dense=fc, adder=body, total=stem + body + fc
+  )
   assert ann['multiplications'] == stem + fc
   assert ann['additions'] == stem + fc + 2 * body
   assert ann['multiplications'] < 1e6
   assert 80e6 < ann['additions'] < 83e6  # AdderNet: ~82M
   assert ann['layers'] == dict(conv=1, dense=1, adder=20)
-  cnn = opcount.count_ops(models.build_model('resnet20', conv_type='conv', num_classes=100),
-                          (1, 32, 32, 3))
+  cnn = opcount.count_ops(
+    models.build_model('resnet20', conv_type='conv', num_classes=100),
+    (1, 32, 32, 3),
+  )
   assert cnn['multiplications'] == cnn['additions'] == stem + body + fc
   assert cnn['multiply_accumulates']['adder'] == 0
   # ResNet-20 with a 100-way classifier: 0.27M weights + BN + classifier bias.
   assert 0.27e6 < cnn['parameters'] < 0.28e6
-  assert cnn['energy_pj'] == pytest.approx(3.7 * cnn['multiplications'] + 0.9 * cnn['additions'])
+  assert cnn['energy_pj'] == pytest.approx(
+    3.7 * cnn['multiplications'] + 0.9 * cnn['additions']
+  )
   assert ann['energy_pj'] < cnn['energy_pj'] / 2
 
 
 @pytest.mark.parametrize('stride_in_1x1', [True, False])
 def test_resnet50_closed_form_and_paper_ranges(stride_in_1x1):
   stem, body, fc = resnet50_macs(stride_in_1x1)
-  ann = opcount.count_ops(models.build_model('resnet50', conv_type='adder', num_classes=1000,
-                                             stride_in_1x1=stride_in_1x1), (224, 224, 3))
-  cnn = opcount.count_ops(models.build_model('resnet50', conv_type='conv', num_classes=1000,
-                                             stride_in_1x1=stride_in_1x1), (224, 224, 3))
+  ann = opcount.count_ops(
+    models.build_model(
+      'resnet50',
+      conv_type='adder',
+      num_classes=1000,
+      stride_in_1x1=stride_in_1x1,
+    ),
+    (224, 224, 3),
+  )
+  cnn = opcount.count_ops(
+    models.build_model(
+      'resnet50',
+      conv_type='conv',
+      num_classes=1000,
+      stride_in_1x1=stride_in_1x1,
+    ),
+    (224, 224, 3),
+  )
   assert ann['multiplications'] == stem + fc
   assert ann['additions'] == stem + fc + 2 * body
   assert cnn['multiplications'] == cnn['additions'] == stem + body + fc
@@ -87,22 +110,35 @@ def test_resnet50_closed_form_and_paper_ranges(stride_in_1x1):
 
 
 def test_depthwise_counts_mobilenet():
-  cnn = opcount.count_ops(models.build_model('mobilenet_v1', num_classes=1000), (224, 224, 3))
+  cnn = opcount.count_ops(
+    models.build_model('mobilenet_v1', num_classes=1000), (224, 224, 3)
+  )
   # MobileNet paper, Table 1 / 8: 569M mult-adds, 4.2M parameters.
   assert cnn['multiplications'] == pytest.approx(569e6, rel=0.005)
   assert cnn['parameters'] == pytest.approx(4.23e6, rel=0.005)
-  ann = opcount.count_ops(models.build_model('mobilenet_v1', conv_type='adder',
-                                             num_classes=1000), (224, 224, 3))
+  ann = opcount.count_ops(
+    models.build_model('mobilenet_v1', conv_type='adder', num_classes=1000),
+    (224, 224, 3),
+  )
   stem_and_fc = 112 * 112 * 27 * 32 + 1024 * 1000
   assert ann['multiplications'] == stem_and_fc
   assert ann['additions'] == 2 * cnn['additions'] - stem_and_fc
 
 
 def test_cli_prints_json(capsys):
-  opcount.main(['--model=resnet20', '--conv=adder', '--image-size=32', '--num-classes=100'])
+  opcount.main(
+    ['--model=resnet20', '--conv=adder', '--image-size=32', '--num-classes=100']
+  )
   result = json.loads(capsys.readouterr().out)
-  for key in ('multiplications', 'additions', 'multiply_accumulates', 'parameters', 'energy_pj',
-              'layout', 'convention'):
+  for key in (
+    'multiplications',
+    'additions',
+    'multiply_accumulates',
+    'parameters',
+    'energy_pj',
+    'layout',
+    'convention',
+  ):
     assert key in result
   assert result['model'] == 'resnet20' and result['conv_type'] == 'adder'
   assert 'BatchNorm' in result['convention']

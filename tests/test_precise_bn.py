@@ -19,17 +19,36 @@ def test_batch_stat_estimates_equal_the_stem_bn_inputs_statistics():
   images = jnp.asarray(rng.normal(size=(6, 12, 12, 1)), jnp.float32)
   labels = jnp.asarray(rng.integers(0, 10, size=6), jnp.int32)
   optimizers = train.build_optimizers(
-      config, method, jax.eval_shape(lambda: method.init(jax.random.key(0), images)[0]), 1)
+    config,
+    method,
+    jax.eval_shape(lambda: method.init(jax.random.key(0), images)[0]),
+    1,
+  )
   state = train.init_state(config, method, optimizers, images)
   # Running stats that are far from the truth, to see them replaced, not averaged.
-  state = state.replace(batch_stats=jax.tree.map(lambda s: s + 7.0, state.batch_stats))
+  state = state.replace(
+    batch_stats=jax.tree.map(lambda s: s + 7.0, state.batch_stats)
+  )
 
-  estimates = train.batch_stat_estimates(method, state, {}, {'image': images, 'label': labels})
+  estimates = train.batch_stat_estimates(
+    method, state, {}, {'image': images, 'label': labels}
+  )
 
   kernel = np.asarray(state.params['student']['model']['stem']['kernel'])
-  stem_out = np.asarray(lax.conv_general_dilated(
-      images, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-      precision=lax.Precision.HIGHEST))
+  stem_out = np.asarray(
+    lax.conv_general_dilated(
+      images,
+      kernel,
+      (1, 1),
+      ((1, 1), (1, 1)),
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+      precision=lax.Precision.HIGHEST,
+    )
+  )
   stem_bn = estimates['student']['model']['stem_bn']
-  np.testing.assert_allclose(stem_bn['mean'], stem_out.mean(axis=(0, 1, 2)), rtol=1e-3, atol=1e-4)
-  np.testing.assert_allclose(stem_bn['var'], stem_out.var(axis=(0, 1, 2)), rtol=1e-3, atol=1e-4)
+  np.testing.assert_allclose(
+    stem_bn['mean'], stem_out.mean(axis=(0, 1, 2)), rtol=1e-3, atol=1e-4
+  )
+  np.testing.assert_allclose(
+    stem_bn['var'], stem_out.var(axis=(0, 1, 2)), rtol=1e-3, atol=1e-4
+  )

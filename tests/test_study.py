@@ -21,15 +21,31 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = REPO / 'benchmarks' / 'study.py'
 
-PKKD_CELLS = ['cnn', 'ann', 'pkkd', 'no_kernel_features', 'frozen_teacher', 'raw_features']
+PKKD_CELLS = [
+  'cnn',
+  'ann',
+  'pkkd',
+  'no_kernel_features',
+  'frozen_teacher',
+  'raw_features',
+]
 OFD_CELLS = ['teacher', 'alone', 'kd', 'fitnets', 'at', 'ofd']
 EKD_CELLS = ['single', 'multi_alone', 'ekd']
-PNGS = ['study_pkkd.png', 'study_pkkd_curves.png', 'study_ofd.png', 'study_ofd_curves.png',
-        'study_ekd.png', 'study_ekd_curves.png', 'study_cost.png']
+PNGS = [
+  'study_pkkd.png',
+  'study_pkkd_curves.png',
+  'study_ofd.png',
+  'study_ofd_curves.png',
+  'study_ekd.png',
+  'study_ekd_curves.png',
+  'study_cost.png',
+]
 
 
 def load_study():
-  spec = importlib.util.spec_from_file_location('kdjax_study_under_test', SCRIPT)
+  spec = importlib.util.spec_from_file_location(
+    'kdjax_study_under_test', SCRIPT
+  )
   module = importlib.util.module_from_spec(spec)
   sys.modules[spec.name] = module  # dataclasses look their module up
   spec.loader.exec_module(module)
@@ -39,29 +55,56 @@ def load_study():
 def fake_train_and_evaluate(config, workdir):
   """Stands in for the trainer: checks the config, returns a plausible summary."""
   from kdjax.train.methods import build_method  # pylint: disable=g-import-not-at-top
+
   build_method(config, num_classes=10, image_shape=(28, 28, 1))
   teachers = []
-  if config.method in ('kd', 'ofd') or (config.method == 'pkkd'
-                                        and config.pkkd.teacher_mode == 'frozen'):
+  if config.method in ('kd', 'ofd') or (
+    config.method == 'pkkd' and config.pkkd.teacher_mode == 'frozen'
+  ):
     teachers = [config.teacher]
   elif config.method == 'ekd':
     teachers = list(config.teachers)
   for teacher in teachers:  # Dependencies ran first and left a summary.
-    assert os.path.exists(os.path.join(teacher.checkpoint_dir, 'summary.json')), teacher
-  base = 0.5 + 0.01 * config.seed + 0.05 * config.get('pkkd', {}).get('beta', 0) / 5
+    assert os.path.exists(
+      os.path.join(teacher.checkpoint_dir, 'summary.json')
+    ), teacher
+  base = (
+    0.5 + 0.01 * config.seed + 0.05 * config.get('pkkd', {}).get('beta', 0) / 5
+  )
   heads = {'student': base}
   if config.method in ('pkkd', 'kd', 'ofd'):
     heads['teacher'] = 0.9
   if config.method == 'ekd':
-    heads.update({f'branch{k}': base - 0.02 * k for k in range(config.model.kwargs.num_branches)})
+    heads.update(
+      {
+        f'branch{k}': base - 0.02 * k
+        for k in range(config.model.kwargs.num_branches)
+      }
+    )
     heads.update({f'teacher{t}': 0.9 for t in range(len(config.teachers))})
-  history = [{'step': e + 1, 'epoch': float(e + 1), **{k: v - 0.1 / (e + 1) for k, v in
-                                                        heads.items()}}
-             for e in range(config.num_epochs)]
-  summary = {'method': config.method, 'preempted': False, 'steps': 2, 'epochs': 1.0,
-             'eval_accuracy': heads, 'history': history, 'wall_seconds': 0.1,
-             'student_ops': {'multiplications': 1, 'additions': 2, 'parameters': 3,
-                             'energy_pj': 4.0}}
+  history = [
+    {
+      'step': e + 1,
+      'epoch': float(e + 1),
+      **{k: v - 0.1 / (e + 1) for k, v in heads.items()},
+    }
+    for e in range(config.num_epochs)
+  ]
+  summary = {
+    'method': config.method,
+    'preempted': False,
+    'steps': 2,
+    'epochs': 1.0,
+    'eval_accuracy': heads,
+    'history': history,
+    'wall_seconds': 0.1,
+    'student_ops': {
+      'multiplications': 1,
+      'additions': 2,
+      'parameters': 3,
+      'energy_pj': 4.0,
+    },
+  }
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, 'summary.json'), 'w') as f:
     json.dump(summary, f)
@@ -90,47 +133,100 @@ def check_outputs(out, studies, seeds):
 def test_quick_plan_and_outputs_with_a_stand_in_trainer(tmp_path, monkeypatch):
   study = load_study()
   from kdjax.train import train as kd_train  # pylint: disable=g-import-not-at-top
+
   monkeypatch.setattr(kd_train, 'train_and_evaluate', fake_train_and_evaluate)
   out = tmp_path / 'results'
-  result = study.main(['--quick', '--seeds', '2', '--out', str(out), '--no-compile-cache'])
+  result = study.main(
+    ['--quick', '--seeds', '2', '--out', str(out), '--no-compile-cache']
+  )
   saved, markdown = check_outputs(out, ('pkkd', 'ofd', 'ekd', 'cost'), seeds=2)
   assert saved['meta']['seeds_completed'] == 2
   assert result['meta']['quick']
   # Every (cell, seed) is a run; teachers once per seed and regime.
-  assert len(saved['runs']) == 2 * (len(PKKD_CELLS) + len(OFD_CELLS) + 2 * len(EKD_CELLS))
+  assert len(saved['runs']) == 2 * (
+    len(PKKD_CELLS) + len(OFD_CELLS) + 2 * len(EKD_CELLS)
+  )
   labels = sorted({r['label'] for r in saved['teacher_runs']})
   # EKD teacher 0 is the OFD teacher run, shared; the 10 % regime uses the
   # full-data teachers by default.
   assert labels == ['ekd_teacher1_full', 'ekd_teacher2_full'], labels
   # Shared runs: the EKD single student (full data) is the PKKD CNN-alone run.
   for seed in (0, 1):
-    single = [r for r in saved['runs'] if r['cell'] == 'single' and r['regime'] == 'full'
-              and r['seed'] == seed]
+    single = [
+      r
+      for r in saved['runs']
+      if r['cell'] == 'single' and r['regime'] == 'full' and r['seed'] == seed
+    ]
     assert single[0]['workdir'].endswith(f'pkkd/cnn_s{seed}')
   # Claims are computed: beta = 5 beats beta = 0 by construction of the stand-in.
   ablation = saved['cells']['pkkd/full/no_kernel_features']['checks'][0]
-  assert ablation['verdict'] in ('yes', 'within noise') and ablation['difference'] > 0
+  assert (
+    ablation['verdict'] in ('yes', 'within noise')
+    and ablation['difference'] > 0
+  )
   ekd = saved['cells']['ekd/full/ekd']
-  assert {'student', 'branch0', 'branch1', 'branch2', 'branch_mean', 'teacher0'} <= set(
-      ekd['heads'])
+  assert {
+    'student',
+    'branch0',
+    'branch1',
+    'branch2',
+    'branch_mean',
+    'teacher0',
+  } <= set(ekd['heads'])
   assert ekd['curves']['student']['epoch'] == [1.0]
   assert saved['cost']['rows'][1]['conv_type'] == 'adder'
-  assert saved['cost']['rows'][1]['multiplications'] < saved['cost']['rows'][0]['multiplications']
-  for title in ('1. PKKD', '2. OFD', '3. EKD', '4. ANN cost', 'reproduces at this scale?',
-                'ANN + PKKD', 'FitNets', 'branch mean', '10 %'):
+  assert (
+    saved['cost']['rows'][1]['multiplications']
+    < saved['cost']['rows'][0]['multiplications']
+  )
+  for title in (
+    '1. PKKD',
+    '2. OFD',
+    '3. EKD',
+    '4. ANN cost',
+    'reproduces at this scale?',
+    'ANN + PKKD',
+    'FitNets',
+    'branch mean',
+    '10 %',
+  ):
     assert title in markdown, title
   # Teachers trained on the 10 % subset instead: three more runs per seed.
-  study.main(['--quick', '--studies', 'ekd', '--ekd-10pct-teachers', 'subset', '--out',
-              str(tmp_path / 'subset'), '--no-compile-cache'])
+  study.main(
+    [
+      '--quick',
+      '--studies',
+      'ekd',
+      '--ekd-10pct-teachers',
+      'subset',
+      '--out',
+      str(tmp_path / 'subset'),
+      '--no-compile-cache',
+    ]
+  )
   subset = json.loads((tmp_path / 'subset' / 'study.json').read_text())
   assert sorted(r['label'] for r in subset['teacher_runs']) == sorted(
-      f'ekd_teacher{i}_{r}' for i in range(3) for r in ('full', '10pct'))
+    f'ekd_teacher{i}_{r}' for i in range(3) for r in ('full', '10pct')
+  )
   # A second invocation reuses the finished runs instead of training again.
   calls = []
-  monkeypatch.setattr(kd_train, 'train_and_evaluate',
-                      lambda c, w: calls.append(w) or fake_train_and_evaluate(c, w))
-  study.main(['--quick', '--seeds', '2', '--studies', 'pkkd', '--out', str(out),
-              '--no-compile-cache'])
+  monkeypatch.setattr(
+    kd_train,
+    'train_and_evaluate',
+    lambda c, w: calls.append(w) or fake_train_and_evaluate(c, w),
+  )
+  study.main(
+    [
+      '--quick',
+      '--seeds',
+      '2',
+      '--studies',
+      'pkkd',
+      '--out',
+      str(out),
+      '--no-compile-cache',
+    ]
+  )
   assert calls == []
 
 
@@ -148,9 +244,23 @@ def test_quick_real_runs(tmp_path):
   env = dict(os.environ)
   env.pop('XLA_FLAGS', None)  # One CPU device, as the study runs.
   proc = subprocess.run(
-      [sys.executable, str(SCRIPT), '--quick', '--studies', 'pkkd,cost',
-       '--cells', 'cnn,frozen_teacher', '--out', str(out)],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    [
+      sys.executable,
+      str(SCRIPT),
+      '--quick',
+      '--studies',
+      'pkkd,cost',
+      '--cells',
+      'cnn,frozen_teacher',
+      '--out',
+      str(out),
+    ],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   assert 'wall time' in proc.stdout
   result = json.loads((out / 'study.json').read_text())
@@ -162,30 +272,57 @@ def test_quick_real_runs(tmp_path):
   for png in ('study_pkkd.png', 'study_pkkd_curves.png', 'study_cost.png'):
     assert (out / png).exists(), png
   table = (out / 'study.md').read_text()
-  assert '| CNN alone (' in table and '| ablation: fixed pretrained CNN teacher |' in table
+  assert (
+    '| CNN alone (' in table
+    and '| ablation: fixed pretrained CNN teacher |' in table
+  )
   assert 'ANN + PKKD' not in table  # Only the cells asked for are reported.
 
 
 def test_study_table_merges_split_runs(tmp_path):
   """Cells of several study.json files land in one column; a missing cell shows '-'."""
+
   def write(path, cells):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({'cells': cells}))
 
-  stats = lambda values: {'mean': sum(values) / len(values), 'n': len(values),
-                          'std': (sum((v - sum(values) / len(values)) ** 2 for v in values)
-                                  / (len(values) - 1)) ** 0.5}
-  write(tmp_path / 'a' / 'p1' / 'study.json',
-        {'s/full/x': {'label': 'X', 'heads': {'student': stats([0.90, 0.92])}}})
-  write(tmp_path / 'a' / 'p2' / 'study.json',
-        {'s/full/y': {'label': 'Y', 'heads': {'student': stats([0.5, 0.7]),
-                                              'teacher': stats([0.99, 0.97])}}})
-  write(tmp_path / 'b' / 'study.json',
-        {'s/full/y': {'label': 'Y', 'heads': {'student': stats([0.8, 0.8])}}})
+  stats = lambda values: {
+    'mean': sum(values) / len(values),
+    'n': len(values),
+    'std': (
+      sum((v - sum(values) / len(values)) ** 2 for v in values)
+      / (len(values) - 1)
+    )
+    ** 0.5,
+  }
+  write(
+    tmp_path / 'a' / 'p1' / 'study.json',
+    {'s/full/x': {'label': 'X', 'heads': {'student': stats([0.90, 0.92])}}},
+  )
+  write(
+    tmp_path / 'a' / 'p2' / 'study.json',
+    {
+      's/full/y': {
+        'label': 'Y',
+        'heads': {'student': stats([0.5, 0.7]), 'teacher': stats([0.99, 0.97])},
+      }
+    },
+  )
+  write(
+    tmp_path / 'b' / 'study.json',
+    {'s/full/y': {'label': 'Y', 'heads': {'student': stats([0.8, 0.8])}}},
+  )
   proc = subprocess.run(
-      [sys.executable, str(REPO / 'benchmarks' / 'study_table.py'),
-       f'A={tmp_path}/a/*/study.json', f'B={tmp_path}/b/study.json'],
-      capture_output=True, text=True, check=True)
+    [
+      sys.executable,
+      str(REPO / 'benchmarks' / 'study_table.py'),
+      f'A={tmp_path}/a/*/study.json',
+      f'B={tmp_path}/b/study.json',
+    ],
+    capture_output=True,
+    text=True,
+    check=True,
+  )
   lines = proc.stdout.strip().splitlines()
   assert lines[0] == '| cell | A | B |'
   # std of (0.90, 0.92) is 0.01414 -> 1.41 %; of (0.5, 0.7) 0.1414 -> 14.14 %.

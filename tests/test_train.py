@@ -41,9 +41,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Split sizes of the mocked tfds datasets. The eval splits are not multiples of
 # the eval batch (8), so the last eval batch is padded.
 MOCK_SIZES = {
-    'cifar10': {'train': 32, 'test': 12},
-    'cifar100': {'train': 32, 'test': 12},
-    'imagenet2012': {'train': 16, 'validation': 12},
+  'cifar10': {'train': 32, 'test': 12},
+  'cifar100': {'train': 32, 'test': 12},
+  'imagenet2012': {'train': 16, 'validation': 12},
 }
 MOCK_EVAL_EXAMPLES = 12
 CIFAR_STEPS_PER_EPOCH = 32 // 8
@@ -130,8 +130,11 @@ def read_scalars(workdir):
   for path in glob.glob(os.path.join(workdir, 'events.out.tfevents.*')):
     for event in tf.compat.v1.train.summary_iterator(path):
       for value in event.summary.value:
-        number = (tf.make_ndarray(value.tensor) if value.HasField('tensor')
-                  else value.simple_value)
+        number = (
+          tf.make_ndarray(value.tensor)
+          if value.HasField('tensor')
+          else value.simple_value
+        )
         scalars.setdefault(value.tag, {})[event.step] = float(number)
   return scalars
 
@@ -139,23 +142,34 @@ def read_scalars(workdir):
 def restore_state(workdir, step=None):
   """(meta, state) of a run's checkpoint at `step` (default: the newest), as NumPy arrays."""
   manager = ocp.CheckpointManager(
-      os.path.join(workdir, checkpointing.CHECKPOINT_SUBDIR),
-      item_handlers={'state': ocp.PyTreeCheckpointHandler(),
-                     'meta': ocp.JsonCheckpointHandler()},
-      options=ocp.CheckpointManagerOptions(read_only=True))
+    os.path.join(workdir, checkpointing.CHECKPOINT_SUBDIR),
+    item_handlers={
+      'state': ocp.PyTreeCheckpointHandler(),
+      'meta': ocp.JsonCheckpointHandler(),
+    },
+    options=ocp.CheckpointManagerOptions(read_only=True),
+  )
   step = manager.latest_step() if step is None else step
   tree = manager.item_metadata(step)['state'].tree
-  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-  restored = manager.restore(step, args=ocp.args.Composite(
+  restore_args = jax.tree.map(
+    lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree
+  )
+  restored = manager.restore(
+    step,
+    args=ocp.args.Composite(
       state=ocp.args.PyTreeRestore(item=tree, restore_args=restore_args),
-      meta=ocp.args.JsonRestore()))
+      meta=ocp.args.JsonRestore(),
+    ),
+  )
   manager.close()
   return dict(restored['meta']), restored['state']
 
 
 def max_abs_difference(a, b):
-  return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
-             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  return max(
+    float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+  )
 
 
 def assert_states_close(expected, actual, *, rtol, atol_scale):
@@ -167,8 +181,13 @@ def assert_states_close(expected, actual, *, rtol, atol_scale):
     a, b = np.asarray(a), np.asarray(b)
     assert a.shape == b.shape and a.dtype == b.dtype, jax.tree_util.keystr(path)
     scale = float(np.max(np.abs(a))) if a.size else 0.0
-    np.testing.assert_allclose(b, a, rtol=rtol, atol=atol_scale * scale,
-                               err_msg=jax.tree_util.keystr(path))
+    np.testing.assert_allclose(
+      b,
+      a,
+      rtol=rtol,
+      atol=atol_scale * scale,
+      err_msg=jax.tree_util.keystr(path),
+    )
 
 
 def check_run(summary, workdir, *, steps, heads, eval_examples):
@@ -179,8 +198,9 @@ def check_run(summary, workdir, *, steps, heads, eval_examples):
   for head, value in accuracy.items():
     assert math.isfinite(value) and 0.0 <= value <= 1.0, (head, value)
     # Each of the eval examples counted once: a whole number of them is right.
-    assert value * eval_examples == pytest.approx(round(value * eval_examples), abs=1e-6), (
-        head, value)
+    assert value * eval_examples == pytest.approx(
+      round(value * eval_examples), abs=1e-6
+    ), (head, value)
   assert summary['history'] and summary['history'][-1]['step'] == steps
 
   with open(os.path.join(workdir, 'summary.json')) as f:
@@ -220,7 +240,9 @@ def _reference_config(devices=1):
 @pytest.fixture(scope='module')
 def reference_run(shared_tmp_root):
   """(workdir, summary): an uninterrupted 1-device run, also the frozen teacher."""
-  return _shared_run(shared_tmp_root, 'supervised_resnet8_1dev', _reference_config)
+  return _shared_run(
+    shared_tmp_root, 'supervised_resnet8_1dev', _reference_config
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -229,12 +251,21 @@ def reference_run(shared_tmp_root):
 
 def test_supervised_cifar10(reference_run):
   workdir, summary = reference_run
-  check_run(summary, workdir, steps=5, heads=['student'], eval_examples=MOCK_EVAL_EXAMPLES)
+  check_run(
+    summary,
+    workdir,
+    steps=5,
+    heads=['student'],
+    eval_examples=MOCK_EVAL_EXAMPLES,
+  )
   assert summary['devices'] == 1
   # Epoch end (step 4) and the last step both evaluated.
   assert [h['step'] for h in summary['history']] == [4, 5]
   meta, _ = restore_state(workdir)
-  assert meta['step'] == 5 and meta['model'] == {'name': 'resnet8', 'conv_type': 'conv'}
+  assert meta['step'] == 5 and meta['model'] == {
+    'name': 'resnet8',
+    'conv_type': 'conv',
+  }
   assert meta['num_classes'] == 10
 
 
@@ -242,12 +273,20 @@ def test_supervised_imagenet_resnet18(tmp_path):
   config = tiny_config('supervised', 'imagenet2012', steps=2)
   config.model = config_defaults.model('resnet18', 'conv')
   summary = run(config, str(tmp_path))
-  check_run(summary, str(tmp_path), steps=2, heads=['student'],
-            eval_examples=MOCK_EVAL_EXAMPLES)
+  check_run(
+    summary,
+    str(tmp_path),
+    steps=2,
+    heads=['student'],
+    eval_examples=MOCK_EVAL_EXAMPLES,
+  )
   meta, state = restore_state(str(tmp_path))
   assert meta['num_classes'] == 1000 and meta['image_shape'] == [32, 32, 3]
   # ResNet-18 pools 512 channels into the 1000-way classifier.
-  assert state['params']['student']['model']['classifier']['kernel'].shape == (512, 1000)
+  assert state['params']['student']['model']['classifier']['kernel'].shape == (
+    512,
+    1000,
+  )
 
 
 def _mnist_supervised_config(mnist_dir):
@@ -265,14 +304,23 @@ def _mnist_supervised_config(mnist_dir):
 
 @pytest.fixture(scope='module')
 def mnist_supervised_run(shared_tmp_root, mnist_dir):
-  workdir, summary = _shared_run(shared_tmp_root, 'mnist_supervised',
-                                 lambda: _mnist_supervised_config(mnist_dir))
+  workdir, summary = _shared_run(
+    shared_tmp_root,
+    'mnist_supervised',
+    lambda: _mnist_supervised_config(mnist_dir),
+  )
   return _mnist_supervised_config(mnist_dir), workdir, summary
 
 
 def test_supervised_mnist5k_learns(mnist_supervised_run):
   _, workdir, summary = mnist_supervised_run
-  check_run(summary, workdir, steps=40, heads=['student'], eval_examples=MNIST_EVAL_EXAMPLES)
+  check_run(
+    summary,
+    workdir,
+    steps=40,
+    heads=['student'],
+    eval_examples=MNIST_EVAL_EXAMPLES,
+  )
   # 40 steps of 32 real digits: far above the 10 % of chance.
   assert summary['eval_accuracy']['student'] > 0.25
 
@@ -281,14 +329,18 @@ def test_eval_mode_matches_final_eval(reference_run):
   workdir, summary = reference_run
   result = evaluate(_reference_config(), workdir)
   assert result['step'] == 5
-  assert result['eval_accuracy'] == pytest.approx(summary['eval_accuracy'], abs=1e-9)
+  assert result['eval_accuracy'] == pytest.approx(
+    summary['eval_accuracy'], abs=1e-9
+  )
 
 
 def test_eval_mode_matches_final_eval_with_precise_bn(mnist_supervised_run):
   config, workdir, summary = mnist_supervised_run
   result = train.evaluate(config, workdir)
   assert result['step'] == 40
-  assert result['eval_accuracy'] == pytest.approx(summary['eval_accuracy'], abs=1e-9)
+  assert result['eval_accuracy'] == pytest.approx(
+    summary['eval_accuracy'], abs=1e-9
+  )
 
 
 def test_pkkd_mnist5k(mnist_dir, tmp_path):
@@ -300,8 +352,13 @@ def test_pkkd_mnist5k(mnist_dir, tmp_path):
   assert (config.model.name, config.model.conv_type) == ('resnet8', 'adder')
   assert (config.teacher.name, config.teacher.conv_type) == ('resnet8', 'conv')
   summary = train.train_and_evaluate(config, workdir)
-  check_run(summary, workdir, steps=3, heads=['student', 'teacher'],
-            eval_examples=MNIST_PKKD_EVAL_EXAMPLES)
+  check_run(
+    summary,
+    workdir,
+    steps=3,
+    heads=['student', 'teacher'],
+    eval_examples=MNIST_PKKD_EVAL_EXAMPLES,
+  )
   scalars = read_scalars(workdir)
   for term in ('loss/ce', 'loss/kd', 'loss/feat', 'loss/teacher_ce'):
     assert math.isfinite(scalars[term][3]), term
@@ -312,7 +369,9 @@ def test_pkkd_mnist5k(mnist_dir, tmp_path):
 
 
 def _frozen_teacher(reference_workdir):
-  return config_defaults.model('resnet8', 'conv', checkpoint_dir=reference_workdir)
+  return config_defaults.model(
+    'resnet8', 'conv', checkpoint_dir=reference_workdir
+  )
 
 
 def _run_with_frozen_teacher(method, reference_run, workdir):
@@ -322,10 +381,18 @@ def _run_with_frozen_teacher(method, reference_run, workdir):
   config.teacher = _frozen_teacher(teacher_dir)
   config.model = config_defaults.model('resnet8', 'conv')
   summary = run(config, workdir)
-  check_run(summary, workdir, steps=2, heads=['student', 'teacher'],
-            eval_examples=MOCK_EVAL_EXAMPLES)
+  check_run(
+    summary,
+    workdir,
+    steps=2,
+    heads=['student', 'teacher'],
+    eval_examples=MOCK_EVAL_EXAMPLES,
+  )
   # The restored teacher is the reference run's final student.
-  assert summary['eval_accuracy']['teacher'] == teacher_summary['eval_accuracy']['student']
+  assert (
+    summary['eval_accuracy']['teacher']
+    == teacher_summary['eval_accuracy']['student']
+  )
   return config, summary
 
 
@@ -336,7 +403,9 @@ def test_kd_from_frozen_teacher(reference_run, tmp_path):
   assert list(state['params']) == ['student']
   # --mode=eval restores the student and the frozen teacher alike.
   result = evaluate(config, str(tmp_path))
-  assert result['eval_accuracy'] == pytest.approx(summary['eval_accuracy'], abs=1e-9)
+  assert result['eval_accuracy'] == pytest.approx(
+    summary['eval_accuracy'], abs=1e-9
+  )
 
 
 def test_ofd_from_frozen_teacher(reference_run, tmp_path):
@@ -345,30 +414,46 @@ def test_ofd_from_frozen_teacher(reference_run, tmp_path):
   # The connectors (one per stage) train with the student.
   _, state = restore_state(str(tmp_path))
   assert sorted(state['params']['student']['connectors']) == [
-      'connector0', 'connector1', 'connector2']
+    'connector0',
+    'connector1',
+    'connector2',
+  ]
 
 
 def _ekd_config(reference_workdir):
   """2 branches of width 8; teacher 0 restored, teacher 1 pre-trained in-process."""
   config = tiny_config('ekd', 'cifar10', steps=2, devices=0)
-  config.model = config_defaults.model('ekd_student', 'conv', num_branches=2, width=8)
-  config.teachers = [_frozen_teacher(reference_workdir),
-                     config_defaults.model('resnet8', 'conv', pretrain_epochs=1)]
+  config.model = config_defaults.model(
+    'ekd_student', 'conv', num_branches=2, width=8
+  )
+  config.teachers = [
+    _frozen_teacher(reference_workdir),
+    config_defaults.model('resnet8', 'conv', pretrain_epochs=1),
+  ]
   return config
 
 
 @pytest.fixture(scope='module')
 def ekd_run(reference_run, shared_tmp_root):
-  return _shared_run(shared_tmp_root, 'ekd', lambda: _ekd_config(reference_run[0]))
+  return _shared_run(
+    shared_tmp_root, 'ekd', lambda: _ekd_config(reference_run[0])
+  )
 
 
 def test_ekd_with_restored_and_pretrained_teachers(reference_run, ekd_run):
   _, reference_summary = reference_run
   workdir, summary = ekd_run
-  check_run(summary, workdir, steps=2,
-            heads=['student', 'branch0', 'branch1', 'teacher0', 'teacher1'],
-            eval_examples=MOCK_EVAL_EXAMPLES)
-  assert summary['eval_accuracy']['teacher0'] == reference_summary['eval_accuracy']['student']
+  check_run(
+    summary,
+    workdir,
+    steps=2,
+    heads=['student', 'branch0', 'branch1', 'teacher0', 'teacher1'],
+    eval_examples=MOCK_EVAL_EXAMPLES,
+  )
+  assert (
+    summary['eval_accuracy']['teacher0']
+    == reference_summary['eval_accuracy']['student']
+  )
 
   # Teacher 1 was pre-trained first: one full epoch of a supervised run.
   teacher_dir = os.path.join(workdir, 'teachers', '1_resnet8')
@@ -377,17 +462,26 @@ def test_ekd_with_restored_and_pretrained_teachers(reference_run, ekd_run):
   assert teacher_summary['method'] == 'supervised'
   assert teacher_summary['steps'] == CIFAR_STEPS_PER_EPOCH
   meta, _ = restore_state(teacher_dir)
-  assert meta['step'] == CIFAR_STEPS_PER_EPOCH and meta['model']['name'] == 'resnet8'
-  assert summary['eval_accuracy']['teacher1'] == teacher_summary['eval_accuracy']['student']
+  assert (
+    meta['step'] == CIFAR_STEPS_PER_EPOCH and meta['model']['name'] == 'resnet8'
+  )
+  assert (
+    summary['eval_accuracy']['teacher1']
+    == teacher_summary['eval_accuracy']['student']
+  )
   # Teacher 0 was restored, not trained again.
   assert not os.path.exists(os.path.join(workdir, 'teachers', '0_resnet8'))
 
 
 def test_eval_mode_after_teacher_pretraining(reference_run, ekd_run):
   workdir, summary = ekd_run
-  fresh = _ekd_config(reference_run[0])  # What --mode=eval gets from the same flags.
+  fresh = _ekd_config(
+    reference_run[0]
+  )  # What --mode=eval gets from the same flags.
   result = evaluate(fresh, workdir)
-  assert result['eval_accuracy'] == pytest.approx(summary['eval_accuracy'], abs=1e-9)
+  assert result['eval_accuracy'] == pytest.approx(
+    summary['eval_accuracy'], abs=1e-9
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -396,7 +490,9 @@ def test_eval_mode_after_teacher_pretraining(reference_run, ekd_run):
 
 def _need_8_devices():
   if jax.device_count() < 8:
-    pytest.skip(f'needs 8 devices (tests/conftest.py sets XLA_FLAGS); have {jax.device_count()}')
+    pytest.skip(
+      f'needs 8 devices (tests/conftest.py sets XLA_FLAGS); have {jax.device_count()}'
+    )
 
 
 def test_sharded_supervised_matches_one_device(reference_run, tmp_path):
@@ -441,8 +537,11 @@ def test_resume_matches_uninterrupted_run(reference_run, tmp_path):
   assert third['steps'] == 5
   assert third['eval_accuracy'] == second['eval_accuracy']
   assert [h['step'] for h in third['history']] == [3, 4, 5]
-  assert sorted(int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints'))
-                if s.isdigit()) == [3, 4, 5]
+  assert sorted(
+    int(s)
+    for s in os.listdir(os.path.join(workdir, 'checkpoints'))
+    if s.isdigit()
+  ) == [3, 4, 5]
 
 
 # ----------------------------------------------------------------------------
@@ -473,8 +572,12 @@ def test_unknown_dataset(tmp_path):
 def test_missing_teacher_checkpoint(tmp_path):
   config = tiny_config('kd')
   missing = str(tmp_path / 'no_such_teacher')
-  config.teacher = config_defaults.model('resnet8', 'conv', checkpoint_dir=missing)
-  with pytest.raises(checkpointing.CheckpointError, match=r'no_such_teacher.*does not exist'):
+  config.teacher = config_defaults.model(
+    'resnet8', 'conv', checkpoint_dir=missing
+  )
+  with pytest.raises(
+    checkpointing.CheckpointError, match=r'no_such_teacher.*does not exist'
+  ):
     run(config, str(tmp_path / 'run'))
   assert not os.path.exists(missing)
 
@@ -482,24 +585,34 @@ def test_missing_teacher_checkpoint(tmp_path):
 def test_teacher_without_checkpoint_dir_or_pretraining(tmp_path):
   config = tiny_config('kd')
   config.teacher = config_defaults.model('resnet8', 'conv')
-  with pytest.raises(checkpointing.CheckpointError, match=r'needs checkpoint_dir'):
+  with pytest.raises(
+    checkpointing.CheckpointError, match=r'needs checkpoint_dir'
+  ):
     run(config, str(tmp_path))
 
 
 def test_wrong_teacher_architecture(reference_run, tmp_path):
   config = tiny_config('kd')
-  config.teacher = config_defaults.model('resnet20', 'conv', checkpoint_dir=reference_run[0])
-  with pytest.raises(checkpointing.CheckpointError,
-                     match=r"trained as \{'name': 'resnet8'.*asks for a teacher "
-                           r"\{'name': 'resnet20'"):
+  config.teacher = config_defaults.model(
+    'resnet20', 'conv', checkpoint_dir=reference_run[0]
+  )
+  with pytest.raises(
+    checkpointing.CheckpointError,
+    match=r"trained as \{'name': 'resnet8'.*asks for a teacher "
+    r"\{'name': 'resnet20'",
+  ):
     run(config, str(tmp_path))
 
 
 def test_wrong_teacher_classes(reference_run, tmp_path):
-  config = tiny_config('kd', 'cifar100')  # The teacher learnt CIFAR-10's 10 classes.
+  config = tiny_config(
+    'kd', 'cifar100'
+  )  # The teacher learnt CIFAR-10's 10 classes.
   config.teacher = _frozen_teacher(reference_run[0])
-  with pytest.raises(checkpointing.CheckpointError,
-                     match=r"'num_classes': 10\}.*'num_classes': 100\}"):
+  with pytest.raises(
+    checkpointing.CheckpointError,
+    match=r"'num_classes': 10\}.*'num_classes': 100\}",
+  ):
     run(config, str(tmp_path))
 
 
@@ -507,7 +620,9 @@ def test_batch_not_divisible_by_devices(tmp_path):
   _need_8_devices()
   config = tiny_config('supervised', devices=8)
   config.batch_size = 12
-  with pytest.raises(ValueError, match=r'batch_size=12 is not divisible by the 8 devices'):
+  with pytest.raises(
+    ValueError, match=r'batch_size=12 is not divisible by the 8 devices'
+  ):
     run(config, str(tmp_path))
   config.batch_size = 16
   config.eval_batch_size = 12
@@ -517,7 +632,9 @@ def test_batch_not_divisible_by_devices(tmp_path):
 
 def test_more_devices_than_visible(tmp_path):
   config = tiny_config('supervised', devices=jax.device_count() + 1)
-  with pytest.raises(ValueError, match=rf'num_devices={jax.device_count() + 1}'):
+  with pytest.raises(
+    ValueError, match=rf'num_devices={jax.device_count() + 1}'
+  ):
     run(config, str(tmp_path))
 
 
@@ -527,24 +644,41 @@ def test_more_devices_than_visible(tmp_path):
 
 def test_cli_trains_and_prints_summary(mnist_dir, tmp_path):
   workdir = str(tmp_path / 'cli')
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', JAX_PLATFORMS='cpu',
-             JAX_THREEFRY_PARTITIONABLE='0')  # See _fast_init_compile.
-  command = [sys.executable, '-m', 'kdjax.main', '--config=configs/supervised.py:demo',
-             f'--workdir={workdir}', '--config.max_steps=2', '--config.batch_size=16',
-             '--config.eval_batch_size=256', '--config.model.name=resnet8',
-             f'--config.dataset.data_dir={mnist_dir}',
-             '--config.eval_bn_recalibration_batches=0']
-  process = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
-                           timeout=300)
+  env = dict(
+    os.environ,
+    TF_CPP_MIN_LOG_LEVEL='3',
+    JAX_PLATFORMS='cpu',
+    JAX_THREEFRY_PARTITIONABLE='0',
+  )  # See _fast_init_compile.
+  command = [
+    sys.executable,
+    '-m',
+    'kdjax.main',
+    '--config=configs/supervised.py:demo',
+    f'--workdir={workdir}',
+    '--config.max_steps=2',
+    '--config.batch_size=16',
+    '--config.eval_batch_size=256',
+    '--config.model.name=resnet8',
+    f'--config.dataset.data_dir={mnist_dir}',
+    '--config.eval_bn_recalibration_batches=0',
+  ]
+  process = subprocess.run(
+    command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+  )
   assert process.returncode == 0, process.stderr[-3000:]
   # The JSON result is the last thing printed, after the console lines.
   lines = process.stdout.splitlines()
-  result = json.loads('\n'.join(lines[lines.index('{'):]))
+  result = json.loads('\n'.join(lines[lines.index('{') :]))
   assert result['method'] == 'supervised' and result['steps'] == 2
   accuracy = result['eval_accuracy']['student']
   assert 0.0 <= accuracy <= 1.0
-  assert accuracy * MNIST_EVAL_EXAMPLES == pytest.approx(round(accuracy * MNIST_EVAL_EXAMPLES))
+  assert accuracy * MNIST_EVAL_EXAMPLES == pytest.approx(
+    round(accuracy * MNIST_EVAL_EXAMPLES)
+  )
   with open(os.path.join(workdir, 'summary.json')) as f:
-    assert json.load(f)['eval_accuracy'] == pytest.approx(result['eval_accuracy'])
+    assert json.load(f)['eval_accuracy'] == pytest.approx(
+      result['eval_accuracy']
+    )
   assert glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))
   assert '2' in os.listdir(os.path.join(workdir, 'checkpoints'))

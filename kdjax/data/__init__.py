@@ -33,9 +33,9 @@ from kdjax.data.specs import InvalidRecordError
 # Modules and names that import tensorflow / tensorflow_datasets.
 _TF_MODULES = ('augment', 'mnist5k', 'pipeline', 'testing')
 _TF_NAMES = {
-    'InputSource': 'pipeline',
-    'load_builder': 'pipeline',
-    'prepare_command': 'pipeline',
+  'InputSource': 'pipeline',
+  'load_builder': 'pipeline',
+  'prepare_command': 'pipeline',
 }
 
 
@@ -53,22 +53,22 @@ def __dir__():
 
 
 __all__ = [
-    'AUGMENTATIONS',
-    'Augment',
-    'DATASETS',
-    'DatasetNotPreparedError',
-    'DatasetSpec',
-    'InputSource',
-    'InvalidRecordError',
-    'LOADERS',
-    'augment',
-    'build_input',
-    'check_loader',
-    'class_balanced_subset',
-    'in_memory',
-    'load_builder',
-    'mnist5k',
-    'mnist5k_csv',
-    'prepare_command',
-    'specs',
+  'AUGMENTATIONS',
+  'Augment',
+  'DATASETS',
+  'DatasetNotPreparedError',
+  'DatasetSpec',
+  'InputSource',
+  'InvalidRecordError',
+  'LOADERS',
+  'augment',
+  'build_input',
+  'check_loader',
+  'class_balanced_subset',
+  'in_memory',
+  'load_builder',
+  'mnist5k',
+  'mnist5k_csv',
+  'prepare_command',
+  'specs',
 ]

@@ -22,8 +22,9 @@ from kdjax.data.specs import NO_AUGMENT  # pylint: disable=unused-import
 from kdjax.data.specs import PAD_CROP
 
 
-def pad_and_random_crop(image: tf.Tensor, seed: tf.Tensor, pad: int,
-                        padding_mode: str) -> tf.Tensor:
+def pad_and_random_crop(
+  image: tf.Tensor, seed: tf.Tensor, pad: int, padding_mode: str
+) -> tf.Tensor:
   """Pads `pad` pixels per side, then crops a random window of the old size.
 
   Offsets are uniform over the 2*pad+1 positions per axis, as in torchvision's
@@ -31,8 +32,9 @@ def pad_and_random_crop(image: tf.Tensor, seed: tf.Tensor, pad: int,
   """
   if pad == 0:
     return image
-  padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]],
-                  mode=padding_mode.upper())
+  padded = tf.pad(
+    image, [[pad, pad], [pad, pad], [0, 0]], mode=padding_mode.upper()
+  )
   return tf.image.stateless_random_crop(padded, tf.shape(image), seed=seed)
 
 
@@ -40,24 +42,30 @@ def random_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
   return tf.image.stateless_random_flip_left_right(image, seed=seed)
 
 
-def _sample_crop_window(image_shape: tf.Tensor, seed: tf.Tensor,
-                        area_range, aspect_ratio_range) -> tf.Tensor:
+def _sample_crop_window(
+  image_shape: tf.Tensor, seed: tf.Tensor, area_range, aspect_ratio_range
+) -> tf.Tensor:
   """Random-resized-crop window [y, x, h, w]; the whole image as fallback."""
   begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-      image_shape,
-      bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]),
-      seed=seed,
-      min_object_covered=0.0,
-      aspect_ratio_range=aspect_ratio_range,
-      area_range=area_range,
-      max_attempts=10,
-      use_image_if_no_bounding_boxes=True)
+    image_shape,
+    bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]),
+    seed=seed,
+    min_object_covered=0.0,
+    aspect_ratio_range=aspect_ratio_range,
+    area_range=area_range,
+    max_attempts=10,
+    use_image_if_no_bounding_boxes=True,
+  )
   return tf.stack([begin[0], begin[1], size[0], size[1]])
 
 
-def inception_crop(image: tf.Tensor, seed: tf.Tensor, size: int,
-                   area_range=(0.08, 1.0),
-                   aspect_ratio_range=(3 / 4, 4 / 3)) -> tf.Tensor:
+def inception_crop(
+  image: tf.Tensor,
+  seed: tf.Tensor,
+  size: int,
+  area_range=(0.08, 1.0),
+  aspect_ratio_range=(3 / 4, 4 / 3),
+) -> tf.Tensor:
   """Random-resized-crop to (size, size); returns float32 in [0, 255].
 
   Args:
@@ -73,16 +81,20 @@ def inception_crop(image: tf.Tensor, seed: tf.Tensor, size: int,
     window = _sample_crop_window(shape, seed, area_range, aspect_ratio_range)
     cropped = tf.image.decode_and_crop_jpeg(image, window, channels=3)
   else:
-    window = _sample_crop_window(tf.shape(image), seed, area_range,
-                                 aspect_ratio_range)
-    cropped = tf.slice(image, [window[0], window[1], 0],
-                       [window[2], window[3], -1])
-  return tf.image.resize(cropped, [size, size], method='bilinear',
-                         antialias=True)
+    window = _sample_crop_window(
+      tf.shape(image), seed, area_range, aspect_ratio_range
+    )
+    cropped = tf.slice(
+      image, [window[0], window[1], 0], [window[2], window[3], -1]
+    )
+  return tf.image.resize(
+    cropped, [size, size], method='bilinear', antialias=True
+  )
 
 
-def resize_and_center_crop(image: tf.Tensor, size: int,
-                           resize_size: int) -> tf.Tensor:
+def resize_and_center_crop(
+  image: tf.Tensor, size: int, resize_size: int
+) -> tf.Tensor:
   """Resizes the short side to `resize_size`, then center-crops (size, size).
 
   The ImageNet evaluation transform (Resize(256) + CenterCrop(224) at the
@@ -118,12 +130,12 @@ def fit_to_size(image: tf.Tensor, size: int, method: str) -> tf.Tensor:
   if method == 'pad' and height <= size and width <= size:
     top, left = (size - height) // 2, (size - width) // 2
     return tf.image.pad_to_bounding_box(image, top, left, size, size)
-  return tf.image.resize(image, [size, size], method='bilinear',
-                         antialias=True)
+  return tf.image.resize(image, [size, size], method='bilinear', antialias=True)
 
 
-def augment_image(image: tf.Tensor, seed: tf.Tensor, augment: Augment,
-                  size: int) -> tf.Tensor:
+def augment_image(
+  image: tf.Tensor, seed: tf.Tensor, augment: Augment, size: int
+) -> tf.Tensor:
   """Applies a training recipe to one image.
 
   Args:
@@ -137,13 +149,16 @@ def augment_image(image: tf.Tensor, seed: tf.Tensor, augment: Augment,
     (size, size, C) image, uint8 or float32 in [0, 255].
   """
   crop_seed, flip_seed = tf.unstack(
-      tf.random.experimental.stateless_split(seed, num=2))
+    tf.random.experimental.stateless_split(seed, num=2)
+  )
   if augment.kind == PAD_CROP:
-    image = pad_and_random_crop(image, crop_seed, augment.pad,
-                                augment.padding_mode)
+    image = pad_and_random_crop(
+      image, crop_seed, augment.pad, augment.padding_mode
+    )
   elif augment.kind == INCEPTION_CROP:
-    image = inception_crop(image, crop_seed, size, augment.area_range,
-                           augment.aspect_ratio_range)
+    image = inception_crop(
+      image, crop_seed, size, augment.area_range, augment.aspect_ratio_range
+    )
   if augment.flip:
     image = random_flip(image, flip_seed)
   return image

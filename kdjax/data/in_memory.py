@@ -44,7 +44,7 @@ from kdjax.data import specs
 # returns (ids, images uint8 (N, H, W, C), labels) in tfds read order).
 SplitReader = Callable[[str], tuple[np.ndarray, np.ndarray, np.ndarray]]
 DATASETS: dict[str, tuple[tuple[str, ...], SplitReader]] = {
-    'mnist5k': (mnist5k_csv.SPLITS, mnist5k_csv.read_split),
+  'mnist5k': (mnist5k_csv.SPLITS, mnist5k_csv.read_split),
 }
 
 
@@ -52,20 +52,23 @@ def check_served(name: str) -> None:
   """Raises ValueError unless the NumPy loader can serve dataset `name`."""
   if name not in DATASETS:
     raise ValueError(
-        f"data.loader='numpy' cannot read dataset {name!r}: the numpy loader "
-        f'only serves the in-memory {", ".join(sorted(DATASETS))} digits. '
-        f"Use data.loader='tfds' (needs tensorflow and tensorflow_datasets) "
-        f'for {name!r}.')
+      f"data.loader='numpy' cannot read dataset {name!r}: the numpy loader "
+      f'only serves the in-memory {", ".join(sorted(DATASETS))} digits. '
+      f"Use data.loader='tfds' (needs tensorflow and tensorflow_datasets) "
+      f'for {name!r}.'
+    )
 
 
 # Split strings, as tfds reads them -------------------------------------------
 
 _SUBSPLIT = re.compile(
-    r'^(?P<name>[\w-]+)(\[(?P<start>-?[\d.]+%?)?:(?P<stop>-?[\d.]+%?)?\])?$')
+  r'^(?P<name>[\w-]+)(\[(?P<start>-?[\d.]+%?)?:(?P<stop>-?[\d.]+%?)?\])?$'
+)
 
 
-def split_ranges(split: str,
-                 sizes: Mapping[str, int]) -> list[tuple[str, int, int]]:
+def split_ranges(
+  split: str, sizes: Mapping[str, int]
+) -> list[tuple[str, int, int]]:
   """[(split name, start, stop)] that a tfds split string selects.
 
   The tfds slicing rules: 'train', 'train[:1000]', 'test[-100:]',
@@ -80,12 +83,15 @@ def split_ranges(split: str,
   for part in re.split(r'\s*\+\s*', split.strip()):
     match = _SUBSPLIT.match(part)
     if not match:
-      raise ValueError(f'Unrecognized split {split!r}; the numpy loader reads '
-                       "'name', 'name[a:b]' or 'name[a%:b%]', joined by '+'.")
+      raise ValueError(
+        f'Unrecognized split {split!r}; the numpy loader reads '
+        "'name', 'name[a:b]' or 'name[a%:b%]', joined by '+'."
+      )
     name = match['name']
     if name not in sizes:
-      raise ValueError(f'There is no split {name!r}; available: '
-                       f'{sorted(sizes)}.')
+      raise ValueError(
+        f'There is no split {name!r}; available: {sorted(sizes)}.'
+      )
     size = sizes[name]
     bounds = [match['start'], match['stop']]
     percent = any(b and b.endswith('%') for b in bounds)
@@ -98,15 +104,17 @@ def split_ranges(split: str,
       else:
         value = int(bound)
       if abs(value) > size:
-        raise ValueError(f'Slice {part!r} is outside the {size} examples of '
-                         f'{name!r}.')
+        raise ValueError(
+          f'Slice {part!r} is outside the {size} examples of {name!r}.'
+        )
       bounds[i] = value + size if value < 0 else value
     ranges.append((name, bounds[0], max(bounds[0], bounds[1])))
   return ranges
 
 
-def process_parts(ranges: list[tuple[str, int, int]],
-                  process_count: int) -> list[np.ndarray]:
+def process_parts(
+  ranges: list[tuple[str, int, int]], process_count: int
+) -> list[np.ndarray]:
   """Per process, its positions in the concatenated `ranges`.
 
   tfds.split_for_jax_process: each range is cut into `process_count`
@@ -138,25 +146,37 @@ def fit_to_size(images: np.ndarray, size: int, method: str) -> np.ndarray:
     return images
   if method == 'pad' and height <= size and width <= size:
     top, left = (size - height) // 2, (size - width) // 2
-    return np.pad(images, ((0, 0), (top, size - height - top),
-                           (left, size - width - left), (0, 0)))
+    return np.pad(
+      images,
+      ((0, 0), (top, size - height - top), (left, size - width - left), (0, 0)),
+    )
   # jax.image.resize's antialiased bilinear kernel is the one of
   # tf.image.resize(antialias=True); it runs once per source, not per batch.
   import jax  # pylint: disable=g-import-not-at-top
-  resized = jax.image.resize(np.asarray(images, np.float32),
-                             (count, size, size, channels), 'bilinear',
-                             antialias=True)
+
+  resized = jax.image.resize(
+    np.asarray(images, np.float32),
+    (count, size, size, channels),
+    'bilinear',
+    antialias=True,
+  )
   return np.asarray(resized, np.float32)
 
 
 def _check_implemented(recipe: specs.Augment) -> None:
   if recipe.kind == specs.INCEPTION_CROP:
-    raise ValueError("The numpy loader has no 'inception_crop' recipe; use "
-                     "data.loader='tfds' for it.")
+    raise ValueError(
+      "The numpy loader has no 'inception_crop' recipe; use "
+      "data.loader='tfds' for it."
+    )
 
 
-def augment_batch(images: np.ndarray, indices: np.ndarray, augment_seed: int,
-                  recipe: specs.Augment) -> np.ndarray:
+def augment_batch(
+  images: np.ndarray,
+  indices: np.ndarray,
+  augment_seed: int,
+  recipe: specs.Augment,
+) -> np.ndarray:
   """Applies a 'pad_crop' / 'none' recipe (and flips) to each image.
 
   Each image's crop offset and flip come from a generator seeded with
@@ -175,14 +195,19 @@ def augment_batch(images: np.ndarray, indices: np.ndarray, augment_seed: int,
   _check_implemented(recipe)
   pad = recipe.pad if recipe.kind == specs.PAD_CROP else 0
   height, width = images.shape[1:3]
-  padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)),
-                  mode=recipe.padding_mode) if pad else images
+  padded = (
+    np.pad(
+      images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode=recipe.padding_mode
+    )
+    if pad
+    else images
+  )
   out = np.empty_like(images)
   for i, index in enumerate(indices):
     rng = np.random.default_rng([augment_seed, int(index)])
     # Drawn even without padding, so the flip draw is the same either way.
     top, left = rng.integers(0, 2 * pad + 1, size=2)
-    image = padded[i, top:top + height, left:left + width]
+    image = padded[i, top : top + height, left : left + width]
     if recipe.flip and rng.random() < 0.5:
       image = image[:, ::-1]
     out[i] = image
@@ -195,9 +220,17 @@ def augment_batch(images: np.ndarray, indices: np.ndarray, augment_seed: int,
 class InMemorySource(specs.SourceBase):
   """One split of an in-memory dataset, this process's part. See build_input."""
 
-  def __init__(self, *, images: np.ndarray, labels: np.ndarray,
-               indices: np.ndarray, num_examples: int, spec: specs.DatasetSpec,
-               image_size: int, **common):
+  def __init__(
+    self,
+    *,
+    images: np.ndarray,
+    labels: np.ndarray,
+    indices: np.ndarray,
+    num_examples: int,
+    spec: specs.DatasetSpec,
+    image_size: int,
+    **common,
+  ):
     super().__init__(spec=spec, image_size=image_size, **common)
     self._images = fit_to_size(images, image_size, spec.fit)
     self._labels = np.asarray(labels, np.int32)
@@ -215,8 +248,9 @@ class InMemorySource(specs.SourceBase):
   def _normalize(self, images: np.ndarray) -> np.ndarray:
     return (images.astype(np.float32) - self._mean) / self._std
 
-  def epoch(self, epoch_index: int,
-            start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+  def epoch(
+    self, epoch_index: int, start_step: int = 0
+  ) -> Iterator[dict[str, np.ndarray]]:
     """This process's batches of epoch `epoch_index`, from `start_step` on.
 
     As `pipeline.InputSource.epoch`: train, `steps_per_epoch` full shuffled
@@ -239,25 +273,32 @@ class InMemorySource(specs.SourceBase):
 
   def _train_batches(self, epoch_index, start_step):
     shuffle = np.random.default_rng(
-        specs.derive_seed(self.seed, epoch_index, specs.SHUFFLE_STREAM))
+      specs.derive_seed(self.seed, epoch_index, specs.SHUFFLE_STREAM)
+    )
     order = shuffle.permutation(self.local_num_examples)
-    augment_seed = specs.derive_seed(self.seed, epoch_index,
-                                     specs.AUGMENT_STREAM)
+    augment_seed = specs.derive_seed(
+      self.seed, epoch_index, specs.AUGMENT_STREAM
+    )
     batch = self.local_batch_size
     for step in range(start_step, self.steps_per_epoch):
-      chosen = order[step * batch:(step + 1) * batch]
+      chosen = order[step * batch : (step + 1) * batch]
       images = self._images[chosen]
       if not self.augment.is_identity:
-        images = augment_batch(images, self._indices[chosen], augment_seed,
-                               self.augment)
-      yield {'image': self._normalize(images), 'label': self._labels[chosen],
-             'mask': np.ones(batch, np.float32)}
+        images = augment_batch(
+          images, self._indices[chosen], augment_seed, self.augment
+        )
+      yield {
+        'image': self._normalize(images),
+        'label': self._labels[chosen],
+        'mask': np.ones(batch, np.float32),
+      }
 
   def _eval_batches(self, start_step):
     batch = self.local_batch_size
     for step in range(start_step, self.steps_per_epoch):
-      chosen = np.arange(step * batch,
-                         min((step + 1) * batch, self.local_num_examples))
+      chosen = np.arange(
+        step * batch, min((step + 1) * batch, self.local_num_examples)
+      )
       real = len(chosen)
       image = np.zeros((batch,) + self.image_shape, np.float32)
       label = np.zeros(batch, np.int32)
@@ -269,21 +310,21 @@ class InMemorySource(specs.SourceBase):
 
 
 def build_input(
-    name: str,
-    split: str,
-    *,
-    global_batch_size: int,
-    train: bool,
-    seed: int,
-    data_dir: str | None = None,
-    image_size: int | None = None,
-    augment: 'str | specs.Augment | None' = 'default',
-    train_fraction: float = 1.0,
-    fraction_seed: int = 0,
-    process_index: int | None = None,
-    process_count: int | None = None,
-    shuffle_buffer_size: int | None = None,
-    cache: bool | None = None,
+  name: str,
+  split: str,
+  *,
+  global_batch_size: int,
+  train: bool,
+  seed: int,
+  data_dir: str | None = None,
+  image_size: int | None = None,
+  augment: 'str | specs.Augment | None' = 'default',
+  train_fraction: float = 1.0,
+  fraction_seed: int = 0,
+  process_index: int | None = None,
+  process_count: int | None = None,
+  shuffle_buffer_size: int | None = None,
+  cache: bool | None = None,
 ) -> InMemorySource:
   """`pipeline.build_input` for a dataset held in memory (mnist5k).
 
@@ -300,13 +341,20 @@ def build_input(
   del data_dir, cache
   check_served(name)
   spec, recipe, process_index, process_count = specs.check_input_args(
-      name, global_batch_size=global_batch_size, train=train, augment=augment,
-      train_fraction=train_fraction, process_index=process_index,
-      process_count=process_count)
+    name,
+    global_batch_size=global_batch_size,
+    train=train,
+    augment=augment,
+    train_fraction=train_fraction,
+    process_index=process_index,
+    process_count=process_count,
+  )
   _check_implemented(recipe)
   if shuffle_buffer_size is not None:
-    raise ValueError('The numpy loader shuffles the whole split; it takes no '
-                     'shuffle_buffer_size.')
+    raise ValueError(
+      'The numpy loader shuffles the whole split; it takes no '
+      'shuffle_buffer_size.'
+    )
 
   split_names, read_split = DATASETS[name]
   sizes = {s: len(read_split(s)[0]) for s in split_names}
@@ -322,14 +370,23 @@ def build_input(
     indices = offset + np.arange(len(local))
     num_examples = len(labels)
   else:
-    subset = specs.class_balanced_subset(labels, train_fraction,
-                                         fraction_seed)
+    subset = specs.class_balanced_subset(labels, train_fraction, fraction_seed)
     local = np.array_split(subset, process_count)[process_index]
     indices = local
     num_examples = len(subset)
   return InMemorySource(
-      name=name, split=split, spec=spec, global_batch_size=global_batch_size,
-      train=train, seed=seed, image_size=image_size or spec.image_shape[0],
-      augment=recipe, process_index=process_index,
-      process_count=process_count, images=images[local], labels=labels[local],
-      indices=indices, num_examples=num_examples)
+    name=name,
+    split=split,
+    spec=spec,
+    global_batch_size=global_batch_size,
+    train=train,
+    seed=seed,
+    image_size=image_size or spec.image_shape[0],
+    augment=recipe,
+    process_index=process_index,
+    process_count=process_count,
+    images=images[local],
+    labels=labels[local],
+    indices=indices,
+    num_examples=num_examples,
+  )

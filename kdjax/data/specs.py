@@ -39,6 +39,7 @@ class DatasetSpec:
     manual_download: tfds cannot fetch the source itself (ImageNet): the
       archives must be put in a `manual_dir` first.
   """
+
   num_classes: int
   image_shape: tuple[int, int, int]
   stored_shape: tuple[int, int, int] | None
@@ -57,26 +58,53 @@ _CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 _CIFAR_STD = (0.2023, 0.1994, 0.2010)
 
 DATASETS = {
-    'cifar10': DatasetSpec(
-        num_classes=10, image_shape=(32, 32, 3), stored_shape=(32, 32, 3),
-        mean=_CIFAR_MEAN, std=_CIFAR_STD, train_split='train',
-        eval_split='test', augment='cifar'),
-    'cifar100': DatasetSpec(
-        num_classes=100, image_shape=(32, 32, 3), stored_shape=(32, 32, 3),
-        mean=_CIFAR_MEAN, std=_CIFAR_STD, train_split='train',
-        eval_split='test', augment='cifar'),
-    'imagenet2012': DatasetSpec(
-        num_classes=1000, image_shape=(224, 224, 3), stored_shape=None,
-        mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-        train_split='train', eval_split='validation', augment='imagenet',
-        # Encoded JPEGs (~110 kB each): ~5.5 GB per process.
-        cache=False, shuffle_buffer=50_000, manual_download=True),
-    # Canonical full-MNIST statistics; measured on the 5,000 digits they are
-    # 0.1313 / 0.3085, a difference that does not matter.
-    'mnist5k': DatasetSpec(
-        num_classes=10, image_shape=(28, 28, 1), stored_shape=(28, 28, 1),
-        mean=(0.1307,), std=(0.3081,), train_split='train', eval_split='test',
-        augment='mnist', fit='pad'),
+  'cifar10': DatasetSpec(
+    num_classes=10,
+    image_shape=(32, 32, 3),
+    stored_shape=(32, 32, 3),
+    mean=_CIFAR_MEAN,
+    std=_CIFAR_STD,
+    train_split='train',
+    eval_split='test',
+    augment='cifar',
+  ),
+  'cifar100': DatasetSpec(
+    num_classes=100,
+    image_shape=(32, 32, 3),
+    stored_shape=(32, 32, 3),
+    mean=_CIFAR_MEAN,
+    std=_CIFAR_STD,
+    train_split='train',
+    eval_split='test',
+    augment='cifar',
+  ),
+  'imagenet2012': DatasetSpec(
+    num_classes=1000,
+    image_shape=(224, 224, 3),
+    stored_shape=None,
+    mean=(0.485, 0.456, 0.406),
+    std=(0.229, 0.224, 0.225),
+    train_split='train',
+    eval_split='validation',
+    augment='imagenet',
+    # Encoded JPEGs (~110 kB each): ~5.5 GB per process.
+    cache=False,
+    shuffle_buffer=50_000,
+    manual_download=True,
+  ),
+  # Canonical full-MNIST statistics; measured on the 5,000 digits they are
+  # 0.1313 / 0.3085, a difference that does not matter.
+  'mnist5k': DatasetSpec(
+    num_classes=10,
+    image_shape=(28, 28, 1),
+    stored_shape=(28, 28, 1),
+    mean=(0.1307,),
+    std=(0.3081,),
+    train_split='train',
+    eval_split='test',
+    augment='mnist',
+    fit='pad',
+  ),
 }
 
 # Augmentation recipes --------------------------------------------------------
@@ -104,6 +132,7 @@ class Augment:
       uniformly by TF (torchvision samples log-uniformly; the difference is
       small and documented here as ours).
   """
+
   kind: str = NO_AUGMENT
   pad: int = 0
   padding_mode: str = 'constant'
@@ -116,8 +145,9 @@ class Augment:
       raise ValueError(f'Unknown augmentation kind {self.kind!r}.')
     if self.padding_mode not in ('constant', 'reflect'):
       raise ValueError(
-          f"padding_mode must be 'constant' or 'reflect', got "
-          f'{self.padding_mode!r}.')
+        f"padding_mode must be 'constant' or 'reflect', got "
+        f'{self.padding_mode!r}.'
+      )
     if self.pad < 0:
       raise ValueError(f'pad must be >= 0, got {self.pad}.')
 
@@ -128,15 +158,14 @@ class Augment:
 
 # Named recipes, the values configs use for `build_input(augment=...)`.
 AUGMENTATIONS = {
-    'none': Augment(),
-    # AdderNet / RepDistiller: RandomCrop(32, padding=4) + flip, zero padding.
-    'cifar': Augment(PAD_CROP, pad=4, padding_mode='constant', flip=True),
-    # OFD (clovaai/overhaul-distillation): reflect padding.
-    'cifar_reflect': Augment(PAD_CROP, pad=4, padding_mode='reflect',
-                             flip=True),
-    # Digits are not mirror-symmetric: shift only.
-    'mnist': Augment(PAD_CROP, pad=2, padding_mode='constant', flip=False),
-    'imagenet': Augment(INCEPTION_CROP, flip=True),
+  'none': Augment(),
+  # AdderNet / RepDistiller: RandomCrop(32, padding=4) + flip, zero padding.
+  'cifar': Augment(PAD_CROP, pad=4, padding_mode='constant', flip=True),
+  # OFD (clovaai/overhaul-distillation): reflect padding.
+  'cifar_reflect': Augment(PAD_CROP, pad=4, padding_mode='reflect', flip=True),
+  # Digits are not mirror-symmetric: shift only.
+  'mnist': Augment(PAD_CROP, pad=2, padding_mode='constant', flip=False),
+  'imagenet': Augment(INCEPTION_CROP, flip=True),
 }
 
 
@@ -150,15 +179,17 @@ def get_augment(augment: 'str | Augment | None') -> Augment:
     return AUGMENTATIONS[augment]
   except KeyError:
     raise ValueError(
-        f'Unknown augmentation {augment!r}; expected one of '
-        f'{sorted(AUGMENTATIONS)} or an Augment.') from None
+      f'Unknown augmentation {augment!r}; expected one of '
+      f'{sorted(AUGMENTATIONS)} or an Augment.'
+    ) from None
 
 
 # Choices shared by the loaders -----------------------------------------------
 
 
-def class_balanced_subset(labels: np.ndarray, fraction: float,
-                          seed: int) -> np.ndarray:
+def class_balanced_subset(
+  labels: np.ndarray, fraction: float, seed: int
+) -> np.ndarray:
   """Sorted indices of a stratified random `fraction` of each class.
 
   Each class keeps round(fraction * its count) examples (at least one), so a
@@ -186,9 +217,14 @@ def derive_seed(seed: int, epoch: int, stream: int) -> int:
 
 
 def check_input_args(
-    name: str, *, global_batch_size: int, train: bool,
-    augment: 'str | Augment | None', train_fraction: float,
-    process_index: int | None, process_count: int | None,
+  name: str,
+  *,
+  global_batch_size: int,
+  train: bool,
+  augment: 'str | Augment | None',
+  train_fraction: float,
+  process_index: int | None,
+  process_count: int | None,
 ) -> tuple[DatasetSpec, Augment, int, int]:
   """Validates what `build_input` is given, before any data is touched.
 
@@ -198,30 +234,38 @@ def check_input_args(
   """
   if name not in DATASETS:
     raise ValueError(
-        f'Unknown dataset {name!r}; expected one of {sorted(DATASETS)}.')
+      f'Unknown dataset {name!r}; expected one of {sorted(DATASETS)}.'
+    )
   spec = DATASETS[name]
   if process_index is None or process_count is None:
     import jax  # pylint: disable=g-import-not-at-top
-    process_index = jax.process_index() if process_index is None else (
-        process_index)
-    process_count = jax.process_count() if process_count is None else (
-        process_count)
+
+    process_index = (
+      jax.process_index() if process_index is None else (process_index)
+    )
+    process_count = (
+      jax.process_count() if process_count is None else (process_count)
+    )
   if not 0 <= process_index < process_count:
     raise ValueError(
-        f'process_index {process_index} outside [0, {process_count}).')
+      f'process_index {process_index} outside [0, {process_count}).'
+    )
   if global_batch_size <= 0 or global_batch_size % process_count:
     raise ValueError(
-        f'global_batch_size {global_batch_size} must be a positive multiple '
-        f'of the process count {process_count} (each process loads '
-        'global_batch_size // process_count examples).')
+      f'global_batch_size {global_batch_size} must be a positive multiple '
+      f'of the process count {process_count} (each process loads '
+      'global_batch_size // process_count examples).'
+    )
   if not 0.0 < train_fraction <= 1.0:
     raise ValueError(f'train_fraction must be in (0, 1], got {train_fraction}.')
   if augment == 'default':
     augment = spec.augment
   recipe = get_augment(augment if train else None)
   if recipe.kind == PAD_CROP and spec.stored_shape is None:
-    raise ValueError(f'{name} images vary in size: pad_crop needs fixed-size '
-                     "images; use 'imagenet' (inception_crop).")
+    raise ValueError(
+      f'{name} images vary in size: pad_crop needs fixed-size '
+      "images; use 'imagenet' (inception_crop)."
+    )
   return spec, recipe, process_index, process_count
 
 
@@ -237,10 +281,20 @@ class SourceBase:
     image_shape: (H, W, C) of the batches.
   """
 
-  def __init__(self, *, name: str, split: str, spec: DatasetSpec,
-               global_batch_size: int, train: bool, seed: int,
-               image_size: int, augment: Augment, process_index: int,
-               process_count: int):
+  def __init__(
+    self,
+    *,
+    name: str,
+    split: str,
+    spec: DatasetSpec,
+    global_batch_size: int,
+    train: bool,
+    seed: int,
+    image_size: int,
+    augment: Augment,
+    process_index: int,
+    process_count: int,
+  ):
     self.name = name
     self.split = split
     self.train = train
@@ -262,23 +316,28 @@ class SourceBase:
       self.steps_per_epoch = num_examples // self.global_batch_size
       if self.steps_per_epoch == 0:
         raise ValueError(
-            f'{self.name}/{self.split} has {num_examples} examples, fewer '
-            f'than one global batch of {self.global_batch_size}.')
+          f'{self.name}/{self.split} has {num_examples} examples, fewer '
+          f'than one global batch of {self.global_batch_size}.'
+        )
     else:
       self.steps_per_epoch = math.ceil(num_examples / self.global_batch_size)
     # Even splits differ by at most one example, so every process has at
     # least (train) / at most (eval) this many examples.
     self._local_examples_per_epoch = (
-        self.steps_per_epoch * self.local_batch_size)
+      self.steps_per_epoch * self.local_batch_size
+    )
 
   def _check_start_step(self, start_step: int) -> None:
     if not 0 <= start_step <= self.steps_per_epoch:
       raise ValueError(
-          f'start_step {start_step} outside [0, {self.steps_per_epoch}].')
+        f'start_step {start_step} outside [0, {self.steps_per_epoch}].'
+      )
 
   def __repr__(self):
-    return (f'{type(self).__name__}({self.name}/{self.split}, '
-            f'train={self.train}, num_examples={self.num_examples}, '
-            f'steps_per_epoch={self.steps_per_epoch}, '
-            f'image_shape={self.image_shape}, process {self.process_index}/'
-            f'{self.process_count})')
+    return (
+      f'{type(self).__name__}({self.name}/{self.split}, '
+      f'train={self.train}, num_examples={self.num_examples}, '
+      f'steps_per_epoch={self.steps_per_epoch}, '
+      f'image_shape={self.image_shape}, process {self.process_index}/'
+      f'{self.process_count})'
+    )

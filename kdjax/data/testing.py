@@ -29,19 +29,28 @@ from tensorflow_datasets.core import dataset_builder
 from tensorflow_datasets.testing import mocking
 
 FIXTURES_DIR = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
-        __file__)))), 'tests', 'fixtures', 'tfds')
+  os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+  'tests',
+  'fixtures',
+  'tfds',
+)
 
 
 def _absolute_ranges(builder, split) -> list[tuple[str, int, int]]:
   """[(split name, start, stop)] that `split` (maybe sliced) reads."""
   instructions = tfds.core.splits.AbstractSplit.from_spec(split).to_absolute(
-      builder.info.splits)
+    builder.info.splits
+  )
   splits = builder.info.splits
   # None boundaries mean the whole split.
-  return [(i.splitname, i.from_ or 0,
-           splits[i.splitname].num_examples if i.to is None else i.to)
-          for i in instructions]
+  return [
+    (
+      i.splitname,
+      i.from_ or 0,
+      splits[i.splitname].num_examples if i.to is None else i.to,
+    )
+    for i in instructions
+  ]
 
 
 def _shard_position(shard_lengths, index) -> tuple[int, int]:
@@ -52,8 +61,9 @@ def _shard_position(shard_lengths, index) -> tuple[int, int]:
   raise IndexError(index)
 
 
-def _mock_as_dataset(self, split, decoders=None, read_config=None,
-                     shuffle_files=False):
+def _mock_as_dataset(
+  self, split, decoders=None, read_config=None, shuffle_files=False
+):
   """Stand-in for `FileReaderBuilder._as_dataset` honouring split slices."""
   del shuffle_files  # Records come in index order, like shuffle_files=False.
   features = self.info.features
@@ -62,19 +72,29 @@ def _mock_as_dataset(self, split, decoders=None, read_config=None,
   def records():
     for split_name, start, stop in ranges:
       generator = mocking.RandomFakeGenerator(
-          features, num_examples=stop, seed=zlib.crc32(split_name.encode()))
+        features, num_examples=stop, seed=zlib.crc32(split_name.encode())
+      )
       shard_lengths = self.info.splits[split_name].shard_lengths
       for index in range(start, stop):
         shard, position = _shard_position(shard_lengths, index)
-        tfds_id = (f'{self.name}-{split_name}.tfrecord-{shard:05d}-of-'
-                   f'{len(shard_lengths):05d}__{position}')
+        tfds_id = (
+          f'{self.name}-{split_name}.tfrecord-{shard:05d}-of-'
+          f'{len(shard_lengths):05d}__{position}'
+        )
         yield features.serialize_example(generator[index]), tfds_id
 
   ds = tf.data.Dataset.from_generator(
-      records, output_signature=(tf.TensorSpec([], tf.string),
-                                 tf.TensorSpec([], tf.string)))
-  ds = ds.apply(tf.data.experimental.assert_cardinality(
-      sum(stop - start for _, start, stop in ranges)))
+    records,
+    output_signature=(
+      tf.TensorSpec([], tf.string),
+      tf.TensorSpec([], tf.string),
+    ),
+  )
+  ds = ds.apply(
+    tf.data.experimental.assert_cardinality(
+      sum(stop - start for _, start, stop in ranges)
+    )
+  )
 
   def decode(serialized, tfds_id):
     example = features.deserialize_example(serialized, decoders=decoders)
@@ -85,13 +105,18 @@ def _mock_as_dataset(self, split, decoders=None, read_config=None,
   return ds.map(decode)
 
 
-def _write_fixture_copy(name: str, fixtures_dir: str, out_dir: str,
-                        num_examples: int | dict[str, int] | None) -> None:
+def _write_fixture_copy(
+  name: str,
+  fixtures_dir: str,
+  out_dir: str,
+  num_examples: int | dict[str, int] | None,
+) -> None:
   source = os.path.join(fixtures_dir, name)
   if not os.path.isdir(source):
     raise FileNotFoundError(
-        f'No tfds metadata fixture for {name!r} in {fixtures_dir}; available: '
-        f'{sorted(os.listdir(fixtures_dir))}.')
+      f'No tfds metadata fixture for {name!r} in {fixtures_dir}; available: '
+      f'{sorted(os.listdir(fixtures_dir))}.'
+    )
   shutil.copytree(source, os.path.join(out_dir, name))
   if num_examples is None:
     return
@@ -114,10 +139,10 @@ def _write_fixture_copy(name: str, fixtures_dir: str, out_dir: str,
 
 @contextlib.contextmanager
 def mock_dataset(
-    name: str | tuple[str, ...],
-    num_examples: int | dict[str, int] | None = None,
-    *,
-    fixtures_dir: str = FIXTURES_DIR,
+  name: str | tuple[str, ...],
+  num_examples: int | dict[str, int] | None = None,
+  *,
+  fixtures_dir: str = FIXTURES_DIR,
 ) -> Iterator[str]:
   """Mocks tfds datasets with random records and committed metadata.
 
@@ -146,14 +171,22 @@ def mock_dataset(
   with tempfile.TemporaryDirectory(prefix='kdjax_mock_tfds_') as data_dir:
     for dataset_name in names:
       _write_fixture_copy(dataset_name, fixtures_dir, data_dir, num_examples)
-    with tfds.testing.mock_data(
-        data_dir=data_dir, policy=tfds.testing.MockPolicy.USE_FILES,
-        as_dataset_fn=_mock_as_dataset), mock.patch.object(
-            dataset_builder.DatasetBuilder, 'as_dataset', unwrapped_as_dataset):
+    with (
+      tfds.testing.mock_data(
+        data_dir=data_dir,
+        policy=tfds.testing.MockPolicy.USE_FILES,
+        as_dataset_fn=_mock_as_dataset,
+      ),
+      mock.patch.object(
+        dataset_builder.DatasetBuilder, 'as_dataset', unwrapped_as_dataset
+      ),
+    ):
       yield data_dir
 
 
-def rewrite_record(path: str, index: int, edit: Callable[[bytes], bytes]) -> None:
+def rewrite_record(
+  path: str, index: int, edit: Callable[[bytes], bytes]
+) -> None:
   """Replaces record `index` of the TFRecord file `path` by `edit(record)`.
 
   For tests of how the pipeline meets damaged data.

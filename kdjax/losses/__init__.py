@@ -9,32 +9,77 @@ applies them and hands their outputs to the losses.
 """
 
 from kdjax.losses.classification import cross_entropy, hinton_kd_total, kd_loss
-from kdjax.losses.connectors import (BranchAdapters, FeatureConnector, KernelTransform,
-                                     he_normal_fan_out, identity_1x1_init)
+from kdjax.losses.connectors import (
+  BranchAdapters,
+  FeatureConnector,
+  KernelTransform,
+  he_normal_fan_out,
+  identity_1x1_init,
+)
 from kdjax.losses.ekd import branch_teacher_pairing, ekd_loss, ensemble_logits
-from kdjax.losses.hints import (attention_map, attention_transfer_loss, attention_transfer_total,
-                                fitnet_loss)
-from kdjax.losses.ofd import (ofd_distance, ofd_feature_loss, ofd_margin, ofd_stage_weights,
-                              ofd_total)
-from kdjax.losses.pkkd import (filter_sq_norms, gaussian_kernel_features, gaussian_kernel_from_conv,
-                               gaussian_kernel_sigma, gaussian_sq_distance, laplace_kernel_features,
-                               laplace_kernel_from_adder, laplace_kernel_sigma, patch_sq_norms,
-                               pkkd_feature_loss, pkkd_total)
+from kdjax.losses.hints import (
+  attention_map,
+  attention_transfer_loss,
+  attention_transfer_total,
+  fitnet_loss,
+)
+from kdjax.losses.ofd import (
+  ofd_distance,
+  ofd_feature_loss,
+  ofd_margin,
+  ofd_stage_weights,
+  ofd_total,
+)
+from kdjax.losses.pkkd import (
+  filter_sq_norms,
+  gaussian_kernel_features,
+  gaussian_kernel_from_conv,
+  gaussian_kernel_sigma,
+  gaussian_sq_distance,
+  laplace_kernel_features,
+  laplace_kernel_from_adder,
+  laplace_kernel_sigma,
+  patch_sq_norms,
+  pkkd_feature_loss,
+  pkkd_total,
+)
 
 __all__ = [
-    # classification
-    "cross_entropy", "kd_loss", "hinton_kd_total",
-    # hints
-    "fitnet_loss", "attention_map", "attention_transfer_loss", "attention_transfer_total",
-    # OFD
-    "ofd_margin", "ofd_distance", "ofd_stage_weights", "ofd_feature_loss", "ofd_total",
-    # PKKD
-    "patch_sq_norms", "filter_sq_norms", "gaussian_sq_distance", "gaussian_kernel_sigma",
-    "gaussian_kernel_features", "laplace_kernel_sigma", "laplace_kernel_features",
-    "gaussian_kernel_from_conv", "laplace_kernel_from_adder", "pkkd_feature_loss", "pkkd_total",
-    # EKD
-    "ekd_loss", "ensemble_logits", "branch_teacher_pairing",
-    # connectors
-    "FeatureConnector", "KernelTransform", "BranchAdapters", "he_normal_fan_out",
-    "identity_1x1_init",
+  # classification
+  'cross_entropy',
+  'kd_loss',
+  'hinton_kd_total',
+  # hints
+  'fitnet_loss',
+  'attention_map',
+  'attention_transfer_loss',
+  'attention_transfer_total',
+  # OFD
+  'ofd_margin',
+  'ofd_distance',
+  'ofd_stage_weights',
+  'ofd_feature_loss',
+  'ofd_total',
+  # PKKD
+  'patch_sq_norms',
+  'filter_sq_norms',
+  'gaussian_sq_distance',
+  'gaussian_kernel_sigma',
+  'gaussian_kernel_features',
+  'laplace_kernel_sigma',
+  'laplace_kernel_features',
+  'gaussian_kernel_from_conv',
+  'laplace_kernel_from_adder',
+  'pkkd_feature_loss',
+  'pkkd_total',
+  # EKD
+  'ekd_loss',
+  'ensemble_logits',
+  'branch_teacher_pairing',
+  # connectors
+  'FeatureConnector',
+  'KernelTransform',
+  'BranchAdapters',
+  'he_normal_fan_out',
+  'identity_1x1_init',
 ]

@@ -24,13 +24,19 @@ DEFAULT_TEMPERATURE = 4.0
 DEFAULT_KD_WEIGHT = 0.9
 
 
-def _check_logits_pair(student_logits: Array, teacher_logits: Array, name: str) -> None:
+def _check_logits_pair(
+  student_logits: Array, teacher_logits: Array, name: str
+) -> None:
   if student_logits.shape != teacher_logits.shape:
-    raise ValueError(f"{name}: student logits {student_logits.shape} and teacher logits "
-                     f"{teacher_logits.shape} must have the same shape")
+    raise ValueError(
+      f'{name}: student logits {student_logits.shape} and teacher logits '
+      f'{teacher_logits.shape} must have the same shape'
+    )
 
 
-def cross_entropy(logits: Array, labels: Array, label_smoothing: float = 0.0) -> Array:
+def cross_entropy(
+  logits: Array, labels: Array, label_smoothing: float = 0.0
+) -> Array:
   """Softmax cross-entropy with integer labels, mean over the batch.
 
       q_c  = (1 - eps) * [c == y] + eps / C          (label smoothing, Szegedy et al. CVPR 2016)
@@ -45,8 +51,10 @@ def cross_entropy(logits: Array, labels: Array, label_smoothing: float = 0.0) ->
     float32 scalar: the mean over all leading axes.
   """
   if labels.shape != logits.shape[:-1]:
-    raise ValueError(f"cross_entropy: labels {labels.shape} must match logits {logits.shape} "
-                     "without the class axis")
+    raise ValueError(
+      f'cross_entropy: labels {labels.shape} must match logits {logits.shape} '
+      'without the class axis'
+    )
   log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   num_classes = logits.shape[-1]
   targets = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
@@ -54,8 +62,11 @@ def cross_entropy(logits: Array, labels: Array, label_smoothing: float = 0.0) ->
   return jnp.mean(-jnp.sum(targets * log_probs, axis=-1))
 
 
-def kd_loss(student_logits: Array, teacher_logits: Array,
-            temperature: float = DEFAULT_TEMPERATURE) -> Array:
+def kd_loss(
+  student_logits: Array,
+  teacher_logits: Array,
+  temperature: float = DEFAULT_TEMPERATURE,
+) -> Array:
   """Hinton knowledge distillation (Hinton, Vinyals, Dean 2015, "Distilling the knowledge").
 
       p^t  = softmax(z_t / T),   p^s = softmax(z_s / T)
@@ -76,20 +87,26 @@ def kd_loss(student_logits: Array, teacher_logits: Array,
   Returns:
     float32 scalar: sum over classes, mean over all leading axes.
   """
-  _check_logits_pair(student_logits, teacher_logits, "kd_loss")
+  _check_logits_pair(student_logits, teacher_logits, 'kd_loss')
   temperature = jnp.asarray(temperature, jnp.float32)
   teacher_logits = jax.lax.stop_gradient(teacher_logits).astype(jnp.float32)
-  student_log_probs = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature, -1)
+  student_log_probs = jax.nn.log_softmax(
+    student_logits.astype(jnp.float32) / temperature, -1
+  )
   teacher_log_probs = jax.nn.log_softmax(teacher_logits / temperature, axis=-1)
   teacher_probs = jnp.exp(teacher_log_probs)
   kl = jnp.sum(teacher_probs * (teacher_log_probs - student_log_probs), axis=-1)
   return temperature**2 * jnp.mean(kl)
 
 
-def hinton_kd_total(student_logits: Array, teacher_logits: Array, labels: Array,
-                    temperature: float = DEFAULT_TEMPERATURE,
-                    kd_weight: float = DEFAULT_KD_WEIGHT,
-                    label_smoothing: float = 0.0) -> Tuple[Array, Dict[str, Array]]:
+def hinton_kd_total(
+  student_logits: Array,
+  teacher_logits: Array,
+  labels: Array,
+  temperature: float = DEFAULT_TEMPERATURE,
+  kd_weight: float = DEFAULT_KD_WEIGHT,
+  label_smoothing: float = 0.0,
+) -> Tuple[Array, Dict[str, Array]]:
   """Hinton KD student objective (SPEC section 5).
 
       loss = (1 - lambda) * CE(y, z_s) + lambda * T^2 * KL(softmax(z_t/T) || softmax(z_s/T))
@@ -103,4 +120,4 @@ def hinton_kd_total(student_logits: Array, teacher_logits: Array, labels: Array,
   ce = cross_entropy(student_logits, labels, label_smoothing)
   kd = kd_loss(student_logits, teacher_logits, temperature)
   total = (1.0 - kd_weight) * ce + kd_weight * kd
-  return total, {"ce": ce, "kd": kd, "total": total}
+  return total, {'ce': ce, 'kd': kd, 'total': total}

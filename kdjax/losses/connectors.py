@@ -23,14 +23,18 @@ Initializer = Callable[..., Array]
 
 # Official OFD connector init: weight ~ N(0, 2 / (k * k * C_out)), untruncated,
 # which is He-normal with fan-out.
-he_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+he_normal_fan_out = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 
-def identity_1x1_init(key: Array, shape: Sequence[int], dtype: Dtype = jnp.float32) -> Array:
+def identity_1x1_init(
+  key: Array, shape: Sequence[int], dtype: Dtype = jnp.float32
+) -> Array:
   """Kernel of a 1x1 conv that copies channel c to channel c (rectangular eye)."""
   del key
   if tuple(shape[:-2]) != (1, 1):
-    raise ValueError(f"identity_1x1_init: expects a (1, 1, C_in, C_out) kernel, got {shape}")
+    raise ValueError(
+      f'identity_1x1_init: expects a (1, 1, C_in, C_out) kernel, got {shape}'
+    )
   return jnp.eye(shape[-2], shape[-1], dtype=dtype).reshape(shape)
 
 
@@ -50,6 +54,7 @@ class FeatureConnector(nn.Module):
     dtype: computation dtype (None: from the input); parameters stay float32.
     kernel_init: initializer of the conv kernel.
   """
+
   features: int
   momentum: float = 0.9
   epsilon: float = 1e-5
@@ -61,11 +66,24 @@ class FeatureConnector(nn.Module):
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
     """(B, H, W, C_s) -> (B, H, W, features); BN uses batch statistics when ``train``."""
-    x = nn.Conv(self.features, (1, 1), use_bias=False, kernel_init=self.kernel_init,
-                dtype=self.dtype, param_dtype=self.param_dtype, name="conv")(x)
-    return nn.BatchNorm(use_running_average=not train, momentum=self.momentum,
-                        epsilon=self.epsilon, axis_name=self.axis_name, dtype=self.dtype,
-                        param_dtype=self.param_dtype, name="bn")(x)
+    x = nn.Conv(
+      self.features,
+      (1, 1),
+      use_bias=False,
+      kernel_init=self.kernel_init,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name='conv',
+    )(x)
+    return nn.BatchNorm(
+      use_running_average=not train,
+      momentum=self.momentum,
+      epsilon=self.epsilon,
+      axis_name=self.axis_name,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name='bn',
+    )(x)
 
 
 class KernelTransform(nn.Module):
@@ -81,6 +99,7 @@ class KernelTransform(nn.Module):
     features: teacher channel count of the layer.
     use_bias: an affine map lets rho also shift the kernel values.
   """
+
   features: int
   use_bias: bool = True
   dtype: Optional[Dtype] = None
@@ -90,8 +109,15 @@ class KernelTransform(nn.Module):
   @nn.compact
   def __call__(self, kernel_feats: Array) -> Array:
     """(B, H, W, C_s) -> (B, H, W, features)."""
-    return nn.Conv(self.features, (1, 1), use_bias=self.use_bias, kernel_init=self.kernel_init,
-                   dtype=self.dtype, param_dtype=self.param_dtype, name="conv")(kernel_feats)
+    return nn.Conv(
+      self.features,
+      (1, 1),
+      use_bias=self.use_bias,
+      kernel_init=self.kernel_init,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name='conv',
+    )(kernel_feats)
 
 
 class BranchAdapters(nn.Module):
@@ -100,17 +126,25 @@ class BranchAdapters(nn.Module):
   Attributes:
     teacher_features: penultimate width of every teacher, in teacher order.
   """
+
   teacher_features: Sequence[int]
   use_bias: bool = True
   dtype: Optional[Dtype] = None
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, branch_feats: Union[Array, Sequence[Array]]) -> Tuple[Array, ...]:
+  def __call__(
+    self, branch_feats: Union[Array, Sequence[Array]]
+  ) -> Tuple[Array, ...]:
     """(K, B, D) array or K arrays (B, D_k) -> K arrays (B, teacher_features[k mod T])."""
     num_teachers = len(self.teacher_features)
     return tuple(
-        nn.Dense(self.teacher_features[k % num_teachers], use_bias=self.use_bias,
-                 dtype=self.dtype, param_dtype=self.param_dtype, name=f"adapter_{k}")(
-                     branch_feats[k])
-        for k in range(len(branch_feats)))
+      nn.Dense(
+        self.teacher_features[k % num_teachers],
+        use_bias=self.use_bias,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name=f'adapter_{k}',
+      )(branch_feats[k])
+      for k in range(len(branch_feats))
+    )

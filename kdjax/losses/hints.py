@@ -39,8 +39,10 @@ def fitnet_loss(regressed_student_feat: Array, teacher_feat: Array) -> Array:
     float32 scalar.
   """
   if regressed_student_feat.shape != teacher_feat.shape:
-    raise ValueError(f"fitnet_loss: regressed student feature {regressed_student_feat.shape} "
-                     f"and teacher feature {teacher_feat.shape} must have the same shape")
+    raise ValueError(
+      f'fitnet_loss: regressed student feature {regressed_student_feat.shape} '
+      f'and teacher feature {teacher_feat.shape} must have the same shape'
+    )
   teacher_feat = jax.lax.stop_gradient(teacher_feat).astype(jnp.float32)
   diff = regressed_student_feat.astype(jnp.float32) - teacher_feat
   return jnp.mean(jnp.square(diff))
@@ -63,18 +65,21 @@ def attention_map(feat: Array, power: float = DEFAULT_AT_POWER) -> Array:
     (B, H * W) float32, unit L2 norm per example.
   """
   if feat.ndim != 4:
-    raise ValueError(f"attention_map: expects NHWC features, got shape {feat.shape}")
+    raise ValueError(
+      f'attention_map: expects NHWC features, got shape {feat.shape}'
+    )
   feat = feat.astype(jnp.float32)
   # |F|^2 is written as F * F so that its gradient is defined at F = 0.
-  energy = jnp.square(feat) if power == 2 else jnp.abs(feat)**power
+  energy = jnp.square(feat) if power == 2 else jnp.abs(feat) ** power
   q = jnp.mean(energy, axis=-1).reshape(feat.shape[0], -1)
   # Clamping the squared norm (not the norm) keeps the gradient finite for an all-zero map.
   sq_norm = jnp.sum(jnp.square(q), axis=-1, keepdims=True)
   return q * jax.lax.rsqrt(jnp.maximum(sq_norm, _NORM_EPS**2))
 
 
-def attention_transfer_loss(student_feat: Array, teacher_feat: Array,
-                            power: float = DEFAULT_AT_POWER) -> Array:
+def attention_transfer_loss(
+  student_feat: Array, teacher_feat: Array, power: float = DEFAULT_AT_POWER
+) -> Array:
   """Attention transfer loss at one position (Zagoruyko & Komodakis, ICLR 2017, Eq. 2).
 
       loss = mean_{b, j} (at(F_s)_{b, j} - at(F_t)_{b, j})^2
@@ -99,20 +104,27 @@ def attention_transfer_loss(student_feat: Array, teacher_feat: Array,
     ValueError: if batch or spatial sizes differ.
   """
   if student_feat.ndim != 4 or teacher_feat.ndim != 4:
-    raise ValueError(f"attention_transfer_loss: expects NHWC features, got {student_feat.shape} "
-                     f"and {teacher_feat.shape}")
+    raise ValueError(
+      f'attention_transfer_loss: expects NHWC features, got {student_feat.shape} '
+      f'and {teacher_feat.shape}'
+    )
   if student_feat.shape[:3] != teacher_feat.shape[:3]:
-    raise ValueError("attention_transfer_loss: batch and spatial sizes must match, got student "
-                     f"{student_feat.shape[:3]} and teacher {teacher_feat.shape[:3]} (B, H, W); "
-                     "pool the larger feature map first")
+    raise ValueError(
+      'attention_transfer_loss: batch and spatial sizes must match, got student '
+      f'{student_feat.shape[:3]} and teacher {teacher_feat.shape[:3]} (B, H, W); '
+      'pool the larger feature map first'
+    )
   teacher_feat = jax.lax.stop_gradient(teacher_feat)
   diff = attention_map(student_feat, power) - attention_map(teacher_feat, power)
   return jnp.mean(jnp.square(diff))
 
 
-def attention_transfer_total(student_feats: Sequence[Array], teacher_feats: Sequence[Array],
-                             weight: float = DEFAULT_AT_WEIGHT,
-                             power: float = DEFAULT_AT_POWER) -> Tuple[Array, Dict[str, Array]]:
+def attention_transfer_total(
+  student_feats: Sequence[Array],
+  teacher_feats: Sequence[Array],
+  weight: float = DEFAULT_AT_WEIGHT,
+  power: float = DEFAULT_AT_POWER,
+) -> Tuple[Array, Dict[str, Array]]:
   """Attention transfer summed over distillation positions (Zagoruyko & Komodakis, Eq. 2).
 
       loss = sum_j (beta / 2) * attention_transfer_loss(F_s^j, F_t^j),   beta / 2 = 500
@@ -125,10 +137,14 @@ def attention_transfer_total(student_feats: Sequence[Array], teacher_feats: Sequ
     losses as 'at/0', 'at/1', ..., plus 'total'.
   """
   if len(student_feats) != len(teacher_feats):
-    raise ValueError(f"attention_transfer_total: {len(student_feats)} student positions vs "
-                     f"{len(teacher_feats)} teacher positions")
-  terms = {f"at/{j}": attention_transfer_loss(s, t, power)
-           for j, (s, t) in enumerate(zip(student_feats, teacher_feats))}
+    raise ValueError(
+      f'attention_transfer_total: {len(student_feats)} student positions vs '
+      f'{len(teacher_feats)} teacher positions'
+    )
+  terms = {
+    f'at/{j}': attention_transfer_loss(s, t, power)
+    for j, (s, t) in enumerate(zip(student_feats, teacher_feats))
+  }
   total = weight * sum(terms.values(), jnp.zeros((), jnp.float32))
-  terms["total"] = total
+  terms['total'] = total
   return total, terms

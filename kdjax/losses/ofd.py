@@ -72,7 +72,9 @@ def ofd_margin(bn_scale: Array, bn_bias: Array) -> Array:
   return jnp.where(use_truncated_mean, truncated_mean, -FALLBACK_STDS * std)
 
 
-def ofd_distance(student_feat: Array, teacher_feat: Array, margin: Array) -> Array:
+def ofd_distance(
+  student_feat: Array, teacher_feat: Array, margin: Array
+) -> Array:
   """Partial L2 distance to the margin-ReLU'd teacher (Heo et al., ICCV 2019, Sec. 3).
 
   Official code: ``distillation_loss``.
@@ -94,12 +96,16 @@ def ofd_distance(student_feat: Array, teacher_feat: Array, margin: Array) -> Arr
     float32 scalar: sum over all elements divided by the batch size B.
   """
   if student_feat.shape != teacher_feat.shape:
-    raise ValueError(f"ofd_distance: connector output {student_feat.shape} and teacher feature "
-                     f"{teacher_feat.shape} must have the same shape")
+    raise ValueError(
+      f'ofd_distance: connector output {student_feat.shape} and teacher feature '
+      f'{teacher_feat.shape} must have the same shape'
+    )
   margin = jnp.asarray(margin)
   if margin.shape not in ((teacher_feat.shape[-1],), ()):
-    raise ValueError(f"ofd_distance: margin {margin.shape} must be per channel, "
-                     f"({teacher_feat.shape[-1]},)")
+    raise ValueError(
+      f'ofd_distance: margin {margin.shape} must be per channel, '
+      f'({teacher_feat.shape[-1]},)'
+    )
   student = student_feat.astype(jnp.float32)
   teacher = jax.lax.stop_gradient(teacher_feat).astype(jnp.float32)
   margin = jax.lax.stop_gradient(margin).astype(jnp.float32)
@@ -111,11 +117,14 @@ def ofd_distance(student_feat: Array, teacher_feat: Array, margin: Array) -> Arr
 
 def ofd_stage_weights(num_stages: int) -> Tuple[float, ...]:
   """1 / 2^(N - i - 1) for stage i = 0..N-1: the deepest stage weighs 1 (official distiller.py)."""
-  return tuple(1.0 / 2**(num_stages - i - 1) for i in range(num_stages))
+  return tuple(1.0 / 2 ** (num_stages - i - 1) for i in range(num_stages))
 
 
-def ofd_feature_loss(student_feats: Sequence[Array], teacher_feats: Sequence[Array],
-                     margins: Sequence[Array]) -> Array:
+def ofd_feature_loss(
+  student_feats: Sequence[Array],
+  teacher_feats: Sequence[Array],
+  margins: Sequence[Array],
+) -> Array:
   """Stage-weighted OFD distance (official distiller.py).
 
       loss = sum_{i=0}^{N-1} ofd_distance(r_i(F_s^i), F_t^i, m_i) / 2^(N - i - 1)
@@ -123,18 +132,29 @@ def ofd_feature_loss(student_feats: Sequence[Array], teacher_feats: Sequence[Arr
   Stages are ordered shallow to deep. Returns a float32 scalar.
   """
   if not len(student_feats) == len(teacher_feats) == len(margins):
-    raise ValueError(f"ofd_feature_loss: got {len(student_feats)} student, {len(teacher_feats)} "
-                     f"teacher features and {len(margins)} margins")
+    raise ValueError(
+      f'ofd_feature_loss: got {len(student_feats)} student, {len(teacher_feats)} '
+      f'teacher features and {len(margins)} margins'
+    )
   weights = ofd_stage_weights(len(student_feats))
-  return sum((w * ofd_distance(s, t, m)
-              for w, s, t, m in zip(weights, student_feats, teacher_feats, margins)),
-             jnp.zeros((), jnp.float32))
+  return sum(
+    (
+      w * ofd_distance(s, t, m)
+      for w, s, t, m in zip(weights, student_feats, teacher_feats, margins)
+    ),
+    jnp.zeros((), jnp.float32),
+  )
 
 
-def ofd_total(student_logits: Array, labels: Array, student_feats: Sequence[Array],
-              teacher_feats: Sequence[Array], margins: Sequence[Array],
-              alpha: float = DEFAULT_ALPHA_CIFAR,
-              label_smoothing: float = 0.0) -> Tuple[Array, Dict[str, Array]]:
+def ofd_total(
+  student_logits: Array,
+  labels: Array,
+  student_feats: Sequence[Array],
+  teacher_feats: Sequence[Array],
+  margins: Sequence[Array],
+  alpha: float = DEFAULT_ALPHA_CIFAR,
+  label_smoothing: float = 0.0,
+) -> Tuple[Array, Dict[str, Array]]:
   """OFD student objective (Heo et al., ICCV 2019, Sec. 3 and the official code; SPEC section 3).
 
       L = CE(y, z_s) + alpha * sum_i d_p(sigma_m(F_t^i), r_i(F_s^i)) / 2^(N - i - 1) / B
@@ -147,12 +167,18 @@ def ofd_total(student_logits: Array, labels: Array, student_feats: Sequence[Arra
     stage sum before alpha), the unweighted per-stage 'ofd/0', ..., and 'total'.
   """
   if not len(student_feats) == len(teacher_feats) == len(margins):
-    raise ValueError(f"ofd_total: got {len(student_feats)} student, {len(teacher_feats)} "
-                     f"teacher features and {len(margins)} margins")
+    raise ValueError(
+      f'ofd_total: got {len(student_feats)} student, {len(teacher_feats)} '
+      f'teacher features and {len(margins)} margins'
+    )
   weights = ofd_stage_weights(len(student_feats))
-  terms = {f"ofd/{i}": ofd_distance(s, t, m)
-           for i, (s, t, m) in enumerate(zip(student_feats, teacher_feats, margins))}
-  feature_loss = sum((w * d for w, d in zip(weights, terms.values())), jnp.zeros((), jnp.float32))
+  terms = {
+    f'ofd/{i}': ofd_distance(s, t, m)
+    for i, (s, t, m) in enumerate(zip(student_feats, teacher_feats, margins))
+  }
+  feature_loss = sum(
+    (w * d for w, d in zip(weights, terms.values())), jnp.zeros((), jnp.float32)
+  )
   ce = cross_entropy(student_logits, labels, label_smoothing)
   total = ce + alpha * feature_loss
   terms.update(ce=ce, ofd=feature_loss, total=total)

@@ -40,7 +40,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from kdjax.losses.classification import DEFAULT_TEMPERATURE, cross_entropy, kd_loss
+from kdjax.losses.classification import (
+  DEFAULT_TEMPERATURE,
+  cross_entropy,
+  kd_loss,
+)
 from kdjax.ops import normalize_padding, normalize_strides
 
 Array = jax.Array
@@ -52,11 +56,15 @@ DEFAULT_BETA = 5.0
 # Floor of the batch-mean distance: a layer whose patches all equal its
 # filters would otherwise get sigma = 0 and 0 / 0 in the exponent.
 _MIN_MEAN_DISTANCE = 1e-12
-_CONV_DIMENSIONS = ("NHWC", "HWIO", "NHWC")
+_CONV_DIMENSIONS = ('NHWC', 'HWIO', 'NHWC')
 
 
-def patch_sq_norms(inputs: Array, kernel_size: Sequence[int],
-                   strides: Union[int, Sequence[int]] = 1, padding: Any = "SAME") -> Array:
+def patch_sq_norms(
+  inputs: Array,
+  kernel_size: Sequence[int],
+  strides: Union[int, Sequence[int]] = 1,
+  padding: Any = 'SAME',
+) -> Array:
   """||x_p||^2 for every patch a conv with this geometry sees (our reconstruction, SPEC §2).
 
       E[b, h, w, 0] = sum_{i, j, c} X[b, h*s + i, w*s + j, c]^2
@@ -75,10 +83,18 @@ def patch_sq_norms(inputs: Array, kernel_size: Sequence[int],
   kernel_hw = tuple(int(k) for k in kernel_size)
   strides = normalize_strides(strides)
   pads = normalize_padding(padding, inputs.shape[1:3], kernel_hw, strides)
-  energy = jnp.sum(jnp.square(inputs.astype(jnp.float32)), axis=-1, keepdims=True)
+  energy = jnp.sum(
+    jnp.square(inputs.astype(jnp.float32)), axis=-1, keepdims=True
+  )
   ones = jnp.ones(kernel_hw + (1, 1), jnp.float32)
-  return lax.conv_general_dilated(energy, ones, strides, pads, dimension_numbers=_CONV_DIMENSIONS,
-                                  precision=lax.Precision.HIGHEST)
+  return lax.conv_general_dilated(
+    energy,
+    ones,
+    strides,
+    pads,
+    dimension_numbers=_CONV_DIMENSIONS,
+    precision=lax.Precision.HIGHEST,
+  )
 
 
 def filter_sq_norms(kernel: Array) -> Array:
@@ -87,10 +103,14 @@ def filter_sq_norms(kernel: Array) -> Array:
   Returns:
     (O,) float32: sum over (kh, kw, C_in) of kernel^2.
   """
-  return jnp.sum(jnp.square(kernel.astype(jnp.float32)), axis=tuple(range(kernel.ndim - 1)))
+  return jnp.sum(
+    jnp.square(kernel.astype(jnp.float32)), axis=tuple(range(kernel.ndim - 1))
+  )
 
 
-def gaussian_sq_distance(conv_out: Array, patch_energy: Array, filter_sq_norm: Array) -> Array:
+def gaussian_sq_distance(
+  conv_out: Array, patch_energy: Array, filter_sq_norm: Array
+) -> Array:
   """||x_p - f_o||^2 from a conv output (our reconstruction, SPEC §2).
 
       d2 = max(||x_p||^2 + ||f_o||^2 - 2 x_p . f_o, 0)
@@ -106,12 +126,17 @@ def gaussian_sq_distance(conv_out: Array, patch_energy: Array, filter_sq_norm: A
   Returns:
     (B, H, W, O) float32, elementwise.
   """
-  sq_dist = (patch_energy.astype(jnp.float32) + filter_sq_norm.astype(jnp.float32)
-             - 2.0 * conv_out.astype(jnp.float32))
+  sq_dist = (
+    patch_energy.astype(jnp.float32)
+    + filter_sq_norm.astype(jnp.float32)
+    - 2.0 * conv_out.astype(jnp.float32)
+  )
   return jnp.maximum(sq_dist, 0.0)
 
 
-def gaussian_kernel_sigma(sq_distance: Array, sigma_scale: float = DEFAULT_SIGMA_SCALE) -> Array:
+def gaussian_kernel_sigma(
+  sq_distance: Array, sigma_scale: float = DEFAULT_SIGMA_SCALE
+) -> Array:
   """Per-layer Gaussian bandwidth (our reconstruction, SPEC §2).
 
       sigma_c = sqrt(s * sg(mean d2) / 2),   i.e.  2 sigma_c^2 = s * mean d2
@@ -123,11 +148,14 @@ def gaussian_kernel_sigma(sq_distance: Array, sigma_scale: float = DEFAULT_SIGMA
     float32 scalar, under ``stop_gradient``.
   """
   mean_sq_dist = jnp.mean(lax.stop_gradient(sq_distance).astype(jnp.float32))
-  return jnp.sqrt(sigma_scale * jnp.maximum(mean_sq_dist, _MIN_MEAN_DISTANCE) / 2.0)
+  return jnp.sqrt(
+    sigma_scale * jnp.maximum(mean_sq_dist, _MIN_MEAN_DISTANCE) / 2.0
+  )
 
 
-def gaussian_kernel_features(conv_out: Array, patch_energy: Array, filter_sq_norm: Array,
-                             sigma: Array) -> Array:
+def gaussian_kernel_features(
+  conv_out: Array, patch_energy: Array, filter_sq_norm: Array, sigma: Array
+) -> Array:
   """Gaussian kernel features of a conv layer (our reconstruction, SPEC §2).
 
   PKKD (Xu et al., NeurIPS 2020) maps CNN features with a Gaussian kernel; its
@@ -151,7 +179,9 @@ def gaussian_kernel_features(conv_out: Array, patch_energy: Array, filter_sq_nor
   return jnp.exp(-sq_dist / (2.0 * jnp.square(sigma)))
 
 
-def laplace_kernel_sigma(adder_out: Array, sigma_scale: float = DEFAULT_SIGMA_SCALE) -> Array:
+def laplace_kernel_sigma(
+  adder_out: Array, sigma_scale: float = DEFAULT_SIGMA_SCALE
+) -> Array:
   """Per-layer Laplace bandwidth (our reconstruction, SPEC §2).
 
       sigma_a = s * sg(mean ||x_p - f_o||_1) = s * sg(mean(-Y))
@@ -188,9 +218,14 @@ def laplace_kernel_features(adder_out: Array, sigma: Array) -> Array:
   return jnp.exp(jnp.minimum(adder_out.astype(jnp.float32), 0.0) / sigma)
 
 
-def gaussian_kernel_from_conv(inputs: Array, kernel: Array, conv_out: Array,
-                              strides: Union[int, Sequence[int]] = 1, padding: Any = "SAME",
-                              sigma_scale: float = DEFAULT_SIGMA_SCALE) -> Array:
+def gaussian_kernel_from_conv(
+  inputs: Array,
+  kernel: Array,
+  conv_out: Array,
+  strides: Union[int, Sequence[int]] = 1,
+  padding: Any = 'SAME',
+  sigma_scale: float = DEFAULT_SIGMA_SCALE,
+) -> Array:
   """Teacher-side features in one call: patch and filter norms, bandwidth, kernel.
 
       h = exp(-d2 / (s * sg(mean d2))),   d2 = ||x_p - f_o||^2      (our reconstruction, SPEC §2)
@@ -207,13 +242,15 @@ def gaussian_kernel_from_conv(inputs: Array, kernel: Array, conv_out: Array,
   """
   patch_energy = patch_sq_norms(inputs, kernel.shape[:2], strides, padding)
   filter_energy = filter_sq_norms(kernel)
-  sigma = gaussian_kernel_sigma(gaussian_sq_distance(conv_out, patch_energy, filter_energy),
-                                sigma_scale)
+  sigma = gaussian_kernel_sigma(
+    gaussian_sq_distance(conv_out, patch_energy, filter_energy), sigma_scale
+  )
   return gaussian_kernel_features(conv_out, patch_energy, filter_energy, sigma)
 
 
-def laplace_kernel_from_adder(adder_out: Array,
-                              sigma_scale: float = DEFAULT_SIGMA_SCALE) -> Array:
+def laplace_kernel_from_adder(
+  adder_out: Array, sigma_scale: float = DEFAULT_SIGMA_SCALE
+) -> Array:
   """Student-side features in one call (our reconstruction, SPEC §2).
 
       g = exp(Y / (s * sg(mean(-Y))))
@@ -221,7 +258,9 @@ def laplace_kernel_from_adder(adder_out: Array,
   Returns:
     (B, H, W, O) float32 in (0, 1].
   """
-  return laplace_kernel_features(adder_out, laplace_kernel_sigma(adder_out, sigma_scale))
+  return laplace_kernel_features(
+    adder_out, laplace_kernel_sigma(adder_out, sigma_scale)
+  )
 
 
 def pkkd_feature_loss(student_feats: PyTree, teacher_feats: PyTree) -> Array:
@@ -242,23 +281,33 @@ def pkkd_feature_loss(student_feats: PyTree, teacher_feats: PyTree) -> Array:
   student_leaves, student_def = jax.tree.flatten(student_feats)
   teacher_leaves, teacher_def = jax.tree.flatten(teacher_feats)
   if student_def != teacher_def:
-    raise ValueError(f"pkkd_feature_loss: student layers {student_def} and teacher layers "
-                     f"{teacher_def} differ")
+    raise ValueError(
+      f'pkkd_feature_loss: student layers {student_def} and teacher layers '
+      f'{teacher_def} differ'
+    )
   total = jnp.zeros((), jnp.float32)
   for student, teacher in zip(student_leaves, teacher_leaves):
     if student.shape != teacher.shape:
-      raise ValueError(f"pkkd_feature_loss: student {student.shape} and teacher {teacher.shape} "
-                       "kernel features must have the same shape")
+      raise ValueError(
+        f'pkkd_feature_loss: student {student.shape} and teacher {teacher.shape} '
+        'kernel features must have the same shape'
+      )
     teacher = lax.stop_gradient(teacher).astype(jnp.float32)
     total = total + jnp.mean(jnp.square(student.astype(jnp.float32) - teacher))
   return total
 
 
-def pkkd_total(student_logits: Array, teacher_logits: Array, labels: Array,
-               student_feats: PyTree, teacher_feats: PyTree,
-               alpha: float = DEFAULT_ALPHA, beta: float = DEFAULT_BETA,
-               temperature: float = DEFAULT_TEMPERATURE,
-               label_smoothing: float = 0.0) -> Tuple[Array, Dict[str, Array]]:
+def pkkd_total(
+  student_logits: Array,
+  teacher_logits: Array,
+  labels: Array,
+  student_feats: PyTree,
+  teacher_feats: PyTree,
+  alpha: float = DEFAULT_ALPHA,
+  beta: float = DEFAULT_BETA,
+  temperature: float = DEFAULT_TEMPERATURE,
+  label_smoothing: float = 0.0,
+) -> Tuple[Array, Dict[str, Array]]:
   """PKKD student objective (Xu et al., NeurIPS 2020; our reconstruction, SPEC §2).
 
       L = CE(y, z_s) + alpha * T^2 KL(softmax(z_t/T) || softmax(z_s/T))
@@ -276,4 +325,4 @@ def pkkd_total(student_logits: Array, teacher_logits: Array, labels: Array,
   kd = kd_loss(student_logits, teacher_logits, temperature)
   feat = pkkd_feature_loss(student_feats, teacher_feats)
   total = ce + alpha * kd + beta * feat
-  return total, {"ce": ce, "kd": kd, "feat": feat, "total": total}
+  return total, {'ce': ce, 'kd': kd, 'feat': feat, 'total': total}

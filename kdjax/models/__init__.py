@@ -55,12 +55,27 @@ from kdjax.models.ekd_student import EKDStudent
 from kdjax.models.imagenet_resnet import ImageNetResNet
 from kdjax.models.layers import CONV_TYPES, ConvOrAdder, adder_kernel_mask
 from kdjax.models.mobilenet import MobileNetV1
-from kdjax.models.registry import (available_models, build_model, check_input_size,
-                                   min_image_size, model_spec)
+from kdjax.models.registry import (
+  available_models,
+  build_model,
+  check_input_size,
+  min_image_size,
+  model_spec,
+)
 from kdjax.models.wide_resnet import WideResNet
 
 __all__ = [
-    'CONV_TYPES', 'CifarResNet', 'ConvOrAdder', 'EKDStudent', 'ImageNetResNet', 'MobileNetV1',
-    'WideResNet', 'adder_kernel_mask', 'available_models', 'build_model', 'check_input_size',
-    'min_image_size', 'model_spec',
+  'CONV_TYPES',
+  'CifarResNet',
+  'ConvOrAdder',
+  'EKDStudent',
+  'ImageNetResNet',
+  'MobileNetV1',
+  'WideResNet',
+  'adder_kernel_mask',
+  'available_models',
+  'build_model',
+  'check_input_size',
+  'min_image_size',
+  'model_spec',
 ]

@@ -25,6 +25,7 @@ from kdjax.models import layers
 
 class CifarResNet(nn.Module):
   """CIFAR ResNet. See the module docstring; features as in kdjax.models."""
+
   stage_sizes: Sequence[int]
   stem_width: int = 16
   stage_widths: Sequence[int] = (16, 32, 64)
@@ -39,27 +40,38 @@ class CifarResNet(nn.Module):
   @property
   def layout(self) -> str:
     depth = 2 + 2 * sum(self.stage_sizes)
-    return (f'CIFAR ResNet-{depth}: stem conv3x3 {self.stem_width} (multiplicative), stages '
-            f'{list(self.stage_sizes)} basic blocks of widths {list(self.stage_widths)}, strides '
-            f'1/2/2, 1x1 projection shortcuts, global avg pool, dense classifier')
+    return (
+      f'CIFAR ResNet-{depth}: stem conv3x3 {self.stem_width} (multiplicative), stages '
+      f'{list(self.stage_sizes)} basic blocks of widths {list(self.stage_widths)}, strides '
+      f'1/2/2, 1x1 projection shortcuts, global avg pool, dense classifier'
+    )
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False):
     layers.check_conv_type(self.conv_type)
     layers.check_images(images, self.total_stride, type(self).__name__)
     # AdderNet keeps the stem multiplicative.
-    x = layers.ConvOrAdder(self.stem_width, 3, conv_type='conv', dtype=self.dtype,
-                           name='stem')(images)
+    x = layers.ConvOrAdder(
+      self.stem_width, 3, conv_type='conv', dtype=self.dtype, name='stem'
+    )(images)
     x = nn.relu(layers.batch_norm(train, self.dtype, name='stem_bn')(x))
     stages = []
-    for i, (num_blocks, width) in enumerate(zip(self.stage_sizes, self.stage_widths)):
+    for i, (num_blocks, width) in enumerate(
+      zip(self.stage_sizes, self.stage_widths)
+    ):
       for j in range(num_blocks):
         strides = 2 if i > 0 and j == 0 else 1
         preact, block_features = layers.BasicBlock(
-            width, strides, self.conv_type, self.dtype, name=f'stage{i + 1}_block{j + 1}')(
-                x, train)
+          width,
+          strides,
+          self.conv_type,
+          self.dtype,
+          name=f'stage{i + 1}_block{j + 1}',
+        )(x, train)
         x = nn.relu(preact)
       stages.append(block_features)
     pooled = layers.global_avg_pool(x)
-    logits = layers.classify(pooled, self.num_classes, self.conv_type, train, self.dtype)
+    logits = layers.classify(
+      pooled, self.num_classes, self.conv_type, train, self.dtype
+    )
     return logits, dict(stages=tuple(stages), pooled=pooled)

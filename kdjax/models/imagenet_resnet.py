@@ -28,6 +28,7 @@ from kdjax.models import layers
 
 class Bottleneck(nn.Module):
   """Post-activation bottleneck: 1x1 -> 3x3 -> 1x1 (x4), returns the pre-ReLU sum."""
+
   width: int
   strides: int = 1
   stride_in_1x1: bool = False
@@ -38,16 +39,21 @@ class Bottleneck(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool):
-    conv = functools.partial(layers.ConvOrAdder, conv_type=self.conv_type, dtype=self.dtype)
+    conv = functools.partial(
+      layers.ConvOrAdder, conv_type=self.conv_type, dtype=self.dtype
+    )
     norm = functools.partial(layers.batch_norm, train, self.dtype)
-    strides_1x1, strides_3x3 = (self.strides, 1) if self.stride_in_1x1 else (1, self.strides)
+    strides_1x1, strides_3x3 = (
+      (self.strides, 1) if self.stride_in_1x1 else (1, self.strides)
+    )
     out_features = self.width * self.expansion
     y = conv(self.width, 1, strides_1x1, name='conv1')(x)
     y = nn.relu(norm(name='bn1')(y))
     y = conv(self.width, 3, strides_3x3, name='conv2')(y)
     y = nn.relu(norm(name='bn2')(y))
     raw, patch_energy, filter_sq_norm = conv(out_features, 1, name='conv3')(
-        y, return_kernel_features=True)
+      y, return_kernel_features=True
+    )
     bn3 = norm(name='bn3')
     y = bn3(raw)
     shortcut = x
@@ -55,11 +61,14 @@ class Bottleneck(nn.Module):
       shortcut = conv(out_features, 1, self.strides, name='shortcut')(x)
       shortcut = norm(name='shortcut_bn')(shortcut)
     preact = y + shortcut
-    return preact, layers.stage_features(preact, bn3, raw, patch_energy, filter_sq_norm)
+    return preact, layers.stage_features(
+      preact, bn3, raw, patch_energy, filter_sq_norm
+    )
 
 
 class ImageNetResNet(nn.Module):
   """ImageNet ResNet. See the module docstring; features as in kdjax.models."""
+
   stage_sizes: Sequence[int]
   block: str = 'bottleneck'  # 'basic' or 'bottleneck'
   stride_in_1x1: bool = False
@@ -79,32 +88,50 @@ class ImageNetResNet(nn.Module):
       where = 'ResNet v1 layout: stride in the first 1x1 of each bottleneck'
     else:
       where = 'torchvision layout: stride in the 3x3 of each bottleneck'
-    return (f'ImageNet ResNet-{depth} ({where}); stem conv7x7/2 64 (multiplicative) + maxpool '
-            f'3x3/2, stages {list(self.stage_sizes)}, 1x1 projection shortcuts, global avg pool, '
-            f'dense classifier')
+    return (
+      f'ImageNet ResNet-{depth} ({where}); stem conv7x7/2 64 (multiplicative) + maxpool '
+      f'3x3/2, stages {list(self.stage_sizes)}, 1x1 projection shortcuts, global avg pool, '
+      f'dense classifier'
+    )
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False):
     layers.check_conv_type(self.conv_type)
     if self.block not in ('basic', 'bottleneck'):
-      raise ValueError(f"block must be 'basic' or 'bottleneck', got {self.block!r}")
+      raise ValueError(
+        f"block must be 'basic' or 'bottleneck', got {self.block!r}"
+      )
     layers.check_images(images, self.total_stride, type(self).__name__)
-    x = layers.ConvOrAdder(64, 7, 2, conv_type='conv', dtype=self.dtype, name='stem')(images)
+    x = layers.ConvOrAdder(
+      64, 7, 2, conv_type='conv', dtype=self.dtype, name='stem'
+    )(images)
     x = nn.relu(layers.batch_norm(train, self.dtype, name='stem_bn')(x))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     stages = []
-    for i, (num_blocks, width) in enumerate(zip(self.stage_sizes, self.stage_widths)):
+    for i, (num_blocks, width) in enumerate(
+      zip(self.stage_sizes, self.stage_widths)
+    ):
       for j in range(num_blocks):
         strides = 2 if i > 0 and j == 0 else 1
         name = f'stage{i + 1}_block{j + 1}'
         if self.block == 'basic':
-          block = layers.BasicBlock(width, strides, self.conv_type, self.dtype, name=name)
+          block = layers.BasicBlock(
+            width, strides, self.conv_type, self.dtype, name=name
+          )
         else:
-          block = Bottleneck(width, strides, self.stride_in_1x1, self.conv_type, self.dtype,
-                             name=name)
+          block = Bottleneck(
+            width,
+            strides,
+            self.stride_in_1x1,
+            self.conv_type,
+            self.dtype,
+            name=name,
+          )
         preact, block_features = block(x, train)
         x = nn.relu(preact)
       stages.append(block_features)
     pooled = layers.global_avg_pool(x)
-    logits = layers.classify(pooled, self.num_classes, self.conv_type, train, self.dtype)
+    logits = layers.classify(
+      pooled, self.num_classes, self.conv_type, train, self.dtype
+    )
     return logits, dict(stages=tuple(stages), pooled=pooled)

@@ -31,7 +31,9 @@ CONV_KERNEL_INIT = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 # AdderNet initialises adder filters N(0, 1) (SPEC section 1).
 ADDER_KERNEL_INIT = nn.initializers.normal(stddev=1.0)
 # torch.nn.Linear's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)) weight init.
-DENSE_KERNEL_INIT = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
+DENSE_KERNEL_INIT = nn.initializers.variance_scaling(
+  1.0 / 3.0, 'fan_in', 'uniform'
+)
 
 # PyTorch BatchNorm2d defaults: momentum 0.1 on the new value, eps 1e-5.
 BN_MOMENTUM = 0.9
@@ -42,7 +44,9 @@ _DIMENSION_NUMBERS = ('NHWC', 'HWIO', 'NHWC')
 
 def check_conv_type(conv_type: str) -> None:
   if conv_type not in CONV_TYPES:
-    raise ValueError(f'conv_type must be one of {list(CONV_TYPES)}, got {conv_type!r}')
+    raise ValueError(
+      f'conv_type must be one of {list(CONV_TYPES)}, got {conv_type!r}'
+    )
 
 
 def as_pair(value: IntOrPair) -> Tuple[int, int]:
@@ -54,7 +58,9 @@ def as_pair(value: IntOrPair) -> Tuple[int, int]:
   return value
 
 
-def symmetric_padding(kernel_size: IntOrPair) -> Tuple[Tuple[int, int], Tuple[int, int]]:
+def symmetric_padding(
+  kernel_size: IntOrPair,
+) -> Tuple[Tuple[int, int], Tuple[int, int]]:
   """PyTorch-style padding (k - 1) // 2 on every side, whatever the stride.
 
   flax's 'SAME' pads asymmetrically at stride 2 (more at the bottom/right), which
@@ -64,8 +70,9 @@ def symmetric_padding(kernel_size: IntOrPair) -> Tuple[Tuple[int, int], Tuple[in
   return (((kh - 1) // 2, (kh - 1) // 2), ((kw - 1) // 2, (kw - 1) // 2))
 
 
-def grouped_adder_conv(x: jax.Array, kernel: jax.Array, strides: Tuple[int, int], pads,
-                       groups: int) -> jax.Array:
+def grouped_adder_conv(
+  x: jax.Array, kernel: jax.Array, strides: Tuple[int, int], pads, groups: int
+) -> jax.Array:
   """Adder convolution with ``feature_group_count`` semantics (lax channel order).
 
   ``adder_conv`` has no groups, so the groups are vmapped: input channel group g
@@ -76,10 +83,15 @@ def grouped_adder_conv(x: jax.Array, kernel: jax.Array, strides: Tuple[int, int]
     return adder_conv(x, kernel, strides, pads)
   batch, height, width, _ = x.shape
   kh, kw, group_in, out_features = kernel.shape
-  x_groups = jnp.moveaxis(x.reshape(batch, height, width, groups, group_in), 3, 0)
+  x_groups = jnp.moveaxis(
+    x.reshape(batch, height, width, groups, group_in), 3, 0
+  )
   kernel_groups = jnp.moveaxis(
-      kernel.reshape(kh, kw, group_in, groups, out_features // groups), 3, 0)
-  y_groups = jax.vmap(lambda xg, kg: adder_conv(xg, kg, strides, pads))(x_groups, kernel_groups)
+    kernel.reshape(kh, kw, group_in, groups, out_features // groups), 3, 0
+  )
+  y_groups = jax.vmap(lambda xg, kg: adder_conv(xg, kg, strides, pads))(
+    x_groups, kernel_groups
+  )
   y = jnp.moveaxis(y_groups, 0, 3)
   return y.reshape(y.shape[:3] + (out_features,))
 
@@ -104,6 +116,7 @@ class ConvOrAdder(nn.Module):
     dtype: computation dtype; params are kept in ``param_dtype``.
     precision: lax precision of the multiplicative conv.
   """
+
   features: int
   kernel_size: IntOrPair = 3
   strides: IntOrPair = 1
@@ -133,41 +146,72 @@ class ConvOrAdder(nn.Module):
     check_conv_type(self.conv_type)
     kernel_size = as_pair(self.kernel_size)
     strides = as_pair(self.strides)
-    padding = symmetric_padding(kernel_size) if self.padding is None else self.padding
+    padding = (
+      symmetric_padding(kernel_size) if self.padding is None else self.padding
+    )
     pads = normalize_padding(padding, x.shape[1:3], kernel_size, strides)
     in_features = x.shape[-1]
     groups = self.feature_group_count
     if in_features % groups or self.features % groups:
-      raise ValueError(f'{self.path}: feature_group_count={groups} must divide the input '
-                       f'({in_features}) and output ({self.features}) channels')
+      raise ValueError(
+        f'{self.path}: feature_group_count={groups} must divide the input '
+        f'({in_features}) and output ({self.features}) channels'
+      )
     init = ADDER_KERNEL_INIT if self.conv_type == 'adder' else CONV_KERNEL_INIT
-    kernel = self.param('kernel', init, kernel_size + (in_features // groups, self.features),
-                        self.param_dtype)
+    kernel = self.param(
+      'kernel',
+      init,
+      kernel_size + (in_features // groups, self.features),
+      self.param_dtype,
+    )
     x_in, kernel_in = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
     if self.conv_type == 'adder':
       y = grouped_adder_conv(x_in, kernel_in, strides, pads, groups)
     else:
-      y = lax.conv_general_dilated(x_in, kernel_in, strides, pads,
-                                   dimension_numbers=_DIMENSION_NUMBERS,
-                                   feature_group_count=groups, precision=self.precision)
+      y = lax.conv_general_dilated(
+        x_in,
+        kernel_in,
+        strides,
+        pads,
+        dimension_numbers=_DIMENSION_NUMBERS,
+        feature_group_count=groups,
+        precision=self.precision,
+      )
     if not return_kernel_features:
       return y
     # float32 because PKKD forms ||x||^2 + ||f||^2 - 2 x.f, which cancels badly
     # in low precision.
     ones = jnp.ones(kernel_size + (in_features // groups, groups), jnp.float32)
     patch_energy = lax.conv_general_dilated(
-        jnp.square(x.astype(jnp.float32)), ones, strides, pads,
-        dimension_numbers=_DIMENSION_NUMBERS, feature_group_count=groups,
-        precision=lax.Precision.HIGHEST)
-    filter_sq_norm = jnp.sum(jnp.square(kernel.astype(jnp.float32)), axis=(0, 1, 2))
+      jnp.square(x.astype(jnp.float32)),
+      ones,
+      strides,
+      pads,
+      dimension_numbers=_DIMENSION_NUMBERS,
+      feature_group_count=groups,
+      precision=lax.Precision.HIGHEST,
+    )
+    filter_sq_norm = jnp.sum(
+      jnp.square(kernel.astype(jnp.float32)), axis=(0, 1, 2)
+    )
     return y, patch_energy, filter_sq_norm
 
 
-def batch_norm(train: bool, dtype: Dtype = jnp.float32, name: Optional[str] = None,
-               axis_name: Optional[str] = None) -> nn.BatchNorm:
+def batch_norm(
+  train: bool,
+  dtype: Dtype = jnp.float32,
+  name: Optional[str] = None,
+  axis_name: Optional[str] = None,
+) -> nn.BatchNorm:
   """BatchNorm with PyTorch's defaults; gamma = 1, beta = 0 at init."""
-  return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                      dtype=dtype, axis_name=axis_name, name=name)
+  return nn.BatchNorm(
+    use_running_average=not train,
+    momentum=BN_MOMENTUM,
+    epsilon=BN_EPSILON,
+    dtype=dtype,
+    axis_name=axis_name,
+    name=name,
+  )
 
 
 def bn_scale_bias(bn: nn.BatchNorm) -> Tuple[jax.Array, jax.Array]:
@@ -176,24 +220,45 @@ def bn_scale_bias(bn: nn.BatchNorm) -> Tuple[jax.Array, jax.Array]:
   return params['scale'], params['bias']
 
 
-def stage_features(preact: jax.Array, bn: nn.BatchNorm, raw: jax.Array,
-                   patch_energy: jax.Array, filter_sq_norm: jax.Array) -> Dict[str, jax.Array]:
+def stage_features(
+  preact: jax.Array,
+  bn: nn.BatchNorm,
+  raw: jax.Array,
+  patch_energy: jax.Array,
+  filter_sq_norm: jax.Array,
+) -> Dict[str, jax.Array]:
   """One entry of ``features['stages']`` (contract in kdjax/models/__init__.py)."""
   scale, bias = bn_scale_bias(bn)
-  return dict(preact=preact, bn_scale=scale, bn_bias=bias, raw=raw, patch_energy=patch_energy,
-              filter_sq_norm=filter_sq_norm)
+  return dict(
+    preact=preact,
+    bn_scale=scale,
+    bn_bias=bias,
+    raw=raw,
+    patch_energy=patch_energy,
+    filter_sq_norm=filter_sq_norm,
+  )
 
 
-def classify(pooled: jax.Array, num_classes: int, conv_type: str, train: bool,
-             dtype: Dtype = jnp.float32) -> jax.Array:
+def classify(
+  pooled: jax.Array,
+  num_classes: int,
+  conv_type: str,
+  train: bool,
+  dtype: Dtype = jnp.float32,
+) -> jax.Array:
   """Classifier head, created in the calling module's scope.
 
   Always multiplicative. In adder mode it follows AdderNet: no bias, and a BN
   over the logits ('logit_bn'); the BN's beta plays the bias's role.
   """
   adder = conv_type == 'adder'
-  logits = nn.Dense(num_classes, use_bias=not adder, kernel_init=DENSE_KERNEL_INIT, dtype=dtype,
-                    name='classifier')(pooled)
+  logits = nn.Dense(
+    num_classes,
+    use_bias=not adder,
+    kernel_init=DENSE_KERNEL_INIT,
+    dtype=dtype,
+    name='classifier',
+  )(pooled)
   if adder:
     logits = batch_norm(train, dtype, name='logit_bn')(logits)
   return logits
@@ -211,12 +276,15 @@ def check_images(images: jax.Array, total_stride: int, model_name: str) -> None:
   layers only see padding-dominated 1x1 maps. We require H, W >= total_stride.
   """
   if images.ndim != 4:
-    raise ValueError(f'{model_name}: expected NHWC images, got shape {images.shape}')
+    raise ValueError(
+      f'{model_name}: expected NHWC images, got shape {images.shape}'
+    )
   height, width = images.shape[1:3]
   if min(height, width) < total_stride:
     raise ValueError(
-        f'{model_name}: image size {height}x{width} is too small; the model downsamples by '
-        f'{total_stride}, so height and width must be at least {total_stride}')
+      f'{model_name}: image size {height}x{width} is too small; the model downsamples by '
+      f'{total_stride}, so height and width must be at least {total_stride}'
+    )
 
 
 class BasicBlock(nn.Module):
@@ -227,6 +295,7 @@ class BasicBlock(nn.Module):
   sum; the caller applies the ReLU (OFD: the block-ending ReLU moved to the
   start of the next block, same function).
   """
+
   features: int
   strides: int = 1
   conv_type: str = 'conv'
@@ -234,12 +303,15 @@ class BasicBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool):
-    conv = functools.partial(ConvOrAdder, conv_type=self.conv_type, dtype=self.dtype)
+    conv = functools.partial(
+      ConvOrAdder, conv_type=self.conv_type, dtype=self.dtype
+    )
     norm = functools.partial(batch_norm, train, self.dtype)
     y = conv(self.features, 3, self.strides, name='conv1')(x)
     y = nn.relu(norm(name='bn1')(y))
     raw, patch_energy, filter_sq_norm = conv(self.features, 3, name='conv2')(
-        y, return_kernel_features=True)
+      y, return_kernel_features=True
+    )
     bn2 = norm(name='bn2')
     y = bn2(raw)
     shortcut = x
@@ -247,10 +319,14 @@ class BasicBlock(nn.Module):
       shortcut = conv(self.features, 1, self.strides, name='shortcut')(x)
       shortcut = norm(name='shortcut_bn')(shortcut)
     preact = y + shortcut
-    return preact, stage_features(preact, bn2, raw, patch_energy, filter_sq_norm)
+    return preact, stage_features(
+      preact, bn2, raw, patch_energy, filter_sq_norm
+    )
 
 
-def adder_kernel_mask(model: nn.Module, images_shape: Sequence[int], **call_kwargs) -> Any:
+def adder_kernel_mask(
+  model: nn.Module, images_shape: Sequence[int], **call_kwargs
+) -> Any:
   """A params-shaped pytree of bools: True for the kernels of adder layers.
 
   For the AdderNet adaptive learning-rate scaling, which applies to adder
@@ -265,16 +341,21 @@ def adder_kernel_mask(model: nn.Module, images_shape: Sequence[int], **call_kwar
 
   def interceptor(next_fun, args, kwargs, context):
     module = context.module
-    if (isinstance(module, ConvOrAdder) and context.method_name == '__call__'
-        and module.conv_type == 'adder'):
+    if (
+      isinstance(module, ConvOrAdder)
+      and context.method_name == '__call__'
+      and module.conv_type == 'adder'
+    ):
       adder_paths.add(tuple(module.path))
     return next_fun(*args, **kwargs)
 
   call_kwargs.setdefault('train', False)
   with nn.intercept_methods(interceptor):
     variables = jax.eval_shape(
-        lambda: model.init(jax.random.key(0), jnp.zeros(images_shape, jnp.float32),
-                           **call_kwargs))
+      lambda: model.init(
+        jax.random.key(0), jnp.zeros(images_shape, jnp.float32), **call_kwargs
+      )
+    )
 
   def is_adder_kernel(path, _):
     names = tuple(getattr(k, 'key', k) for k in path)

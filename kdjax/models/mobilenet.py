@@ -22,13 +22,27 @@ import jax.numpy as jnp
 from kdjax.models import layers
 
 # (output channels, stride) of depthwise-separable blocks 1..13.
-BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1),
-          (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1))
+BLOCKS = (
+  (64, 1),
+  (128, 2),
+  (128, 1),
+  (256, 2),
+  (256, 1),
+  (512, 2),
+  (512, 1),
+  (512, 1),
+  (512, 1),
+  (512, 1),
+  (512, 1),
+  (1024, 2),
+  (1024, 1),
+)
 FEATURE_BLOCKS = (3, 5, 11, 13)
 
 
 class MobileNetV1(nn.Module):
   """MobileNet-v1. See the module docstring; features as in kdjax.models."""
+
   num_classes: int = 1000
   width_multiplier: float = 1.0
   conv_type: str = 'conv'
@@ -42,31 +56,48 @@ class MobileNetV1(nn.Module):
 
   @property
   def layout(self) -> str:
-    return (f'MobileNet-v1 (width x{self.width_multiplier}): stem conv3x3/2 32 (multiplicative), '
-            f'13 depthwise-separable blocks, global avg pool, dense classifier')
+    return (
+      f'MobileNet-v1 (width x{self.width_multiplier}): stem conv3x3/2 32 (multiplicative), '
+      f'13 depthwise-separable blocks, global avg pool, dense classifier'
+    )
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False):
     layers.check_conv_type(self.conv_type)
     layers.check_images(images, self.total_stride, type(self).__name__)
-    conv = functools.partial(layers.ConvOrAdder, conv_type=self.conv_type, dtype=self.dtype)
+    conv = functools.partial(
+      layers.ConvOrAdder, conv_type=self.conv_type, dtype=self.dtype
+    )
     norm = functools.partial(layers.batch_norm, train, self.dtype)
-    x = layers.ConvOrAdder(self._width(32), 3, 2, conv_type='conv', dtype=self.dtype,
-                           name='stem')(images)
+    x = layers.ConvOrAdder(
+      self._width(32), 3, 2, conv_type='conv', dtype=self.dtype, name='stem'
+    )(images)
     x = nn.relu(norm(name='stem_bn')(x))
     stages = []
     for index, (channels, strides) in enumerate(BLOCKS, start=1):
       in_features = x.shape[-1]
-      x = conv(in_features, 3, strides, feature_group_count=in_features,
-               name=f'block{index}_dw')(x)
+      x = conv(
+        in_features,
+        3,
+        strides,
+        feature_group_count=in_features,
+        name=f'block{index}_dw',
+      )(x)
       x = nn.relu(norm(name=f'block{index}_dw_bn')(x))
-      raw, patch_energy, filter_sq_norm = conv(self._width(channels), 1, name=f'block{index}_pw')(
-          x, return_kernel_features=True)
+      raw, patch_energy, filter_sq_norm = conv(
+        self._width(channels), 1, name=f'block{index}_pw'
+      )(x, return_kernel_features=True)
       pw_bn = norm(name=f'block{index}_pw_bn')
       preact = pw_bn(raw)
       if index in self.feature_blocks:
-        stages.append(layers.stage_features(preact, pw_bn, raw, patch_energy, filter_sq_norm))
+        stages.append(
+          layers.stage_features(
+            preact, pw_bn, raw, patch_energy, filter_sq_norm
+          )
+        )
       x = nn.relu(preact)
     pooled = layers.global_avg_pool(x)
-    logits = layers.classify(pooled, self.num_classes, self.conv_type, train, self.dtype)
+    logits = layers.classify(
+      pooled, self.num_classes, self.conv_type, train, self.dtype
+    )
     return logits, dict(stages=tuple(stages), pooled=pooled)

@@ -24,45 +24,62 @@ class ModelSpec(NamedTuple):
   default_num_classes: int
 
 
-def _cifar(blocks: int, stem: int = 16, widths: Sequence[int] = (16, 32, 64)) -> ModelSpec:
-  return ModelSpec(CifarResNet, dict(stage_sizes=(blocks,) * 3, stem_width=stem,
-                                     stage_widths=tuple(widths)), 32, 100)
+def _cifar(
+  blocks: int, stem: int = 16, widths: Sequence[int] = (16, 32, 64)
+) -> ModelSpec:
+  return ModelSpec(
+    CifarResNet,
+    dict(
+      stage_sizes=(blocks,) * 3, stem_width=stem, stage_widths=tuple(widths)
+    ),
+    32,
+    100,
+  )
 
 
 def _wrn(depth: int, widen_factor: int) -> ModelSpec:
-  return ModelSpec(WideResNet, dict(depth=depth, widen_factor=widen_factor), 32, 100)
+  return ModelSpec(
+    WideResNet, dict(depth=depth, widen_factor=widen_factor), 32, 100
+  )
 
 
 def _imagenet(stage_sizes: Sequence[int], block: str) -> ModelSpec:
-  return ModelSpec(ImageNetResNet, dict(stage_sizes=tuple(stage_sizes), block=block), 224, 1000)
+  return ModelSpec(
+    ImageNetResNet, dict(stage_sizes=tuple(stage_sizes), block=block), 224, 1000
+  )
 
 
 _MODELS: Dict[str, ModelSpec] = {
-    'resnet8': _cifar(1),
-    'resnet20': _cifar(3),
-    'resnet32': _cifar(5),
-    'resnet56': _cifar(9),
-    'resnet110': _cifar(18),
-    'resnet8x4': _cifar(1, 32, (64, 128, 256)),
-    'resnet32x4': _cifar(5, 32, (64, 128, 256)),
-    'wrn16_2': _wrn(16, 2),
-    'wrn16_4': _wrn(16, 4),
-    'wrn28_2': _wrn(28, 2),
-    'wrn28_4': _wrn(28, 4),
-    'wrn40_2': _wrn(40, 2),
-    'resnet18': _imagenet((2, 2, 2, 2), 'basic'),
-    'resnet34': _imagenet((3, 4, 6, 3), 'basic'),
-    'resnet50': _imagenet((3, 4, 6, 3), 'bottleneck'),
-    'resnet101': _imagenet((3, 4, 23, 3), 'bottleneck'),
-    'resnet152': _imagenet((3, 8, 36, 3), 'bottleneck'),
-    'mobilenet_v1': ModelSpec(MobileNetV1, {}, 224, 1000),
-    'ekd_student': ModelSpec(EKDStudent, {}, 32, 10),
+  'resnet8': _cifar(1),
+  'resnet20': _cifar(3),
+  'resnet32': _cifar(5),
+  'resnet56': _cifar(9),
+  'resnet110': _cifar(18),
+  'resnet8x4': _cifar(1, 32, (64, 128, 256)),
+  'resnet32x4': _cifar(5, 32, (64, 128, 256)),
+  'wrn16_2': _wrn(16, 2),
+  'wrn16_4': _wrn(16, 4),
+  'wrn28_2': _wrn(28, 2),
+  'wrn28_4': _wrn(28, 4),
+  'wrn40_2': _wrn(40, 2),
+  'resnet18': _imagenet((2, 2, 2, 2), 'basic'),
+  'resnet34': _imagenet((3, 4, 6, 3), 'basic'),
+  'resnet50': _imagenet((3, 4, 6, 3), 'bottleneck'),
+  'resnet101': _imagenet((3, 4, 23, 3), 'bottleneck'),
+  'resnet152': _imagenet((3, 8, 36, 3), 'bottleneck'),
+  'mobilenet_v1': ModelSpec(MobileNetV1, {}, 224, 1000),
+  'ekd_student': ModelSpec(EKDStudent, {}, 32, 10),
 }
 
 # Spellings used by RepDistiller / OFD.
 _ALIASES = {
-    'wrn_16_2': 'wrn16_2', 'wrn_16_4': 'wrn16_4', 'wrn_28_2': 'wrn28_2', 'wrn_28_4': 'wrn28_4',
-    'wrn_40_2': 'wrn40_2', 'mobilenet': 'mobilenet_v1', 'mobilenetv1': 'mobilenet_v1',
+  'wrn_16_2': 'wrn16_2',
+  'wrn_16_4': 'wrn16_4',
+  'wrn_28_2': 'wrn28_2',
+  'wrn_28_4': 'wrn28_4',
+  'wrn_40_2': 'wrn40_2',
+  'mobilenet': 'mobilenet_v1',
+  'mobilenetv1': 'mobilenet_v1',
 }
 
 
@@ -74,12 +91,20 @@ def model_spec(name: str) -> ModelSpec:
   key = name.lower().replace('-', '_')
   key = _ALIASES.get(key, key)
   if key not in _MODELS:
-    raise ValueError(f'unknown model {name!r}; valid choices: {", ".join(available_models())}')
+    raise ValueError(
+      f'unknown model {name!r}; valid choices: {", ".join(available_models())}'
+    )
   return _MODELS[key]
 
 
-def build_model(name: str, *, conv_type: str = 'conv', num_classes: int,
-                dtype: Any = jnp.float32, **kwargs) -> nn.Module:
+def build_model(
+  name: str,
+  *,
+  conv_type: str = 'conv',
+  num_classes: int,
+  dtype: Any = jnp.float32,
+  **kwargs,
+) -> nn.Module:
   """Builds a zoo model by name.
 
   Args:
@@ -102,13 +127,20 @@ def build_model(name: str, *, conv_type: str = 'conv', num_classes: int,
   """
   spec = model_spec(name)
   layers.check_conv_type(conv_type)
-  fields = {f.name for f in dataclasses.fields(spec.constructor)} - {'parent', 'name'}
+  fields = {f.name for f in dataclasses.fields(spec.constructor)} - {
+    'parent',
+    'name',
+  }
   unknown = sorted(set(kwargs) - fields)
   if unknown:
-    raise ValueError(f'{name} ({spec.constructor.__name__}) has no option(s) {unknown}; '
-                     f'valid options: {sorted(fields - {"conv_type", "num_classes", "dtype"})}')
+    raise ValueError(
+      f'{name} ({spec.constructor.__name__}) has no option(s) {unknown}; '
+      f'valid options: {sorted(fields - {"conv_type", "num_classes", "dtype"})}'
+    )
   config = dict(spec.defaults, **kwargs)
-  return spec.constructor(num_classes=num_classes, conv_type=conv_type, dtype=dtype, **config)
+  return spec.constructor(
+    num_classes=num_classes, conv_type=conv_type, dtype=dtype, **config
+  )
 
 
 def min_image_size(name: str, **kwargs) -> int:
@@ -117,17 +149,27 @@ def min_image_size(name: str, **kwargs) -> int:
   return int(model.total_stride)
 
 
-def check_input_size(name: str, image_size: Union[int, Sequence[int]], **kwargs) -> None:
+def check_input_size(
+  name: str, image_size: Union[int, Sequence[int]], **kwargs
+) -> None:
   """Raises ValueError when ``image_size`` (int or (H, W)) cannot work for ``name``.
 
   Any size at least the model's total stride works: every model ends in global
   average pooling. Smaller inputs would leave the last stride-2 layers only
   padding-dominated 1x1 maps, and are rejected (the models check this too).
   """
-  sizes = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+  sizes = (
+    (image_size, image_size)
+    if isinstance(image_size, int)
+    else tuple(image_size)
+  )
   if len(sizes) != 2 or not all(isinstance(s, int) and s > 0 for s in sizes):
-    raise ValueError(f'image size must be a positive int or (height, width), got {image_size!r}')
+    raise ValueError(
+      f'image size must be a positive int or (height, width), got {image_size!r}'
+    )
   needed = min_image_size(name, **kwargs)
   if min(sizes) < needed:
-    raise ValueError(f'{name} downsamples by {needed}: image size {sizes[0]}x{sizes[1]} is too '
-                     f'small, height and width must be at least {needed}')
+    raise ValueError(
+      f'{name} downsamples by {needed}: image size {sizes[0]}x{sizes[1]} is too '
+      f'small, height and width must be at least {needed}'
+    )

@@ -2,4 +2,4 @@
 
 from kdjax.ops.adder import adder_conv, normalize_padding, normalize_strides
 
-__all__ = ["adder_conv", "normalize_padding", "normalize_strides"]
+__all__ = ['adder_conv', 'normalize_padding', 'normalize_strides']

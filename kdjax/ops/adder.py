@@ -47,7 +47,9 @@ DEFAULT_MEMORY_BUDGET_BYTES = 256 * 1024 * 1024
 
 def _is_int(value) -> bool:
   # NumPy integers count; bools do not (True would silently mean 1).
-  return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+  return isinstance(value, (int, np.integer)) and not isinstance(
+    value, (bool, np.bool_)
+  )
 
 
 def normalize_strides(strides: Union[int, Sequence[int]]) -> Tuple[int, int]:
@@ -58,13 +60,19 @@ def normalize_strides(strides: Union[int, Sequence[int]]) -> Tuple[int, int]:
   except TypeError:
     ok = False
   if not ok:
-    raise ValueError(f"adder_conv: strides must be a positive int or a pair of them, "
-                     f"got {strides!r}")
+    raise ValueError(
+      f'adder_conv: strides must be a positive int or a pair of them, '
+      f'got {strides!r}'
+    )
   return tuple(int(s) for s in strides)
 
 
-def normalize_padding(padding: PaddingLike, in_hw: Sequence[int], kernel_hw: Sequence[int],
-                      strides: Tuple[int, int]) -> Pads:
+def normalize_padding(
+  padding: PaddingLike,
+  in_hw: Sequence[int],
+  kernel_hw: Sequence[int],
+  strides: Tuple[int, int],
+) -> Pads:
   """Resolves ``padding`` to explicit ((top, bottom), (left, right)) pairs.
 
   Accepts what ``flax.linen.Conv`` accepts: 'SAME', 'VALID', 'CIRCULAR' is not
@@ -73,10 +81,14 @@ def normalize_padding(padding: PaddingLike, in_hw: Sequence[int], kernel_hw: Seq
   """
   if isinstance(padding, str):
     mode = padding.upper()
-    if mode not in ("SAME", "VALID"):
-      raise ValueError(f"adder_conv: padding must be 'SAME', 'VALID', an int or (low, high) pairs, "
-                       f"got {padding!r}")
-    return tuple(tuple(p) for p in lax.padtype_to_pads(in_hw, kernel_hw, strides, mode))
+    if mode not in ('SAME', 'VALID'):
+      raise ValueError(
+        f"adder_conv: padding must be 'SAME', 'VALID', an int or (low, high) pairs, "
+        f'got {padding!r}'
+      )
+    return tuple(
+      tuple(p) for p in lax.padtype_to_pads(in_hw, kernel_hw, strides, mode)
+    )
   pads = None
   if _is_int(padding):
     pads = ((padding, padding), (padding, padding))
@@ -85,22 +97,32 @@ def normalize_padding(padding: PaddingLike, in_hw: Sequence[int], kernel_hw: Seq
       padding = tuple(padding)
       if len(padding) == 2 and all(_is_int(p) for p in padding):
         pads = ((padding[0], padding[0]), (padding[1], padding[1]))
-      elif len(padding) == 2 and all(len(p) == 2 and all(_is_int(v) for v in p)
-                                     for p in padding):
+      elif len(padding) == 2 and all(
+        len(p) == 2 and all(_is_int(v) for v in p) for p in padding
+      ):
         pads = tuple(tuple(p) for p in padding)
     except TypeError:
       pads = None
   if pads is None:
-    raise ValueError(f"adder_conv: cannot read padding {padding!r}; expected 'SAME', 'VALID', "
-                     "an int, a pair of ints, or ((top, bottom), (left, right))")
+    raise ValueError(
+      f"adder_conv: cannot read padding {padding!r}; expected 'SAME', 'VALID', "
+      'an int, a pair of ints, or ((top, bottom), (left, right))'
+    )
   if min(min(p) for p in pads) < 0:
-    raise ValueError(f"adder_conv: padding must be non-negative (zero padding takes part in "
-                     f"the sum; crop the input instead), got {padding!r}")
+    raise ValueError(
+      f'adder_conv: padding must be non-negative (zero padding takes part in '
+      f'the sum; crop the input instead), got {padding!r}'
+    )
   return tuple((int(lo), int(hi)) for lo, hi in pads)
 
 
-def output_channel_chunk(batch: int, padded_hw: Tuple[int, int], taps: int,
-                         out_channels: int, memory_budget_bytes: int) -> int:
+def output_channel_chunk(
+  batch: int,
+  padded_hw: Tuple[int, int],
+  taps: int,
+  out_channels: int,
+  memory_budget_bytes: int,
+) -> int:
   """Largest output-channel chunk whose backward working set fits the budget.
 
   The input gradient keeps, per chunk, the output gradient placed on the
@@ -108,15 +130,27 @@ def output_channel_chunk(batch: int, padded_hw: Tuple[int, int], taps: int,
   floats (less at stride > 1, where each phase holds only its own taps).
   """
   per_channel = taps * batch * padded_hw[0] * padded_hw[1] * 4
-  return int(max(1, min(out_channels, memory_budget_bytes // max(per_channel, 1))))
+  return int(
+    max(1, min(out_channels, memory_budget_bytes // max(per_channel, 1)))
+  )
 
 
-def _tap(xp: jax.Array, i: int, j: int, out_hw: Tuple[int, int], strides: Tuple[int, int]):
+def _tap(
+  xp: jax.Array,
+  i: int,
+  j: int,
+  out_hw: Tuple[int, int],
+  strides: Tuple[int, int],
+):
   """Strided view of the padded input seen by kernel tap (i, j): (N, Ho, Wo, C)."""
   n, _, _, c = xp.shape
   (ho, wo), (sh, sw) = out_hw, strides
-  return lax.slice(xp, (0, i, j, 0), (n, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c),
-                   (1, sh, sw, 1))
+  return lax.slice(
+    xp,
+    (0, i, j, 0),
+    (n, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c),
+    (1, sh, sw, 1),
+  )
 
 
 def _pad(x, pads):
@@ -124,8 +158,10 @@ def _pad(x, pads):
 
 
 def _out_hw(xp_shape, kernel_shape, strides):
-  return ((xp_shape[1] - kernel_shape[0]) // strides[0] + 1,
-          (xp_shape[2] - kernel_shape[1]) // strides[1] + 1)
+  return (
+    (xp_shape[1] - kernel_shape[0]) // strides[0] + 1,
+    (xp_shape[2] - kernel_shape[1]) // strides[1] + 1,
+  )
 
 
 def _adder_forward(x, kernel, strides, pads):
@@ -171,18 +207,26 @@ def _phase_input_grad(xq, filters, g, offsets, chunk):
 
   def place(a, offset):
     (_, ho, wo, _), (di, dj) = a.shape, offset
-    return lax.pad(a, jnp.zeros((), a.dtype),
-                   [(0, 0, 0), (di, hq - di - ho, 0), (dj, wq - dj - wo, 0), (0, 0, 0)])
+    return lax.pad(
+      a,
+      jnp.zeros((), a.dtype),
+      [(0, 0, 0), (di, hq - di - ho, 0), (dj, wq - dj - wo, 0), (0, 0, 0)],
+    )
 
   def chunk_grad(acc, chunk_in):
     g_chunk, f_chunk = chunk_in  # (N, Ho, Wo, oc), (oc, T, C)
-    placed = jnp.stack([place(g_chunk, offset) for offset in offsets])  # (T, N, Hq, Wq, oc)
+    placed = jnp.stack(
+      [place(g_chunk, offset) for offset in offsets]
+    )  # (T, N, Hq, Wq, oc)
     placed = jnp.moveaxis(placed, -1, 0)  # (oc, T, N, Hq, Wq)
 
     # One (output channel, tap) pair per scan step: XLA CPU fuses a single
     # broadcast-multiply-add into a fast vectorised loop, while several taps
     # in one step made a fusion that ran ~4x slower per tap (measured).
-    pairs = placed.reshape((-1,) + placed.shape[2:]), f_chunk.reshape(-1, f_chunk.shape[-1])
+    pairs = (
+      placed.reshape((-1,) + placed.shape[2:]),
+      f_chunk.reshape(-1, f_chunk.shape[-1]),
+    )
 
     def add_pair(acc, pair):
       g_ot, f_ot = pair  # (N, Hq, Wq), (C,)
@@ -220,8 +264,11 @@ def _phase_input_grad_by_channel(xq, filters, g, offsets, chunk):
     g_o = lax.dynamic_slice_in_dim(g_padded, o, 1, axis=3)
     f_o = lax.dynamic_index_in_dim(filters, o, 0, keepdims=False)  # (T, C)
     for t, (di, dj) in enumerate(offsets):
-      window = lax.slice(g_o, (0, low_h - di, low_w - dj, 0),
-                         (n, low_h - di + hq, low_w - dj + wq, 1))
+      window = lax.slice(
+        g_o,
+        (0, low_h - di, low_w - dj, 0),
+        (n, low_h - di + hq, low_w - dj + wq, 1),
+      )
       acc = acc + window * jnp.clip(f_o[t] - xq, -1.0, 1.0)
     return acc
 
@@ -243,7 +290,9 @@ def _input_grad(xp, kernel, g, strides, chunk):
   """
   kh, kw, in_channels, out_channels = kernel.shape
   (sh, sw), (hp, wp) = strides, xp.shape[1:3]
-  filters = jnp.moveaxis(kernel.reshape(kh * kw, in_channels, out_channels), -1, 0)  # (O, T, C)
+  filters = jnp.moveaxis(
+    kernel.reshape(kh * kw, in_channels, out_channels), -1, 0
+  )  # (O, T, C)
   dxp = jnp.zeros_like(xp)
   for a in range(min(sh, kh)):
     for b in range(min(sw, kw)):
@@ -251,20 +300,36 @@ def _input_grad(xp, kernel, g, strides, chunk):
       xq = xp[:, a::sh, b::sw, :]
       phase_filters = filters[:, [i * kw + j for i, j in taps], :]
       offsets = [(i // sh, j // sw) for i, j in taps]
-      phase_grad = (_phase_input_grad_by_channel if in_channels <= TAPS_FUSED_MAX_CHANNELS
-                    else _phase_input_grad)
+      phase_grad = (
+        _phase_input_grad_by_channel
+        if in_channels <= TAPS_FUSED_MAX_CHANNELS
+        else _phase_input_grad
+      )
       dxq = phase_grad(xq, phase_filters, g, offsets, chunk)
       hq, wq = dxq.shape[1:3]
-      dxp = dxp + lax.pad(dxq, jnp.zeros((), dxq.dtype),
-                          [(0, 0, 0), (a, hp - a - ((hq - 1) * sh + 1), sh - 1),
-                           (b, wp - b - ((wq - 1) * sw + 1), sw - 1), (0, 0, 0)])
+      dxp = dxp + lax.pad(
+        dxq,
+        jnp.zeros((), dxq.dtype),
+        [
+          (0, 0, 0),
+          (a, hp - a - ((hq - 1) * sh + 1), sh - 1),
+          (b, wp - b - ((wq - 1) * sw + 1), sw - 1),
+          (0, 0, 0),
+        ],
+      )
   return dxp
 
 
 def _patches(xp, kernel_hw, out_hw, strides):
   """(N, Ho, Wo, T * C) im2col patches of the padded input, tap-major."""
-  return jnp.concatenate([_tap(xp, i, j, out_hw, strides)
-                          for i in range(kernel_hw[0]) for j in range(kernel_hw[1])], axis=-1)
+  return jnp.concatenate(
+    [
+      _tap(xp, i, j, out_hw, strides)
+      for i in range(kernel_hw[0])
+      for j in range(kernel_hw[1])
+    ],
+    axis=-1,
+  )
 
 
 def _fused_forward(x, kernel, strides, pads):
@@ -293,28 +358,34 @@ def _fused_input_grad(xp, kernel, g, strides):
   extract = lambda xp: _patches(xp, kernel.shape[:2], out_hw, strides)
   patches, scatter = jax.vjp(extract, xp)
   filters = kernel.reshape(-1, kernel.shape[-1])  # (T*C, O)
-  dpatches = jnp.sum(g[..., None, :] * jnp.clip(filters - patches[..., None], -1.0, 1.0),
-                     axis=-1)
+  dpatches = jnp.sum(
+    g[..., None, :] * jnp.clip(filters - patches[..., None], -1.0, 1.0), axis=-1
+  )
   return scatter(dpatches)[0]
 
 
 # Which formulation each platform runs: XLA:CPU is fastest on the loops (one
 # small fused elementwise pass per step), GPUs on the fused reductions, which
 # expose all the parallelism at once (benchmarks/adder_bench.py measures both).
-METHODS = ("auto", "loop", "fused")
+METHODS = ('auto', 'loop', 'fused')
 
 
 def _by_method(method, loop_fn, fused_fn, *args):
-  if method == "loop":
+  if method == 'loop':
     return loop_fn(*args)
-  if method == "fused":
+  if method == 'fused':
     return fused_fn(*args)
   return lax.platform_dependent(*args, cpu=loop_fn, default=fused_fn)
 
 
 def _forward(x, kernel, strides, pads, method):
-  return _by_method(method, functools.partial(_adder_forward, strides=strides, pads=pads),
-                    functools.partial(_fused_forward, strides=strides, pads=pads), x, kernel)
+  return _by_method(
+    method,
+    functools.partial(_adder_forward, strides=strides, pads=pads),
+    functools.partial(_fused_forward, strides=strides, pads=pads),
+    x,
+    kernel,
+  )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
@@ -330,15 +401,25 @@ def _adder_fwd(x, kernel, strides, pads, chunk, method):
 
 def _adder_bwd(strides, pads, chunk, method, residuals, g):
   x, kernel = residuals
-  dxp = _by_method(method, functools.partial(_input_grad, strides=strides, chunk=chunk),
-                   functools.partial(_fused_input_grad, strides=strides),
-                   _pad(x, pads), kernel, g)
+  dxp = _by_method(
+    method,
+    functools.partial(_input_grad, strides=strides, chunk=chunk),
+    functools.partial(_fused_input_grad, strides=strides),
+    _pad(x, pads),
+    kernel,
+    g,
+  )
   h, w = x.shape[1:3]
-  dx = dxp[:, pads[0][0]:pads[0][0] + h, pads[1][0]:pads[1][0] + w, :]
+  dx = dxp[:, pads[0][0] : pads[0][0] + h, pads[1][0] : pads[1][0] + w, :]
 
   conv = lambda k: lax.conv_general_dilated(
-      x, k, strides, pads, dimension_numbers=("NHWC", "HWIO", "NHWC"),
-      precision=lax.Precision.HIGHEST)
+    x,
+    k,
+    strides,
+    pads,
+    dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+    precision=lax.Precision.HIGHEST,
+  )
   _, conv_vjp = jax.vjp(conv, kernel)
   (dk_conv,) = conv_vjp(g)
   dk = dk_conv - kernel * jnp.sum(g, axis=(0, 1, 2))
@@ -348,10 +429,15 @@ def _adder_bwd(strides, pads, chunk, method, residuals, g):
 _adder_conv_f32.defvjp(_adder_fwd, _adder_bwd)
 
 
-def adder_conv(x: jax.Array, kernel: jax.Array, strides: Union[int, Sequence[int]] = 1,
-               padding: PaddingLike = "SAME", *,
-               memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
-               method: str = "auto") -> jax.Array:
+def adder_conv(
+  x: jax.Array,
+  kernel: jax.Array,
+  strides: Union[int, Sequence[int]] = 1,
+  padding: PaddingLike = 'SAME',
+  *,
+  memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
+  method: str = 'auto',
+) -> jax.Array:
   """Adder convolution ``Y = -sum |X - F|`` with the AdderNet backward.
 
   Args:
@@ -374,22 +460,41 @@ def adder_conv(x: jax.Array, kernel: jax.Array, strides: Union[int, Sequence[int
   x = jnp.asarray(x)
   kernel = jnp.asarray(kernel)
   if x.ndim != 4 or kernel.ndim != 4:
-    raise ValueError(f"adder_conv: expected NHWC input and HWIO kernel, got shapes "
-                     f"{x.shape} and {kernel.shape}")
+    raise ValueError(
+      f'adder_conv: expected NHWC input and HWIO kernel, got shapes '
+      f'{x.shape} and {kernel.shape}'
+    )
   if x.shape[-1] != kernel.shape[2]:
-    raise ValueError(f"adder_conv: input has {x.shape[-1]} channels but the kernel expects "
-                     f"{kernel.shape[2]} (kernel shape {kernel.shape}, HWIO)")
+    raise ValueError(
+      f'adder_conv: input has {x.shape[-1]} channels but the kernel expects '
+      f'{kernel.shape[2]} (kernel shape {kernel.shape}, HWIO)'
+    )
   if method not in METHODS:
-    raise ValueError(f"adder_conv: method must be one of {METHODS}, got {method!r}")
+    raise ValueError(
+      f'adder_conv: method must be one of {METHODS}, got {method!r}'
+    )
   strides = normalize_strides(strides)
   pads = normalize_padding(padding, x.shape[1:3], kernel.shape[:2], strides)
   padded = (x.shape[1] + sum(pads[0]), x.shape[2] + sum(pads[1]))
   if padded[0] < kernel.shape[0] or padded[1] < kernel.shape[1]:
-    raise ValueError(f"adder_conv: kernel {kernel.shape[:2]} does not fit the padded input "
-                     f"{padded} (input {x.shape[1:3]}, padding {pads})")
-  chunk = output_channel_chunk(x.shape[0], padded, kernel.shape[0] * kernel.shape[1],
-                               kernel.shape[-1], memory_budget_bytes)
+    raise ValueError(
+      f'adder_conv: kernel {kernel.shape[:2]} does not fit the padded input '
+      f'{padded} (input {x.shape[1:3]}, padding {pads})'
+    )
+  chunk = output_channel_chunk(
+    x.shape[0],
+    padded,
+    kernel.shape[0] * kernel.shape[1],
+    kernel.shape[-1],
+    memory_budget_bytes,
+  )
   out_dtype = jnp.result_type(x.dtype, kernel.dtype)
-  y = _adder_conv_f32(x.astype(jnp.float32), kernel.astype(jnp.float32), strides, pads, chunk,
-                      method)
+  y = _adder_conv_f32(
+    x.astype(jnp.float32),
+    kernel.astype(jnp.float32),
+    strides,
+    pads,
+    chunk,
+    method,
+  )
   return y.astype(out_dtype)

@@ -33,7 +33,9 @@ PathPredicate = Callable[[Tuple[str, ...], Any], bool]
 DEFAULT_ADDER_ETA = 0.2
 
 
-def scale_layer_gradient(g: jax.Array, eta: float = DEFAULT_ADDER_ETA) -> jax.Array:
+def scale_layer_gradient(
+  g: jax.Array, eta: float = DEFAULT_ADDER_ETA
+) -> jax.Array:
   """Rescales one layer's gradient to norm ``eta * sqrt(g.size)``.
 
   A zero gradient stays zero (the official code clamps the norm at 1e-12, which
@@ -46,8 +48,9 @@ def scale_layer_gradient(g: jax.Array, eta: float = DEFAULT_ADDER_ETA) -> jax.Ar
   return jnp.where(norm > 0, scaled, g32).astype(g.dtype)
 
 
-def _apply_to_masked(fn: Callable[[jax.Array], jax.Array], updates: PyTree,
-                     mask_tree: PyTree) -> PyTree:
+def _apply_to_masked(
+  fn: Callable[[jax.Array], jax.Array], updates: PyTree, mask_tree: PyTree
+) -> PyTree:
   # The mask may stop above the leaves (optax.masked allows a prefix): a True
   # at an inner node selects every leaf below it.
   def apply(selected, subtree):
@@ -58,8 +61,9 @@ def _apply_to_masked(fn: Callable[[jax.Array], jax.Array], updates: PyTree,
   return jax.tree.map(apply, mask_tree, updates)
 
 
-def scale_by_adder_lr(eta: float = DEFAULT_ADDER_ETA,
-                      mask: Optional[MaskOrFn] = None) -> optax.GradientTransformation:
+def scale_by_adder_lr(
+  eta: float = DEFAULT_ADDER_ETA, mask: Optional[MaskOrFn] = None
+) -> optax.GradientTransformation:
   """AdderNet adaptive LR scaling as an optax transformation.
 
   Args:
@@ -74,7 +78,9 @@ def scale_by_adder_lr(eta: float = DEFAULT_ADDER_ETA,
     through unchanged.
   """
   if eta is None or not eta > 0:
-    raise ValueError(f"scale_by_adder_lr: eta must be a positive float, got {eta!r}")
+    raise ValueError(
+      f'scale_by_adder_lr: eta must be a positive float, got {eta!r}'
+    )
 
   def scale(g):
     return scale_layer_gradient(g, eta)
@@ -118,11 +124,11 @@ def kernel_under_module_named(*substrings: str) -> PathPredicate:
   """
   lowered = tuple(s.lower() for s in substrings)
   if not lowered:
-    raise ValueError("kernel_under_module_named: give at least one substring")
+    raise ValueError('kernel_under_module_named: give at least one substring')
 
   def predicate(names: Tuple[str, ...], leaf: Any) -> bool:
     del leaf
-    if not names or names[-1] != "kernel":
+    if not names or names[-1] != 'kernel':
       return False
     return any(s in module.lower() for module in names[:-1] for s in lowered)
 
@@ -134,12 +140,15 @@ def kernel_under_module_named(*substrings: str) -> PathPredicate:
 # says nothing about which one a layer is. A model that wants the default to work
 # names its adder modules with 'adder' in them; anything else passes a predicate
 # (or the mask itself) built from the model's own knowledge of its layers.
-default_adder_kernel_predicate: PathPredicate = kernel_under_module_named("adder")
+default_adder_kernel_predicate: PathPredicate = kernel_under_module_named(
+  'adder'
+)
 
 
-def adder_kernel_mask(params: PyTree,
-                      adder_paths_predicate: PathPredicate = default_adder_kernel_predicate
-                      ) -> PyTree:
+def adder_kernel_mask(
+  params: PyTree,
+  adder_paths_predicate: PathPredicate = default_adder_kernel_predicate,
+) -> PyTree:
   """Boolean mask over ``params`` marking the adder kernels.
 
   Args:
@@ -152,4 +161,6 @@ def adder_kernel_mask(params: PyTree,
     ``mask`` here, in ``build_optimizer(adder_mask=...)`` and in ``optax.masked``.
   """
   return jax.tree.map_with_path(
-      lambda path, leaf: bool(adder_paths_predicate(path_names(path), leaf)), params)
+    lambda path, leaf: bool(adder_paths_predicate(path_names(path), leaf)),
+    params,
+  )

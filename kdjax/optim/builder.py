@@ -47,19 +47,19 @@ from kdjax.optim.adder_lr import DEFAULT_ADDER_ETA, scale_by_adder_lr
 
 PyTree = Any
 
-OPTIMIZERS = ("sgd",)
-SCHEDULES = ("cosine", "step", "constant")
+OPTIMIZERS = ('sgd',)
+SCHEDULES = ('cosine', 'step', 'constant')
 
 
 def default_config() -> ml_collections.ConfigDict:
   """The AdderNet CIFAR recipe (SPEC section 1); override per experiment."""
   config = ml_collections.ConfigDict()
-  config.name = "sgd"
+  config.name = 'sgd'
   config.learning_rate = 0.1
   config.momentum = 0.9
   config.nesterov = False
   config.weight_decay = 5e-4
-  config.schedule = "cosine"
+  config.schedule = 'cosine'
   config.epochs = 400
   config.decay_epochs = ()
   config.decay_factor = 0.1
@@ -75,22 +75,31 @@ def _field(config: ml_collections.ConfigDict, name: str, default: Any) -> Any:
 
 
 def _check_steps_per_epoch(steps_per_epoch: int) -> int:
-  if isinstance(steps_per_epoch, bool) or int(steps_per_epoch) != steps_per_epoch \
-      or steps_per_epoch < 1:
-    raise ValueError(f"steps_per_epoch must be a positive integer, got {steps_per_epoch!r}")
+  if (
+    isinstance(steps_per_epoch, bool)
+    or int(steps_per_epoch) != steps_per_epoch
+    or steps_per_epoch < 1
+  ):
+    raise ValueError(
+      f'steps_per_epoch must be a positive integer, got {steps_per_epoch!r}'
+    )
   return int(steps_per_epoch)
 
 
-def decay_boundary_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> tuple:
+def decay_boundary_steps(
+  config: ml_collections.ConfigDict, steps_per_epoch: int
+) -> tuple:
   """Steps at which the 'step' schedule drops: each of ``decay_epochs`` x steps_per_epoch."""
   steps_per_epoch = _check_steps_per_epoch(steps_per_epoch)
-  epochs = tuple(_field(config, "decay_epochs", ()) or ())
+  epochs = tuple(_field(config, 'decay_epochs', ()) or ())
   if any(e <= 0 for e in epochs):
-    raise ValueError(f"decay_epochs must be positive, got {epochs!r}")
+    raise ValueError(f'decay_epochs must be positive, got {epochs!r}')
   return tuple(sorted(int(round(e * steps_per_epoch)) for e in epochs))
 
 
-def build_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
+def build_schedule(
+  config: ml_collections.ConfigDict, steps_per_epoch: int
+) -> optax.Schedule:
   """Learning rate as a function of the 0-based update count.
 
   'cosine': ``lr * (1 + cos(pi * t / T)) / 2`` with t counted from the end of the
@@ -106,39 +115,52 @@ def build_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> o
     ValueError: unknown schedule name or inconsistent epochs.
   """
   steps_per_epoch = _check_steps_per_epoch(steps_per_epoch)
-  name = str(_field(config, "schedule", "cosine")).lower()
+  name = str(_field(config, 'schedule', 'cosine')).lower()
   if name not in SCHEDULES:
-    raise ValueError(f"Unknown learning-rate schedule {name!r}; expected one of {SCHEDULES}")
+    raise ValueError(
+      f'Unknown learning-rate schedule {name!r}; expected one of {SCHEDULES}'
+    )
   peak_lr = float(config.learning_rate)
-  warmup_steps = int(round(float(_field(config, "warmup_epochs", 0) or 0) * steps_per_epoch))
+  warmup_steps = int(
+    round(float(_field(config, 'warmup_epochs', 0) or 0) * steps_per_epoch)
+  )
   if warmup_steps < 0:
-    raise ValueError(f"warmup_epochs must be >= 0, got {_field(config, 'warmup_epochs', 0)!r}")
+    raise ValueError(
+      f'warmup_epochs must be >= 0, got {_field(config, "warmup_epochs", 0)!r}'
+    )
 
-  if name == "constant":
+  if name == 'constant':
+
     def main(t):
       return jnp.full(jnp.shape(t), peak_lr, jnp.float32)
-  elif name == "cosine":
-    epochs = _field(config, "epochs", None)
+  elif name == 'cosine':
+    epochs = _field(config, 'epochs', None)
     if epochs is None:
       raise ValueError("The 'cosine' schedule needs config.epochs")
     decay_steps = int(round(float(epochs) * steps_per_epoch)) - warmup_steps
     if decay_steps <= 0:
-      raise ValueError(f"epochs ({epochs}) must exceed warmup_epochs "
-                       f"({_field(config, 'warmup_epochs', 0)}) for the 'cosine' schedule")
+      raise ValueError(
+        f'epochs ({epochs}) must exceed warmup_epochs '
+        f"({_field(config, 'warmup_epochs', 0)}) for the 'cosine' schedule"
+      )
 
     def main(t):
       progress = jnp.clip((t - warmup_steps) / decay_steps, 0.0, 1.0)
-      return (0.5 * peak_lr * (1.0 + jnp.cos(jnp.pi * progress))).astype(jnp.float32)
+      return (0.5 * peak_lr * (1.0 + jnp.cos(jnp.pi * progress))).astype(
+        jnp.float32
+      )
   else:
-    boundaries = np.asarray(decay_boundary_steps(config, steps_per_epoch), np.int32)
-    factor = float(_field(config, "decay_factor", 0.1))
+    boundaries = np.asarray(
+      decay_boundary_steps(config, steps_per_epoch), np.int32
+    )
+    factor = float(_field(config, 'decay_factor', 0.1))
 
     def main(t):
       drops = jnp.sum(jnp.asarray(t)[..., None] >= boundaries, axis=-1)
       return (peak_lr * jnp.power(factor, drops)).astype(jnp.float32)
 
   # The smallest step the schedule can see: per-epoch schedules ramp by whole epochs.
-  per_epoch = bool(_field(config, "lr_per_epoch", False))
+  per_epoch = bool(_field(config, 'lr_per_epoch', False))
   unit = steps_per_epoch if per_epoch else 1
 
   def schedule(count):
@@ -159,8 +181,9 @@ class SgdMomentumState(NamedTuple):
   trace: PyTree
 
 
-def sgd_momentum(momentum: float, nesterov: bool = False,
-                 reset_steps: Sequence[int] = ()) -> optax.GradientTransformation:
+def sgd_momentum(
+  momentum: float, nesterov: bool = False, reset_steps: Sequence[int] = ()
+) -> optax.GradientTransformation:
   """PyTorch SGD momentum buffer, optionally zeroed at given update counts.
 
   ``buf = mu * buf + g``; output ``g + mu * buf`` (Nesterov) or ``buf``. At a
@@ -168,44 +191,61 @@ def sgd_momentum(momentum: float, nesterov: bool = False,
   torch optimizer would (its first step sets buf = g).
   """
   if nesterov and not momentum > 0:
-    raise ValueError("Nesterov momentum requires momentum > 0 (as in torch.optim.SGD)")
+    raise ValueError(
+      'Nesterov momentum requires momentum > 0 (as in torch.optim.SGD)'
+    )
   reset_steps = tuple(sorted(int(s) for s in reset_steps))
 
   def init_fn(params):
-    return SgdMomentumState(count=jnp.zeros([], jnp.int32),
-                            trace=jax.tree.map(jnp.zeros_like, params))
+    return SgdMomentumState(
+      count=jnp.zeros([], jnp.int32), trace=jax.tree.map(jnp.zeros_like, params)
+    )
 
   def update_fn(updates, state, params=None):
     del params
     if reset_steps:
       reset = jnp.any(state.count == jnp.asarray(reset_steps, jnp.int32))
-      old = jax.tree.map(lambda b: jnp.where(reset, jnp.zeros_like(b), b), state.trace)
+      old = jax.tree.map(
+        lambda b: jnp.where(reset, jnp.zeros_like(b), b), state.trace
+      )
     else:
       old = state.trace
-    trace = jax.tree.map(lambda g, b: (g + momentum * b).astype(b.dtype), updates, old)
+    trace = jax.tree.map(
+      lambda g, b: (g + momentum * b).astype(b.dtype), updates, old
+    )
     if nesterov:
       updates = jax.tree.map(lambda g, b: g + momentum * b, updates, trace)
     else:
       updates = trace
-    return updates, SgdMomentumState(count=optax.safe_increment(state.count), trace=trace)
+    return updates, SgdMomentumState(
+      count=optax.safe_increment(state.count), trace=trace
+    )
 
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _resolve_mask(adder_mask: Union[PyTree, Callable[[PyTree], PyTree]], params: PyTree) -> PyTree:
+def _resolve_mask(
+  adder_mask: Union[PyTree, Callable[[PyTree], PyTree]], params: PyTree
+) -> PyTree:
   mask = adder_mask(params) if callable(adder_mask) else adder_mask
   try:
     # A mask is the params' structure or a prefix of it; anything else fails here,
     # at build time, rather than inside the first jitted update.
     jax.tree.map(lambda m, _: None, mask, params)
   except (ValueError, TypeError) as e:
-    raise ValueError(f"adder_mask does not match the params structure: {e}") from e
+    raise ValueError(
+      f'adder_mask does not match the params structure: {e}'
+    ) from e
   return mask
 
 
-def build_optimizer(config: ml_collections.ConfigDict, params: PyTree, *, steps_per_epoch: int,
-                    adder_mask: Optional[Union[PyTree, Callable[[PyTree], PyTree]]] = None
-                    ) -> optax.GradientTransformation:
+def build_optimizer(
+  config: ml_collections.ConfigDict,
+  params: PyTree,
+  *,
+  steps_per_epoch: int,
+  adder_mask: Optional[Union[PyTree, Callable[[PyTree], PyTree]]] = None,
+) -> optax.GradientTransformation:
   """Builds the optimizer chain described in the module docstring.
 
   Args:
@@ -227,34 +267,38 @@ def build_optimizer(config: ml_collections.ConfigDict, params: PyTree, *, steps_
     ValueError: unknown optimizer or schedule name, bad mask, inconsistent
       options.
   """
-  name = str(_field(config, "name", "sgd")).lower()
+  name = str(_field(config, 'name', 'sgd')).lower()
   if name not in OPTIMIZERS:
-    raise ValueError(f"Unknown optimizer {name!r}; expected one of {OPTIMIZERS}")
+    raise ValueError(
+      f'Unknown optimizer {name!r}; expected one of {OPTIMIZERS}'
+    )
   schedule = build_schedule(config, steps_per_epoch)
 
   chain = []
-  adder_eta = _field(config, "adder_eta", DEFAULT_ADDER_ETA)
+  adder_eta = _field(config, 'adder_eta', DEFAULT_ADDER_ETA)
   if adder_eta is not None and adder_mask is not None:
     mask = _resolve_mask(adder_mask, params)
     if any(jax.tree.leaves(mask)):
       chain.append(scale_by_adder_lr(float(adder_eta), mask))
 
-  weight_decay = float(_field(config, "weight_decay", 0.0) or 0.0)
+  weight_decay = float(_field(config, 'weight_decay', 0.0) or 0.0)
   if weight_decay < 0:
-    raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    raise ValueError(f'weight_decay must be >= 0, got {weight_decay}')
   if weight_decay > 0:
     chain.append(optax.add_decayed_weights(weight_decay))
 
-  momentum = float(_field(config, "momentum", 0.0) or 0.0)
-  nesterov = bool(_field(config, "nesterov", False))
+  momentum = float(_field(config, 'momentum', 0.0) or 0.0)
+  nesterov = bool(_field(config, 'nesterov', False))
   reset_steps = ()
-  if _field(config, "reset_momentum_at_boundaries", False):
-    if str(_field(config, "schedule", "cosine")).lower() != "step":
-      raise ValueError("reset_momentum_at_boundaries needs the 'step' schedule "
-                       "(its decay_epochs are the boundaries)")
+  if _field(config, 'reset_momentum_at_boundaries', False):
+    if str(_field(config, 'schedule', 'cosine')).lower() != 'step':
+      raise ValueError(
+        "reset_momentum_at_boundaries needs the 'step' schedule "
+        '(its decay_epochs are the boundaries)'
+      )
     reset_steps = decay_boundary_steps(config, steps_per_epoch)
   if momentum < 0:
-    raise ValueError(f"momentum must be >= 0, got {momentum}")
+    raise ValueError(f'momentum must be >= 0, got {momentum}')
   if momentum > 0 or nesterov:
     chain.append(sgd_momentum(momentum, nesterov, reset_steps))
 

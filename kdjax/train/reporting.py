@@ -20,7 +20,9 @@ import numpy as np
 
 try:
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
-except ImportError:  # clu itself, or the tensorflow its writers import, is missing.
+except (
+  ImportError
+):  # clu itself, or the tensorflow its writers import, is missing.
   metric_writers = None
 
 METRICS_JSONL = 'metrics.jsonl'
@@ -30,7 +32,11 @@ def _format_duration(seconds: float) -> str:
   seconds = int(max(seconds, 0))
   hours, rest = divmod(seconds, 3600)
   minutes, secs = divmod(rest, 60)
-  return f'{hours:d}:{minutes:02d}:{secs:02d}' if hours else f'{minutes:d}:{secs:02d}'
+  return (
+    f'{hours:d}:{minutes:02d}:{secs:02d}'
+    if hours
+    else f'{minutes:d}:{secs:02d}'
+  )
 
 
 class ProgressBar:
@@ -51,7 +57,9 @@ class ProgressBar:
     eta = elapsed / done * (self.total - step) if done > 0 else 0.0
     filled = int(self.width * step / self.total)
     bar = '#' * filled + '.' * (self.width - filled)
-    sys.stderr.write(f'\r[{bar}] {step}/{self.total} eta {_format_duration(eta)} {note}   ')
+    sys.stderr.write(
+      f'\r[{bar}] {step}/{self.total} eta {_format_duration(eta)} {note}   '
+    )
     sys.stderr.flush()
 
   def close(self) -> None:
@@ -70,7 +78,11 @@ class JsonlWriter:
     self.path = None if just_logging else epath.Path(workdir) / METRICS_JSONL
 
   def write_scalars(self, step: int, values: Mapping[str, float]) -> None:
-    logging.info('[%d] %s', step, ', '.join(f'{k}={v:.6g}' for k, v in sorted(values.items())))
+    logging.info(
+      '[%d] %s',
+      step,
+      ', '.join(f'{k}={v:.6g}' for k, v in sorted(values.items())),
+    )
     if self.path is not None:
       # Appended: a resumed run adds to what the earlier part wrote, like event files.
       with self.path.open('a') as f:
@@ -89,13 +101,16 @@ class Reporter:
   def __init__(self, workdir: str):
     self.is_lead = jax.process_index() == 0
     if metric_writers is not None:
-      self.writer = metric_writers.create_default_writer(workdir, just_logging=not self.is_lead,
-                                                         asynchronous=False)
+      self.writer = metric_writers.create_default_writer(
+        workdir, just_logging=not self.is_lead, asynchronous=False
+      )
     else:
       if self.is_lead:
-        logging.warning('clu/tensorflow not importable: no TensorBoard event files (they need '
-                        'tensorflow and clu); scalars go to %s',
-                        epath.Path(workdir) / METRICS_JSONL)
+        logging.warning(
+          'clu/tensorflow not importable: no TensorBoard event files (they need '
+          'tensorflow and clu); scalars go to %s',
+          epath.Path(workdir) / METRICS_JSONL,
+        )
       self.writer = JsonlWriter(workdir, just_logging=not self.is_lead)
 
   def scalars(self, step: int, values: Mapping[str, Any]) -> None:

@@ -17,6 +17,7 @@ class TrainState:
   Each group has its own optimizer. Frozen teachers are not part of the state:
   they are restored from their own checkpoints.
   """
+
   step: jax.Array
   params: PyTree
   batch_stats: PyTree

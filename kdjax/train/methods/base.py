@@ -23,8 +23,13 @@ PyTree = Any
 Metrics = Dict[str, jax.Array]
 
 
-def run_model(model: nn.Module, params: PyTree, batch_stats: PyTree, images: jax.Array,
-              train: bool) -> Tuple[jax.Array, Dict[str, Any], PyTree]:
+def run_model(
+  model: nn.Module,
+  params: PyTree,
+  batch_stats: PyTree,
+  images: jax.Array,
+  train: bool,
+) -> Tuple[jax.Array, Dict[str, Any], PyTree]:
   """Applies a zoo model; returns (logits, features, new batch_stats).
 
   In train mode BN uses batch statistics and the running averages are updated;
@@ -32,24 +37,34 @@ def run_model(model: nn.Module, params: PyTree, batch_stats: PyTree, images: jax
   """
   variables = {'params': params, 'batch_stats': batch_stats}
   if train:
-    (logits, features), updates = model.apply(variables, images, train=True,
-                                              mutable=['batch_stats'])
+    (logits, features), updates = model.apply(
+      variables, images, train=True, mutable=['batch_stats']
+    )
     return logits, features, updates['batch_stats']
   logits, features = model.apply(variables, images, train=False)
   return logits, features, batch_stats
 
 
-def init_model(model: nn.Module, rng: jax.Array, images: jax.Array) -> Tuple[PyTree, PyTree]:
+def init_model(
+  model: nn.Module, rng: jax.Array, images: jax.Array
+) -> Tuple[PyTree, PyTree]:
   variables = model.init(rng, images, train=False)
   return variables['params'], variables.get('batch_stats', {})
 
 
-def build_zoo_model(model_config: ml_collections.ConfigDict, num_classes: int,
-                    image_shape: Tuple[int, ...]) -> nn.Module:
+def build_zoo_model(
+  model_config: ml_collections.ConfigDict,
+  num_classes: int,
+  image_shape: Tuple[int, ...],
+) -> nn.Module:
   """Builds ``model_config.name`` and checks that ``image_shape`` fits it."""
   kwargs = dict(model_config.get('kwargs', None) or {})
-  model = models.build_model(model_config.name, conv_type=model_config.get('conv_type', 'conv'),
-                             num_classes=num_classes, **kwargs)
+  model = models.build_model(
+    model_config.name,
+    conv_type=model_config.get('conv_type', 'conv'),
+    num_classes=num_classes,
+    **kwargs,
+  )
   models.check_input_size(model_config.name, tuple(image_shape[:2]), **kwargs)
   return model
 
@@ -65,8 +80,13 @@ class Method(abc.ABC):
   # ``config.optimizers[group]`` (falling back to ``config.optimizer``).
   groups: Tuple[str, ...] = ('student',)
 
-  def __init__(self, config: ml_collections.ConfigDict, *, num_classes: int,
-               image_shape: Tuple[int, ...]):
+  def __init__(
+    self,
+    config: ml_collections.ConfigDict,
+    *,
+    num_classes: int,
+    image_shape: Tuple[int, ...],
+  ):
     self.config = config
     self.num_classes = num_classes
     self.image_shape = tuple(image_shape)
@@ -98,8 +118,14 @@ class Method(abc.ABC):
   # -- the step ------------------------------------------------------------
 
   @abc.abstractmethod
-  def loss(self, params: PyTree, batch_stats: PyTree, frozen: PyTree,
-           batch: Mapping[str, jax.Array], rng: jax.Array) -> Tuple[jax.Array, Tuple[PyTree, Metrics]]:
+  def loss(
+    self,
+    params: PyTree,
+    batch_stats: PyTree,
+    frozen: PyTree,
+    batch: Mapping[str, jax.Array],
+    rng: jax.Array,
+  ) -> Tuple[jax.Array, Tuple[PyTree, Metrics]]:
     """Total loss to differentiate, and (new batch_stats, named loss terms).
 
     Gradients of the total w.r.t. each group must be that group's own loss:
@@ -108,13 +134,19 @@ class Method(abc.ABC):
     """
 
   @abc.abstractmethod
-  def predict(self, params: PyTree, batch_stats: PyTree, frozen: PyTree,
-              images: jax.Array) -> Dict[str, jax.Array]:
+  def predict(
+    self, params: PyTree, batch_stats: PyTree, frozen: PyTree, images: jax.Array
+  ) -> Dict[str, jax.Array]:
     """Eval-mode logits per reported head, e.g. {'student': ..., 'teacher': ...}."""
 
   def student_logits(self, params, batch_stats, images, train):
-    return run_model(self.student, params['student']['model'], batch_stats['student']['model'],
-                     images, train)
+    return run_model(
+      self.student,
+      params['student']['model'],
+      batch_stats['student']['model'],
+      images,
+      train,
+    )
 
 
 class StageConnectors(nn.Module):
@@ -122,29 +154,40 @@ class StageConnectors(nn.Module):
 
   kind 'feature': 1x1 conv + BN (OFD, FitNets); 'kernel': PKKD's 1x1 rho.
   """
+
   kind: str
   features: Tuple[int, ...]
 
   @nn.compact
   def __call__(self, xs, train: bool):
     if self.kind == 'feature':
-      return tuple(losses.FeatureConnector(f, name=f'connector{i}')(x, train=train)
-                   for i, (f, x) in enumerate(zip(self.features, xs)))
+      return tuple(
+        losses.FeatureConnector(f, name=f'connector{i}')(x, train=train)
+        for i, (f, x) in enumerate(zip(self.features, xs))
+      )
     if self.kind == 'kernel':
-      return tuple(losses.KernelTransform(f, name=f'rho{i}')(x)
-                   for i, (f, x) in enumerate(zip(self.features, xs)))
+      return tuple(
+        losses.KernelTransform(f, name=f'rho{i}')(x)
+        for i, (f, x) in enumerate(zip(self.features, xs))
+      )
     raise ValueError(f'unknown connector kind {self.kind!r}')
 
 
-def init_module(module: nn.Module, rng: jax.Array, *args, **kwargs) -> Tuple[PyTree, PyTree]:
+def init_module(
+  module: nn.Module, rng: jax.Array, *args, **kwargs
+) -> Tuple[PyTree, PyTree]:
   variables = module.init(rng, *args, **kwargs)
   return variables['params'], variables.get('batch_stats', {})
 
 
-def run_module(module: nn.Module, params: PyTree, batch_stats: PyTree, *args, train: bool):
+def run_module(
+  module: nn.Module, params: PyTree, batch_stats: PyTree, *args, train: bool
+):
   """Applies a connector module; returns (output, new batch_stats)."""
   variables = {'params': params, 'batch_stats': batch_stats}
   if train:
-    out, updates = module.apply(variables, *args, train=True, mutable=['batch_stats'])
+    out, updates = module.apply(
+      variables, *args, train=True, mutable=['batch_stats']
+    )
     return out, updates.get('batch_stats', {})
   return module.apply(variables, *args, train=False), batch_stats

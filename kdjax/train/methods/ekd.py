@@ -19,9 +19,12 @@ class EKD(base.Method):
   def load_frozen(self, images):
     self.teachers, frozen, widths = [], [], []
     for teacher_config in self.config.teachers:
-      model, params, batch_stats = restore_frozen_teacher(teacher_config, self.num_classes,
-                                                          self.image_shape)
-      _, feats = model.apply({'params': params, 'batch_stats': batch_stats}, images, train=False)
+      model, params, batch_stats = restore_frozen_teacher(
+        teacher_config, self.num_classes, self.image_shape
+      )
+      _, feats = model.apply(
+        {'params': params, 'batch_stats': batch_stats}, images, train=False
+      )
       self.teachers.append(model)
       frozen.append({'params': params, 'batch_stats': batch_stats})
       widths.append(feats['pooled'].shape[-1])
@@ -31,34 +34,54 @@ class EKD(base.Method):
   def _teacher_outputs(self, frozen, images):
     logits, pooled = [], []
     for model, variables in zip(self.teachers, frozen['teachers']):
-      z, feats, _ = base.run_model(model, variables['params'], variables['batch_stats'], images,
-                                   False)
+      z, feats, _ = base.run_model(
+        model, variables['params'], variables['batch_stats'], images, False
+      )
       logits.append(z)
       pooled.append(feats['pooled'])
-    return jax.lax.stop_gradient(jnp.stack(logits)), jax.lax.stop_gradient(tuple(pooled))
+    return jax.lax.stop_gradient(jnp.stack(logits)), jax.lax.stop_gradient(
+      tuple(pooled)
+    )
 
   def init(self, rng, images):
     model_rng, adapter_rng = jax.random.split(rng)
     params, batch_stats = base.init_model(self.student, model_rng, images)
-    _, feats = self.student.apply({'params': params, 'batch_stats': batch_stats}, images,
-                                  train=False)
-    adapter_params = self.adapters.init(adapter_rng, feats['branch_pooled'])['params']
-    return ({'student': {'model': params, 'adapters': adapter_params}},
-            {'student': {'model': batch_stats}})
+    _, feats = self.student.apply(
+      {'params': params, 'batch_stats': batch_stats}, images, train=False
+    )
+    adapter_params = self.adapters.init(adapter_rng, feats['branch_pooled'])[
+      'params'
+    ]
+    return (
+      {'student': {'model': params, 'adapters': adapter_params}},
+      {'student': {'model': batch_stats}},
+    )
 
   def loss(self, params, batch_stats, frozen, batch, rng):
     del rng
     cfg = self.config.ekd
     images, labels = batch['image'], batch['label']
     _, feats, new_stats = self.student_logits(params, batch_stats, images, True)
-    adapted = self.adapters.apply({'params': params['student']['adapters']},
-                                  feats['branch_pooled'])
+    adapted = self.adapters.apply(
+      {'params': params['student']['adapters']}, feats['branch_pooled']
+    )
     teacher_logits, teacher_pooled = self._teacher_outputs(frozen, images)
-    total, terms = losses.ekd_loss(feats['branch_logits'], labels, adapted, teacher_logits,
-                                   teacher_pooled, temperature=cfg.temperature,
-                                   lambda_feat=cfg.lambda_feat, lambda_kd=cfg.lambda_kd)
-    metrics = {f'loss/{k}': terms[k] for k in ('ce_ensemble', 'ce', 'feat', 'kd')}
-    metrics['train_accuracy/ensemble'] = base.accuracy(jnp.mean(feats['branch_logits'], 0), labels)
+    total, terms = losses.ekd_loss(
+      feats['branch_logits'],
+      labels,
+      adapted,
+      teacher_logits,
+      teacher_pooled,
+      temperature=cfg.temperature,
+      lambda_feat=cfg.lambda_feat,
+      lambda_kd=cfg.lambda_kd,
+    )
+    metrics = {
+      f'loss/{k}': terms[k] for k in ('ce_ensemble', 'ce', 'feat', 'kd')
+    }
+    metrics['train_accuracy/ensemble'] = base.accuracy(
+      jnp.mean(feats['branch_logits'], 0), labels
+    )
     return total, ({'student': {'model': new_stats}}, metrics)
 
   def predict(self, params, batch_stats, frozen, images):

@@ -21,17 +21,23 @@ class KnowledgeDistillation(base.Method):
     self.hint_stage = config.kd.get('fitnet_stage', -1)
 
   def _teacher_features(self, frozen, images):
-    logits, feats, _ = base.run_model(self.teacher, frozen['teacher']['params'],
-                                      frozen['teacher']['batch_stats'], images, False)
+    logits, feats, _ = base.run_model(
+      self.teacher,
+      frozen['teacher']['params'],
+      frozen['teacher']['batch_stats'],
+      images,
+      False,
+    )
     return jax.lax.stop_gradient(logits), jax.lax.stop_gradient(feats)
 
   def load_frozen(self, images):
     self.teacher, params, batch_stats = restore_frozen_teacher(
-        self.config.teacher, self.num_classes, self.image_shape)
+      self.config.teacher, self.num_classes, self.image_shape
+    )
     return {'teacher': {'params': params, 'batch_stats': batch_stats}}
 
   def _uses_hint(self):
-    return self.config.kd.get('fitnet_weight', 0.) > 0
+    return self.config.kd.get('fitnet_weight', 0.0) > 0
 
   def init(self, rng, images):
     model_rng, connector_rng = jax.random.split(rng)
@@ -40,42 +46,68 @@ class KnowledgeDistillation(base.Method):
     stats = {'model': batch_stats}
     if self._uses_hint():
       teacher_logits_shape = jax.eval_shape(
-          lambda: self.teacher.init_with_output(jax.random.key(0), images, train=False)[0])
-      hint_channels = teacher_logits_shape[1]['stages'][self.hint_stage]['preact'].shape[-1]
+        lambda: self.teacher.init_with_output(
+          jax.random.key(0), images, train=False
+        )[0]
+      )
+      hint_channels = teacher_logits_shape[1]['stages'][self.hint_stage][
+        'preact'
+      ].shape[-1]
       self.connectors = base.StageConnectors('feature', (hint_channels,))
-      _, student_feats = self.student.apply({'params': params, 'batch_stats': batch_stats},
-                                            images, train=False)
+      _, student_feats = self.student.apply(
+        {'params': params, 'batch_stats': batch_stats}, images, train=False
+      )
       student['connectors'], stats['connectors'] = base.init_module(
-          self.connectors, connector_rng,
-          (student_feats['stages'][self.hint_stage]['preact'],), train=False)
+        self.connectors,
+        connector_rng,
+        (student_feats['stages'][self.hint_stage]['preact'],),
+        train=False,
+      )
     return {'student': student}, {'student': stats}
 
   def loss(self, params, batch_stats, frozen, batch, rng):
     del rng
     cfg = self.config.kd
     images, labels = batch['image'], batch['label']
-    logits, feats, new_stats = self.student_logits(params, batch_stats, images, True)
+    logits, feats, new_stats = self.student_logits(
+      params, batch_stats, images, True
+    )
     teacher_logits, teacher_feats = self._teacher_features(frozen, images)
-    total, terms = losses.hinton_kd_total(logits, teacher_logits, labels,
-                                          temperature=cfg.temperature, kd_weight=cfg.kd_weight)
+    total, terms = losses.hinton_kd_total(
+      logits,
+      teacher_logits,
+      labels,
+      temperature=cfg.temperature,
+      kd_weight=cfg.kd_weight,
+    )
     metrics = {'loss/ce': terms['ce'], 'loss/kd': terms['kd']}
     new_batch_stats = {'model': new_stats}
     if self._uses_hint():
       (hint,), new_batch_stats['connectors'] = base.run_module(
-          self.connectors, params['student']['connectors'], batch_stats['student']['connectors'],
-          (feats['stages'][self.hint_stage]['preact'],), train=True)
-      fitnet = losses.fitnet_loss(hint, teacher_feats['stages'][self.hint_stage]['preact'])
+        self.connectors,
+        params['student']['connectors'],
+        batch_stats['student']['connectors'],
+        (feats['stages'][self.hint_stage]['preact'],),
+        train=True,
+      )
+      fitnet = losses.fitnet_loss(
+        hint, teacher_feats['stages'][self.hint_stage]['preact']
+      )
       total = total + cfg.fitnet_weight * fitnet
       metrics['loss/fitnet'] = fitnet
-    if cfg.get('at_weight', 0.) > 0:
+    if cfg.get('at_weight', 0.0) > 0:
       at, _ = losses.attention_transfer_total(
-          [s['preact'] for s in feats['stages']], [t['preact'] for t in teacher_feats['stages']],
-          weight=cfg.at_weight)
+        [s['preact'] for s in feats['stages']],
+        [t['preact'] for t in teacher_feats['stages']],
+        weight=cfg.at_weight,
+      )
       total = total + at
       metrics['loss/at'] = at
     metrics['train_accuracy/student'] = base.accuracy(logits, labels)
     return total, ({'student': new_batch_stats}, metrics)
 
   def predict(self, params, batch_stats, frozen, images):
-    return {'student': self.student_logits(params, batch_stats, images, False)[0],
-            'teacher': self._teacher_features(frozen, images)[0]}
+    return {
+      'student': self.student_logits(params, batch_stats, images, False)[0],
+      'teacher': self._teacher_features(frozen, images)[0],
+    }

@@ -18,46 +18,93 @@ class OFD(base.Method):
 
   def load_frozen(self, images):
     self.teacher, params, batch_stats = restore_frozen_teacher(
-        self.config.teacher, self.num_classes, self.image_shape)
-    _, feats = self.teacher.apply({'params': params, 'batch_stats': batch_stats}, images,
-                                  train=False)
-    margins = tuple(losses.ofd_margin(s['bn_scale'], s['bn_bias']) for s in feats['stages'])
-    self.teacher_channels = tuple(s['preact'].shape[-1] for s in feats['stages'])
-    return {'teacher': {'params': params, 'batch_stats': batch_stats}, 'margins': margins}
+      self.config.teacher, self.num_classes, self.image_shape
+    )
+    _, feats = self.teacher.apply(
+      {'params': params, 'batch_stats': batch_stats}, images, train=False
+    )
+    margins = tuple(
+      losses.ofd_margin(s['bn_scale'], s['bn_bias']) for s in feats['stages']
+    )
+    self.teacher_channels = tuple(
+      s['preact'].shape[-1] for s in feats['stages']
+    )
+    return {
+      'teacher': {'params': params, 'batch_stats': batch_stats},
+      'margins': margins,
+    }
 
   def init(self, rng, images):
     model_rng, connector_rng = jax.random.split(rng)
     params, batch_stats = base.init_model(self.student, model_rng, images)
-    _, feats = self.student.apply({'params': params, 'batch_stats': batch_stats}, images,
-                                  train=False)
+    _, feats = self.student.apply(
+      {'params': params, 'batch_stats': batch_stats}, images, train=False
+    )
     if len(feats['stages']) != len(self.teacher_channels):
-      raise ValueError(f'OFD pairs stages one to one: the student has {len(feats["stages"])} '
-                       f'and the teacher {len(self.teacher_channels)}')
+      raise ValueError(
+        f'OFD pairs stages one to one: the student has {len(feats["stages"])} '
+        f'and the teacher {len(self.teacher_channels)}'
+      )
     self.connectors = base.StageConnectors('feature', self.teacher_channels)
     c_params, c_stats = base.init_module(
-        self.connectors, connector_rng, tuple(s['preact'] for s in feats['stages']), train=False)
-    return ({'student': {'model': params, 'connectors': c_params}},
-            {'student': {'model': batch_stats, 'connectors': c_stats}})
+      self.connectors,
+      connector_rng,
+      tuple(s['preact'] for s in feats['stages']),
+      train=False,
+    )
+    return (
+      {'student': {'model': params, 'connectors': c_params}},
+      {'student': {'model': batch_stats, 'connectors': c_stats}},
+    )
 
   def loss(self, params, batch_stats, frozen, batch, rng):
     del rng
     images, labels = batch['image'], batch['label']
-    logits, feats, new_stats = self.student_logits(params, batch_stats, images, True)
+    logits, feats, new_stats = self.student_logits(
+      params, batch_stats, images, True
+    )
     connected, c_stats = base.run_module(
-        self.connectors, params['student']['connectors'], batch_stats['student']['connectors'],
-        tuple(s['preact'] for s in feats['stages']), train=True)
-    _, t_feats, _ = base.run_model(self.teacher, frozen['teacher']['params'],
-                                   frozen['teacher']['batch_stats'], images, True)
+      self.connectors,
+      params['student']['connectors'],
+      batch_stats['student']['connectors'],
+      tuple(s['preact'] for s in feats['stages']),
+      train=True,
+    )
+    _, t_feats, _ = base.run_model(
+      self.teacher,
+      frozen['teacher']['params'],
+      frozen['teacher']['batch_stats'],
+      images,
+      True,
+    )
     t_feats = jax.lax.stop_gradient(t_feats)
-    total, terms = losses.ofd_total(logits, labels, connected,
-                                    [s['preact'] for s in t_feats['stages']], frozen['margins'],
-                                    alpha=self.config.ofd.alpha)
-    metrics = {'loss/ce': terms['ce'], 'loss/ofd': terms['ofd'],
-               'train_accuracy/student': base.accuracy(logits, labels)}
-    return total, ({'student': {'model': new_stats, 'connectors': c_stats}}, metrics)
+    total, terms = losses.ofd_total(
+      logits,
+      labels,
+      connected,
+      [s['preact'] for s in t_feats['stages']],
+      frozen['margins'],
+      alpha=self.config.ofd.alpha,
+    )
+    metrics = {
+      'loss/ce': terms['ce'],
+      'loss/ofd': terms['ofd'],
+      'train_accuracy/student': base.accuracy(logits, labels),
+    }
+    return total, (
+      {'student': {'model': new_stats, 'connectors': c_stats}},
+      metrics,
+    )
 
   def predict(self, params, batch_stats, frozen, images):
-    teacher_logits, _, _ = base.run_model(self.teacher, frozen['teacher']['params'],
-                                          frozen['teacher']['batch_stats'], images, False)
-    return {'student': self.student_logits(params, batch_stats, images, False)[0],
-            'teacher': teacher_logits}
+    teacher_logits, _, _ = base.run_model(
+      self.teacher,
+      frozen['teacher']['params'],
+      frozen['teacher']['batch_stats'],
+      images,
+      False,
+    )
+    return {
+      'student': self.student_logits(params, batch_stats, images, False)[0],
+      'teacher': teacher_logits,
+    }

@@ -13,11 +13,20 @@ class Supervised(base.Method):
 
   def loss(self, params, batch_stats, frozen, batch, rng):
     del frozen, rng
-    logits, _, new_stats = self.student_logits(params, batch_stats, batch['image'], True)
-    ce = losses.cross_entropy(logits, batch['label'], self.config.loss.get('label_smoothing', 0.))
-    metrics = {'loss/ce': ce, 'train_accuracy/student': base.accuracy(logits, batch['label'])}
+    logits, _, new_stats = self.student_logits(
+      params, batch_stats, batch['image'], True
+    )
+    ce = losses.cross_entropy(
+      logits, batch['label'], self.config.loss.get('label_smoothing', 0.0)
+    )
+    metrics = {
+      'loss/ce': ce,
+      'train_accuracy/student': base.accuracy(logits, batch['label']),
+    }
     return ce, ({'student': {'model': new_stats}}, metrics)
 
   def predict(self, params, batch_stats, frozen, images):
     del frozen
-    return {'student': self.student_logits(params, batch_stats, images, False)[0]}
+    return {
+      'student': self.student_logits(params, batch_stats, images, False)[0]
+    }

@@ -10,8 +10,11 @@ from kdjax.train import checkpointing
 from kdjax.train.methods import base
 
 
-def restore_frozen_teacher(teacher_config: ml_collections.ConfigDict, num_classes: int,
-                           image_shape: Tuple[int, ...]) -> Tuple[Any, Any, Any]:
+def restore_frozen_teacher(
+  teacher_config: ml_collections.ConfigDict,
+  num_classes: int,
+  image_shape: Tuple[int, ...],
+) -> Tuple[Any, Any, Any]:
   """Builds the teacher model of the config and loads its weights.
 
   Returns:
@@ -19,15 +22,24 @@ def restore_frozen_teacher(teacher_config: ml_collections.ConfigDict, num_classe
   """
   model = base.build_zoo_model(teacher_config, num_classes, image_shape)
   abstract = jax.eval_shape(
-      lambda: model.init(jax.random.key(0), jnp.zeros((1,) + tuple(image_shape)), train=False))
+    lambda: model.init(
+      jax.random.key(0), jnp.zeros((1,) + tuple(image_shape)), train=False
+    )
+  )
   if not teacher_config.get('checkpoint_dir'):
     raise checkpointing.CheckpointError(
-        f'The teacher {teacher_config.name} needs checkpoint_dir: the workdir of a finished '
-        'supervised run (python -m kdjax.main --config=configs/supervised.py:<preset> '
-        '--workdir=DIR), set with --config.teacher.checkpoint_dir=DIR')
+      f'The teacher {teacher_config.name} needs checkpoint_dir: the workdir of a finished '
+      'supervised run (python -m kdjax.main --config=configs/supervised.py:<preset> '
+      '--workdir=DIR), set with --config.teacher.checkpoint_dir=DIR'
+    )
   params, batch_stats = checkpointing.restore_teacher(
-      teacher_config.checkpoint_dir,
-      {'model': teacher_config.name, 'conv_type': teacher_config.get('conv_type', 'conv'),
-       'num_classes': num_classes},
-      abstract['params'], abstract.get('batch_stats', {}))
+    teacher_config.checkpoint_dir,
+    {
+      'model': teacher_config.name,
+      'conv_type': teacher_config.get('conv_type', 'conv'),
+      'num_classes': num_classes,
+    },
+    abstract['params'],
+    abstract.get('batch_stats', {}),
+  )
   return model, params, batch_stats
