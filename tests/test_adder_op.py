@@ -8,8 +8,6 @@ out literally, so it shares no code (and no padding logic) with the op:
 with Xp the zero-padded input and dX = dXp with the padded border dropped.
 """
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -118,8 +118,8 @@ def _digests(stdout):
 
 def test_two_processes_preempted_resume_in_one(
   mnist_dir,
-  compile_cache,
-  tmp_path,  # noqa: F811
+  compile_cache,  # noqa: F811
+  tmp_path,
   monkeypatch,
 ):
   if 'jax_cpu_collectives_implementation' not in jax.config.values:

@@ -14,11 +14,11 @@ import tensorflow as tf
 
 # The recipes are defined without TensorFlow (the NumPy loader uses them too);
 # they are re-exported here, where the ops that apply them live.
-from kdjax.data.specs import AUGMENTATIONS  # pylint: disable=unused-import
+from kdjax.data.specs import AUGMENTATIONS  # noqa: F401
 from kdjax.data.specs import Augment
-from kdjax.data.specs import get_augment  # pylint: disable=unused-import
+from kdjax.data.specs import get_augment  # noqa: F401
 from kdjax.data.specs import INCEPTION_CROP
-from kdjax.data.specs import NO_AUGMENT  # pylint: disable=unused-import
+from kdjax.data.specs import NO_AUGMENT  # noqa: F401
 from kdjax.data.specs import PAD_CROP
 
 

@@ -17,7 +17,7 @@ import tensorflow_datasets as tfds
 
 # Re-exported so that `mnist5k.load_csv`, `mnist5k.split_rows` and the
 # constants keep working where this module is already imported.
-from kdjax.data.mnist5k_csv import csv_path  # pylint: disable=unused-import
+from kdjax.data.mnist5k_csv import csv_path  # noqa: F401
 from kdjax.data.mnist5k_csv import EXAMPLES_PER_CLASS
 from kdjax.data.mnist5k_csv import IMAGE_SHAPE
 from kdjax.data.mnist5k_csv import load_csv

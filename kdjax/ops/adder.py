@@ -30,7 +30,6 @@ Why it is laid out this way:
 from __future__ import annotations
 
 import functools
-import math
 from typing import Sequence, Tuple, Union
 
 import jax

@@ -12,7 +12,7 @@ import functools
 import os
 import signal
 import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
 from absl import logging
 import jax
