@@ -9,8 +9,8 @@ Build models by name::
   logits, features = model.apply(variables, images, train=False)
 
 Families (one definition each; ``available_models()`` lists the names):
-  CIFAR ResNet   resnet8/20/32/56/110, resnet8x4/32x4       (cifar_resnet.py)
-  Wide ResNet    wrn16_2, wrn16_4, wrn28_2, wrn28_4, wrn40_2 (wide_resnet.py)
+  CIFAR ResNet   resnet8/14/20/32/44/56/110, resnet8x4/32x4 (cifar_resnet.py)
+  Wide ResNet    wrn16_1/2/4, wrn28_2/4, wrn40_1/2          (wide_resnet.py)
   ImageNet ResNet resnet18/34/50/101/152, ``stride_in_1x1``   (imagenet_resnet.py)
   MobileNet-v1   mobilenet_v1                                (mobilenet.py)
   EKD student    ekd_student: shared stem, K branches        (ekd_student.py)

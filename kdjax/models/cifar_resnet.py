@@ -6,7 +6,7 @@ blocks per stage. Shortcuts are identity, or a 1x1 conv/adder (with the stride)
 + BN when the shape changes (option B, as both references use).
 
 Widths (stem, stage1, stage2, stage3):
-  resnet8/20/32/56/110: 16, 16/32/64 (AdderNet ResNet-20/32, RepDistiller).
+  resnet8/14/20/32/44/56/110: 16, 16/32/64 (AdderNet ResNet-20/32, RepDistiller).
   resnet8x4/32x4:       32, 64/128/256, RepDistiller's ``ResNet(d, [32, 64, 128,
                         256])``; the stem is 32 wide, not 64, so the first block
                         of stage 1 has a projection shortcut.

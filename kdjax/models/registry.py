@@ -51,16 +51,20 @@ def _imagenet(stage_sizes: Sequence[int], block: str) -> ModelSpec:
 
 _MODELS: Dict[str, ModelSpec] = {
   'resnet8': _cifar(1),
+  'resnet14': _cifar(2),
   'resnet20': _cifar(3),
   'resnet32': _cifar(5),
+  'resnet44': _cifar(7),
   'resnet56': _cifar(9),
   'resnet110': _cifar(18),
   'resnet8x4': _cifar(1, 32, (64, 128, 256)),
   'resnet32x4': _cifar(5, 32, (64, 128, 256)),
+  'wrn16_1': _wrn(16, 1),
   'wrn16_2': _wrn(16, 2),
   'wrn16_4': _wrn(16, 4),
   'wrn28_2': _wrn(28, 2),
   'wrn28_4': _wrn(28, 4),
+  'wrn40_1': _wrn(40, 1),
   'wrn40_2': _wrn(40, 2),
   'resnet18': _imagenet((2, 2, 2, 2), 'basic'),
   'resnet34': _imagenet((3, 4, 6, 3), 'basic'),
@@ -73,10 +77,12 @@ _MODELS: Dict[str, ModelSpec] = {
 
 # Spellings used by RepDistiller / OFD.
 _ALIASES = {
+  'wrn_16_1': 'wrn16_1',
   'wrn_16_2': 'wrn16_2',
   'wrn_16_4': 'wrn16_4',
   'wrn_28_2': 'wrn28_2',
   'wrn_28_4': 'wrn28_4',
+  'wrn_40_1': 'wrn40_1',
   'wrn_40_2': 'wrn40_2',
   'mobilenet': 'mobilenet_v1',
   'mobilenetv1': 'mobilenet_v1',
@@ -87,14 +93,19 @@ def available_models() -> List[str]:
   return sorted(_MODELS)
 
 
-def model_spec(name: str) -> ModelSpec:
+def canonical_name(name: str) -> str:
+  """The zoo's own name for ``name`` ('wrn_40_2' -> 'wrn40_2')."""
   key = name.lower().replace('-', '_')
   key = _ALIASES.get(key, key)
   if key not in _MODELS:
     raise ValueError(
       f'unknown model {name!r}; valid choices: {", ".join(available_models())}'
     )
-  return _MODELS[key]
+  return key
+
+
+def model_spec(name: str) -> ModelSpec:
+  return _MODELS[canonical_name(name)]
 
 
 def build_model(
