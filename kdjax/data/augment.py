@@ -12,6 +12,8 @@ Images are uint8 (or float in [0, 255] after a resize) until `normalize`.
 
 import tensorflow as tf
 
+from kdjax.data import splits
+
 # The recipes are defined without TensorFlow (the NumPy loader uses them too);
 # they are re-exported here, where the ops that apply them live.
 from kdjax.data.specs import AUGMENTATIONS  # noqa: F401
@@ -115,20 +117,16 @@ def resize_and_center_crop(
 
 
 def fit_to_size(image: tf.Tensor, size: int, method: str) -> tf.Tensor:
-  """Brings a fixed-size image to (size, size).
+  """Brings a fixed-size image (H, W, C) to (size, size) by `splits.fit_plan`.
 
-  Args:
-    image: (H, W, C) image.
-    size: output side.
-    method: 'pad' centers the image on a zero canvas (MNIST 28 -> 32, the
-      LeNet convention) and falls back to resizing when shrinking; 'resize'
-      resizes bilinearly.
+  'pad' centers the image on a zero canvas and falls back to resizing when
+  shrinking; 'resize' resizes bilinearly with antialiasing.
   """
-  height, width = image.shape[0], image.shape[1]
-  if (height, width) == (size, size):
+  plan = splits.fit_plan(image.shape[0], image.shape[1], size, method)
+  if plan.kind == 'keep':
     return image
-  if method == 'pad' and height <= size and width <= size:
-    top, left = (size - height) // 2, (size - width) // 2
+  if plan.kind == 'pad':
+    (top, _), (left, _) = plan.pads
     return tf.image.pad_to_bounding_box(image, top, left, size, size)
   return tf.image.resize(image, [size, size], method='bilinear', antialias=True)
 

@@ -18,7 +18,8 @@ The contract is the tfds loader's, argument for argument (`build_input`):
     cover the split once;
   * the same share per process (tfds.split_for_jax_process's even split, and
     for train_fraction < 1 the same class-balanced subset, chosen on the whole
-    split and dealt out) and the same example indices;
+    split and dealt out) and the same example indices: both loaders take them
+    from `splits.process_share`;
   * the same determinism: the shuffle order is a function of (seed, epoch), an
     example's augmentation of (seed, epoch, example index), so
     `epoch(e, start_step=k)` yields exactly batches k, k+1, ... of `epoch(e)`.
@@ -32,13 +33,13 @@ differently augmented batches. Only the 'pad_crop' and 'none' recipes (with or
 without flips) exist here; 'inception_crop' needs the tfds loader.
 """
 
-import re
-from typing import Callable, Iterator, Mapping
+from typing import Callable, Iterator
 
 import numpy as np
 
 from kdjax.data import mnist5k_csv
 from kdjax.data import specs
+from kdjax.data import splits
 
 # Datasets held in memory: name -> (split names, reader of one split that
 # returns (ids, images uint8 (N, H, W, C), labels) in tfds read order).
@@ -59,97 +60,22 @@ def check_served(name: str) -> None:
     )
 
 
-# Split strings, as tfds reads them -------------------------------------------
-
-_SUBSPLIT = re.compile(
-  r'^(?P<name>[\w-]+)(\[(?P<start>-?[\d.]+%?)?:(?P<stop>-?[\d.]+%?)?\])?$'
-)
-
-
-def split_ranges(
-  split: str, sizes: Mapping[str, int]
-) -> list[tuple[str, int, int]]:
-  """[(split name, start, stop)] that a tfds split string selects.
-
-  The tfds slicing rules: 'train', 'train[:1000]', 'test[-100:]',
-  'train[:90%]' (percent boundaries rounded to the closest example) and sums
-  of those joined with '+'.
-
-  Args:
-    split: the split string.
-    sizes: number of examples of each named split.
-  """
-  ranges = []
-  for part in re.split(r'\s*\+\s*', split.strip()):
-    match = _SUBSPLIT.match(part)
-    if not match:
-      raise ValueError(
-        f'Unrecognized split {split!r}; the numpy loader reads '
-        "'name', 'name[a:b]' or 'name[a%:b%]', joined by '+'."
-      )
-    name = match['name']
-    if name not in sizes:
-      raise ValueError(
-        f'There is no split {name!r}; available: {sorted(sizes)}.'
-      )
-    size = sizes[name]
-    bounds = [match['start'], match['stop']]
-    percent = any(b and b.endswith('%') for b in bounds)
-    for i, (bound, default) in enumerate(zip(bounds, (0, size))):
-      if not bound:
-        bounds[i] = default
-        continue
-      if percent:
-        value = int(round(float(bound.rstrip('%')) * size / 100.0))
-      else:
-        value = int(bound)
-      if abs(value) > size:
-        raise ValueError(
-          f'Slice {part!r} is outside the {size} examples of {name!r}.'
-        )
-      bounds[i] = value + size if value < 0 else value
-    ranges.append((name, bounds[0], max(bounds[0], bounds[1])))
-  return ranges
-
-
-def process_parts(
-  ranges: list[tuple[str, int, int]], process_count: int
-) -> list[np.ndarray]:
-  """Per process, its positions in the concatenated `ranges`.
-
-  tfds.split_for_jax_process: each range is cut into `process_count`
-  contiguous parts, the first ones one example longer where it does not
-  divide.
-  """
-  parts = [[] for _ in range(process_count)]
-  start = 0
-  for _, begin, end in ranges:
-    positions = np.arange(start, start + end - begin)
-    for process, part in enumerate(np.array_split(positions, process_count)):
-      parts[process].append(part)
-    start += end - begin
-  return [np.concatenate(p).astype(np.int64) for p in parts]
-
-
 # Preprocessing ---------------------------------------------------------------
 
 
 def fit_to_size(images: np.ndarray, size: int, method: str) -> np.ndarray:
-  """Brings fixed-size images (N, H, W, C) to (N, size, size, C).
+  """Brings fixed-size images (N, H, W, C) to (N, size, size, C) by `splits.fit_plan`.
 
-  'pad' centers them on a zero canvas (MNIST 28 -> 32) and falls back to
-  resizing when shrinking; 'resize' resizes bilinearly with antialiasing, as
-  the tfds loader's `augment.fit_to_size`.
+  'pad' centers them on a zero canvas and falls back to resizing when
+  shrinking; 'resize' resizes bilinearly with antialiasing, as the tfds
+  loader's `augment.fit_to_size`.
   """
   count, height, width, channels = images.shape
-  if (height, width) == (size, size):
+  plan = splits.fit_plan(height, width, size, method)
+  if plan.kind == 'keep':
     return images
-  if method == 'pad' and height <= size and width <= size:
-    top, left = (size - height) // 2, (size - width) // 2
-    return np.pad(
-      images,
-      ((0, 0), (top, size - height - top), (left, size - width - left), (0, 0)),
-    )
+  if plan.kind == 'pad':
+    return np.pad(images, ((0, 0),) + plan.pads + ((0, 0),))
   # jax.image.resize's antialiased bilinear kernel is the one of
   # tf.image.resize(antialias=True); it runs once per source, not per batch.
   import jax  # pylint: disable=g-import-not-at-top
@@ -272,12 +198,9 @@ class InMemorySource(specs.SourceBase):
     return self._eval_batches(start_step)
 
   def _train_batches(self, epoch_index, start_step):
-    shuffle = np.random.default_rng(
-      specs.derive_seed(self.seed, epoch_index, specs.SHUFFLE_STREAM)
-    )
-    order = shuffle.permutation(self.local_num_examples)
-    augment_seed = specs.derive_seed(
-      self.seed, epoch_index, specs.AUGMENT_STREAM
+    shuffle_seed, augment_seed = splits.epoch_seeds(self.seed, epoch_index)
+    order = np.random.default_rng(shuffle_seed).permutation(
+      self.local_num_examples
     )
     batch = self.local_batch_size
     for step in range(start_step, self.steps_per_epoch):
@@ -358,22 +281,20 @@ def build_input(
 
   split_names, read_split = DATASETS[name]
   sizes = {s: len(read_split(s)[0]) for s in split_names}
-  ranges = split_ranges(split, sizes)
-  images = np.concatenate([read_split(s)[1][a:b] for s, a, b in ranges])
-  labels = np.concatenate([read_split(s)[2][a:b] for s, a, b in ranges])
-  if train_fraction == 1.0:
-    parts = process_parts(ranges, process_count)
-    local = parts[process_index]
-    # Numbered after the examples of lower process indices, as the tfds
-    # loader does: indices key the augmentation and must be unique.
-    offset = sum(len(p) for p in parts[:process_index])
-    indices = offset + np.arange(len(local))
-    num_examples = len(labels)
-  else:
-    subset = specs.class_balanced_subset(labels, train_fraction, fraction_seed)
-    local = np.array_split(subset, process_count)[process_index]
-    indices = local
-    num_examples = len(subset)
+
+  def column(ranges, field):  # 1: images, 2: labels of the ranges, in order.
+    return np.concatenate([read_split(s)[field][a:b] for s, a, b in ranges])
+
+  share = splits.process_share(
+    split,
+    sizes,
+    process_index=process_index,
+    process_count=process_count,
+    train_fraction=train_fraction,
+    fraction_seed=fraction_seed,
+    labels=lambda: column(splits.parse_split(split, sizes), 2),
+  )
+  kept = share.positions
   return InMemorySource(
     name=name,
     split=split,
@@ -385,8 +306,8 @@ def build_input(
     augment=recipe,
     process_index=process_index,
     process_count=process_count,
-    images=images[local],
-    labels=labels[local],
-    indices=indices,
-    num_examples=num_examples,
+    images=column(share.read_ranges, 1)[kept],
+    labels=column(share.read_ranges, 2)[kept],
+    indices=share.indices,
+    num_examples=share.num_examples,
   )

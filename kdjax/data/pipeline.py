@@ -8,7 +8,8 @@ process's batches of epoch e as dicts of NumPy arrays:
   mask   float32 (local_batch,): 1 for real examples, 0 for eval padding
 
 Multi-process: every process calls `build_input` with the same arguments and
-reads only its part of the split (`tfds.split_for_jax_process`); the trainer
+reads only its part of the split (`tfds.split_for_jax_process`'s even split,
+computed by `splits.process_share`); the trainer
 assembles global arrays with `jax.make_array_from_process_local_data`.
 
 Determinism: the shuffle order is a function of (seed, epoch) only, and every
@@ -18,6 +19,8 @@ this run or a restarted one. An example's index is its position in the order
 tfds reads this process's part (fixed, as `shuffle_files=False`), offset to be
 unique over processes.
 
+Which examples each process reads, and their indices, follow the rules of
+splits.py (`splits.process_share`), which the NumPy loader follows too:
 train_fraction < 1 keeps a class-balanced random subset of the split, chosen
 on the whole split (the same for any process count) and shared out between
 processes; each process then reads the whole split and keeps its share.
@@ -29,7 +32,7 @@ first use; the other datasets must already be prepared in `data_dir`, otherwise
 This is the default loader (`--config.data.loader=tfds`). Where TensorFlow is
 not installed, `--config.data.loader=numpy` serves mnist5k from memory instead
 (in_memory.py): the same examples, batches and determinism contract.
-Dataset specs, recipes and the subset/seed rules both share are in specs.py.
+Dataset specs and recipes both share are in specs.py.
 """
 
 import os
@@ -43,7 +46,7 @@ import tensorflow_datasets as tfds
 from kdjax.data import augment as augment_lib
 from kdjax.data import mnist5k
 from kdjax.data import specs
-from kdjax.data.specs import class_balanced_subset
+from kdjax.data import splits
 from kdjax.data.specs import DATASETS
 from kdjax.data.specs import DatasetNotPreparedError
 from kdjax.data.specs import DatasetSpec
@@ -130,6 +133,11 @@ def _read(builder, split) -> tf.data.Dataset:
   return ds.map(lambda ex: {'image': ex['image'], 'label': ex['label']})
 
 
+def split_sizes(builder: tfds.core.DatasetBuilder) -> dict[str, int]:
+  """Number of examples of every named split of a prepared builder."""
+  return {name: info.num_examples for name, info in builder.info.splits.items()}
+
+
 _LABELS_CACHE: dict[tuple[str, str], np.ndarray] = {}
 _LABELS_LOCK = threading.Lock()
 
@@ -204,37 +212,30 @@ class InputSource(specs.SourceBase):
     self._cache = cache
     self._shuffle_buffer_size = shuffle_buffer_size
 
-    splits = builder.info.splits
-    if train_fraction == 1.0:
-      self._read_split = tfds.split_for_jax_process(
-        split, process_index=process_index, process_count=process_count
-      )
-      self._local_num_examples = splits[self._read_split].num_examples
-      # Example indices must be unique over processes (they key the
-      # augmentation): number this part after those of lower process indices.
-      self._index_offset = sum(
-        splits[
-          tfds.split_for_jax_process(
-            split, process_index=p, process_count=process_count
-          )
-        ].num_examples
-        for p in range(process_index)
-      )
-      self._keep = None
-      self._set_num_examples(splits[split].num_examples)
-    else:
-      # Reading the whole split is cheap next to decoding, which only the
-      # kept records pay.
-      labels = split_labels(builder, split)
-      subset = class_balanced_subset(labels, train_fraction, fraction_seed)
-      local = np.array_split(subset, process_count)[process_index]
-      self._keep = np.zeros(len(labels), bool)
-      self._keep[local] = True
-      self._read_split = split
-      self._local_num_examples = len(local)
-      self._index_offset = 0
-      self._set_num_examples(len(subset))
+    share = splits.process_share(
+      split,
+      split_sizes(builder),
+      process_index=process_index,
+      process_count=process_count,
+      train_fraction=train_fraction,
+      fraction_seed=fraction_seed,
+      # Reading the whole split's labels is cheap next to decoding, which
+      # only the kept records pay.
+      labels=lambda: split_labels(builder, split),
+    )
+    self._read_split = share.read_split
+    self._local_num_examples = share.local_num_examples
+    self._index_offset = share.index_offset
+    self._keep = None
+    if share.keep is not None:
+      self._keep = np.zeros(share.num_read, bool)
+      self._keep[share.keep] = True
+    self._set_num_examples(share.num_examples)
     self._base_dataset = None
+
+  def _first_record_split(self) -> str:
+    name = next(n for n, size in split_sizes(self._builder).items() if size)
+    return f'{name}[0:1]'
 
   def _check_label(self, label: tf.Tensor) -> tf.Tensor:
     checks = [
@@ -277,7 +278,10 @@ class InputSource(specs.SourceBase):
     """
     if self._base_dataset is not None:
       return self._base_dataset
-    ds = _read(self._builder, self._read_split)
+    if self._read_split:
+      ds = _read(self._builder, self._read_split)
+    else:  # This process's part is empty (a split smaller than the processes).
+      ds = _read(self._builder, self._first_record_split()).take(0)
     offset = self._index_offset
     ds = ds.enumerate().map(
       lambda i, ex: {
@@ -328,19 +332,13 @@ class InputSource(specs.SourceBase):
     local_batch = self.local_batch_size
     ds = self._base()
     if self.train:
+      shuffle_seed, augment_seed = splits.epoch_seeds(self.seed, epoch_index)
       buffer = self._shuffle_buffer()
-      ds = ds.shuffle(
-        buffer,
-        seed=specs.derive_seed(self.seed, epoch_index, specs.SHUFFLE_STREAM),
-        reshuffle_each_iteration=False,
-      )
+      ds = ds.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
       # Skipping before preprocessing makes resumption cheap; the per-example
       # seeds make the skipped-to examples identical to an unskipped run.
       ds = ds.take(self._local_examples_per_epoch)
       ds = ds.skip(start_step * local_batch)
-      augment_seed = specs.derive_seed(
-        self.seed, epoch_index, specs.AUGMENT_STREAM
-      )
       ds = ds.map(
         lambda ex: self._preprocess(ex, augment_seed),
         num_parallel_calls=tf.data.AUTOTUNE,
@@ -473,12 +471,9 @@ def build_input(
       f'{spec.stored_shape}.'
     )
   try:
-    builder.info.splits[split]
-  except (KeyError, ValueError) as e:
-    raise ValueError(
-      f'{name} has no split {split!r}; available: '
-      f'{sorted(builder.info.splits)}.'
-    ) from e
+    splits.parse_split(split, split_sizes(builder))
+  except ValueError as e:
+    raise ValueError(f'{name}: {e}') from e
 
   return InputSource(
     name=name,

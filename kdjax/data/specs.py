@@ -1,7 +1,8 @@
-"""What both input loaders share: dataset specs, recipes, subsets, seeds.
+"""What both input loaders share: dataset specs, recipes, argument checks.
 
 The tfds loader (pipeline.py) and the NumPy loader (in_memory.py) read these
-definitions from here, so that the same arguments mean the same thing in both.
+definitions from here, so that the same arguments mean the same thing in both;
+which examples a process reads and in which order is in splits.py.
 Nothing here imports TensorFlow: a host without it can still build configs,
 validate arguments and run the NumPy loader.
 """
@@ -9,7 +10,10 @@ validate arguments and run the NumPy loader.
 import dataclasses
 import math
 
-import numpy as np
+from kdjax.data.splits import AUGMENT_STREAM  # noqa: F401 (moved; re-exported)
+from kdjax.data.splits import class_balanced_subset  # noqa: F401
+from kdjax.data.splits import derive_seed  # noqa: F401
+from kdjax.data.splits import SHUFFLE_STREAM  # noqa: F401
 
 
 class DatasetNotPreparedError(FileNotFoundError):
@@ -185,35 +189,6 @@ def get_augment(augment: 'str | Augment | None') -> Augment:
 
 
 # Choices shared by the loaders -----------------------------------------------
-
-
-def class_balanced_subset(
-  labels: np.ndarray, fraction: float, seed: int
-) -> np.ndarray:
-  """Sorted indices of a stratified random `fraction` of each class.
-
-  Each class keeps round(fraction * its count) examples (at least one), so a
-  balanced split keeps the same number per class: 10% of mnist5k's train split
-  is 40 per class. Depends only on (labels, fraction, seed).
-  """
-  if not 0.0 < fraction <= 1.0:
-    raise ValueError(f'fraction must be in (0, 1], got {fraction}.')
-  rng = np.random.default_rng(seed)
-  kept = []
-  for label in np.unique(labels):
-    members = np.flatnonzero(labels == label)
-    count = max(1, int(round(fraction * len(members))))
-    kept.append(rng.permutation(members)[:count])
-  return np.sort(np.concatenate(kept))
-
-
-SHUFFLE_STREAM, AUGMENT_STREAM = 0, 1
-
-
-def derive_seed(seed: int, epoch: int, stream: int) -> int:
-  """A 63-bit seed for one (seed, epoch, purpose) triple."""
-  state = np.random.SeedSequence([int(seed) % 2**64, int(epoch), stream])
-  return int(state.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
 def check_input_args(
