@@ -13,7 +13,7 @@ import tensorflow_datasets as tfds
 
 import kdjax.data as kd
 from kdjax.data import mnist5k
-from kdjax.data import testing as data_testing
+import tfds_mocks as data_testing
 
 
 @pytest.fixture(scope='module')

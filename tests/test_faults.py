@@ -38,7 +38,7 @@ import tensorflow as tf
 
 from kdjax import config_defaults
 from kdjax.data import pipeline
-from kdjax.data import testing as data_testing
+import tfds_mocks as data_testing
 from kdjax.train import checkpointing
 from kdjax.train import train
 

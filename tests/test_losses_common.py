@@ -1,4 +1,7 @@
-"""Properties every loss shares (jit + grad, bfloat16, vmap, no retracing) and the connectors."""
+"""Properties every loss shares (jit + grad, bfloat16, vmap, no retracing).
+
+Also the connector modules of kdjax.models.connectors.
+"""
 
 import functools
 
@@ -9,6 +12,7 @@ import pytest
 from jax import lax
 
 from kdjax import losses
+from kdjax.models import connectors
 
 
 def _normal(rng, *shape, scale=1.0):
@@ -208,7 +212,7 @@ def _init(module, *args, **kwargs):
 
 
 def test_feature_connector_shapes_and_parameters():
-  connector = losses.FeatureConnector(features=32)
+  connector = connectors.FeatureConnector(features=32)
   x = jnp.ones((2, 4, 4, 16))
   variables = _init(connector, x, train=False)
   assert set(variables['params']['conv']) == {'kernel'}  # no conv bias
@@ -223,7 +227,7 @@ def test_feature_connector_shapes_and_parameters():
 
 
 def test_feature_connector_init_is_he_normal_fan_out():
-  connector = losses.FeatureConnector(features=512)
+  connector = connectors.FeatureConnector(features=512)
   variables = _init(connector, jnp.ones((1, 2, 2, 256)), train=False)
   kernel = np.asarray(variables['params']['conv']['kernel'], np.float64).ravel()
   target_var = (
@@ -237,15 +241,15 @@ def test_feature_connector_init_is_he_normal_fan_out():
 
 def test_kernel_transform_starts_as_identity():
   g = jax.random.uniform(jax.random.key(2), (2, 3, 3, 6))
-  rho = losses.KernelTransform(features=6)
+  rho = connectors.KernelTransform(features=6)
   np.testing.assert_allclose(jax.jit(rho.apply)(_init(rho, g), g), g, rtol=1e-6)
-  widen = losses.KernelTransform(features=8)
+  widen = connectors.KernelTransform(features=8)
   kernel = _init(widen, g)['params']['conv']['kernel']
   np.testing.assert_array_equal(kernel[0, 0], np.eye(6, 8))
 
 
 def test_branch_adapters_map_each_branch_to_its_teacher_width():
-  adapters = losses.BranchAdapters(teacher_features=(4, 6))
+  adapters = connectors.BranchAdapters(teacher_features=(4, 6))
   branch_feats = jnp.ones((3, 5, 8))
   params = _init(adapters, branch_feats)
   assert set(params['params']) == {'adapter_0', 'adapter_1', 'adapter_2'}

@@ -1,7 +1,7 @@
 """End-to-end tests of the trainer: every method, sharding, resume, eval, errors, CLI.
 
 Runs are tiny (2-5 steps, batch 8, resnet8 or a 2-branch width-8 ekd_student)
-on the mock tfds datasets of kdjax.data.testing and on the embedded mnist5k
+on the mock tfds datasets of tests/tfds_mocks.py and on the embedded mnist5k
 digits. XLA compilation dominates their cost, so runs that several tests read
 (the supervised run that is also the frozen teacher and the reference of the
 resume and sharding tests) happen once per session: `_shared_run` runs them in
@@ -32,7 +32,7 @@ import pytest
 import tensorflow as tf
 
 from kdjax import config_defaults
-from kdjax.data import testing as data_testing
+import tfds_mocks as data_testing
 from kdjax.train import checkpointing
 from kdjax.train import train
 

@@ -1,21 +1,20 @@
-"""Distillation losses as pure functions of arrays, plus their small linen connectors.
+"""Distillation losses as pure functions of arrays.
 
 Every loss takes arrays (or pytrees of arrays), casts to float32 inside, puts
 teacher inputs under ``stop_gradient`` and returns a float32 scalar; the
 ``*_total`` helpers and ``ekd_loss`` return ``(total, terms)`` with a dict of
 named terms for logging. The learnable pieces (OFD / FitNets connectors,
-PKKD's rho, EKD's adapters) are linen modules in ``connectors``; the caller
-applies them and hands their outputs to the losses.
+PKKD's rho, EKD's adapters) are linen modules in ``kdjax.models.connectors``;
+the caller applies them and hands their outputs to the losses. Formulas,
+sources and reductions: docs/baselines.md, docs/ofd.md, docs/pkkd.md,
+docs/ekd.md.
 """
 
+import importlib
+import warnings
+
+
 from kdjax.losses.classification import cross_entropy, hinton_kd_total, kd_loss
-from kdjax.losses.connectors import (
-  BranchAdapters,
-  FeatureConnector,
-  KernelTransform,
-  he_normal_fan_out,
-  identity_1x1_init,
-)
 from kdjax.losses.ekd import branch_teacher_pairing, ekd_loss, ensemble_logits
 from kdjax.losses.hints import (
   attention_map,
@@ -76,10 +75,34 @@ __all__ = [
   'ekd_loss',
   'ensemble_logits',
   'branch_teacher_pairing',
-  # connectors
+  # connectors: moved to kdjax.models.connectors (see __getattr__)
   'FeatureConnector',
   'KernelTransform',
   'BranchAdapters',
   'he_normal_fan_out',
   'identity_1x1_init',
 ]
+
+# Names that moved to kdjax.models.connectors: still served here, with a
+# warning, for one release.
+_MOVED_TO_MODELS = (
+  'FeatureConnector',
+  'KernelTransform',
+  'BranchAdapters',
+  'he_normal_fan_out',
+  'identity_1x1_init',
+)
+
+
+def __getattr__(name):
+  if name == 'connectors':  # The deprecated module; importing it warns.
+    return importlib.import_module('kdjax.losses.connectors')
+  if name in _MOVED_TO_MODELS:
+    warnings.warn(
+      f'kdjax.losses.{name} moved to kdjax.models.connectors.{name}; '
+      'import it from there. The old path will be removed in the next release.',
+      DeprecationWarning,
+      stacklevel=2,
+    )
+    return getattr(importlib.import_module('kdjax.models.connectors'), name)
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -48,9 +48,19 @@ num_classes), ``features`` a dict with exactly these keys:
     concatenation of the branches.
 
 Unused features cost nothing under jit (dead-code elimination).
+
+The learnable distillation modules that train beside a student (OFD/FitNets
+connectors, PKKD's rho, EKD's adapters) are in ``connectors.py``.
 """
 
+from kdjax.models import connectors
 from kdjax.models.cifar_resnet import CifarResNet
+from kdjax.models.connectors import (
+  BranchAdapters,
+  FeatureConnector,
+  KernelTransform,
+  StageConnectors,
+)
 from kdjax.models.ekd_student import EKDStudent
 from kdjax.models.imagenet_resnet import ImageNetResNet
 from kdjax.models.layers import CONV_TYPES, ConvOrAdder, adder_kernel_mask
@@ -65,17 +75,22 @@ from kdjax.models.registry import (
 from kdjax.models.wide_resnet import WideResNet
 
 __all__ = [
+  'BranchAdapters',
   'CONV_TYPES',
   'CifarResNet',
   'ConvOrAdder',
   'EKDStudent',
+  'FeatureConnector',
   'ImageNetResNet',
+  'KernelTransform',
   'MobileNetV1',
+  'StageConnectors',
   'WideResNet',
   'adder_kernel_mask',
   'available_models',
   'build_model',
   'check_input_size',
+  'connectors',
   'min_image_size',
   'model_spec',
 ]

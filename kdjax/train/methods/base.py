@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from kdjax import losses, models
+from kdjax import models
 
 PyTree = Any
 Metrics = Dict[str, jax.Array]
@@ -149,30 +149,6 @@ class Method(abc.ABC):
     )
 
 
-class StageConnectors(nn.Module):
-  """One connector per distilled feature, so a method keeps them in one subtree.
-
-  kind 'feature': 1x1 conv + BN (OFD, FitNets); 'kernel': PKKD's 1x1 rho.
-  """
-
-  kind: str
-  features: Tuple[int, ...]
-
-  @nn.compact
-  def __call__(self, xs, train: bool):
-    if self.kind == 'feature':
-      return tuple(
-        losses.FeatureConnector(f, name=f'connector{i}')(x, train=train)
-        for i, (f, x) in enumerate(zip(self.features, xs))
-      )
-    if self.kind == 'kernel':
-      return tuple(
-        losses.KernelTransform(f, name=f'rho{i}')(x)
-        for i, (f, x) in enumerate(zip(self.features, xs))
-      )
-    raise ValueError(f'unknown connector kind {self.kind!r}')
-
-
 def init_module(
   module: nn.Module, rng: jax.Array, *args, **kwargs
 ) -> Tuple[PyTree, PyTree]:
@@ -191,3 +167,22 @@ def run_module(
     )
     return out, updates.get('batch_stats', {})
   return module.apply(variables, *args, train=False), batch_stats
+
+
+def __getattr__(name):
+  # StageConnectors moved to kdjax.models.connectors; served here, with a
+  # warning, for one release.
+  if name == 'StageConnectors':
+    import warnings  # pylint: disable=g-import-not-at-top
+
+    from kdjax.models import connectors  # pylint: disable=g-import-not-at-top
+
+    warnings.warn(
+      'kdjax.train.methods.base.StageConnectors moved to '
+      'kdjax.models.connectors.StageConnectors; import it from there. The old '
+      'path will be removed in the next release.',
+      DeprecationWarning,
+      stacklevel=2,
+    )
+    return connectors.StageConnectors
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

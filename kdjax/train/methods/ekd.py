@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from kdjax import losses
+from kdjax.models import connectors
 from kdjax.train.methods import base
 from kdjax.train.methods.teachers import restore_frozen_teacher
 
@@ -28,7 +29,7 @@ class EKD(base.Method):
       self.teachers.append(model)
       frozen.append({'params': params, 'batch_stats': batch_stats})
       widths.append(feats['pooled'].shape[-1])
-    self.adapters = losses.BranchAdapters(tuple(widths))
+    self.adapters = connectors.BranchAdapters(tuple(widths))
     return {'teachers': tuple(frozen)}
 
   def _teacher_outputs(self, frozen, images):

@@ -3,6 +3,7 @@
 import jax
 
 from kdjax import losses
+from kdjax.models import connectors
 from kdjax.train.methods import base
 from kdjax.train.methods.teachers import restore_frozen_teacher
 
@@ -53,7 +54,7 @@ class KnowledgeDistillation(base.Method):
       hint_channels = teacher_logits_shape[1]['stages'][self.hint_stage][
         'preact'
       ].shape[-1]
-      self.connectors = base.StageConnectors('feature', (hint_channels,))
+      self.connectors = connectors.StageConnectors('feature', (hint_channels,))
       _, student_feats = self.student.apply(
         {'params': params, 'batch_stats': batch_stats}, images, train=False
       )

@@ -9,6 +9,7 @@ Student connectors (1x1 conv + BN) are trained with the student.
 import jax
 
 from kdjax import losses
+from kdjax.models import connectors
 from kdjax.train.methods import base
 from kdjax.train.methods.teachers import restore_frozen_teacher
 
@@ -45,7 +46,9 @@ class OFD(base.Method):
         f'OFD pairs stages one to one: the student has {len(feats["stages"])} '
         f'and the teacher {len(self.teacher_channels)}'
       )
-    self.connectors = base.StageConnectors('feature', self.teacher_channels)
+    self.connectors = connectors.StageConnectors(
+      'feature', self.teacher_channels
+    )
     c_params, c_stats = base.init_module(
       self.connectors,
       connector_rng,
