@@ -415,19 +415,16 @@ def test_bad_padding_is_a_clear_error(padding):
     adder_conv(jnp.zeros((1, 5, 5, 2)), jnp.zeros((3, 3, 2, 3)), 1, padding)
 
 
-def test_inside_a_sharded_step_matches_one_device():
-  """jit over an 8-device batch mesh gives the single-device values and gradients."""
+def sharded_step(conv, x, f, r):
+  """grad of sum(conv(x, f) * r), jitted over an 8-device batch mesh.
+
+  Returns (compiled step, y, dL/dx, dL/dF); x and r are split over the batch.
+  """
   if jax.device_count() < 8:
     pytest.skip(
       f'needs 8 devices (tests/conftest.py sets XLA_FLAGS); have {jax.device_count()}'
     )
   from jax.sharding import NamedSharding, PartitionSpec as P
-
-  rng = np.random.default_rng(3)
-  x = rng.normal(size=(8, 6, 6, 3)).astype(np.float32)
-  f = rng.normal(size=(3, 3, 3, 4)).astype(np.float32)
-  r = rng.normal(size=(8, 3, 3, 4)).astype(np.float32)
-  expected_y, expected_dx, expected_df = reference_adder(x, f, r, 2, 1)
 
   mesh = jax.make_mesh(
     (8,), ('data',), axis_types=(jax.sharding.AxisType.Auto,)
@@ -435,7 +432,7 @@ def test_inside_a_sharded_step_matches_one_device():
   batch, replicated = NamedSharding(mesh, P('data')), NamedSharding(mesh, P())
 
   def loss(x, f, r):
-    y = adder_conv(x, f, 2, 1)
+    y = conv(x, f)
     return jnp.sum(y * r), y
 
   step = jax.jit(
@@ -443,12 +440,25 @@ def test_inside_a_sharded_step_matches_one_device():
     in_shardings=(batch, replicated, batch),
   )
   with jax.set_mesh(mesh):
-    (dx, df), y = step(
+    args = (
       jax.device_put(x, batch),
       jax.device_put(f, replicated),
       jax.device_put(r, batch),
     )
+    compiled = step.lower(*args).compile()
+    (dx, df), y = compiled(*args)
   assert dx.sharding.spec[0] == 'data'
+  return compiled, y, dx, df
+
+
+def test_inside_a_sharded_step_matches_one_device():
+  """jit over an 8-device batch mesh gives the single-device values and gradients."""
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(8, 6, 6, 3)).astype(np.float32)
+  f = rng.normal(size=(3, 3, 3, 4)).astype(np.float32)
+  r = rng.normal(size=(8, 3, 3, 4)).astype(np.float32)
+  expected_y, expected_dx, expected_df = reference_adder(x, f, r, 2, 1)
+  _, y, dx, df = sharded_step(lambda x, f: adder_conv(x, f, 2, 1), x, f, r)
   np.testing.assert_allclose(np.asarray(y), expected_y, rtol=1e-5, atol=1e-4)
   np.testing.assert_allclose(np.asarray(dx), expected_dx, rtol=1e-5, atol=1e-4)
   np.testing.assert_allclose(np.asarray(df), expected_df, rtol=1e-5, atol=1e-3)

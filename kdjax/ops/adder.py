@@ -30,12 +30,14 @@ Why it is laid out this way:
 from __future__ import annotations
 
 import functools
-from typing import Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 import numpy as np
+
+from kdjax.ops import adder_pallas
 
 PaddingLike = Union[str, int, Sequence[Tuple[int, int]], Sequence[int]]
 Pads = Tuple[Tuple[int, int], Tuple[int, int]]
@@ -346,30 +348,78 @@ def _fused_forward(x, kernel, strides, pads):
   return -jnp.sum(jnp.abs(patches[..., None, :] - filters), axis=-1)
 
 
-def _fused_input_grad(xp, kernel, g, strides):
-  """dL/dX on the padded grid from one fused reduction over output channels.
+def _patch_input_grad(xp, kernel, g, strides, patch_grad):
+  """dL/dX on the padded grid (float32) from a gradient on the patches.
 
-  dP[..., k] = sum_o g[..., o] * clip(F[k, o] - P[..., k], -1, 1) on the
-  patches, then the patch-to-pixel scatter is the transpose of the patch
-  extraction.
+  ``patch_grad(patches, filters, g)`` returns the float32 (N, Ho, Wo, T*C)
+      dP[..., k] = sum_o g[..., o] * clip(F[k, o] - P[..., k], -1, 1);
+  the patch-to-pixel scatter is the transpose of the patch extraction.
   """
   out_hw = g.shape[1:3]
   extract = lambda xp: _patches(xp, kernel.shape[:2], out_hw, strides)
-  patches, scatter = jax.vjp(extract, xp)
+  # The transpose is taken at float32 so that bfloat16 patches still scatter
+  # a float32 gradient (the unused float32 patches are dead code).
+  _, scatter = jax.vjp(extract, xp.astype(jnp.float32))
   filters = kernel.reshape(-1, kernel.shape[-1])  # (T*C, O)
-  dpatches = jnp.sum(
+  return scatter(patch_grad(extract(xp), filters, g))[0]
+
+
+def _fused_patch_grad(patches, filters, g):
+  return jnp.sum(
     g[..., None, :] * jnp.clip(filters - patches[..., None], -1.0, 1.0), axis=-1
   )
-  return scatter(dpatches)[0]
+
+
+def _fused_input_grad(xp, kernel, g, strides):
+  """dL/dX on the padded grid from one fused reduction over output channels."""
+  return _patch_input_grad(xp, kernel, g, strides, _fused_patch_grad)
+
+
+def _pallas_forward(x, kernel, strides, pads, config):
+  """The forward as a Pallas adder matmul over (N*Ho*Wo, T*C) patches.
+
+  Runs in the input dtype (float32 accumulation) and returns it.
+  """
+  xp = _pad(x, pads)
+  out_hw = _out_hw(xp.shape, kernel.shape, strides)
+  patches = _patches(xp, kernel.shape[:2], out_hw, strides)
+  out_channels = kernel.shape[-1]
+  y = adder_pallas.forward(
+    patches.reshape(-1, patches.shape[-1]),
+    kernel.reshape(-1, out_channels),
+    config,
+    x.dtype,
+  )
+  return y.reshape(patches.shape[:3] + (out_channels,))
+
+
+def _pallas_input_grad(xp, kernel, g, strides, config):
+  """dL/dX on the padded grid: the Pallas patch gradient, scattered by XLA."""
+
+  def patch_grad(patches, filters, g):
+    dpatches = adder_pallas.input_grad(
+      patches.reshape(-1, patches.shape[-1]),
+      filters,
+      g.reshape(-1, g.shape[-1]),
+      config,
+    )
+    return dpatches.reshape(patches.shape)
+
+  return _patch_input_grad(xp, kernel, g, strides, patch_grad)
 
 
 # Which formulation each platform runs: XLA:CPU is fastest on the loops (one
 # small fused elementwise pass per step), GPUs on the fused reductions, which
 # expose all the parallelism at once (benchmarks/adder_bench.py measures both).
-METHODS = ('auto', 'loop', 'fused')
+# 'pallas' is never chosen by 'auto': no committed benchmark has measured it
+# faster than 'fused' on any device (docs/adder_kernels.md).
+METHODS = ('auto', 'loop', 'fused', 'pallas')
 
 
-def _by_method(method, loop_fn, fused_fn, *args):
+def _by_method(method, loop_fn, fused_fn, pallas_fn, *args):
+  """Runs one formulation; ``method`` is a METHODS name or a PallasConfig."""
+  if isinstance(method, adder_pallas.PallasConfig):
+    return pallas_fn(*args, config=method)
   if method == 'loop':
     return loop_fn(*args)
   if method == 'fused':
@@ -382,13 +432,15 @@ def _forward(x, kernel, strides, pads, method):
     method,
     functools.partial(_adder_forward, strides=strides, pads=pads),
     functools.partial(_fused_forward, strides=strides, pads=pads),
+    functools.partial(_pallas_forward, strides=strides, pads=pads),
     x,
     kernel,
   )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
-def _adder_conv_f32(x, kernel, strides, pads, chunk, method):
+def _adder_conv_vjp(x, kernel, strides, pads, chunk, method):
+  """The op with the AdderNet backward; 'loop'/'fused' get float32 inputs."""
   del chunk  # Only the backward needs a working-set bound.
   return _forward(x, kernel, strides, pads, method)
 
@@ -404,12 +456,15 @@ def _adder_bwd(strides, pads, chunk, method, residuals, g):
     method,
     functools.partial(_input_grad, strides=strides, chunk=chunk),
     functools.partial(_fused_input_grad, strides=strides),
+    functools.partial(_pallas_input_grad, strides=strides),
     _pad(x, pads),
     kernel,
     g,
   )
   h, w = x.shape[1:3]
   dx = dxp[:, pads[0][0] : pads[0][0] + h, pads[1][0] : pads[1][0] + w, :]
+  # 'pallas' keeps bfloat16 inputs; the weight gradient stays in float32.
+  x, kernel, g = (a.astype(jnp.float32) for a in (x, kernel, g))
 
   conv = lambda k: lax.conv_general_dilated(
     x,
@@ -422,10 +477,10 @@ def _adder_bwd(strides, pads, chunk, method, residuals, g):
   _, conv_vjp = jax.vjp(conv, kernel)
   (dk_conv,) = conv_vjp(g)
   dk = dk_conv - kernel * jnp.sum(g, axis=(0, 1, 2))
-  return dx, dk
+  return dx.astype(residuals[0].dtype), dk.astype(residuals[1].dtype)
 
 
-_adder_conv_f32.defvjp(_adder_fwd, _adder_bwd)
+_adder_conv_vjp.defvjp(_adder_fwd, _adder_bwd)
 
 
 def adder_conv(
@@ -436,6 +491,8 @@ def adder_conv(
   *,
   memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
   method: str = 'auto',
+  pallas_backend: Optional[str] = None,
+  pallas_blocks: Optional[adder_pallas.KernelBlocks] = None,
 ) -> jax.Array:
   """Adder convolution ``Y = -sum |X - F|`` with the AdderNet backward.
 
@@ -450,8 +507,15 @@ def adder_conv(
     method: 'loop' (loops over channels and taps, bounded by
       ``memory_budget_bytes``), 'fused' (broadcast-and-reduce over im2col
       patches, which XLA fuses so that only the patches are stored), or
-      'auto': 'loop' on CPU and 'fused' elsewhere, decided when lowering.
-      All three compute the same values.
+      'auto': 'loop' on CPU and 'fused' elsewhere, decided when lowering;
+      or 'pallas': Pallas kernels for the forward and the input gradient
+      over the im2col patches (docs/adder_kernels.md), which keep bfloat16
+      inputs in bfloat16 in memory. All compute the same values.
+    pallas_backend: with method='pallas', the kernel family: 'gpu' (Triton),
+      'tpu' (Mosaic), or None for the current platform's ('gpu' on CPU). A
+      family that is not the platform's runs in Pallas interpret mode.
+    pallas_blocks: with method='pallas', a ``adder_pallas.KernelBlocks`` to
+      use instead of the block table (autotuning, tests).
 
   Returns:
     NHWC output in the input's dtype, always <= 0.
@@ -472,6 +536,14 @@ def adder_conv(
     raise ValueError(
       f'adder_conv: method must be one of {METHODS}, got {method!r}'
     )
+  if method != 'pallas' and (
+    pallas_backend is not None or pallas_blocks is not None
+  ):
+    raise ValueError(
+      f'adder_conv: pallas_backend and pallas_blocks only apply to '
+      f"method='pallas', got method={method!r}; drop them or pass "
+      f"method='pallas'"
+    )
   strides = normalize_strides(strides)
   pads = normalize_padding(padding, x.shape[1:3], kernel.shape[:2], strides)
   padded = (x.shape[1] + sum(pads[0]), x.shape[2] + sum(pads[1]))
@@ -488,12 +560,46 @@ def adder_conv(
     memory_budget_bytes,
   )
   out_dtype = jnp.result_type(x.dtype, kernel.dtype)
-  y = _adder_conv_f32(
-    x.astype(jnp.float32),
-    kernel.astype(jnp.float32),
-    strides,
-    pads,
-    chunk,
-    method,
+  if method != 'pallas':
+    y = _adder_conv_vjp(
+      x.astype(jnp.float32),
+      kernel.astype(jnp.float32),
+      strides,
+      pads,
+      chunk,
+      method,
+    )
+    return y.astype(out_dtype)
+  # The kernels read the input dtype and accumulate in float32.
+  config = adder_pallas.make_config(pallas_backend, pallas_blocks)
+  run = lambda x, kernel: _adder_conv_vjp(
+    x, kernel, strides, pads, chunk, config
   )
-  return y.astype(out_dtype)
+  return _split_batch_over_mesh(
+    run, x.astype(out_dtype), kernel.astype(out_dtype)
+  )
+
+
+def _split_batch_over_mesh(run, x, kernel):
+  """``run(x, kernel)``, under ``jax.shard_map`` over the batch if a mesh is set.
+
+  XLA cannot partition a Pallas kernel, so under a sharded jit it would gather
+  the whole batch onto every device. With a mesh set (``jax.set_mesh``), the
+  batch is split over all its axes instead (the data-parallel layout of
+  kdjax.train) and each device runs the kernels on its own examples; the
+  kernel gradient is summed over the mesh by shard_map's transpose. When the
+  batch does not divide by the mesh size, it runs unsplit (correct, slower).
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or x.shape[0] % mesh.size:
+    return run(x, kernel)
+  batch = jax.sharding.PartitionSpec(tuple(mesh.axis_names))
+  # check_vma=False: the custom VJP's per-device kernel gradient is untyped
+  # over the mesh, and shard_map's transpose sums it over the devices (the
+  # interpreted kernels' fori_loops do not carry vma types either).
+  return jax.shard_map(
+    run,
+    in_specs=(batch, jax.sharding.PartitionSpec()),
+    out_specs=batch,
+    check_vma=False,
+  )(x, kernel)
