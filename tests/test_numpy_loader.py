@@ -453,12 +453,12 @@ def test_numpy_loader_rejects_what_it_does_not_implement():
     numpy_source('test', global_batch_size=2048, train=True)
 
 
-def test_metrics_go_to_jsonl_without_clu(tmp_path, monkeypatch, caplog):
-  monkeypatch.setattr(reporting, 'metric_writers', None)
+def test_metrics_go_to_jsonl_without_tensorboard(tmp_path, monkeypatch, caplog):
+  monkeypatch.setattr(reporting, 'event_file_writer', None)
   with caplog.at_level(logging.WARNING):
     reporter = reporting.Reporter(str(tmp_path))
   assert any(
-    'TensorBoard' in r.getMessage() and 'clu' in r.getMessage()
+    'TensorBoard' in r.getMessage() and 'tensorboard' in r.getMessage()
     for r in caplog.records
   )
   reporter.scalars(3, {'loss/total': np.float32(1.5)})

@@ -1,8 +1,10 @@
 """What a run tells its user: TensorBoard scalars, console lines, a progress bar, summary.json.
 
-Scalars go to TensorBoard through clu's metric writers, which need tensorflow.
-Where clu or tensorflow cannot be imported (a host running the numpy data
-loader), they go to ``<workdir>/metrics.jsonl`` instead, one JSON object per
+Scalars go to TensorBoard event files as plain scalar summaries, which the
+scalar dashboard and ``EventAccumulator(workdir).Reload().Scalars(tag)`` read;
+writing them needs tensorboard and tensorflow (its file system also reaches
+gs:// paths). Where those cannot be imported (a host running the numpy data
+loader), scalars go to ``<workdir>/metrics.jsonl`` instead, one JSON object per
 write: ``{"step": 20, "loss/total": 1.93, ...}``.
 """
 
@@ -19,11 +21,13 @@ import jax
 import numpy as np
 
 try:
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top
-except (
-  ImportError
-):  # clu itself, or the tensorflow its writers import, is missing.
-  metric_writers = None
+  # pylint: disable=g-import-not-at-top
+  import tensorflow  # noqa: F401  # tensorboard's writer then uses tf.io.gfile.
+  from tensorboard.compat.proto import event_pb2
+  from tensorboard.compat.proto import summary_pb2
+  from tensorboard.summary.writer import event_file_writer
+except ImportError:  # No tensorflow or tensorboard: metrics.jsonl instead.
+  event_file_writer = None
 
 METRICS_JSONL = 'metrics.jsonl'
 
@@ -68,21 +72,68 @@ class ProgressBar:
       sys.stderr.flush()
 
 
-class JsonlWriter:
-  """The scalar writer without clu: JSON lines in ``<workdir>/metrics.jsonl``, and the log.
+def _log_scalars(step: int, values: Mapping[str, float]) -> None:
+  logging.info(
+    '[%d] %s',
+    step,
+    ', '.join(f'{k}={v:.6g}' for k, v in sorted(values.items())),
+  )
 
-  Has the methods of clu's writers that Reporter calls.
+
+class EventFileWriter:
+  """Scalars in a TensorBoard event file of ``workdir``, and in the log.
+
+  Each write is one event with a ``simple_value`` per tag, the format that
+  TensorBoard's scalar dashboard and ``EventAccumulator.Scalars(tag)`` read
+  (TF2 ``tf.summary.scalar`` stores tensors, which ``Scalars()`` does not
+  list). Every writer makes its own ``events.out.tfevents.*`` file; a resumed
+  run adds a file, and readers merge them by step. With ``just_logging``
+  (processes other than 0) it only logs.
+  """
+
+  def __init__(self, workdir: str, just_logging: bool):
+    self._writer = None
+    if not just_logging:
+      # flush_secs: what TensorBoard shows lags the run by at most this.
+      self._writer = event_file_writer.EventFileWriter(
+        str(workdir), flush_secs=10
+      )
+
+  def write_scalars(self, step: int, values: Mapping[str, float]) -> None:
+    _log_scalars(step, values)
+    if self._writer is None:
+      return
+    summary = summary_pb2.Summary(
+      value=[
+        summary_pb2.Summary.Value(tag=tag, simple_value=float(value))
+        for tag, value in sorted(values.items())
+      ]
+    )
+    self._writer.add_event(
+      event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary)
+    )
+
+  def flush(self) -> None:
+    if self._writer is not None:
+      self._writer.flush()
+
+  def close(self) -> None:
+    if self._writer is not None:
+      self._writer.close()
+      self._writer = None
+
+
+class JsonlWriter:
+  """The scalar writer without TensorBoard: ``<workdir>/metrics.jsonl`` and the log.
+
+  Has the methods of EventFileWriter that Reporter calls.
   """
 
   def __init__(self, workdir: str, just_logging: bool):
     self.path = None if just_logging else epath.Path(workdir) / METRICS_JSONL
 
   def write_scalars(self, step: int, values: Mapping[str, float]) -> None:
-    logging.info(
-      '[%d] %s',
-      step,
-      ', '.join(f'{k}={v:.6g}' for k, v in sorted(values.items())),
-    )
+    _log_scalars(step, values)
     if self.path is not None:
       # Appended: a resumed run adds to what the earlier part wrote, like event files.
       with self.path.open('a') as f:
@@ -100,15 +151,13 @@ class Reporter:
 
   def __init__(self, workdir: str):
     self.is_lead = jax.process_index() == 0
-    if metric_writers is not None:
-      self.writer = metric_writers.create_default_writer(
-        workdir, just_logging=not self.is_lead, asynchronous=False
-      )
+    if event_file_writer is not None:
+      self.writer = EventFileWriter(workdir, just_logging=not self.is_lead)
     else:
       if self.is_lead:
         logging.warning(
-          'clu/tensorflow not importable: no TensorBoard event files (they need '
-          'tensorflow and clu); scalars go to %s',
+          'tensorflow/tensorboard not importable: no TensorBoard event files '
+          '(they need tensorflow and tensorboard); scalars go to %s',
           epath.Path(workdir) / METRICS_JSONL,
         )
       self.writer = JsonlWriter(workdir, just_logging=not self.is_lead)
