@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kdjax.ops import adder_conv
+from kdjax.ops import adder_conv, adder_method
 from kdjax.ops import adder_pallas
 from kdjax.ops.adder_pallas import Blocks, KernelBlocks
 
@@ -253,12 +253,22 @@ def test_auto_keeps_todays_choice():
   assert not _has_pallas_call(jax.grad(auto, argnums=(0, 1)), x, f)
   pallas = lambda x, f: jnp.sum(adder_conv(x, f, method='pallas'))
   assert _has_pallas_call(jax.grad(pallas, argnums=(0, 1)), x, f)
+  # adder_method sets the method of calls that pass none, for its block only.
+  default = lambda x, f: jnp.sum(adder_conv(x, f))
+  with adder_method('pallas', pallas_backend='tpu'):
+    assert _has_pallas_call(jax.grad(default, argnums=(0, 1)), x, f)
+  assert not _has_pallas_call(jax.grad(default, argnums=(0, 1)), x, f)
 
 
 def test_option_errors():
   x, f = jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 2, 3))
-  with pytest.raises(ValueError, match="only apply to method='pallas'"):
+  with pytest.raises(ValueError, match="go with method='pallas'"):
     adder_conv(x, f, pallas_backend='gpu')
+  with pytest.raises(ValueError, match="only apply to method='pallas'"):
+    adder_conv(x, f, method='fused', pallas_backend='gpu')
+  with pytest.raises(ValueError, match='method must be one of'):
+    with adder_method('triton'):
+      pass
   with pytest.raises(ValueError, match='pallas_backend must be one of'):
     adder_conv(x, f, method='pallas', pallas_backend='cuda')
   with pytest.raises(ValueError, match='pallas_blocks must be'):

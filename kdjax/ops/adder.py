@@ -29,6 +29,8 @@ Why it is laid out this way:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 from typing import Optional, Sequence, Tuple, Union
 
@@ -483,6 +485,55 @@ def _adder_bwd(strides, pads, chunk, method, residuals, g):
 _adder_conv_vjp.defvjp(_adder_fwd, _adder_bwd)
 
 
+def _check_method(method, pallas_backend, pallas_blocks, *overrides):
+  if any(option is not None for option in overrides):
+    raise ValueError(
+      "adder_conv: pallas_backend and pallas_blocks go with method='pallas'; "
+      "pass method='pallas' too (or, inside adder_method(...), give them to "
+      'adder_method)'
+    )
+  if method not in METHODS:
+    raise ValueError(
+      f'adder_conv: method must be one of {METHODS}, got {method!r}'
+    )
+  if method != 'pallas' and (
+    pallas_backend is not None or pallas_blocks is not None
+  ):
+    raise ValueError(
+      f'adder_conv: pallas_backend and pallas_blocks only apply to '
+      f"method='pallas', got method={method!r}; drop them or pass "
+      f"method='pallas'"
+    )
+  return method, pallas_backend, pallas_blocks
+
+
+_method_in_context = contextvars.ContextVar(
+  'adder_method', default=('auto', None, None)
+)
+
+
+@contextlib.contextmanager
+def adder_method(
+  method: str,
+  *,
+  pallas_backend: Optional[str] = None,
+  pallas_blocks: Optional[adder_pallas.KernelBlocks] = None,
+):
+  """Within the block, ``adder_conv`` calls that pass no ``method`` use this.
+
+  So a whole model runs one method without a model option, e.g.
+  ``with adder_method('pallas'): step = jax.jit(train_step).lower(...)``.
+  It acts when a function is traced: a jitted function traced before the
+  block keeps the method it was traced with.
+  """
+  _check_method(method, pallas_backend, pallas_blocks)
+  token = _method_in_context.set((method, pallas_backend, pallas_blocks))
+  try:
+    yield
+  finally:
+    _method_in_context.reset(token)
+
+
 def adder_conv(
   x: jax.Array,
   kernel: jax.Array,
@@ -490,7 +541,7 @@ def adder_conv(
   padding: PaddingLike = 'SAME',
   *,
   memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
-  method: str = 'auto',
+  method: Optional[str] = None,
   pallas_backend: Optional[str] = None,
   pallas_blocks: Optional[adder_pallas.KernelBlocks] = None,
 ) -> jax.Array:
@@ -507,7 +558,8 @@ def adder_conv(
     method: 'loop' (loops over channels and taps, bounded by
       ``memory_budget_bytes``), 'fused' (broadcast-and-reduce over im2col
       patches, which XLA fuses so that only the patches are stored), or
-      'auto': 'loop' on CPU and 'fused' elsewhere, decided when lowering;
+      'auto' (the default, unless inside ``adder_method``): 'loop' on CPU
+      and 'fused' elsewhere, decided when lowering;
       or 'pallas': Pallas kernels for the forward and the input gradient
       over the im2col patches (docs/adder_kernels.md), which keep bfloat16
       inputs in bfloat16 in memory. All compute the same values.
@@ -532,18 +584,12 @@ def adder_conv(
       f'adder_conv: input has {x.shape[-1]} channels but the kernel expects '
       f'{kernel.shape[2]} (kernel shape {kernel.shape}, HWIO)'
     )
-  if method not in METHODS:
-    raise ValueError(
-      f'adder_conv: method must be one of {METHODS}, got {method!r}'
+  if method is None:
+    method, pallas_backend, pallas_blocks = _check_method(
+      *_method_in_context.get(), pallas_backend, pallas_blocks
     )
-  if method != 'pallas' and (
-    pallas_backend is not None or pallas_blocks is not None
-  ):
-    raise ValueError(
-      f'adder_conv: pallas_backend and pallas_blocks only apply to '
-      f"method='pallas', got method={method!r}; drop them or pass "
-      f"method='pallas'"
-    )
+  else:
+    _check_method(method, pallas_backend, pallas_blocks)
   strides = normalize_strides(strides)
   pads = normalize_padding(padding, x.shape[1:3], kernel.shape[:2], strides)
   padded = (x.shape[1] + sum(pads[0]), x.shape[2] + sum(pads[1]))
