@@ -21,6 +21,7 @@ from kdjax import console
 
 EXIT_OK = 0
 EXIT_CONFIG_ERROR = 2
+EXIT_NO_CONFIG_STACK = 3  # absl or ml_collections is not importable.
 
 _USAGE = (
   'usage: python -m kdjax.check_config --config=FILE[:PRESET] '
@@ -192,19 +193,30 @@ def _value_checks(config) -> Optional[str]:
   except ImportError as e:  # e.g. no tensorflow on this machine
     return f'value checks skipped: the trainer cannot be imported here ({e})'
   validate = getattr(train, 'validate_config', None)
-  if validate is not None:
+  if validate is None:
+    return None
+  from kdjax import errors  # pylint: disable=g-import-not-at-top
+
+  try:
     validate(config)
+  except errors.KdjaxError as e:
+    raise _UserError(str(e)) from e
   return None
 
 
 def check(argv: Sequence[str]) -> int:
   """Loads the config of ``argv`` (flags only, no program name); the exit code."""
   console.quiet_startup()
-  # pylint: disable=g-import-not-at-top
-  from absl import flags
-  from ml_collections import config_flags
-
-  from kdjax import errors
+  try:
+    # pylint: disable=g-import-not-at-top
+    from absl import flags
+    from ml_collections import config_flags
+  except ImportError as e:
+    print(
+      f'kdjax.check_config: this Python cannot load configs: {e}',
+      file=sys.stderr,
+    )
+    return EXIT_NO_CONFIG_STACK
 
   argv = list(argv)
   show_traceback = '--traceback' in argv
@@ -247,10 +259,7 @@ def check(argv: Sequence[str]) -> int:
       config = parse(argv)
     except (flags.Error, KeyError, AttributeError) as e:
       raise _UserError(describe_config_error(e, argv)) from e
-    try:
-      note = _value_checks(config)
-    except errors.KdjaxError as e:
-      raise _UserError(str(e)) from e
+    note = _value_checks(config)
   except _UserError as e:
     if show_traceback:
       raise

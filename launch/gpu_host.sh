@@ -17,7 +17,8 @@ Usage: $PROG [options] CONFIG[:PRESET] WORKDIR [--config.KEY=VALUE ...] [-- more
 Creates a venv (unless it exists), installs requirements.txt, kdjax (editable) and
 jax[cudaNN] at the jax version requirements.txt pins, checks that jax sees the GPU,
 runs python -m kdjax.main on CONFIG[:PRESET] with WORKDIR and prints WORKDIR/summary.json.
-Re-running the same command resumes from the newest checkpoint in WORKDIR.
+Re-running the same command resumes from the newest checkpoint in WORKDIR. The config
+(file, preset, overrides) is loaded first, before the install where a Python here can.
 
   CONFIG[:PRESET]     configs/pkkd.py:cifar100_resnet20, or pkkd:cifar100_resnet20
   WORKDIR             checkpoints, TensorBoard events, summary.json
@@ -30,6 +31,9 @@ Options (the environment variable in brackets is the default):
   --data-dir=DIR      [TFDS_DATA_DIR] tfds data dir (--config.dataset.data_dir)
   --mode=train|eval                  kdjax.main --mode (default train)
   --skip-install                     use the venv as it is
+  --retry                            while the run exits with 75 (preempted; resume), run
+                                     it again, at most KDJAX_MAX_RETRIES (10) times
+  --skip-config-check                do not load the config before installing and running
   --dry-run           [DRY_RUN=1]    print the commands instead of running them
   -h, --help                         this message
 EOF
@@ -44,6 +48,8 @@ PYTHON="${KDJAX_PYTHON:-python3}"
 DATA_DIR="${TFDS_DATA_DIR:-}"
 MODE="train"
 SKIP_INSTALL=0
+RETRY=0
+SKIP_CONFIG_CHECK=0
 DRY_RUN="${DRY_RUN:-0}"
 POSITIONAL=()
 EXTRA=()
@@ -66,6 +72,8 @@ while [[ $# -gt 0 ]]; do
     --data-dir) need_value "$@"; DATA_DIR="$2"; shift 2 ;;
     --mode) need_value "$@"; MODE="$2"; shift 2 ;;
     --skip-install) SKIP_INSTALL=1; shift ;;
+    --retry) RETRY=1; shift ;;
+    --skip-config-check) SKIP_CONFIG_CHECK=1; shift ;;
     --dry-run) DRY_RUN=1; shift ;;
     --config.*) EXTRA+=("$arg"); shift ;;
     --)
@@ -94,6 +102,23 @@ fi
 JAX_SPEC="$(jax_spec "$REPO_ROOT/requirements.txt")"
 VENV_PYTHON="$VENV/bin/python"
 
+# The config check, before the install (minutes) where some Python here can load
+# configs; otherwise right after it, before training.
+CONFIG_ARGS=("--config=$CONFIG")
+[[ -n "$DATA_DIR" ]] && CONFIG_ARGS+=("--config.dataset.data_dir=$DATA_DIR")
+CONFIG_ARGS+=(${EXTRA[@]+"${EXTRA[@]}"})
+CHECK_AFTER_INSTALL=0
+if [[ "$SKIP_CONFIG_CHECK" != 1 ]]; then
+  if ! check_config_locally "$VENV_PYTHON" "$REPO_ROOT/.venv/bin/python" python3 -- \
+    "${CONFIG_ARGS[@]}"; then
+    if [[ "$SKIP_INSTALL" == 1 ]]; then
+      die "$(no_check_python)"
+    fi
+    CHECK_AFTER_INSTALL=1
+    echo "$PROG: no Python here loads configs yet; the config is checked after the install" >&2
+  fi
+fi
+
 if [[ "$SKIP_INSTALL" != 1 ]]; then
   if [[ "$DRY_RUN" != 1 ]]; then
     command -v "$PYTHON" >/dev/null || die "no $PYTHON on this host; give --python=python3.11"
@@ -113,6 +138,9 @@ if [[ "$SKIP_INSTALL" != 1 ]]; then
   run "$VENV_PYTHON" -m pip install -q "jax[cuda$CUDA]$JAX_SPEC"
   run "$VENV_PYTHON" -c 'import jax, sys; print("jax", jax.__version__, jax.devices()); sys.exit(None if jax.default_backend() == "gpu" else "jax sees no GPU: check the driver and --cuda")'
 fi
+if [[ "$CHECK_AFTER_INSTALL" == 1 && "$DRY_RUN" != 1 ]]; then
+  check_config_locally "$VENV_PYTHON" -- "${CONFIG_ARGS[@]}" || die "$(no_check_python)"
+fi
 
 TRAIN=("$VENV_PYTHON" -m kdjax.main "--config=$CONFIG" "--workdir=$WORKDIR")
 [[ -n "$DATA_DIR" ]] && TRAIN+=("--config.dataset.data_dir=$DATA_DIR")
@@ -124,7 +152,11 @@ if [[ "$DRY_RUN" == 1 ]]; then
 else
   cd "$REPO_ROOT"
 fi
-run "${TRAIN[@]}"
+if [[ "$RETRY" == 1 ]]; then
+  run_until_done run "${TRAIN[@]}"
+else
+  run "${TRAIN[@]}"
+fi
 
 # Evaluation prints its result; training also leaves summary.json.
 if [[ "$MODE" == train ]]; then

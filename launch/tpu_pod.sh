@@ -56,6 +56,13 @@ Options (the environment variable in brackets is the default):
   --mode=train|eval                   run: kdjax.main --mode (default train)
   --detach                            run: keep running after ssh disconnects (nohup); the
                                       log goes to <remote-dir>/kdjax_run.log on every worker
+  --retry                             run: while the run exits with 75 (preempted; resume),
+                                      run it again, at most KDJAX_MAX_RETRIES (10) times;
+                                      a PREEMPTED VM is recreated first (delete, create
+                                      with --accelerator/--version/--spot, install)
+  --skip-config-check                 run: do not load the config here first (it needs a
+                                      local Python with kdjax's requirements: the checkout's
+                                      .venv, python3, or KDJAX_CHECK_PYTHON)
   --worker=N                          logs: which worker (default 0)
   --dest=DIR                          copy-back: local directory (default runs/<run name>)
   --with-checkpoints                  copy-back: also copy checkpoints/
@@ -91,6 +98,8 @@ WORKDIR="${WORKDIR:-}"
 DATA_DIR="${TFDS_DATA_DIR:-}"
 MODE="train"
 DETACH=0
+RETRY=0
+SKIP_CONFIG_CHECK=0
 WORKER=0
 DEST=""
 WITH_CHECKPOINTS=0
@@ -128,6 +137,8 @@ while [[ $# -gt 0 ]]; do
     --data-dir) need_value "$@"; DATA_DIR="$2"; shift 2 ;;
     --mode) need_value "$@"; MODE="$2"; shift 2 ;;
     --detach) DETACH=1; shift ;;
+    --retry) RETRY=1; shift ;;
+    --skip-config-check) SKIP_CONFIG_CHECK=1; shift ;;
     --worker) need_value "$@"; WORKER="$2"; shift 2 ;;
     --dest) need_value "$@"; DEST="$2"; shift 2 ;;
     --with-checkpoints) WITH_CHECKPOINTS=1; shift ;;
@@ -242,6 +253,8 @@ cmd_install() {
 cmd_run() {
   [[ -n "$CONFIG" ]] || die "run needs --config=FILE[:PRESET], e.g. --config=pkkd:cifar100_resnet20"
   [[ -n "$WORKDIR" ]] || die "run needs --workdir=DIR, e.g. --workdir=gs://BUCKET/RUN"
+  [[ "$RETRY" == 0 || "$DETACH" == 0 ]] ||
+    die "--retry needs a foreground run (it waits for the exit code): drop --detach"
   local config train script
   config="$(normalize_config "$CONFIG")"
   if [[ ! -f "$REPO_ROOT/${config%%:*}" ]]; then
@@ -255,6 +268,11 @@ cmd_run() {
   [[ -n "$DATA_DIR" ]] && train+=("--config.dataset.data_dir=$DATA_DIR")
   [[ "$MODE" != train ]] && train+=("--mode=$MODE")
   train+=(${EXTRA[@]+"${EXTRA[@]}"})
+  if [[ "$SKIP_CONFIG_CHECK" != 1 ]]; then
+    # Here, before anything starts on the TPU: a config error costs seconds, not a start-up.
+    check_config_locally "$REPO_ROOT/.venv/bin/python" python3 -- "${train[@]}" ||
+      die "$(no_check_python)"
+  fi
   script="$TPU_ENV; cd $(quote "$REMOTE_DIR") && . .venv/bin/activate && "
   if [[ "$DETACH" == 1 ]]; then
     script+="{ nohup $(quote_all "${train[@]}") > $LOG 2>&1 < /dev/null & echo \$! > $PIDFILE; }"
@@ -262,7 +280,49 @@ cmd_run() {
   else
     script+="$(quote_all "${train[@]}")"
   fi
-  remote all "$script"
+  if [[ "$RETRY" == 1 && "$DRY_RUN" != 1 ]]; then
+    RUN_SCRIPT="$script"
+    RETRY_HOOK=prepare_retry
+    run_until_done run_attempt
+  else
+    [[ "$RETRY" == 1 ]] && echo "$PROG: --retry: runs this again while it exits with" \
+      "$EXIT_PREEMPTED, recreating the TPU VM first if it was preempted" >&2
+    remote all "$script"
+  fi
+}
+
+# The TPU VM's state (READY, PREEMPTED, ...), or nothing when it does not exist.
+tpu_state() {
+  "${TPU[@]}" describe "$NAME" "${WHERE[@]}" --format='value(state)' 2>/dev/null || true
+}
+
+# One try of a --retry run. A Spot preemption may drop the ssh session before the
+# workers' exit code 75 comes back: a PREEMPTED VM then counts as a preemption too.
+run_attempt() {
+  local rc=0
+  remote all "$RUN_SCRIPT" || rc=$?
+  if [[ "$rc" != 0 && "$rc" != "$EXIT_PREEMPTED" && "$(tpu_state)" == PREEMPTED ]]; then
+    echo "$PROG: $NAME was preempted (the ssh session ended with $rc)" >&2
+    rc="$EXIT_PREEMPTED"
+  fi
+  return "$rc"
+}
+
+# Before a retry: a READY VM is used as it is; a preempted or missing one is recreated.
+prepare_retry() {
+  local state
+  state="$(tpu_state)"
+  case "$state" in
+    READY) return 0 ;;
+    PREEMPTED|TERMINATED|"")
+      echo "$PROG: $NAME is ${state:-gone}: recreating it (delete, create, install)" >&2
+      if [[ -n "$state" ]]; then YES=1 cmd_delete; fi
+      cmd_create && cmd_install ;;
+    *)
+      echo "$PROG: $NAME is $state; not retrying (wait until it is READY and run" \
+        "the same command again to resume)" >&2
+      return 1 ;;
+  esac
 }
 
 cmd_logs() {

@@ -1,6 +1,8 @@
-"""launch/: the TPU pod and GPU host scripts (in --dry-run mode) and the Colab notebook.
+"""launch/: the TPU pod and GPU host scripts (in --dry-run mode), their retry loop and
+config check, the TensorBoard scalars the notebook reads, and the Colab notebook.
 
-Nothing here reaches a cloud: the scripts only print their commands under --dry-run.
+Nothing here reaches a cloud: the scripts only print their commands under --dry-run,
+or call a stand-in gcloud.
 """
 
 import ast
@@ -9,8 +11,11 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
+import sys
 import tarfile
+import time
 
 import pytest
 
@@ -19,6 +24,7 @@ LAUNCH = os.path.join(ROOT, 'launch')
 TPU_POD = os.path.join(LAUNCH, 'tpu_pod.sh')
 GPU_HOST = os.path.join(LAUNCH, 'gpu_host.sh')
 NOTEBOOK = os.path.join(LAUNCH, 'colab_demo.ipynb')
+COMMON = os.path.join(LAUNCH, 'common.sh')
 SCRIPTS = [TPU_POD, GPU_HOST]
 
 
@@ -50,6 +56,9 @@ def _run(script, *args, env=None, check=True):
     )
     and not k.startswith('KDJAX_')
   }
+  # The config check gets its own tests (below); elsewhere a stand-in that
+  # accepts every config keeps each call fast.
+  full_env['KDJAX_CHECK_PYTHON'] = 'true'
   full_env.update(env or {})
   result = subprocess.run(
     ['bash', script, *args],
@@ -519,17 +528,23 @@ def test_gpu_host_eval_prints_no_summary():
   assert commands[-1].endswith('--workdir=/tmp/w --mode=eval')
 
 
-def test_gpu_host_runs_and_prints_summary(tmp_path):
-  """Without --dry-run, with a stand-in venv python that writes summary.json."""
+def _fake_venv_python(tmp_path, first_line, last_line=''):
+  """<tmp_path>/venv/bin/python: runs `first_line`, writes summary.json, `last_line`."""
   fake_python = tmp_path / 'venv' / 'bin' / 'python'
   fake_python.parent.mkdir(parents=True)
   fake_python.write_text(
     '#!/usr/bin/env bash\n'
-    'echo "$PWD $*" > "$FAKE_PYTHON_LOG"\n'
+    f'{first_line}\n'
     'for a in "$@"; do case "$a" in --workdir=*) w="${a#--workdir=}" ;; esac; done\n'
     'mkdir -p "$w" && echo \'{"method": "pkkd", "steps": 3}\' > "$w/summary.json"\n'
+    f'{last_line}\n'
   )
   fake_python.chmod(0o755)
+
+
+def test_gpu_host_runs_and_prints_summary(tmp_path):
+  """Without --dry-run, with a stand-in venv python that writes summary.json."""
+  _fake_venv_python(tmp_path, 'echo "$PWD $*" > "$FAKE_PYTHON_LOG"')
   log = tmp_path / 'python.log'
   workdir = tmp_path / 'w'
   result = _run(
@@ -639,13 +654,14 @@ def _plotting_namespace():
 
 
 def test_notebook_plots_training_curves(tmp_path):
+  """The curves of event files as kdjax writes them (scalar summaries)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
 
   matplotlib.use('Agg')
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  from kdjax.train import reporting  # pylint: disable=g-import-not-at-top
 
   workdir = str(tmp_path / 'run')
-  writer = metric_writers.create_default_writer(workdir, asynchronous=False)
+  writer = reporting.EventFileWriter(workdir, just_logging=False)
   for step in range(1, 21):
     writer.write_scalars(step, {'loss/total': 4.0 / step, 'learning_rate': 0.1})
   writer.write_scalars(
@@ -656,7 +672,7 @@ def test_notebook_plots_training_curves(tmp_path):
   )
   writer.close()
   # A resumed run: a second event file that logs steps 20.. again and goes on.
-  writer = metric_writers.create_default_writer(workdir, asynchronous=False)
+  writer = reporting.EventFileWriter(workdir, just_logging=False)
   writer.write_scalars(20, {'loss/total': 0.2})
   writer.write_scalars(
     30,
@@ -700,6 +716,7 @@ def test_notebook_plots_training_curves(tmp_path):
 
 
 def test_notebook_plot_reports_missing_series(tmp_path, capsys):
+  """Event files of older kdjax runs (clu: tensor summaries) plot too."""
   import matplotlib  # pylint: disable=g-import-not-at-top
 
   matplotlib.use('Agg')
@@ -716,3 +733,519 @@ def test_notebook_plot_reports_missing_series(tmp_path, capsys):
     'loss/total',
   ]
   matplotlib.pyplot.close(fig)
+
+
+# --- The retry loop: run_until_done in launch/common.sh ----------------------------------
+
+_FAKE_RUN = r"""#!/usr/bin/env bash
+# Exits with the next code of $CODES (one a line), counting its runs in $RUNS.
+echo run >> "$RUNS"
+exit "$(sed -n "$(grep -c '^run$' "$RUNS")p" "$CODES")"
+"""
+
+
+def _loop_script(command, setup=''):
+  """A bash program that sources common.sh and runs `command` in the retry loop."""
+  return (
+    f'set -euo pipefail; PROG=loop; REPO_ROOT={shlex.quote(ROOT)}; '
+    f'source {shlex.quote(COMMON)}; {setup}\n'
+    f'run_until_done {command}; echo "loop returned 0"'
+  )
+
+
+def _retry_loop(tmp_path, codes, setup='', env=None):
+  """(exit code, lines of $RUNS, stderr) of the loop over a fake run."""
+  fake = tmp_path / 'fake_run'
+  fake.write_text(_FAKE_RUN)
+  fake.chmod(0o755)
+  (tmp_path / 'codes').write_text(''.join(f'{c}\n' for c in codes))
+  runs = tmp_path / 'runs'
+  result = subprocess.run(
+    ['bash', '-c', _loop_script(shlex.quote(str(fake)), setup)],
+    capture_output=True,
+    text=True,
+    timeout=30,
+    env={
+      **os.environ,
+      'CODES': str(tmp_path / 'codes'),
+      'RUNS': str(runs),
+      **(env or {}),
+    },
+  )
+  lines = runs.read_text().splitlines() if runs.exists() else []
+  return result.returncode, lines, result.stderr
+
+
+@pytest.mark.parametrize(
+  'codes, exit_code, runs',
+  [
+    ([75, 75, 0], 0, 3),  # preempted twice, then finished
+    ([75, 1], 1, 2),  # preempted, then a real failure: no third run
+    ([2], 2, 1),  # a user error: never retried
+    ([0], 0, 1),
+    ([137], 137, 1),  # killed (e.g. out of memory): not a preemption
+  ],
+)
+def test_retry_loop_reruns_only_preempted_runs(
+  tmp_path, codes, exit_code, runs
+):
+  code, lines, stderr = _retry_loop(tmp_path, codes)
+  assert (code, lines) == (exit_code, ['run'] * runs), stderr
+  assert stderr.count('was preempted (exit code 75); resuming') == runs - 1
+  if exit_code not in (0, 75):
+    assert f'failed with exit code {exit_code}; not retrying' in stderr
+
+
+def test_retry_loop_gives_up_after_the_cap(tmp_path):
+  dirs = [tmp_path / name for name in ('two', 'zero', 'bad')]
+  for d in dirs:
+    d.mkdir()
+  code, lines, stderr = _retry_loop(
+    dirs[0], [75] * 6, env={'KDJAX_MAX_RETRIES': '2'}
+  )
+  assert (code, len(lines)) == (75, 3)
+  assert 'preempted 3 times; giving up after 2 retries' in stderr
+  code, lines, _ = _retry_loop(dirs[1], [75, 0], env={'KDJAX_MAX_RETRIES': '0'})
+  assert (code, len(lines)) == (75, 1)
+  code, lines, stderr = _retry_loop(
+    dirs[2], [0], env={'KDJAX_MAX_RETRIES': 'many'}
+  )
+  assert (code, lines) == (
+    2,
+    [],
+  ) and 'KDJAX_MAX_RETRIES must be a number' in stderr
+
+
+def test_retry_loop_calls_the_hook_before_each_retry(tmp_path):
+  hook = 'hook() { echo "hook $1" >> "$RUNS"; }; RETRY_HOOK=hook'
+  code, lines, _ = _retry_loop(tmp_path, [75, 75, 0], setup=hook)
+  assert code == 0
+  assert lines == ['run', 'hook 1', 'run', 'hook 2', 'run']
+  # A hook that fails (e.g. the VM cannot be recreated) ends the loop.
+  (tmp_path / 'runs').unlink()
+  code, lines, _ = _retry_loop(
+    tmp_path, [75, 0], setup='hook() { return 7; }; RETRY_HOOK=hook'
+  )
+  assert (code, lines) == (7, ['run'])
+
+
+_SLOW_RUN = r"""#!/usr/bin/env bash
+# Runs until SIGTERM, then exits 75 as kdjax does after saving a checkpoint.
+trap 'echo term >> "$RUNS"; exit 75' TERM
+echo run >> "$RUNS"
+while :; do sleep 0.05; done
+"""
+
+
+@pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT], ids=str)
+def test_retry_loop_a_stop_is_not_retried(tmp_path, sig):
+  """A signal to the loop reaches the run (as SIGTERM) and ends the loop."""
+  slow = tmp_path / 'slow_run'
+  slow.write_text(_SLOW_RUN)
+  slow.chmod(0o755)
+  runs = tmp_path / 'runs'
+  loop = subprocess.Popen(
+    ['bash', '-c', _loop_script(shlex.quote(str(slow)))],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    env={**os.environ, 'RUNS': str(runs)},
+  )
+  deadline = time.time() + 20
+  while not (runs.exists() and 'run' in runs.read_text()):
+    assert time.time() < deadline and loop.poll() is None
+    time.sleep(0.05)
+  loop.send_signal(sig)
+  _, stderr = loop.communicate(timeout=20)
+  assert loop.returncode == 75, stderr
+  assert runs.read_text().splitlines() == ['run', 'term']
+  assert 'stopped by a signal' in stderr and 'resuming' not in stderr
+
+
+# tpu_pod.sh run --retry, with a gcloud that plays a Spot TPU: each kdjax.main run
+# exits with the next code of $FAKE_CODES; 255 (ssh lost) also marks the VM PREEMPTED.
+_FAKE_TPU_GCLOUD = r"""#!/usr/bin/env bash
+printf '%s\n' "$*" >> "$FAKE_GCLOUD_LOG"
+case "$*" in
+  *" describe "*) cat "$FAKE_STATE" ;;
+  *kdjax.main*)
+    code="$(sed -n "$(grep -c kdjax.main "$FAKE_GCLOUD_LOG")p" "$FAKE_CODES")"
+    if [ "$code" = 255 ]; then echo PREEMPTED > "$FAKE_STATE"; fi
+    exit "$code" ;;
+  *" delete "*) : > "$FAKE_STATE" ;;
+  *" create "*) echo READY > "$FAKE_STATE" ;;
+esac
+exit 0
+"""
+
+
+def _tpu_retry(tmp_path, codes, state='READY'):
+  """(exit code, the gcloud subcommands in order) of `run --retry --spot`."""
+  bin_dir = tmp_path / 'bin'
+  bin_dir.mkdir()
+  gcloud = bin_dir / 'gcloud'
+  gcloud.write_text(_FAKE_TPU_GCLOUD)
+  gcloud.chmod(0o755)
+  (tmp_path / 'codes').write_text(''.join(f'{c}\n' for c in codes))
+  (tmp_path / 'state').write_text(state + '\n')
+  (tmp_path / 'tmp').mkdir()
+  log = tmp_path / 'gcloud.log'
+  result = _run(
+    TPU_POD,
+    'run',
+    '--retry',
+    '--spot',
+    '--config=pkkd:demo',
+    '--workdir=gs://b/r',
+    env={
+      'PATH': f'{bin_dir}:{os.environ["PATH"]}',
+      'TMPDIR': str(tmp_path / 'tmp'),
+      'TPU_NAME': 'kd-spot',
+      'ZONE': 'us-central2-b',
+      'FAKE_GCLOUD_LOG': str(log),
+      'FAKE_CODES': str(tmp_path / 'codes'),
+      'FAKE_STATE': str(tmp_path / 'state'),
+    },
+    check=False,
+  )
+  steps = []
+  for line in log.read_text().splitlines():
+    words = line.split()
+    step = words[3]  # compute tpus tpu-vm <subcommand>
+    if step == 'ssh':
+      step = 'train' if 'kdjax.main' in line else 'install'
+    elif step == 'create':
+      assert '--spot' in words
+    steps.append(step)
+  return result.returncode, steps, result.stderr
+
+
+def test_tpu_run_retry_resumes_on_75(tmp_path):
+  code, steps, stderr = _tpu_retry(tmp_path, [75, 0])
+  assert code == 0, stderr
+  assert steps == ['train', 'describe', 'train']
+
+
+def test_tpu_run_retry_recreates_a_preempted_vm(tmp_path):
+  """The ssh session dies with the VM (255): a PREEMPTED VM counts as preempted."""
+  code, steps, stderr = _tpu_retry(tmp_path, [255, 0])
+  assert code == 0, stderr
+  assert steps == [
+    'train',
+    'describe',  # after the failure: PREEMPTED, so a preemption
+    'describe',  # before the retry: recreate
+    'delete',
+    'create',
+    'scp',
+    'install',
+    'train',
+  ]
+  assert 'kd-spot was preempted' in stderr
+
+
+def test_tpu_run_retry_stops_on_a_real_failure(tmp_path):
+  code, steps, stderr = _tpu_retry(tmp_path, [1, 0])
+  assert code == 1
+  assert steps == ['train', 'describe']  # READY: the failure is the run's
+  assert 'not retrying' in stderr
+
+
+def test_tpu_run_retry_needs_the_foreground():
+  result = _tpu(
+    'run',
+    '--retry',
+    '--detach',
+    '--config=pkkd:demo',
+    '--workdir=gs://b/r',
+    check=False,
+  )
+  assert result.returncode == 2 and 'drop --detach' in result.stderr
+
+
+def test_gpu_host_retry_resumes(tmp_path):
+  """gpu_host.sh --retry: the stand-in training exits 75 once, then finishes."""
+  _fake_venv_python(
+    tmp_path,
+    'echo run >> "$RUNS"',
+    '[ "$(grep -c run "$RUNS")" -ge 2 ] || exit 75',
+  )
+  result = _run(
+    GPU_HOST,
+    '--skip-install',
+    '--retry',
+    f'--venv={tmp_path / "venv"}',
+    'pkkd:demo',
+    str(tmp_path / 'w'),
+    env={'RUNS': str(tmp_path / 'runs')},
+  )
+  assert (tmp_path / 'runs').read_text().splitlines() == ['run', 'run']
+  assert json.loads(result.stdout) == {'method': 'pkkd', 'steps': 3}
+
+
+# --- The local config check: kdjax.check_config, through both scripts --------------------
+
+_BAD_CONFIGS = [
+  pytest.param(
+    'pkkd:cifar100_resnet200',
+    [],
+    "Unknown pkkd preset 'cifar100_resnet200'; choose one of",
+    id='preset',
+  ),
+  pytest.param(
+    'pkkd:demo',
+    ['--config.num_epoch=3'],
+    "Unknown config key 'num_epoch'; did you mean 'num_epochs'?",
+    id='key-typo',
+  ),
+  pytest.param(
+    'pkkd:demo',
+    ['--config.num_epochs=abc'],
+    "--config.num_epochs=abc: 'abc' is not an integer; this key takes an integer",
+    id='value-type',
+  ),
+]
+
+
+def _checked(script, config, overrides):
+  """A launch script's --dry-run with the real config check."""
+  env = {'KDJAX_CHECK_PYTHON': sys.executable}
+  if script == TPU_POD:
+    return _run(
+      TPU_POD,
+      'run',
+      '--dry-run',
+      f'--config={config}',
+      '--workdir=gs://b/r',
+      *overrides,
+      env={**env, 'TPU_NAME': 'kd', 'ZONE': 'z'},
+      check=False,
+    )
+  return _run(
+    GPU_HOST,
+    '--dry-run',
+    '--skip-install',
+    config,
+    '/tmp/w',
+    *overrides,
+    env=env,
+    check=False,
+  )
+
+
+def _one_paragraph(stderr):
+  (line,) = [
+    l for l in stderr.splitlines() if l.startswith('kdjax.check_config')
+  ]
+  assert (
+    'Traceback' not in stderr
+    and '\\n' not in line
+    and 'Did you mean "' not in line
+  )
+  return line
+
+
+@pytest.mark.parametrize('script', SCRIPTS, ids=os.path.basename)
+@pytest.mark.parametrize('config, overrides, message', _BAD_CONFIGS)
+def test_launch_stops_on_a_config_error(script, config, overrides, message):
+  result = _checked(script, config, overrides)
+  assert result.returncode == 2, result.stderr
+  assert message in _one_paragraph(result.stderr)
+  assert 'nothing was started' in result.stderr
+  assert not [l for l in result.stdout.splitlines() if l.startswith('+ ')]
+
+
+@pytest.mark.parametrize('script', SCRIPTS, ids=os.path.basename)
+def test_launch_checks_a_good_config_then_runs(script):
+  result = _checked(script, 'pkkd:demo', ['--config.num_epochs=2'])
+  assert result.returncode == 0, result.stderr
+  assert 'config: configs/pkkd.py:demo: method pkkd' in result.stderr
+  assert 'override num_epochs: 4 -> 2' in result.stderr
+  assert any(
+    'kdjax.main --config=configs/pkkd.py:demo' in c for c in _commands(result)
+  )
+
+
+def test_launch_without_a_python_that_loads_configs(tmp_path):
+  no_python = {'KDJAX_CHECK_PYTHON': str(tmp_path / 'no' / 'python')}
+  args = ['run', '--dry-run', '--config=pkkd:demo', '--workdir=gs://b/r']
+  env = {**no_python, 'TPU_NAME': 'kd', 'ZONE': 'z'}
+  result = _run(TPU_POD, *args, env=env, check=False)
+  assert result.returncode == 2
+  assert 'cannot load the config here' in result.stderr
+  assert '--skip-config-check' in result.stderr
+  assert _commands(_run(TPU_POD, *args, '--skip-config-check', env=env))
+  # gpu_host.sh installs the venv first, then checks with it.
+  result = _run(GPU_HOST, '--dry-run', 'pkkd:demo', '/tmp/w', env=no_python)
+  assert 'the config is checked after the install' in result.stderr
+  result = _run(
+    GPU_HOST,
+    '--dry-run',
+    '--skip-install',
+    'pkkd:demo',
+    '/tmp/w',
+    env=no_python,
+    check=False,
+  )
+  assert result.returncode == 2 and 'cannot load the config' in result.stderr
+
+
+def test_launch_checks_the_overrides_the_run_gets():
+  """The check sees the file, --data-dir and every --config.* (also after --)."""
+  env = {'TPU_NAME': 'kd', 'ZONE': 'z', 'KDJAX_CHECK_PYTHON': 'echo'}
+  result = _run(
+    TPU_POD,
+    'run',
+    '--dry-run',
+    '--config=pkkd:demo',
+    '--workdir=gs://b/r',
+    '--data-dir=gs://b/tfds',
+    '--config.seed=1',
+    '--',
+    '--config.num_epochs=2',
+    '--mode=eval',
+    env=env,
+  )
+  (echoed,) = [
+    l for l in result.stderr.splitlines() if 'kdjax.check_config' in l
+  ]
+  assert echoed.split() == [
+    'config:',
+    '-m',
+    'kdjax.check_config',
+    '--config=configs/pkkd.py:demo',
+    '--config.dataset.data_dir=gs://b/tfds',
+    '--config.seed=1',
+    '--config.num_epochs=2',
+  ]
+
+
+@pytest.mark.parametrize('config, overrides, message', _BAD_CONFIGS)
+def test_check_config_entry_point_errors(
+  capsys, monkeypatch, config, overrides, message
+):
+  from kdjax import check_config  # pylint: disable=g-import-not-at-top
+
+  monkeypatch.chdir(ROOT)
+  method, preset = config.split(':')
+  code = check_config.check(
+    [f'--config=configs/{method}.py:{preset}', *overrides]
+  )
+  assert code == 2
+  assert message in _one_paragraph(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(
+  'argv, message',
+  [
+    (
+      ['--config=configs/nope.py:demo'],
+      'Cannot load the config file configs/nope.py: No such file or directory',
+    ),
+    (
+      ['--config=configs/pkkd.py:demo', '--config.pkkd.temprature=1'],
+      "Unknown config key 'pkkd.temprature'; did you mean 'pkkd.temperature'?",
+    ),
+    (
+      ['--config=configs/ekd.py:demo', '--config.pkkd.alpha=1'],
+      "--config.pkkd.alpha=1: Unknown config key 'pkkd'. An override can only "
+      'set a key that the config already has (see get_config in configs/ekd.py)',
+    ),
+    (
+      ['--config=configs/pkkd.py:demo', '--config.pkkd.kd_t_squared=maybe'],
+      "'maybe' is not a boolean",
+    ),
+    (['--config.num_epochs=2'], '--config=FILE[:PRESET] is needed once'),
+  ],
+)
+def test_check_config_more_errors(capsys, monkeypatch, argv, message):
+  from kdjax import check_config  # pylint: disable=g-import-not-at-top
+
+  monkeypatch.chdir(ROOT)
+  assert check_config.check(argv) == 2
+  assert message in capsys.readouterr().err
+
+
+def test_check_config_entry_point_summary(capsys, monkeypatch):
+  from kdjax import check_config  # pylint: disable=g-import-not-at-top
+
+  monkeypatch.chdir(ROOT)
+  code = check_config.check(
+    [
+      '--config=configs/kd.py:demo',
+      '--config.teacher.name=resnet32',
+      '--config.optimizer.learning_rate=0.05',
+    ]
+  )
+  out = capsys.readouterr().out.splitlines()
+  assert code == 0
+  assert out[0] == 'configs/kd.py:demo: method kd'
+  assert '  model resnet8/conv' in out and '  teacher resnet32/conv' in out
+  assert "  override teacher.name: 'resnet20' -> 'resnet32'" in out
+  assert '  override optimizer.learning_rate: 0.1 -> 0.05' in out
+
+
+# --- Start-up console: kdjax.console ------------------------------------------------------
+
+_IMPORT_TF = (
+  'from kdjax import console; console.quiet_startup(); '
+  'import tensorflow as tf; print(float(tf.constant(1.0) + 1))'
+)
+
+
+def _tf_startup(env):
+  clean = {k: v for k, v in os.environ.items() if not k.startswith('TF_')}
+  return subprocess.run(
+    [sys.executable, '-c', _IMPORT_TF],
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+    timeout=120,
+    env={**clean, **env},
+  )
+
+
+def test_quiet_startup_silences_tensorflow():
+  from kdjax import console  # pylint: disable=g-import-not-at-top
+
+  assert console.quiet_env({}) == {
+    'TF_CPP_MIN_LOG_LEVEL': '3',
+    'TF_ENABLE_ONEDNN_OPTS': '0',
+  }
+  assert console.quiet_env({'TF_ENABLE_ONEDNN_OPTS': '1'}) == {
+    'TF_CPP_MIN_LOG_LEVEL': '3'
+  }
+  quiet = _tf_startup({})
+  assert quiet.returncode == 0 and quiet.stdout == '2.0\n'
+  assert quiet.stderr == ''
+  # With oneDNN on (the default on CPUs with AVX-512 VNNI or AMX; the user's
+  # setting wins) TensorFlow announces it although TF_CPP_MIN_LOG_LEVEL=3.
+  loud = _tf_startup({'TF_ENABLE_ONEDNN_OPTS': '1'})
+  assert loud.returncode == 0
+  assert 'oneDNN custom operations are on' in loud.stderr
+
+
+# --- TensorBoard scalars ----------------------------------------------------------------
+
+
+def test_reporter_scalars_are_tensorboard_scalars(tmp_path):
+  """What the Reporter writes, EventAccumulator.Scalars() reads back."""
+  pytest.importorskip('tensorboard')
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+
+  from kdjax.train import reporting  # pylint: disable=g-import-not-at-top
+
+  reporter = reporting.Reporter(str(tmp_path))
+  reporter.scalars(10, {'loss/total': 2.5, 'learning_rate': 0.1})
+  reporter.scalars(20, {'loss/total': 1.25, 'eval_accuracy/student': 0.75})
+  reporter.close()
+  accumulator = event_accumulator.EventAccumulator(str(tmp_path))
+  accumulator.Reload()
+  assert sorted(accumulator.Tags()['scalars']) == [
+    'eval_accuracy/student',
+    'learning_rate',
+    'loss/total',
+  ]
+  loss = accumulator.Scalars('loss/total')
+  assert [(e.step, e.value) for e in loss] == [(10, 2.5), (20, 1.25)]
+  (accuracy,) = accumulator.Scalars('eval_accuracy/student')
+  assert (accuracy.step, accuracy.value) == (20, 0.75)
