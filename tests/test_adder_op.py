@@ -1,4 +1,4 @@
-"""kdjax.ops.adder_conv against an independent NumPy loop reference of SPEC section 1.
+"""kdjax.ops.adder_conv against an independent NumPy loop reference (docs/adder.md).
 
 The reference walks output positions one by one and writes the three formulas
 out literally, so it shares no code (and no padding logic) with the op:

@@ -1,4 +1,4 @@
-"""Adder convolution (AdderNet, Chen et al., CVPR 2020), SPEC section 1.
+"""Adder convolution (AdderNet, Chen et al., CVPR 2020); docs/adder.md.
 
     Y[n, h, w, o] = - sum_{i, j, c} | X[n, h*s + i, w*s + j, c] - F[i, j, c, o] |
 
