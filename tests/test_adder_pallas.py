@@ -235,11 +235,15 @@ def test_block_table_and_candidates():
     assert blocks.input_grad in adder_pallas.CANDIDATES[family]
 
 
-def test_backend_choice_on_cpu():
-  assert jax.default_backend() == 'cpu'
+def test_backend_choice():
+  # None is the platform's family, and the CPU's is the interpreted GPU one;
+  # a family that is not the platform's is interpreted.
+  platform = jax.default_backend()
   config = adder_pallas.make_config(None)
-  assert (config.family, config.interpret) == ('gpu', True)
-  assert adder_pallas.make_config('tpu').interpret
+  assert config.family == ('tpu' if platform == 'tpu' else 'gpu')
+  assert config.interpret == (platform == 'cpu')
+  for family in FAMILIES:
+    assert adder_pallas.make_config(family).interpret == (platform != family)
 
 
 def _has_pallas_call(fn, *args):
