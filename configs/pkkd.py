@@ -45,6 +45,9 @@ def get_config(preset: str = 'demo') -> ml_collections.ConfigDict:
       sigma_scale_teacher=1.0,
       sigma_scale_student=1.0,
       stages=ml_collections.config_dict.placeholder(tuple),
+      kd_t_squared=True,
+      ramp_steps=0,
+      teacher_kd_weight=0.0,
     )
   )
 

@@ -234,3 +234,201 @@ def test_student_gradient_reaches_adder_output_and_rho():
   )
   leaves = jax.tree.leaves(grad_params) + [grad_adder]
   assert all(np.all(np.isfinite(leaf)) and np.any(leaf != 0) for leaf in leaves)
+
+
+def np_log_softmax(z):
+  z = np.asarray(z, np.float64)
+  z = z - z.max(-1, keepdims=True)
+  return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def np_kl(teacher_logits, student_logits, temperature):
+  """mean_b KL(softmax(z_t/T) || softmax(z_s/T)), no T^2."""
+  log_pt = np_log_softmax(np.asarray(teacher_logits) / temperature)
+  log_ps = np_log_softmax(np.asarray(student_logits) / temperature)
+  return np.mean((np.exp(log_pt) * (log_pt - log_ps)).sum(-1))
+
+
+@pytest.mark.parametrize('t_squared', [True, False])
+def test_pkkd_total_with_and_without_t_squared(t_squared):
+  rng = np.random.default_rng(5)
+  s_logits, t_logits = rng.normal(size=(2, 4, 7)).astype(np.float32) * 3
+  labels = np.array([1, 3, 0, 2])
+  g = [rng.uniform(size=(4, 2, 2, 3)).astype(np.float32)]
+  h = [rng.uniform(size=(4, 2, 2, 3)).astype(np.float32)]
+  temperature = 3.0
+  ce = -np.mean(np_log_softmax(s_logits)[np.arange(4), labels])
+  kd = np_kl(t_logits, s_logits, temperature) * (
+    temperature**2 if t_squared else 1.0
+  )
+  feat = np.mean((g[0].astype(np.float64) - h[0]) ** 2)
+  total, terms = losses.pkkd_total(
+    s_logits,
+    t_logits,
+    labels,
+    g,
+    h,
+    alpha=0.7,
+    beta=2.0,
+    temperature=temperature,
+    kd_t_squared=t_squared,
+  )
+  np.testing.assert_allclose(terms['kd'], kd, rtol=1e-5)
+  np.testing.assert_allclose(total, ce + 0.7 * kd + 2.0 * feat, rtol=1e-5)
+  np.testing.assert_allclose(
+    losses.soft_label_loss(s_logits, t_logits, temperature, t_squared),
+    kd,
+    rtol=1e-5,
+  )
+
+
+def test_grouped_patch_sq_norms_match_explicit_patches():
+  rng = np.random.default_rng(6)
+  x = rng.normal(size=(2, 5, 5, 4)).astype(np.float32)
+  got = np.asarray(
+    losses.patch_sq_norms(x, (3, 3), 2, 'SAME', feature_group_count=2)
+  )
+  padded = np.pad(np.asarray(x, np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+  expected = np.zeros((2, 3, 3, 2))
+  for i in range(3):
+    for j in range(3):
+      patch = padded[:, 2 * i : 2 * i + 3, 2 * j : 2 * j + 3]
+      for group in range(2):
+        channels = patch[..., 2 * group : 2 * group + 2]
+        expected[:, i, j, group] = (channels**2).sum((1, 2, 3))
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
+  with pytest.raises(ValueError, match='feature_group_count'):
+    losses.patch_sq_norms(x, (3, 3), 1, 'SAME', feature_group_count=3)
+
+
+def test_model_kernel_ingredients_are_the_patch_distances():
+  """ConvOrAdder's (y, patch_energy, filter_sq_norm) give the explicit ||x_p - f_o||^2."""
+  from kdjax import models  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(7)
+  x = rng.normal(size=(2, 5, 5, 3)).astype(np.float32)
+  layer = models.ConvOrAdder(4, 3, 2, precision=lax.Precision.HIGHEST)
+  params = layer.init(jax.random.key(0), x)
+  y, energy, filter_norm = layer.apply(params, x, return_kernel_features=True)
+  f = np.asarray(params['params']['kernel'])
+  sq, _ = np_patch_distances(x, f, 2, 'SAME')
+  np.testing.assert_allclose(
+    losses.gaussian_sq_distance(y, energy, filter_norm), sq, rtol=1e-4
+  )
+  np.testing.assert_allclose(
+    losses.gaussian_kernel_from_norms(y, energy, filter_norm, 2.0),
+    np.exp(-sq / (2.0 * sq.mean())),
+    rtol=1e-4,
+  )
+
+
+# ----------------------------------------------------------- the PKKD method
+
+
+def _method(**knobs):
+  from kdjax import config_defaults  # pylint: disable=g-import-not-at-top
+  from kdjax.train.methods import build_method  # pylint: disable=g-import-not-at-top
+
+  config = config_defaults.load_config_module('configs/pkkd.py').get_config()
+  tiny = dict(stem_width=4, stage_widths=(4, 4, 8))
+  config.model = config_defaults.model('resnet8', 'adder', **tiny)
+  config.teacher = config_defaults.model('resnet8', 'conv', **tiny)
+  config.pkkd.update(knobs)
+  return build_method(config, num_classes=10, image_shape=(8, 8, 1))
+
+
+@pytest.fixture(scope='module')
+def tiny_batch():
+  rng = np.random.default_rng(8)
+  return {
+    'image': jnp.asarray(rng.normal(size=(4, 8, 8, 1)), jnp.float32),
+    'label': jnp.asarray([0, 1, 2, 3], jnp.int32),
+  }
+
+
+def test_ramp_scales_alpha_and_beta_linearly_and_counts_steps(tiny_batch):
+  method = _method(ramp_steps=4, alpha=2.0, beta=3.0, teacher_kd_weight=0.5)
+  params, stats = method.init(jax.random.key(0), tiny_batch['image'])
+  assert float(stats['student']['ramp_step']) == 0.0
+  loss = jax.jit(method.loss)
+  for step, ramp in ((0, 0.0), (1, 0.25), (3, 0.75), (4, 1.0), (9, 1.0)):
+    stats['student']['ramp_step'] = jnp.float32(step)
+    total, (new_stats, m) = loss(
+      params, stats, {}, tiny_batch, jax.random.key(1)
+    )
+    assert float(new_stats['student']['ramp_step']) == step + 1
+    expected = (
+      m['loss/ce']
+      + ramp * (2.0 * m['loss/kd'] + 3.0 * m['loss/feat'])
+      + m['loss/teacher_ce']
+      + 0.5 * ramp * m['loss/teacher_kd']
+    )
+    np.testing.assert_allclose(total, expected, rtol=1e-5)
+  # Without a ramp the state has no counter (checkpoints as before).
+  _, plain_stats = _method().init(jax.random.key(0), tiny_batch['image'])
+  assert 'ramp_step' not in plain_stats['student']
+
+
+def test_teacher_kd_weight_trains_only_the_teacher(tiny_batch):
+  """The teacher's gradient is that of CE + w T^2 KL(sg(p_s) || p_t); the student's is unchanged."""
+  from kdjax.train.methods import base  # pylint: disable=g-import-not-at-top
+
+  weight, temperature = 0.8, 2.0
+  mutual = _method(teacher_kd_weight=weight, temperature=temperature)
+  plain = _method(temperature=temperature)
+  params, stats = mutual.init(jax.random.key(0), tiny_batch['image'])
+  plain.init(jax.random.key(0), tiny_batch['image'])  # builds its connectors
+  grad = lambda m: jax.grad(
+    lambda p: m.loss(p, stats, {}, tiny_batch, jax.random.key(1))[0]
+  )(params)
+  g_mutual, g_plain = grad(mutual), grad(plain)
+  s_logits = base.run_model(
+    mutual.student,
+    params['student']['model'],
+    stats['student']['model'],
+    tiny_batch['image'],
+    True,
+  )[0]
+
+  def teacher_reference(teacher_params):
+    t_logits = base.run_model(
+      mutual.teacher,
+      teacher_params,
+      stats['teacher'],
+      tiny_batch['image'],
+      True,
+    )[0]
+    log_pt = jax.nn.log_softmax(t_logits)
+    ce = -jnp.mean(log_pt[jnp.arange(4), tiny_batch['label']])
+    log_ps_t = jax.nn.log_softmax(jax.lax.stop_gradient(s_logits) / temperature)
+    log_pt_t = jax.nn.log_softmax(t_logits / temperature)
+    kl = jnp.mean(jnp.sum(jnp.exp(log_ps_t) * (log_ps_t - log_pt_t), -1))
+    return ce + weight * temperature**2 * kl
+
+  expected = jax.grad(teacher_reference)(params['teacher'])
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6),
+    g_mutual['teacher'],
+    expected,
+  )
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+    g_mutual['student'],
+    g_plain['student'],
+  )
+  # And the reference differs from CE alone: the term is really there.
+  diff = jax.tree.map(
+    lambda a, b: float(jnp.max(jnp.abs(a - b))),
+    g_mutual['teacher'],
+    g_plain['teacher'],
+  )
+  assert max(jax.tree.leaves(diff)) > 1e-4
+
+
+def test_new_knobs_reject_bad_values():
+  with pytest.raises(ValueError, match='ramp_steps'):
+    _method(ramp_steps=-1)
+  with pytest.raises(ValueError, match="teacher_mode='cotrained'"):
+    _method(teacher_kd_weight=1.0, teacher_mode='frozen')
+  with pytest.raises(ValueError, match='teacher_kd_weight'):
+    _method(teacher_kd_weight=-1.0)

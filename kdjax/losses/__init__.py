@@ -33,6 +33,7 @@ from kdjax.losses.pkkd import (
   filter_sq_norms,
   gaussian_kernel_features,
   gaussian_kernel_from_conv,
+  gaussian_kernel_from_norms,
   gaussian_kernel_sigma,
   gaussian_sq_distance,
   laplace_kernel_features,
@@ -41,6 +42,7 @@ from kdjax.losses.pkkd import (
   patch_sq_norms,
   pkkd_feature_loss,
   pkkd_total,
+  soft_label_loss,
 )
 
 __all__ = [
@@ -68,9 +70,11 @@ __all__ = [
   'laplace_kernel_sigma',
   'laplace_kernel_features',
   'gaussian_kernel_from_conv',
+  'gaussian_kernel_from_norms',
   'laplace_kernel_from_adder',
   'pkkd_feature_loss',
   'pkkd_total',
+  'soft_label_loss',
   # EKD
   'ekd_loss',
   'ensemble_logits',

@@ -1,7 +1,7 @@
-"""Progressive kernel-based knowledge distillation (Xu et al., NeurIPS 2020), SPEC section 2.
+"""Progressive kernel-based knowledge distillation (Xu et al., NeurIPS 2020), docs/pkkd.md.
 
 The paper publishes neither code nor the kernel equations in a form we could
-check, so what follows is our reconstruction (SPEC section 2), every choice a
+check, so what follows is our reconstruction (docs/pkkd.md), every choice a
 knob:
 
   * CNN (teacher) side, Gaussian kernel of the distance between an input patch
@@ -64,41 +64,54 @@ def patch_sq_norms(
   kernel_size: Sequence[int],
   strides: Union[int, Sequence[int]] = 1,
   padding: Any = 'SAME',
+  feature_group_count: int = 1,
 ) -> Array:
-  """||x_p||^2 for every patch a conv with this geometry sees (our reconstruction, SPEC §2).
+  """||x_p||^2 for every patch a conv with this geometry sees (our reconstruction, docs/pkkd.md).
 
-      E[b, h, w, 0] = sum_{i, j, c} X[b, h*s + i, w*s + j, c]^2
+      E[b, h, w, g] = sum_{i, j, c in group g} X[b, h*s + i, w*s + j, c]^2
 
-  computed as a conv of sum_c X^2 with a ones kernel; zero padding contributes
-  0, consistent with the conv output and with ``kdjax.ops.adder_conv``.
+  computed as a conv of X^2 with a ones kernel, one output per channel group
+  (a grouped conv's filters each see one group); zero padding contributes 0,
+  consistent with the conv output and with ``kdjax.ops.adder_conv``. The models
+  (``ConvOrAdder(..., return_kernel_features=True)``) call this same function.
 
   Args:
     inputs: (B, H, W, C), the layer's input.
     kernel_size: (kh, kw).
     strides, padding: as for the layer (``flax.linen.Conv`` / ``adder_conv`` forms).
+    feature_group_count: the layer's channel groups; must divide C.
 
   Returns:
-    (B, H_out, W_out, 1) float32, no reduction.
+    (B, H_out, W_out, feature_group_count) float32, no reduction.
   """
   kernel_hw = tuple(int(k) for k in kernel_size)
   strides = normalize_strides(strides)
   pads = normalize_padding(padding, inputs.shape[1:3], kernel_hw, strides)
-  energy = jnp.sum(
-    jnp.square(inputs.astype(jnp.float32)), axis=-1, keepdims=True
+  in_channels = inputs.shape[-1]
+  if in_channels % feature_group_count:
+    raise ValueError(
+      f'patch_sq_norms: feature_group_count={feature_group_count} must divide '
+      f'the {in_channels} input channels'
+    )
+  # float32 because PKKD forms ||x||^2 + ||f||^2 - 2 x.f, which cancels badly
+  # in low precision.
+  ones = jnp.ones(
+    kernel_hw + (in_channels // feature_group_count, feature_group_count),
+    jnp.float32,
   )
-  ones = jnp.ones(kernel_hw + (1, 1), jnp.float32)
   return lax.conv_general_dilated(
-    energy,
+    jnp.square(inputs.astype(jnp.float32)),
     ones,
     strides,
     pads,
     dimension_numbers=_CONV_DIMENSIONS,
+    feature_group_count=feature_group_count,
     precision=lax.Precision.HIGHEST,
   )
 
 
 def filter_sq_norms(kernel: Array) -> Array:
-  """||f_o||^2 per output channel of an HWIO kernel (our reconstruction, SPEC §2).
+  """||f_o||^2 per output channel of an HWIO kernel (our reconstruction, docs/pkkd.md).
 
   Returns:
     (O,) float32: sum over (kh, kw, C_in) of kernel^2.
@@ -111,7 +124,7 @@ def filter_sq_norms(kernel: Array) -> Array:
 def gaussian_sq_distance(
   conv_out: Array, patch_energy: Array, filter_sq_norm: Array
 ) -> Array:
-  """||x_p - f_o||^2 from a conv output (our reconstruction, SPEC §2).
+  """||x_p - f_o||^2 from a conv output (our reconstruction, docs/pkkd.md).
 
       d2 = max(||x_p||^2 + ||f_o||^2 - 2 x_p . f_o, 0)
 
@@ -137,7 +150,7 @@ def gaussian_sq_distance(
 def gaussian_kernel_sigma(
   sq_distance: Array, sigma_scale: float = DEFAULT_SIGMA_SCALE
 ) -> Array:
-  """Per-layer Gaussian bandwidth (our reconstruction, SPEC §2).
+  """Per-layer Gaussian bandwidth (our reconstruction, docs/pkkd.md).
 
       sigma_c = sqrt(s * sg(mean d2) / 2),   i.e.  2 sigma_c^2 = s * mean d2
 
@@ -156,7 +169,7 @@ def gaussian_kernel_sigma(
 def gaussian_kernel_features(
   conv_out: Array, patch_energy: Array, filter_sq_norm: Array, sigma: Array
 ) -> Array:
-  """Gaussian kernel features of a conv layer (our reconstruction, SPEC §2).
+  """Gaussian kernel features of a conv layer (our reconstruction, docs/pkkd.md).
 
   PKKD (Xu et al., NeurIPS 2020) maps CNN features with a Gaussian kernel; its
   exact form could not be confirmed (no code exists), so this form is ours:
@@ -182,7 +195,7 @@ def gaussian_kernel_features(
 def laplace_kernel_sigma(
   adder_out: Array, sigma_scale: float = DEFAULT_SIGMA_SCALE
 ) -> Array:
-  """Per-layer Laplace bandwidth (our reconstruction, SPEC §2).
+  """Per-layer Laplace bandwidth (our reconstruction, docs/pkkd.md).
 
       sigma_a = s * sg(mean ||x_p - f_o||_1) = s * sg(mean(-Y))
 
@@ -197,7 +210,7 @@ def laplace_kernel_sigma(
 
 
 def laplace_kernel_features(adder_out: Array, sigma: Array) -> Array:
-  """Laplace kernel features of an adder layer (our reconstruction, SPEC §2).
+  """Laplace kernel features of an adder layer (our reconstruction, docs/pkkd.md).
 
   PKKD (Xu et al., NeurIPS 2020) maps ANN features with a Laplace kernel; its
   exact form could not be confirmed (no code exists), so this form is ours:
@@ -228,7 +241,7 @@ def gaussian_kernel_from_conv(
 ) -> Array:
   """Teacher-side features in one call: patch and filter norms, bandwidth, kernel.
 
-      h = exp(-d2 / (s * sg(mean d2))),   d2 = ||x_p - f_o||^2      (our reconstruction, SPEC §2)
+      h = exp(-d2 / (s * sg(mean d2))),   d2 = ||x_p - f_o||^2      (our reconstruction, docs/pkkd.md)
 
   Args:
     inputs: (B, H, W, C) conv input.
@@ -241,17 +254,38 @@ def gaussian_kernel_from_conv(
     (B, H_out, W_out, O) float32 in (0, 1].
   """
   patch_energy = patch_sq_norms(inputs, kernel.shape[:2], strides, padding)
-  filter_energy = filter_sq_norms(kernel)
-  sigma = gaussian_kernel_sigma(
-    gaussian_sq_distance(conv_out, patch_energy, filter_energy), sigma_scale
+  return gaussian_kernel_from_norms(
+    conv_out, patch_energy, filter_sq_norms(kernel), sigma_scale
   )
-  return gaussian_kernel_features(conv_out, patch_energy, filter_energy, sigma)
+
+
+def gaussian_kernel_from_norms(
+  conv_out: Array,
+  patch_energy: Array,
+  filter_sq_norm: Array,
+  sigma_scale: float = DEFAULT_SIGMA_SCALE,
+) -> Array:
+  """Teacher-side features from the pieces a model returns (docs/pkkd.md).
+
+      h = exp(-d2 / (s * sg(mean d2))),   d2 = max(E + ||f||^2 - 2 conv_out, 0)
+
+  ``patch_energy`` E and ``filter_sq_norm`` as ``ConvOrAdder`` returns them
+  with ``return_kernel_features=True`` (the stage entries' 'patch_energy' and
+  'filter_sq_norm').
+
+  Returns:
+    (B, H, W, O) float32 in (0, 1].
+  """
+  sigma = gaussian_kernel_sigma(
+    gaussian_sq_distance(conv_out, patch_energy, filter_sq_norm), sigma_scale
+  )
+  return gaussian_kernel_features(conv_out, patch_energy, filter_sq_norm, sigma)
 
 
 def laplace_kernel_from_adder(
   adder_out: Array, sigma_scale: float = DEFAULT_SIGMA_SCALE
 ) -> Array:
-  """Student-side features in one call (our reconstruction, SPEC §2).
+  """Student-side features in one call (our reconstruction, docs/pkkd.md).
 
       g = exp(Y / (s * sg(mean(-Y))))
 
@@ -264,7 +298,7 @@ def laplace_kernel_from_adder(
 
 
 def pkkd_feature_loss(student_feats: PyTree, teacher_feats: PyTree) -> Array:
-  """PKKD kernel-feature loss (Xu et al., NeurIPS 2020; our reconstruction, SPEC §2).
+  """PKKD kernel-feature loss (Xu et al., NeurIPS 2020; our reconstruction, docs/pkkd.md).
 
       loss = sum_m mean_{b, h, w, c} (rho_m(g_m) - sg(h_m))^2
 
@@ -297,6 +331,26 @@ def pkkd_feature_loss(student_feats: PyTree, teacher_feats: PyTree) -> Array:
   return total
 
 
+def soft_label_loss(
+  student_logits: Array,
+  teacher_logits: Array,
+  temperature: float = DEFAULT_TEMPERATURE,
+  t_squared: bool = True,
+) -> Array:
+  """Hinton's soft-label term with or without its T^2 factor (docs/pkkd.md).
+
+      t_squared=True:   T^2 KL(softmax(z_t/T) || softmax(z_s/T))   (= ``kd_loss``)
+      t_squared=False:      KL(softmax(z_t/T) || softmax(z_s/T))
+
+  ``teacher_logits`` are under stop_gradient. Returns a float32 scalar: sum
+  over classes, mean over the batch.
+  """
+  kd = kd_loss(student_logits, teacher_logits, temperature)
+  if t_squared:
+    return kd
+  return kd / jnp.square(jnp.asarray(temperature, jnp.float32))
+
+
 def pkkd_total(
   student_logits: Array,
   teacher_logits: Array,
@@ -307,22 +361,28 @@ def pkkd_total(
   beta: float = DEFAULT_BETA,
   temperature: float = DEFAULT_TEMPERATURE,
   label_smoothing: float = 0.0,
+  kd_t_squared: bool = True,
 ) -> Tuple[Array, Dict[str, Array]]:
-  """PKKD student objective (Xu et al., NeurIPS 2020; our reconstruction, SPEC §2).
+  """PKKD student objective (Xu et al., NeurIPS 2020; our reconstruction, docs/pkkd.md).
 
-      L = CE(y, z_s) + alpha * T^2 KL(softmax(z_t/T) || softmax(z_s/T))
+      L = CE(y, z_s) + alpha * c_T KL(softmax(z_t/T) || softmax(z_s/T))
           + beta * sum_m mean((rho_m(g_m) - sg(h_m))^2)
 
-  alpha = beta = 5 as reported for ResNet-20 on CIFAR-100; T = 4 is our
-  default (the paper does not state it). The teacher (trained at the same
-  time on CE only) receives no gradient from this objective.
+  with c_T = T^2 (Hinton's scaling, ``kd_t_squared=True``) or c_T = 1. The
+  paper reports alpha = beta = 5 for ResNet-20 on CIFAR-100 but states neither
+  T nor whether alpha includes T^2. The teacher receives no gradient from this
+  objective (its logits and features are under stop_gradient).
+
+  Alpha and beta may be traced scalars (a ramp computed in the step).
 
   Returns:
-    (total, terms): float32 scalar and a dict with the unweighted 'ce', 'kd',
-    'feat' and 'total'.
+    (total, terms): float32 scalar and a dict with the unweighted 'ce', 'feat',
+    'total' and 'kd' (the soft-label term with its c_T, before alpha).
   """
   ce = cross_entropy(student_logits, labels, label_smoothing)
-  kd = kd_loss(student_logits, teacher_logits, temperature)
+  kd = soft_label_loss(
+    student_logits, teacher_logits, temperature, kd_t_squared
+  )
   feat = pkkd_feature_loss(student_feats, teacher_feats)
   total = ce + alpha * kd + beta * feat
   return total, {'ce': ce, 'kd': kd, 'feat': feat, 'total': total}

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from kdjax.losses import pkkd as pkkd_losses
 from kdjax.ops import adder_conv, normalize_padding
 
 CONV_TYPES = ('conv', 'adder')
@@ -179,21 +180,11 @@ class ConvOrAdder(nn.Module):
       )
     if not return_kernel_features:
       return y
-    # float32 because PKKD forms ||x||^2 + ||f||^2 - 2 x.f, which cancels badly
-    # in low precision.
-    ones = jnp.ones(kernel_size + (in_features // groups, groups), jnp.float32)
-    patch_energy = lax.conv_general_dilated(
-      jnp.square(x.astype(jnp.float32)),
-      ones,
-      strides,
-      pads,
-      dimension_numbers=_DIMENSION_NUMBERS,
-      feature_group_count=groups,
-      precision=lax.Precision.HIGHEST,
+    # One copy of the kernel-feature math, shared with kdjax.losses.
+    patch_energy = pkkd_losses.patch_sq_norms(
+      x, kernel_size, strides, pads, feature_group_count=groups
     )
-    filter_sq_norm = jnp.sum(
-      jnp.square(kernel.astype(jnp.float32)), axis=(0, 1, 2)
-    )
+    filter_sq_norm = pkkd_losses.filter_sq_norms(kernel)
     return y, patch_energy, filter_sq_norm
 
 

@@ -1,6 +1,6 @@
 """PKKD: a CNN teacher co-trained with an ANN student of the same architecture.
 
-SPEC section 2, our reconstruction; every unconfirmed choice is a knob in
+Our reconstruction (docs/pkkd.md); every unconfirmed choice is a knob in
 ``config.pkkd``:
   stages          which stages' last conv/adder are distilled (default: all)
   features        'kernel' (Gaussian on the CNN side, Laplace on the ANN side)
@@ -10,10 +10,16 @@ SPEC section 2, our reconstruction; every unconfirmed choice is a knob in
                   a fixed teacher restored from config.teacher.checkpoint_dir)
   sigma_scale_teacher / sigma_scale_student   bandwidth scale knobs
   alpha, beta, temperature                    CE + alpha KD + beta feature loss
+  kd_t_squared    whether the soft-label term carries Hinton's T^2
+  ramp_steps      alpha and beta grow linearly from 0 over the first
+                  ramp_steps optimizer steps (0: constant from the start)
+  teacher_kd_weight  w: a co-trained teacher's loss is
+                  CE + w * soft-label term from the (stop-gradient) student
 
 Both networks see the same mini-batch and are updated in the same step, each
-with its own optimizer ('student' and 'teacher' groups). The teacher's loss is
-its CE alone: everything the student takes from it is under stop_gradient.
+with its own optimizer ('student' and 'teacher' groups). With
+teacher_kd_weight = 0 the teacher's loss is its CE alone: everything the
+student takes from it is under stop_gradient, and vice versa.
 """
 
 import jax
@@ -25,6 +31,10 @@ from kdjax.train.methods.teachers import restore_frozen_teacher
 
 FEATURE_KINDS = ('kernel', 'raw')
 TEACHER_MODES = ('cotrained', 'frozen')
+# The trainer hands a method no step number, so a ramp counts its own steps in
+# the batch_stats collection (threaded through the step, checkpointed, and left
+# as it was by a skipped non-finite step). Present only when ramp_steps > 0.
+RAMP_COUNTER = 'ramp_step'
 
 
 def _scale_free(raw):
@@ -49,6 +59,23 @@ class PKKD(base.Method):
         f'got {cfg.teacher_mode!r}'
       )
     self.cotrained = cfg.teacher_mode == 'cotrained'
+    ramp_steps = cfg.get('ramp_steps', 0) or 0
+    if int(ramp_steps) != ramp_steps or ramp_steps < 0:
+      raise ValueError(
+        f'pkkd.ramp_steps must be a non-negative integer (0: no ramp), got '
+        f'{ramp_steps!r}'
+      )
+    teacher_kd_weight = float(cfg.get('teacher_kd_weight', 0.0) or 0.0)
+    if teacher_kd_weight < 0:
+      raise ValueError(
+        f'pkkd.teacher_kd_weight must be >= 0, got {teacher_kd_weight!r}'
+      )
+    if teacher_kd_weight and not self.cotrained:
+      raise ValueError(
+        "pkkd.teacher_kd_weight > 0 trains the teacher on the student's soft "
+        "labels, so it needs teacher_mode='cotrained'; a frozen teacher is not "
+        'trained. Set pkkd.teacher_kd_weight=0 or teacher_mode=cotrained.'
+      )
     self.groups = ('student', 'teacher') if self.cotrained else ('student',)
     if self.cotrained:
       self.teacher = base.build_zoo_model(
@@ -76,13 +103,12 @@ class PKKD(base.Method):
       if cfg.features == 'raw':
         out.append(_scale_free(stage['raw']))
       else:
-        sq = losses.gaussian_sq_distance(
-          stage['raw'], stage['patch_energy'], stage['filter_sq_norm']
-        )
-        sigma = losses.gaussian_kernel_sigma(sq, cfg.sigma_scale_teacher)
         out.append(
-          losses.gaussian_kernel_features(
-            stage['raw'], stage['patch_energy'], stage['filter_sq_norm'], sigma
+          losses.gaussian_kernel_from_norms(
+            stage['raw'],
+            stage['patch_energy'],
+            stage['filter_sq_norm'],
+            cfg.sigma_scale_teacher,
           )
         )
     return tuple(jax.lax.stop_gradient(h) for h in out)
@@ -94,11 +120,23 @@ class PKKD(base.Method):
       if cfg.features == 'raw':
         out.append(_scale_free(stage['raw']))
       else:
-        sigma = losses.laplace_kernel_sigma(
-          stage['raw'], cfg.sigma_scale_student
+        out.append(
+          losses.laplace_kernel_from_adder(
+            stage['raw'], cfg.sigma_scale_student
+          )
         )
-        out.append(losses.laplace_kernel_features(stage['raw'], sigma))
     return tuple(out)
+
+  def _ramp_steps(self):
+    return int(self.config.pkkd.get('ramp_steps', 0) or 0)
+
+  def ramp_factor(self, batch_stats):
+    """min(1, t / ramp_steps) at step t (0-based); 1 when there is no ramp."""
+    ramp_steps = self._ramp_steps()
+    if not ramp_steps:
+      return jnp.ones((), jnp.float32)
+    step = batch_stats['student'][RAMP_COUNTER]
+    return jnp.minimum(step / ramp_steps, 1.0)
 
   def init(self, rng, images):
     student_rng, teacher_rng, rho_rng = jax.random.split(rng, 3)
@@ -121,6 +159,8 @@ class PKKD(base.Method):
     )
     params = {'student': {'model': s_params, 'connectors': rho_params}}
     stats = {'student': {'model': s_stats, 'connectors': rho_stats}}
+    if self._ramp_steps():
+      stats['student'][RAMP_COUNTER] = jnp.zeros((), jnp.float32)
     if self.cotrained:
       params['teacher'], stats['teacher'] = base.init_model(
         self.teacher, teacher_rng, images
@@ -159,15 +199,17 @@ class PKKD(base.Method):
       train=True,
     )
     h = self._teacher_kernel_feats(t_feats)
+    ramp = self.ramp_factor(batch_stats)
     student_total, terms = losses.pkkd_total(
       s_logits,
       jax.lax.stop_gradient(t_logits),
       labels,
       g,
       h,
-      alpha=cfg.alpha,
-      beta=cfg.beta,
+      alpha=cfg.alpha * ramp,
+      beta=cfg.beta * ramp,
       temperature=cfg.temperature,
+      kd_t_squared=cfg.get('kd_t_squared', True),
     )
     metrics = {
       'loss/ce': terms['ce'],
@@ -176,10 +218,29 @@ class PKKD(base.Method):
       'train_accuracy/student': base.accuracy(s_logits, labels),
     }
     new_stats = {'student': {'model': s_stats, 'connectors': rho_stats}}
+    if self._ramp_steps():
+      new_stats['student'][RAMP_COUNTER] = (
+        batch_stats['student'][RAMP_COUNTER] + 1.0
+      )
+      metrics['pkkd/ramp'] = ramp
     total = student_total
     if self.cotrained:
       teacher_ce = losses.cross_entropy(t_logits, labels)
-      total = total + teacher_ce
+      teacher_total = teacher_ce
+      teacher_kd_weight = float(cfg.get('teacher_kd_weight', 0.0) or 0.0)
+      if teacher_kd_weight:
+        # The other direction: the teacher learns from the student's current
+        # soft labels (one reading of "progressive"); the student's logits
+        # are under stop_gradient, so this term trains the teacher only.
+        teacher_kd = losses.soft_label_loss(
+          t_logits,
+          jax.lax.stop_gradient(s_logits),
+          cfg.temperature,
+          cfg.get('kd_t_squared', True),
+        )
+        teacher_total = teacher_ce + teacher_kd_weight * ramp * teacher_kd
+        metrics['loss/teacher_kd'] = teacher_kd
+      total = total + teacher_total
       new_stats['teacher'] = t_stats
       metrics.update(
         {
