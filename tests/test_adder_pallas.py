@@ -264,6 +264,35 @@ def test_auto_keeps_todays_choice():
   assert not _has_pallas_call(jax.grad(default, argnums=(0, 1)), x, f)
 
 
+def test_inside_a_users_shard_map():
+  if jax.device_count() < 8:
+    pytest.skip(f'needs 8 devices; have {jax.device_count()}')
+  from jax.sharding import PartitionSpec as P
+
+  mesh = jax.make_mesh(
+    (8,), ('data',), axis_types=(jax.sharding.AxisType.Auto,)
+  )
+  x, f = _inputs(8, 4, 4, 2, 3, 3, 3, seed=9)
+  want = reference_adder(x, f, np.zeros((8, 2, 2, 3)), 2, 1)[0]
+  conv = lambda x, f: _conv('tpu')(x, f, 2, 1)
+
+  def per_device(check_vma):
+    return jax.jit(
+      jax.shard_map(
+        conv,
+        mesh=mesh,
+        in_specs=(P('data'), P()),
+        out_specs=P('data'),
+        check_vma=check_vma,
+      )
+    )
+
+  y = per_device(False)(x, f)
+  np.testing.assert_allclose(np.asarray(y), want, rtol=1e-5, atol=1e-4)
+  with pytest.raises(ValueError, match='pass check_vma=False'):
+    per_device(True)(x, f)
+
+
 def test_option_errors():
   x, f = jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 2, 3))
   with pytest.raises(ValueError, match="go with method='pallas'"):

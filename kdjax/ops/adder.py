@@ -618,6 +618,13 @@ def adder_conv(
     return y.astype(out_dtype)
   # The kernels read the input dtype and accumulate in float32.
   config = adder_pallas.make_config(pallas_backend, pallas_blocks)
+  if config.interpret and jax.typeof(x).mat.varying:
+    raise ValueError(
+      "adder_conv: method='pallas' in Pallas interpret mode cannot run inside "
+      'a jax.shard_map with check_vma=True (the interpreter mistypes its loop '
+      'carry over the mesh axes); pass check_vma=False to that shard_map, or '
+      "use method='auto' there"
+    )
   run = lambda x, kernel: _adder_conv_vjp(
     x, kernel, strides, pads, chunk, config
   )
@@ -637,9 +644,12 @@ def _split_batch_over_mesh(run, x, kernel):
   batch does not divide by the mesh size, it runs unsplit (correct, slower).
   """
   mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty or x.shape[0] % mesh.size:
+  # Axes already manual (inside the caller's own shard_map) are per-device.
+  axes = tuple(a for a in mesh.axis_names if a not in mesh.manual_axes)
+  size = int(np.prod([mesh.shape[a] for a in axes]))
+  if not axes or x.shape[0] % size:
     return run(x, kernel)
-  batch = jax.sharding.PartitionSpec(tuple(mesh.axis_names))
+  batch = jax.sharding.PartitionSpec(axes)
   # check_vma=False: the custom VJP's per-device kernel gradient is untyped
   # over the mesh, and shard_map's transpose sums it over the devices (the
   # interpreted kernels' fori_loops do not carry vma types either).

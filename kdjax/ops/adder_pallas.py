@@ -129,8 +129,8 @@ def table_blocks(family: str, device_kind: str, out_channels: int):
   """The BLOCK_TABLE entry for a family, a device kind and C_out."""
   cls = shape_class(out_channels)
   for (fam, kind, row_cls), blocks in BLOCK_TABLE.items():
-    if fam == family and row_cls == cls and device_kind.startswith(kind):
-      if kind != '*':
+    if (fam, row_cls) == (family, cls) and kind != '*':
+      if device_kind.startswith(kind):
         return blocks
   return BLOCK_TABLE[(family, '*', cls)]
 
