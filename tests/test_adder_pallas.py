@@ -12,6 +12,9 @@ or 5 in tiles of 2 or 4) while interpret mode stays fast.
 """
 
 import functools
+import importlib.util
+import pathlib
+import types
 
 import jax
 import jax.extend
@@ -308,3 +311,38 @@ def test_option_errors():
     adder_conv(x, f, method='pallas', pallas_blocks={'m': 8})
   with pytest.raises(ValueError, match='must be a positive int'):
     Blocks(m=0, n=8, r=8)
+
+
+def _load_bench():
+  path = pathlib.Path(__file__).parents[1] / 'benchmarks' / 'adder_bench.py'
+  spec = importlib.util.spec_from_file_location('adder_bench_under_test', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_bench_device_limits(monkeypatch):
+  bench = _load_bench()
+
+  def no_nvidia_smi(*args, **kwargs):
+    raise OSError('nvidia-smi not installed')
+
+  monkeypatch.setattr(bench.subprocess, 'run', no_nvidia_smi)
+  h100 = types.SimpleNamespace(
+    platform='gpu',
+    device_kind='NVIDIA H100 80GB HBM3',
+    compute_capability='9.0',
+    core_count=132,
+  )
+  limit, how = bench.device_limit(h100)
+  # The issue's figure: 132 SMs x 128 lanes x 1.98 GHz / 2 = 16.7 T.
+  assert limit == pytest.approx(132 * 128 * 1.98e9 / 2)
+  assert '132 SMs' in how and 'boost-clock table' in how
+  v5e = types.SimpleNamespace(platform='tpu', device_kind='TPU v5 lite')
+  limit, how = bench.device_limit(v5e)
+  # docs/adder_kernels.md: 4096 f32 ALUs x 1.5 GHz / 3 ops = 2.05 T.
+  assert limit == pytest.approx(2.048e12)
+  unknown = types.SimpleNamespace(platform='tpu', device_kind='TPU v9')
+  assert bench.device_limit(unknown)[0] is None
+  cpu = types.SimpleNamespace(platform='cpu', device_kind='cpu')
+  assert bench.device_limit(cpu)[0] is None
