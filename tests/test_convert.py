@@ -1,0 +1,565 @@
+"""kdjax.convert against PyTorch reference networks (tests/torch_reference_models.py).
+
+Independent expectations:
+  * a converted model computes the PyTorch network's logits (eval mode with
+    the imported running statistics; train mode with batch statistics), to
+    float32 accuracy;
+  * BN running statistics update as PyTorch's, except that PyTorch averages
+    the unbiased batch variance, n / (n - 1) times flax's biased one;
+  * ``to_torch`` gives state dicts that the reference AdderNet definitions load
+    with strict=True and that compute the kdjax logits; to_torch -> from_torch
+    is the identity, bit for bit;
+  * a converted teacher scores, in a kdjax run, the accuracy the PyTorch
+    network has on the same eval images.
+"""
+
+import functools
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+
+import tfds_mocks
+import torch_reference_models as ref
+from kdjax import config_defaults, convert, models
+from kdjax.convert import __main__ as convert_cli
+from kdjax.convert import convert as convert_lib
+from kdjax.convert import layouts
+from kdjax.train import checkpointing, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_CLASSES = 7
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _setup():
+  """One torch thread (the CPUs are shared); faster XLA:CPU init compiles."""
+  threads = torch.get_num_threads()
+  torch.set_num_threads(1)
+  previous = jax.config.jax_threefry_partitionable
+  jax.config.update('jax_threefry_partitionable', False)
+  yield
+  jax.config.update('jax_threefry_partitionable', previous)
+  torch.set_num_threads(threads)
+
+
+def random_images(shape, seed=0):
+  return torch.from_numpy(
+    np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+  )
+
+
+def nhwc(images):
+  return images.permute(0, 2, 3, 1).numpy()
+
+
+def kdjax_logits(variables, fmt, name, images, num_classes=NUM_CLASSES):
+  model = models.build_model(
+    name, conv_type=convert.CONV_TYPE[fmt], num_classes=num_classes
+  )
+  forward = jax.jit(lambda v, x: model.apply(v, x, train=False)[0])
+  return np.asarray(forward(variables, nhwc(images)))
+
+
+def assert_close_relative(actual, expected, rtol=1e-4):
+  """max |actual - expected| <= rtol * max |expected|, on non-trivial outputs."""
+  expected = np.asarray(expected)
+  scale = np.max(np.abs(expected))
+  # Logits that differ between images: a constant output would hide errors.
+  assert np.mean(np.std(expected, axis=0)) > 1e-3 * scale
+  assert np.max(np.abs(np.asarray(actual) - expected)) <= rtol * scale
+
+
+# (format, kdjax model, PyTorch reference, input size), one per family and
+# format. ImageNet nets run at 32x32 (their total stride), the AdderNet CIFAR
+# net at 8x8 and with one block per stage (adders are slow on CPU; the layout
+# of resnet20 is checked against the reference below).
+FAMILIES = {
+  'torchvision-resnet18': (
+    'torchvision',
+    'resnet18',
+    lambda: ref.torchvision_resnet(18, NUM_CLASSES),
+    32,
+  ),
+  'torchvision-resnet50': (
+    'torchvision',
+    'resnet50',
+    lambda: ref.torchvision_resnet(50, NUM_CLASSES),
+    32,
+  ),
+  'addernet-resnet8': (
+    'addernet',
+    'resnet8',
+    lambda: ref.addernet_resnet20(NUM_CLASSES, blocks=1),
+    8,
+  ),
+  'addernet-resnet50': (
+    'addernet',
+    'resnet50',
+    lambda: ref.addernet_resnet50(NUM_CLASSES),
+    32,
+  ),
+  'repdistiller-resnet8x4': (
+    'repdistiller',
+    'resnet8x4',
+    lambda: ref.repdistiller_resnet(8, NUM_CLASSES, (32, 64, 128, 256)),
+    32,
+  ),
+  'repdistiller-resnet14': (
+    'repdistiller',
+    'resnet14',
+    lambda: ref.repdistiller_resnet(14, NUM_CLASSES),
+    32,
+  ),
+  'repdistiller-wrn16_2': (
+    'repdistiller',
+    'wrn16_2',
+    lambda: ref.WideResNet(16, 2, NUM_CLASSES),
+    32,
+  ),
+  'ofd-wrn16_1': (
+    'ofd',
+    'wrn16_1',
+    lambda: ref.WideResNet(16, 1, NUM_CLASSES),
+    32,
+  ),
+}
+
+
+@pytest.mark.parametrize('family', sorted(FAMILIES))
+def test_eval_logits_match_pytorch(family):
+  fmt, name, build, size = FAMILIES[family]
+  images = random_images((2, 3, size, size))
+  net = ref.randomize(build(), images)
+  with torch.no_grad():
+    expected = net(images).numpy()
+  variables = convert.from_torch(
+    net.state_dict(),
+    format=fmt,
+    model=name,
+    num_classes=NUM_CLASSES,
+    report=None,
+  )
+  assert_close_relative(kdjax_logits(variables, fmt, name, images), expected)
+
+
+def test_train_mode_logits_and_bn_updates_match_pytorch():
+  images = random_images((4, 3, 32, 32), seed=1)
+  net = ref.randomize(ref.repdistiller_resnet(8, NUM_CLASSES), images)
+  variables = convert.from_torch(
+    net.state_dict(),
+    format='repdistiller',
+    model='resnet8',
+    num_classes=NUM_CLASSES,
+    report=None,
+  )
+  net.train()
+  with torch.no_grad():
+    expected = net(images).numpy()
+  model = models.build_model('resnet8', num_classes=NUM_CLASSES)
+  (logits, _), updates = model.apply(
+    variables, nhwc(images), train=True, mutable=['batch_stats']
+  )
+  assert_close_relative(logits, expected)
+  # The running averages after one step: the same mean; the variance differs
+  # only by PyTorch's unbiased batch variance, n / (n - 1) times flax's.
+  n = 4 * 32 * 32  # examples x pixels the stem BN averages over
+  old_var = variables['batch_stats']['stem_bn']['var']
+  new_var = np.asarray(updates['batch_stats']['stem_bn']['var'])
+  new_mean = np.asarray(updates['batch_stats']['stem_bn']['mean'])
+  np.testing.assert_allclose(
+    new_mean, net.bn1.running_mean.numpy(), rtol=1e-5, atol=1e-6
+  )
+  batch_var_flax = (new_var - 0.9 * old_var) / 0.1
+  batch_var_torch = (net.bn1.running_var.numpy() - 0.9 * old_var) / 0.1
+  np.testing.assert_allclose(
+    batch_var_torch, batch_var_flax * n / (n - 1), rtol=1e-4
+  )
+
+
+def random_kdjax_variables(name, conv_type, num_classes, seed=0):
+  """Random values for every variable of a zoo model (no init compile)."""
+  model = models.build_model(name, conv_type=conv_type, num_classes=num_classes)
+  size = models.model_spec(name).default_image_size
+  abstract = jax.eval_shape(
+    lambda: model.init(
+      jax.random.key(0), jax.numpy.zeros((1, size, size, 3)), train=False
+    )
+  )
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf):
+    value = rng.standard_normal(leaf.shape).astype(np.float32)
+    if jax.tree_util.keystr(path).endswith("['var']"):
+      value = np.abs(value) + 0.5
+    return value
+
+  return jax.tree_util.tree_map_with_path(draw, abstract)
+
+
+@pytest.mark.parametrize(
+  'fmt,name,reference',
+  [
+    ('addernet', 'resnet20', lambda: ref.addernet_resnet20(10)),
+    ('addernet', 'resnet50', lambda: ref.addernet_resnet50(10)),
+    ('torchvision', 'resnet34', lambda: ref.torchvision_resnet(34, 10)),
+    ('repdistiller', 'resnet32x4', None),
+    ('ofd', 'wrn28_4', lambda: ref.WideResNet(28, 4, 10)),
+  ],
+)
+def test_to_torch_loads_strictly_and_round_trips_exactly(fmt, name, reference):
+  variables = random_kdjax_variables(name, convert.CONV_TYPE[fmt], 10)
+  state = convert.to_torch(variables, format=fmt, model=name)
+  if reference is not None:
+    net = reference()
+    net.load_state_dict(state, strict=True)  # Raises on any key or shape.
+    assert set(net.state_dict()) == set(state)
+  back = convert.from_torch(
+    state, format=fmt, model=name, num_classes=10, report=None
+  )
+  flat_in = jax.tree_util.tree_leaves_with_path(variables)
+  flat_back = dict(jax.tree_util.tree_leaves_with_path(back))
+  assert len(flat_in) == len(flat_back)
+  for path, value in flat_in:
+    np.testing.assert_array_equal(flat_back[path], value)
+
+
+# Every model of every format, as the public definitions name them.
+REFERENCES = {
+  'torchvision': {
+    f'resnet{d}': functools.partial(ref.torchvision_resnet, d)
+    for d in (18, 34, 50, 101, 152)
+  },
+  'addernet': {
+    'resnet20': ref.addernet_resnet20,
+    'resnet50': ref.addernet_resnet50,
+  },
+  'repdistiller': {
+    **{
+      f'resnet{d}': functools.partial(ref.repdistiller_resnet, d)
+      for d in (8, 14, 20, 32, 44, 56, 110)
+    },
+    'resnet8x4': lambda n: ref.repdistiller_resnet(8, n, (32, 64, 128, 256)),
+    'resnet32x4': lambda n: ref.repdistiller_resnet(32, n, (32, 64, 128, 256)),
+    'wrn16_1': lambda n: ref.WideResNet(16, 1, n),
+    'wrn16_2': lambda n: ref.WideResNet(16, 2, n),
+    'wrn40_1': lambda n: ref.WideResNet(40, 1, n),
+    'wrn40_2': lambda n: ref.WideResNet(40, 2, n),
+  },
+  'ofd': {'wrn28_4': lambda n: ref.WideResNet(28, 4, n)},
+}
+
+
+@pytest.mark.parametrize(
+  'fmt,name', [(f, m) for f in REFERENCES for m in REFERENCES[f]]
+)
+def test_layout_names_every_reference_tensor(fmt, name):
+  with torch.device('meta'):  # Shapes only: no memory, no init.
+    reference = REFERENCES[fmt][name](100).state_dict()
+  expected = {k: tuple(v.shape) for k, v in reference.items()}
+  abstract = convert_lib._abstract_variables(name, convert.CONV_TYPE[fmt], 100)
+  required, optional = convert_lib.expected_tensors(
+    layouts.layout(fmt, name, abstract['params']), abstract
+  )
+  assert required.items() <= expected.items()
+  assert set(expected) - set(required) <= set(optional)
+  assert all(optional[k] == v for k, v in expected.items() if k in optional)
+
+
+# ----------------------------------------------------------------------------
+# Files.
+
+
+@pytest.fixture(scope='module')
+def resnet8():
+  """A random RepDistiller resnet8 for 10 classes and its state dict."""
+  net = ref.randomize(
+    ref.repdistiller_resnet(8, 10), random_images((4, 3, 32, 32), seed=4)
+  )
+  return net, net.state_dict()
+
+
+def _save(obj, path):
+  torch.save(obj, path)
+  return str(path)
+
+
+@pytest.mark.parametrize(
+  'form',
+  ['plain', 'state_dict', 'model', 'net', 'module_prefix', 'safetensors'],
+)
+def test_file_forms(form, resnet8, tmp_path):
+  _, state = resnet8
+  path = tmp_path / 'weights.pth'
+  if form == 'plain':
+    _save(state, path)
+  elif form == 'safetensors':
+    path = tmp_path / 'weights.safetensors'
+    safetensors.torch.save_file(
+      {k: v.contiguous() for k, v in state.items()}, str(path)
+    )
+  elif form == 'module_prefix':
+    _save({'state_dict': {f'module.{k}': v for k, v in state.items()}}, path)
+  else:
+    # As training scripts save it, e.g. RepDistiller's {'epoch', 'model',
+    # 'accuracy', 'optimizer'}.
+    _save(
+      {'epoch': 240, form: state, 'accuracy': 79.4, 'optimizer': {'lr': 0.1}},
+      path,
+    )
+  notes = []
+  loaded = convert.load_state_dict_file(str(path), notes.append)
+  assert sorted(loaded) == sorted(state)
+  for key, value in state.items():
+    np.testing.assert_array_equal(np.asarray(loaded[key]), value.numpy())
+  if form == 'module_prefix':
+    assert any("'module.'" in n for n in notes)
+
+
+def test_pickled_code_is_refused(resnet8, tmp_path):
+  net, _ = resnet8
+  path = _save(net, tmp_path / 'whole_module.pth')  # Pickles the classes.
+  with pytest.raises(convert.ConversionError, match='weights_only=True') as e:
+    convert.load_state_dict_file(path)
+  assert 'state_dict()' in str(e.value)
+
+
+def test_file_without_a_state_dict(tmp_path):
+  path = _save({'epoch': 3, 'args': {'lr': 0.1}}, tmp_path / 'x.pth')
+  with pytest.raises(convert.ConversionError, match='holds no state dict'):
+    convert.load_state_dict_file(path)
+  with pytest.raises(convert.ConversionError, match='does not exist'):
+    convert.load_state_dict_file(str(tmp_path / 'missing.pth'))
+
+
+def test_missing_torch_is_named(monkeypatch, tmp_path):
+  monkeypatch.setitem(sys.modules, 'torch', None)  # import torch fails
+  path = tmp_path / 'w.pth'
+  path.write_bytes(b'PK\x03\x04 not really')
+  with pytest.raises(convert.ConversionError, match='pip install torch'):
+    convert.load_state_dict_file(str(path))
+
+
+# ----------------------------------------------------------------------------
+# Mismatches: one error each, listing everything.
+
+
+def _convert(state, **kwargs):
+  args = dict(format='repdistiller', model='resnet8', num_classes=10)
+  args.update(kwargs)
+  return convert.from_torch(state, report=None, **args)
+
+
+def test_every_mismatch_in_one_error(resnet8):
+  _, state = resnet8
+  state = dict(state)
+  del state['layer2.0.bn1.running_var']
+  state['layer1.0.extra.weight'] = torch.zeros(3)
+  state['layer3.0.conv2.weight'] = torch.zeros(64, 64, 1, 1)
+  with pytest.raises(convert.ConversionError) as e:
+    _convert(state)
+  message = str(e.value)
+  assert 'missing keys (expected shape) (1):' in message
+  assert 'layer2.0.bn1.running_var (32,)' in message
+  assert 'unexpected keys (found shape) (1):' in message
+  assert 'layer1.0.extra.weight (3,)' in message
+  assert 'shape mismatches (expected vs found) (1):' in message
+  assert 'layer3.0.conv2.weight: (64, 64, 3, 3) vs (64, 64, 1, 1)' in message
+
+
+def test_wrong_num_classes_names_the_classifier(resnet8):
+  _, state = resnet8
+  with pytest.raises(convert.ConversionError) as e:
+    _convert(state, num_classes=100)
+  message = str(e.value)
+  assert 'fc.weight has shape (10, 64)' in message
+  assert 'trained for 10 classes, not 100' in message
+  assert '--num-classes=10' in message
+
+
+def test_wrong_model_suggests_the_matching_one():
+  net = ref.repdistiller_resnet(20, 10)
+  with pytest.raises(convert.ConversionError) as e:
+    _convert(net.state_dict(), model='resnet32', num_classes=100)
+  assert (
+    'It matches --format=repdistiller --model=resnet20 --num-classes=10.'
+    in str(e.value)
+  )
+
+
+def test_wrong_format_hints_at_addernet():
+  state = ref.addernet_resnet20(10).state_dict()
+  with pytest.raises(convert.ConversionError, match='use --format=addernet'):
+    _convert(state, model='resnet20')
+
+
+@pytest.mark.parametrize(
+  'fmt,name,message',
+  [
+    ('torchvision', 'resnet20', '--format=addernet/repdistiller'),
+    ('ofd', 'mobilenet_v1', 'MobileNet v2/v3'),
+    ('addernet', 'resnet32x4', 'Models of --format=addernet: resnet8'),
+    ('caffe', 'resnet50', 'unknown format'),
+    ('torchvision', 'resnet99', 'unknown model'),
+  ],
+)
+def test_unsupported_pairs(fmt, name, message):
+  with pytest.raises(convert.ConversionError, match=message):
+    convert.from_torch({}, format=fmt, model=name, num_classes=10)
+
+
+def test_bias_before_bn_is_folded_and_reported():
+  net = ref.addernet_resnet50(NUM_CLASSES)
+  with torch.no_grad():
+    net.fc.bias.copy_(torch.arange(NUM_CLASSES, dtype=torch.float32))
+    net.bn2.running_mean.fill_(10.0)
+  notes = []
+  variables = convert.from_torch(
+    net.state_dict(),
+    format='addernet',
+    model='resnet50',
+    num_classes=NUM_CLASSES,
+    report=notes.append,
+  )
+  np.testing.assert_array_equal(
+    variables['batch_stats']['logit_bn']['mean'],
+    10.0 - np.arange(NUM_CLASSES, dtype=np.float32),
+  )
+  assert any('folded fc.bias (7,) into bn2.running_mean' in n for n in notes)
+
+
+def test_to_torch_refuses_variables_of_another_model():
+  variables = random_kdjax_variables('resnet20', 'conv', 10)
+  with pytest.raises(convert.ConversionError, match="conv_type='adder'"):
+    convert.to_torch(variables, format='addernet', model='resnet20')
+
+
+# ----------------------------------------------------------------------------
+# The CLI and the trainer.
+
+
+def test_core_import_does_not_need_torch():
+  code = (
+    'import sys; sys.modules["torch"] = None; import kdjax.convert; '
+    'import kdjax.convert.__main__; print("ok")'
+  )
+  result = subprocess.run(
+    [sys.executable, '-c', code],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    env=dict(os.environ, JAX_PLATFORMS='cpu'),
+    check=False,
+  )
+  assert result.returncode == 0 and result.stdout.strip() == 'ok', result.stderr
+
+
+def _convert_resnet8_file(path, num_classes, out):
+  """python -m kdjax.convert on a RepDistiller resnet8 file; the exit code."""
+  return convert_cli.main(
+    [
+      '--format=repdistiller',
+      '--model=resnet8',
+      f'--checkpoint={path}',
+      f'--num-classes={num_classes}',
+      f'--out={out}',
+    ]
+  )
+
+
+def test_cli_error_is_one_message_and_exit_2(resnet8, tmp_path, capsys):
+  _, state = resnet8
+  path = _save(state, tmp_path / 'w.pth')
+  assert _convert_resnet8_file(path, 100, tmp_path / 'out') == 2
+  err = capsys.readouterr().err
+  assert 'kdjax.convert: error:' in err and '--num-classes=10' in err
+  assert 'Traceback' not in err
+  assert not (tmp_path / 'out').exists()
+
+
+def _tiny_config(method):
+  """configs/<method>.py:demo shrunk to 2 steps of batch 8 on mock CIFAR-10."""
+  module = config_defaults.load_config_module(
+    os.path.join(REPO, 'configs', f'{method}.py')
+  )
+  config = module.get_config('demo')
+  config_defaults.set_dataset(config, 'cifar10')
+  config.batch_size = 8
+  config.eval_batch_size = 8
+  config.max_steps = 2
+  config.num_devices = 1
+  config.log_every_steps = 1000
+  config.eval_bn_recalibration_batches = 0
+  config.model = config_defaults.model('resnet8', 'conv')
+  return config
+
+
+def _eval_split(config):
+  """(images NCHW, labels, mask) of the eval split as kdjax reads it."""
+  from kdjax import data as kd_data  # pylint: disable=g-import-not-at-top
+
+  source = kd_data.build_input(
+    config.dataset.name,
+    config.dataset.eval_split,
+    global_batch_size=config.eval_batch_size,
+    train=False,
+    seed=config.seed,
+  )
+  batches = list(source.epoch(0))
+  images = np.concatenate([np.asarray(b['image']) for b in batches])
+  return (
+    torch.from_numpy(images.transpose(0, 3, 1, 2).copy()),
+    np.concatenate([np.asarray(b['label']) for b in batches]),
+    np.concatenate([np.asarray(b['mask']) for b in batches]) > 0,
+  )
+
+
+def test_converted_teacher_drives_kd_ofd_and_eval(tmp_path, capsys):
+  teacher_dir = str(tmp_path / 'teacher')
+  with tfds_mocks.mock_dataset('cifar10', {'train': 32, 'test': 12}):
+    images, labels, mask = _eval_split(_tiny_config('kd'))
+    # BN statistics of these images: the net's predictions vary over them.
+    net = ref.randomize(ref.repdistiller_resnet(8, 10), images, seed=5)
+    with torch.no_grad():
+      predicted = net(images).argmax(1).numpy()[mask]
+    assert len(set(predicted.tolist())) > 1  # Not a constant's accuracy.
+    expected = float(np.mean(predicted == labels[mask]))
+    path = _save({'model': net.state_dict(), 'epoch': 240}, tmp_path / 'r8.pth')
+    assert _convert_resnet8_file(path, 10, teacher_dir) == 0
+    out = capsys.readouterr().out
+    assert f'--config.teacher.checkpoint_dir={teacher_dir}' in out
+
+    for method in ('kd', 'ofd'):
+      config = _tiny_config(method)
+      config.teacher = config_defaults.model(
+        'resnet8', 'conv', checkpoint_dir=teacher_dir
+      )
+      summary = train.train_and_evaluate(config, str(tmp_path / method))
+      assert summary['steps'] == 2
+      assert summary['eval_accuracy']['teacher'] == pytest.approx(expected)
+    # --mode=eval of the teacher directory itself, as a supervised run.
+    result = train.evaluate(_tiny_config('supervised'), teacher_dir)
+    assert result['eval_accuracy']['student'] == pytest.approx(expected)
+
+  with pytest.raises(convert.ConversionError, match='already holds'):
+    convert.write_teacher(
+      teacher_dir,
+      {},
+      model='resnet8',
+      conv_type='conv',
+      num_classes=10,
+      source={},
+    )
+  # A teacher of another architecture is refused by the trainer's checks.
+  with pytest.raises(checkpointing.CheckpointError, match='trained as'):
+    checkpointing.restore_teacher(
+      teacher_dir,
+      {'model': 'resnet20', 'conv_type': 'conv', 'num_classes': 10},
+      None,
+      None,
+    )
