@@ -1214,14 +1214,42 @@ def test_quiet_startup_silences_tensorflow():
   assert console.quiet_env({'TF_ENABLE_ONEDNN_OPTS': '1'}) == {
     'TF_CPP_MIN_LOG_LEVEL': '3'
   }
-  quiet = _tf_startup({})
-  assert quiet.returncode == 0 and quiet.stdout == '2.0\n'
-  assert quiet.stderr == ''
+  # (test_main_quiets_tensorflow_before_importing_it: no lines by default.)
   # With oneDNN on (the default on CPUs with AVX-512 VNNI or AMX; the user's
   # setting wins) TensorFlow announces it although TF_CPP_MIN_LOG_LEVEL=3.
   loud = _tf_startup({'TF_ENABLE_ONEDNN_OPTS': '1'})
-  assert loud.returncode == 0
+  assert loud.returncode == 0 and loud.stdout == '2.0\n'
   assert 'oneDNN custom operations are on' in loud.stderr
+
+
+_ENV_AT_TF_IMPORT = """
+import os, sys
+seen = []
+class Spy:  # Notes the variables when tensorflow is first imported.
+  def find_spec(self, name, path=None, target=None):
+    if name == 'tensorflow' and not seen:
+      seen.append([os.environ.get(k) for k in ('TF_ENABLE_ONEDNN_OPTS', 'TF_CPP_MIN_LOG_LEVEL')])
+sys.meta_path.insert(0, Spy())
+import kdjax.main
+import tensorflow
+print(*seen[0])
+"""
+
+
+def test_main_quiets_tensorflow_before_importing_it():
+  """kdjax.main sets the variables while its own imports run, before tensorflow."""
+  clean = {k: v for k, v in os.environ.items() if not k.startswith('TF_')}
+  result = subprocess.run(
+    [sys.executable, '-c', _ENV_AT_TF_IMPORT],
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+    timeout=120,
+    env=clean,
+  )
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.split() == ['0', '3']
+  assert result.stderr == ''
 
 
 # --- TensorBoard scalars ----------------------------------------------------------------
