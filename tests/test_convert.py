@@ -309,7 +309,12 @@ def test_file_forms(form, resnet8, tmp_path):
     # As training scripts save it, e.g. RepDistiller's {'epoch', 'model',
     # 'accuracy', 'optimizer'}.
     _save(
-      {'epoch': 240, form: state, 'accuracy': 79.4, 'optimizer': {'lr': 0.1}},
+      {
+        'epoch': 240,
+        form: state,
+        'accuracy': np.float64(79.4),  # NumPy scalars are data, allowed.
+        'optimizer': {'lr': 0.1},
+      },
       path,
     )
   notes = []
@@ -327,6 +332,7 @@ def test_pickled_code_is_refused(resnet8, tmp_path):
   with pytest.raises(convert.ConversionError, match='weights_only=True') as e:
     convert.load_state_dict_file(path)
   assert 'state_dict()' in str(e.value)
+  assert 'torch_reference_models' in str(e.value)  # The refused class.
 
 
 def test_file_without_a_state_dict(tmp_path):

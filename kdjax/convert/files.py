@@ -72,18 +72,39 @@ def read_safetensors(path: str) -> Dict[str, np.ndarray]:
   return tensors
 
 
+def _numpy_scalar_globals():
+  """What a pickled NumPy scalar (e.g. a saved best accuracy) needs: data only."""
+  core = getattr(np, '_core', None) or np.core
+  dtype_classes = [
+    getattr(np.dtypes, name)
+    for name in dir(np.dtypes)
+    if name.endswith('DType') and isinstance(getattr(np.dtypes, name), type)
+  ]
+  return [core.multiarray.scalar, np.dtype] + dtype_classes
+
+
+def _unpickling_reason(error: Exception) -> str:
+  """The line of torch's message that names what was refused."""
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  for line in lines:
+    if 'WeightsUnpickler error' in line:
+      return line.split('Please use')[0].strip()
+  return lines[0] if lines else type(error).__name__
+
+
 def _torch_load(path: str) -> Any:
   torch = import_torch()
   try:
-    return torch.load(path, map_location='cpu', weights_only=True)
+    with torch.serialization.safe_globals(_numpy_scalar_globals()):
+      return torch.load(path, map_location='cpu', weights_only=True)
   except pickle.UnpicklingError as e:
-    first_line = str(e).strip().splitlines()[0] if str(e).strip() else ''
     raise ConversionError(
       f'{path} does not load with torch.load(weights_only=True): it pickles '
-      'more than tensors and plain containers (a whole nn.Module, or objects '
-      f'of other classes: "{first_line[:300]}"). kdjax.convert never runs '
-      'pickled code. In the PyTorch code that made it, save the weights '
-      "alone, e.g. torch.save(model.state_dict(), 'weights.pth') (or "
+      'more than tensors, NumPy scalars and plain containers (a whole '
+      f'nn.Module, or objects of other classes: {_unpickling_reason(e)[:300]}'
+      '). kdjax.convert never runs pickled code. In the PyTorch code that '
+      'made it, save the weights alone, e.g. '
+      "torch.save(model.state_dict(), 'weights.pth') (or "
       'safetensors.torch.save_file(model.state_dict(), '
       "'weights.safetensors')), and convert that file."
     ) from None
