@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import sys
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from kdjax import console
 
@@ -130,6 +130,21 @@ def describe_config_error(
       )
     return f'{flag}: {detail.strip()}'
 
+  if isinstance(exc, IndexError) or message.startswith('Could not parse '):
+    path = re.match(r"Could not parse '([^']*)'", message)
+    flag = next(
+      (
+        a
+        for a in _override_flags(argv)
+        if (path.group(1) in a if path else '[' in a.split('=', 1)[0])
+      ),
+      None,
+    )
+    return (
+      f'{flag or "A --config override"}: not a key path of the config. Keys '
+      'are joined with dots and list items are indexed with brackets within '
+      "the list's length, e.g. --config.teachers[0].name=resnet20."
+    )
   if isinstance(exc, OSError) and 'Failed loading config file' in message:
     errno_line = re.search(r'\[Errno \d+\] (.*)', message)
     where = _config_file(argv) or 'the config file'
@@ -148,41 +163,56 @@ def describe_config_error(
 
 
 def _summary(config, base, argv: Sequence[str]) -> str:
-  """A few lines: what the config trains, and what each override changed."""
+  """A few lines: what the config trains, and what each override changed.
 
-  def model(m):
-    return f'{m.name}/{m.get("conv_type", "conv")}'
+  Keys a config file lacks show as '?': the trainer, not this summary, says
+  which ones it needs.
+  """
+
+  def model(path):
+    return f'{_get(config, path + ".name")}/{_get(config, path + ".conv_type")}'
 
   spec = next(a for a in argv if a.startswith('--config='))[len('--config=') :]
-  lines = [f'{spec}: method {config.get("method")}']
-  epochs = config.num_epochs
-  parts = [f'dataset {config.dataset.name}', f'batch {config.batch_size}']
-  parts.append(f'{epochs} epoch' + ('' if epochs == 1 else 's'))
-  if config.get('max_steps', -1) > 0:
-    parts.append(f'stop at step {config.max_steps}')
-  parts.append(f'seed {config.seed}')
+  lines = [f'{spec}: method {_get(config, "method")}']
+  epochs = _get(config, 'num_epochs')
+  parts = [
+    f'dataset {_get(config, "dataset.name")}',
+    f'batch {_get(config, "batch_size")}',
+    f'{epochs} epoch' + ('' if epochs == 1 else 's'),
+  ]
+  max_steps = _get(config, 'max_steps', -1)
+  if isinstance(max_steps, int) and max_steps > 0:
+    parts.append(f'stop at step {max_steps}')
+  parts.append(f'seed {_get(config, "seed")}')
   lines.append('  ' + ', '.join(parts))
-  lines.append(f'  model {model(config.model)}')
+  lines.append(f'  model {model("model")}')
   if 'teacher' in config:
-    lines.append(f'  teacher {model(config.teacher)}')
-  for k, teacher in enumerate(config.get('teachers') or ()):
-    lines.append(f'  teacher {k + 1} {model(teacher)}')
-  opt = config.optimizer
+    lines.append(f'  teacher {model("teacher")}')
+  for k in range(len(_get(config, 'teachers', ()) or ())):
+    lines.append(f'  teacher {k + 1} {model(f"teachers.{k}")}')
   lines.append(
-    f'  optimizer {opt.name}, learning rate {opt.learning_rate}, weight '
-    f'decay {opt.get("weight_decay", 0.0)}, {opt.get("schedule", "")} schedule'
+    f'  optimizer {_get(config, "optimizer.name")}, learning rate '
+    f'{_get(config, "optimizer.learning_rate")}, weight decay '
+    f'{_get(config, "optimizer.weight_decay")}, '
+    f'{_get(config, "optimizer.schedule")} schedule'
   )
   for flag in _override_flags(argv):
     path = flag.split('=', 1)[0][len('--config.') :]
-    old = _lookup(base, path)
-    lines.append(f'  override {path}: {old!r} -> {_lookup(config, path)!r}')
+    old, new = _get(base, path), _get(config, path)
+    lines.append(f'  override {path}: {old!r} -> {new!r}')
   return '\n'.join(lines)
 
 
-def _lookup(config, path: str):
+def _get(config, path: str, default: Any = '?') -> Any:
+  """The value at a key path ('optimizer.learning_rate', 'teachers[0].name')."""
   value = config
-  for key in path.split('.'):
-    value = value[int(key)] if isinstance(value, (list, tuple)) else value[key]
+  try:
+    for key in re.findall(r'[^.\[\]]+', path):
+      value = (
+        value[int(key)] if isinstance(value, (list, tuple)) else value[key]
+      )
+  except (KeyError, AttributeError, IndexError, TypeError, ValueError):
+    return default
   return value
 
 
@@ -257,7 +287,7 @@ def check(argv: Sequence[str]) -> int:
       raise _UserError(describe_config_error(e, argv)) from e
     try:
       config = parse(argv)
-    except (flags.Error, KeyError, AttributeError) as e:
+    except (flags.Error, KeyError, AttributeError, IndexError, ValueError) as e:
       raise _UserError(describe_config_error(e, argv)) from e
     note = _value_checks(config)
   except _UserError as e:

@@ -1154,6 +1154,14 @@ def test_check_config_entry_point_errors(
       ['--config=configs/pkkd.py:demo', '--config.pkkd.kd_t_squared=maybe'],
       "'maybe' is not a boolean",
     ),
+    (
+      ['--config=configs/ekd.py:demo', '--config.teachers.0.name=resnet32'],
+      '--config.teachers.0.name=resnet32: not a key path of the config',
+    ),
+    (
+      ['--config=configs/ekd.py:demo', '--config.teachers[3].name=resnet32'],
+      '--config.teachers[3].name=resnet32: not a key path of the config',
+    ),
     (['--config.num_epochs=2'], '--config=FILE[:PRESET] is needed once'),
   ],
 )
@@ -1182,6 +1190,17 @@ def test_check_config_entry_point_summary(capsys, monkeypatch):
   assert '  model resnet8/conv' in out and '  teacher resnet32/conv' in out
   assert "  override teacher.name: 'resnet20' -> 'resnet32'" in out
   assert '  override optimizer.learning_rate: 0.1 -> 0.05' in out
+  code = check_config.check(
+    ['--config=configs/ekd.py:demo', '--config.teachers[1].name=resnet32']
+  )
+  out = capsys.readouterr().out.splitlines()
+  assert code == 0
+  assert out[3:6] == [
+    '  teacher 1 resnet20/conv',
+    '  teacher 2 resnet32/conv',
+    '  teacher 3 resnet8/conv',
+  ]
+  assert "  override teachers[1].name: 'wrn16_2' -> 'resnet32'" in out
 
 
 # --- Start-up console: kdjax.console ------------------------------------------------------
