@@ -11,7 +11,9 @@ Flags:
 
 import json
 import os
+import re
 import sys
+import tempfile
 
 from absl import app
 from etils import epath
@@ -26,6 +28,9 @@ os.environ.update(console.quiet_env(os.environ))
 
 import jax  # pylint: disable=g-import-not-at-top
 
+from kdjax import errors  # pylint: disable=g-import-not-at-top
+from kdjax.train import preemption  # pylint: disable=g-import-not-at-top
+
 _CONFIG = config_flags.DEFINE_config_file(
   'config', None, 'Config file[:preset].', lock_config=True
 )
@@ -35,7 +40,99 @@ _WORKDIR = flags.DEFINE_string(
 _MODE = flags.DEFINE_enum(
   'mode', 'train', ['train', 'eval'], 'Train or evaluate.'
 )
-flags.mark_flags_as_required(['config', 'workdir'])
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+  'allow_config_change',
+  False,
+  'Resume a workdir whose checkpoint was trained with another config; the '
+  'change is recorded in summary.json and later checkpoints.',
+)
+_TRACEBACK = flags.DEFINE_bool(
+  'traceback',
+  False,
+  'Show the full Python traceback of configuration and user errors too.',
+)
+
+# The roots whose own validation errors are messages for the user.
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _want_traceback(argv) -> bool:
+  return any(a in ('--traceback', '--traceback=true') for a in argv[1:])
+
+
+def _fail(message: str, code: int = errors.EXIT_USER_ERROR):
+  print(f'kdjax: {message}', file=sys.stderr, flush=True)
+  sys.exit(code)
+
+
+def describe_flag_error(exc: BaseException) -> str:
+  """One paragraph for a command-line or config-file error."""
+  # ml_collections words a key typo as AttributeError(repr of a KeyError and
+  # a hint), so its quotes and newline arrive escaped.
+  text = str(exc).replace("\\'", "'").replace('\\n', '\n')
+  match = re.search(r"'([\w.]+)'\nDid you mean \"([\w.]+)\"", text)
+  if match:
+    return (
+      f"Unknown config key '{match.group(1)}'. Did you mean "
+      f"'{match.group(2)}'? Override keys as --config.<key>=<value>."
+    )
+  if 'Error whilst parsing config file' in text:
+    # The config module's own exception is the last line of the trace.
+    last = [l.strip() for l in text.strip().splitlines() if l.strip()][-1]
+    return f'The config file could not be loaded: {last}'
+  if 'Failed loading config file' in text:
+    path = re.search(r'Attempted \[[^\]]*\]:\s*(\S+)', text)
+    return (
+      f'No config file {path.group(1) if path else ""}: give an existing '
+      'file, e.g. --config=configs/pkkd.py:demo.'
+    )
+  return text.replace('FATAL Flags parsing error: ', '').strip()
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with errors as one short paragraph (exit code 2)."""
+  try:
+    rest = flags.FLAGS(argv)
+  except Exception as e:  # pylint: disable=broad-except
+    if _want_traceback(argv):
+      raise
+    _fail(
+      describe_flag_error(e) + ' (--helpshort lists the flags; --traceback '
+      'shows the trace.)'
+    )
+  for name in ('config', 'workdir'):
+    if not flags.FLAGS[name].present and getattr(flags.FLAGS, name) is None:
+      _fail(
+        f'--{name} is required: python -m kdjax.main '
+        '--config=configs/pkkd.py:demo --workdir=/tmp/kdjax/pkkd_demo'
+      )
+  return rest
+
+
+def check_workdir(workdir: str, mode: str) -> None:
+  """A workdir that is a file, or not writable, fails before any setup."""
+  if '://' in workdir:  # gs:// and other remote paths: orbax checks them.
+    return
+  path = os.path.abspath(workdir)
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise errors.WorkdirError(
+      f'--workdir={workdir} is a file, not a directory. Give a directory '
+      '(it is created if missing).'
+    )
+  if mode == 'eval':
+    return  # Eval only reads.
+  existing = path
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  # Try it: permission bits do not tell for root or a read-only mount.
+  try:
+    probe = tempfile.NamedTemporaryFile(dir=existing, prefix='.kdjax-probe-')
+    probe.close()
+  except OSError as e:
+    raise errors.WorkdirError(
+      f'--workdir={workdir} is not writable ({existing}: {e.strerror}). '
+      'Choose a directory you can write to.'
+    ) from None
 
 
 def initialize_distributed() -> None:
@@ -51,12 +148,18 @@ def initialize_distributed() -> None:
       num_processes=int(os.environ['JAX_NUM_PROCESSES']),
       process_id=int(os.environ['JAX_PROCESS_ID']),
     )
-  elif os.environ.get('TPU_WORKER_HOSTNAMES', '').count(',') > 0:
+  elif _multi_host():
     jax.distributed.initialize()
 
 
-def main(argv):
-  del argv
+def _multi_host() -> bool:
+  return bool(os.environ.get('JAX_COORDINATOR_ADDRESS')) or (
+    os.environ.get('TPU_WORKER_HOSTNAMES', '').count(',') > 0
+  )
+
+
+def run(config, workdir: str, mode: str, allow_config_change: bool):
+  """Trains or evaluates; returns (result dict, exit code)."""
   try:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
   except ImportError:  # Runs without it use --config.data.loader=numpy.
@@ -66,30 +169,76 @@ def main(argv):
   initialize_distributed()
   from kdjax.train import train  # pylint: disable=g-import-not-at-top
 
-  # Orbax logs every checkpoint step at INFO; --verbosity=0 brings that back.
-  # (absl's app.run marks --verbosity as set, so look at the command line itself.)
-  if not any(
-    a.startswith(('--verbosity', '-v=', '--v=')) for a in sys.argv[1:]
-  ):
-    logging.set_verbosity(logging.WARNING)
-  config, workdir = _CONFIG.value, _WORKDIR.value
-  epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # Also gs:// paths.
   logging.info(
     'JAX %s, %d devices on %d processes',
     jax.__version__,
     jax.device_count(),
     jax.process_count(),
   )
-  if _MODE.value == 'eval':
-    result = train.evaluate(config, workdir)
-  else:
-    result = train.train_and_evaluate(config, workdir)
-    result = {
-      k: result[k] for k in ('method', 'steps', 'eval_accuracy', 'wall_seconds')
-    }
+  if mode == 'eval':
+    return train.evaluate(config, workdir), errors.EXIT_OK
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # Also gs:// paths.
+  summary = train.train_and_evaluate(
+    config, workdir, allow_config_change=allow_config_change
+  )
+  result = {
+    k: summary.get(k)
+    for k in ('method', 'steps', 'eval_accuracy', 'wall_seconds', 'preempted')
+  }
+  if summary.get('total_steps') is not None:
+    result['total_steps'] = summary['total_steps']
+  if summary.get('already_finished'):
+    result['already_finished'] = True
+  if summary.get('preempted'):
+    return result, errors.EXIT_PREEMPTED
+  return result, errors.EXIT_OK
+
+
+def main(argv):
+  del argv
+  # Orbax logs every checkpoint step at INFO; --verbosity=0 brings that back.
+  # (absl's app.run marks --verbosity as set, so look at the command line itself.)
+  if not any(
+    a.startswith(('--verbosity', '-v=', '--v=')) for a in sys.argv[1:]
+  ):
+    logging.set_verbosity(logging.WARNING)
+  workdir, mode = _WORKDIR.value, _MODE.value
+  try:
+    config = _CONFIG.value
+    config.get('method')  # A missing file fails on first use, not in parsing.
+  except Exception as e:  # pylint: disable=broad-except
+    if _TRACEBACK.value:
+      raise
+    _fail(f'{describe_flag_error(e)} (--traceback shows the trace.)')
+  try:
+    check_workdir(workdir, mode)
+    result, code = run(config, workdir, mode, _ALLOW_CONFIG_CHANGE.value)
+  except Exception as e:  # pylint: disable=broad-except
+    if _TRACEBACK.value:
+      raise
+    user_error = isinstance(e, errors.KdjaxError) or (
+      isinstance(e, (ValueError, KeyError, TypeError, FileNotFoundError))
+      and errors.raised_by(e, [_PACKAGE_DIR, os.path.abspath('configs')])
+    )
+    if not user_error:
+      raise  # A bug or an environment problem: keep the trace.
+    message = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    _fail(
+      f'{message} (--traceback shows the trace.)',
+      getattr(e, 'exit_code', errors.EXIT_USER_ERROR),
+    )
   if jax.process_index() == 0:
+    if code == errors.EXIT_PREEMPTED:
+      print(
+        f'Preempted before the end; rerun the same command to resume from '
+        f'{workdir}. Exit code {errors.EXIT_PREEMPTED}.',
+        file=sys.stderr,
+      )
     print(json.dumps(result, indent=1, default=str))
+  sys.exit(code)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  if not _multi_host():  # There jax.distributed's service owns SIGTERM.
+    preemption.install()
+  app.run(main, flags_parser=parse_flags)

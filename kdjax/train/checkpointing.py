@@ -8,9 +8,11 @@ conv type, classes), which is what teacher restores check first.
 
 from __future__ import annotations
 
+import contextlib
+import logging as py_logging
 import os
 import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 from absl import logging
 from etils import epath
@@ -19,6 +21,8 @@ from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 
+from kdjax.errors import EXIT_FAILED, KdjaxError, WorkdirError
+
 PyTree = Any
 
 CHECKPOINT_SUBDIR = 'checkpoints'
@@ -26,8 +30,96 @@ CHECKPOINT_SUBDIR = 'checkpoints'
 _TMP_SUFFIX = '.orbax-checkpoint-tmp'
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(KdjaxError, RuntimeError):
   """A checkpoint that is missing, unreadable, or of another architecture."""
+
+
+class CheckpointSaveError(KdjaxError, OSError):
+  """Writing a checkpoint failed (a full disk, lost permissions)."""
+
+  exit_code = EXIT_FAILED
+
+
+class _DropReadOnlyNotice(py_logging.Filter):
+  """Orbax warns that a directory is read only whenever one is opened so.
+
+  kdjax opens teachers and eval runs read-only on purpose; the notice says
+  nothing to the user. Every other orbax warning passes.
+  """
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    return record.msg != 'Given directory is read only=%s'
+
+
+py_logging.getLogger('absl').addFilter(_DropReadOnlyNotice())
+
+LOCK_FILE = '.kdjax.lock'
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str):
+  """Holds an exclusive lock on a local workdir for the duration of a run.
+
+  A second run on the same workdir fails at once. The lock is an flock on
+  ``<workdir>/.kdjax.lock``, which the kernel drops when the holder exits,
+  however it exits, so a crashed run never leaves it stuck. Only process 0
+  locks (all processes of one job share the workdir); gs:// workdirs are not
+  locked.
+  """
+  if '://' in workdir or jax.process_index() != 0:
+    yield
+    return
+  import fcntl  # pylint: disable=g-import-not-at-top
+
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, LOCK_FILE)
+  handle = open(path, 'a+')
+  try:
+    try:
+      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      handle.seek(0)
+      holder = handle.read().strip() or 'unknown'
+      raise WorkdirError(
+        f'Another kdjax run is using {workdir} (process {holder}). Wait for '
+        'it to finish, stop it, or use another --workdir.'
+      ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f'{os.getpid()}\n')
+    handle.flush()
+    yield
+  finally:
+    handle.close()  # Closing drops the lock.
+
+
+def read_latest_meta(workdir: str) -> Tuple[Optional[int], Dict[str, Any]]:
+  """(step, meta) of the newest checkpoint whose metadata reads; (None, {}).
+
+  Reads only the small JSON part and creates nothing.
+  """
+  directory = epath.Path(workdir) / CHECKPOINT_SUBDIR
+  if not directory.is_dir():
+    return None, {}
+  manager = ocp.CheckpointManager(
+    directory,
+    options=ocp.CheckpointManagerOptions(
+      read_only=True, save_interval_steps=0, create=False
+    ),
+    item_handlers={'meta': ocp.JsonCheckpointHandler()},
+  )
+  try:
+    for step in sorted(manager.all_steps(), reverse=True):
+      try:
+        restored = manager.restore(
+          step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+        )
+      except Exception:  # pylint: disable=broad-except
+        continue  # restore_latest reports and skips it.
+      return step, dict(restored['meta'])
+    return None, {}
+  finally:
+    manager.close()
 
 
 def checkpoint_dir(path: str) -> epath.Path:
@@ -41,38 +133,80 @@ class RunCheckpointer:
   """Saves and restores one run's TrainState plus its JSON metadata."""
 
   def __init__(
-    self, workdir: str, *, max_to_keep: int = 3, async_save: bool = True
+    self,
+    workdir: str,
+    *,
+    max_to_keep: int = 3,
+    async_save: bool = True,
+    read_only: bool = False,
   ):
     workdir = epath.Path(workdir)
     if '://' not in os.fspath(workdir):
       workdir = workdir.absolute()
     self.directory = workdir / CHECKPOINT_SUBDIR
-    options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep,
-      create=True,
-      enable_async_checkpointing=async_save,
-    )
+    self.read_only = read_only
+    # What restore_latest passed over, for the caller to report.
+    self.skipped: List[str] = []
+    if read_only:
+      options = ocp.CheckpointManagerOptions(
+        read_only=True, save_interval_steps=0, create=False
+      )
+    else:
+      options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep,
+        create=True,
+        enable_async_checkpointing=async_save,
+      )
     self.manager = ocp.CheckpointManager(self.directory, options=options)
+    self._saved_step: Optional[int] = None
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
 
+  def _failed(self, step, error: Exception) -> CheckpointSaveError:
+    kept = self.manager.latest_step()
+    if kept is not None and kept == step:  # Not committed after all.
+      kept = None
+    previous = (
+      f'the previous checkpoint (step {kept}) is intact'
+      if kept is not None
+      else 'no earlier checkpoint exists'
+    )
+    return CheckpointSaveError(
+      f'Saving the checkpoint of step {step} to {self.directory} failed '
+      f'({type(error).__name__}: {str(error)[:300]}); {previous}. Free disk '
+      'space or fix the permissions, then rerun the same command to resume.'
+    )
+
   def save(
     self, step: int, state: PyTree, meta: Dict[str, Any], *, force: bool = False
   ) -> bool:
-    return self.manager.save(
-      step,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
-      ),
-      force=force,
-    )
+    try:
+      saved = self.manager.save(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+        ),
+        force=force,
+      )
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._failed(step, e) from e
+    if saved:
+      self._saved_step = step
+    return saved
+
+  def delete(self, step: int) -> None:
+    self.manager.wait_until_finished()
+    self.manager.delete(step)
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._failed(self._saved_step, e) from e
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
+    self.wait()
     self.manager.close()
 
   def restore_latest(
@@ -125,6 +259,7 @@ class RunCheckpointer:
         f'step {s} (does not restore; moved to {name})'
         for s, name in self._set_aside(bad)
       ]
+      self.skipped = skipped
       if skipped:
         logging.warning(
           'Resuming from checkpoint step %d in %s, the newest that restores; '
@@ -149,6 +284,8 @@ class RunCheckpointer:
 
   def _set_aside(self, steps):
     """Renames unrestorable step directories out of orbax's sight; [(step, new name)]."""
+    if self.read_only:  # Evaluating: leave the run's files as they are.
+      return [(step, f'{step} (left in place)') for step in steps]
     moved = [
       (step, f'{step}.unrestorable-{int(time.time())}') for step in steps
     ]
@@ -180,12 +317,43 @@ def _describe(tree: PyTree) -> Dict[str, Tuple[int, ...]]:
   }
 
 
-def restore_teacher(
+def restore_run_read_only(
+  workdir: str, abstract_state: PyTree
+) -> Tuple[PyTree, Dict[str, Any]]:
+  """The newest checkpoint of a run that restores, changing nothing on disk."""
+  ckpt = RunCheckpointer(workdir, read_only=True)
+  try:
+    state, meta = ckpt.restore_latest(abstract_state)
+  finally:
+    ckpt.manager.close()
+  if state is None:
+    raise CheckpointError(f'No checkpoint to evaluate in {ckpt.directory}.')
+  return state, meta
+
+
+class RestoredTeacher(NamedTuple):
+  params: PyTree
+  batch_stats: PyTree
+  step: int
+  directory: str
+  meta: Dict[str, Any]
+
+
+def _student_subtree(tree):
+  return {
+    'params': tree['params']['student']['model'],
+    'batch_stats': tree['batch_stats']['student']['model'],
+  }
+
+
+def restore_teacher_checkpoint(
   path: str,
   expected: Dict[str, Any],
   abstract_params: PyTree,
   abstract_batch_stats: PyTree,
-) -> Tuple[PyTree, PyTree]:
+  *,
+  name: str = 'teacher',
+) -> RestoredTeacher:
   """Restores the student of an earlier run to serve as a frozen teacher.
 
   Args:
@@ -194,22 +362,27 @@ def restore_teacher(
       asks for; compared with what the checkpoint's run trained.
     abstract_params / abstract_batch_stats: shapes of the teacher model built
       from the config; every leaf must match.
+    name: how errors name this teacher (e.g. 'teacher 1 (wrn16_2)').
 
   Returns:
-    (params, batch_stats) as host arrays.
+    The host arrays, the step, the directory and the checkpoint's metadata
+    (with 'eval_accuracy' where the run recorded one). A damaged newest step
+    falls back to the one before it, with a warning.
 
   Raises:
-    CheckpointError: no checkpoint there, or one of another architecture.
+    CheckpointError: no checkpoint there, one of another architecture, or no
+      step that restores.
   """
   directory = checkpoint_dir(path)
   if not directory.is_dir():
     raise CheckpointError(
-      f'Teacher checkpoint directory {path!r} does not exist. Train the teacher first, e.g. '
-      f'python -m kdjax.main --config=configs/supervised.py:<preset> --workdir={path}'
+      f'The {name} checkpoint directory {path!r} does not exist. Train the '
+      'teacher first, e.g. python -m kdjax.main '
+      f'--config=configs/supervised.py:<preset> --workdir={path}'
     )
-  # Without registered handlers orbax's item_metadata() gives None for every item.
-  # save_interval_steps=0 and create=False are what read_only implies; saying so
-  # spares two orbax warnings per teacher.
+  # Without registered handlers orbax's item_metadata() gives None for every
+  # item. save_interval_steps=0 and create=False are what read_only implies;
+  # saying so spares two orbax warnings per teacher.
   manager = ocp.CheckpointManager(
     directory,
     options=ocp.CheckpointManagerOptions(
@@ -220,71 +393,105 @@ def restore_teacher(
       'meta': ocp.JsonCheckpointHandler(),
     },
   )
-  step = manager.latest_step()
-  if step is None:
-    raise CheckpointError(
-      f'Teacher checkpoint directory {str(directory)!r} holds no checkpoint.'
-    )
-  meta = dict(
-    manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
-      'meta'
-    ]
-  )
-  trained = {k: meta.get('model', {}).get(k) for k in ('name', 'conv_type')}
-  trained['num_classes'] = meta.get('num_classes')
   asked = {
     'name': expected['model'],
     'conv_type': expected['conv_type'],
     'num_classes': expected['num_classes'],
   }
-  if trained != asked:
-    raise CheckpointError(
-      f'Teacher checkpoint {str(directory)!r} (step {step}) was trained as {trained}, but the config '
-      f'asks for a teacher {asked}. Point the config at the matching run, or change '
-      'the teacher model settings.'
-    )
-
-  item = manager.item_metadata(step)['state'].tree
-  try:
-    saved = {
-      'params': item['params']['student']['model'],
-      'batch_stats': item['batch_stats']['student']['model'],
-    }
-  except (KeyError, TypeError) as e:
-    raise CheckpointError(
-      f'Checkpoint {str(directory)!r} has no student model to use as a teacher '
-      f'(missing {e}).'
-    ) from e
   want = {'params': abstract_params, 'batch_stats': abstract_batch_stats}
-  have_shapes, want_shapes = _describe(saved), _describe(want)
-  if have_shapes != want_shapes:
-    diffs = sorted(set(have_shapes.items()) ^ set(want_shapes.items()))[:6]
-    raise CheckpointError(
-      f'Teacher checkpoint {str(directory)!r} does not match the teacher architecture of the '
-      f'config ({asked}); first differences (path, shape): {diffs}'
-    )
-
-  restored = manager.restore(
-    step,
-    args=ocp.args.Composite(
-      state=ocp.args.PyTreeRestore(
-        item={
-          'params': {'student': {'model': abstract_params}},
-          'batch_stats': {'student': {'model': abstract_batch_stats}},
-        },
-        restore_args=jax.tree.map(
-          lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
-          {
-            'params': {'student': {'model': abstract_params}},
-            'batch_stats': {'student': {'model': abstract_batch_stats}},
-          },
-        ),
-        partial_restore=True,
+  item = {
+    'params': {'student': {'model': abstract_params}},
+    'batch_stats': {'student': {'model': abstract_batch_stats}},
+  }
+  steps = sorted(manager.all_steps(), reverse=True)
+  failures = []
+  try:
+    for step in steps:
+      try:
+        meta = dict(
+          manager.restore(
+            step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+          )['meta']
+        )
+      except Exception as e:  # pylint: disable=broad-except
+        failures.append(f'step {step}: metadata unreadable ({e!s:.200})')
+        continue
+      trained = {k: meta.get('model', {}).get(k) for k in ('name', 'conv_type')}
+      trained['num_classes'] = meta.get('num_classes')
+      if trained != asked:  # A wrong run, not a damaged one: no fallback.
+        raise CheckpointError(
+          f'The {name} checkpoint {str(directory)!r} (step {step}) was trained '
+          f'as {trained}, but the config asks for a teacher {asked}. Point the '
+          'config at the matching run, or change the teacher model settings.'
+        )
+      try:
+        saved = _student_subtree(manager.item_metadata(step)['state'].tree)
+      except (KeyError, TypeError) as e:
+        raise CheckpointError(
+          f'The {name} checkpoint {str(directory)!r} has no student model to '
+          f'use as a teacher (missing {e}).'
+        ) from e
+      have_shapes, want_shapes = _describe(saved), _describe(want)
+      if have_shapes != want_shapes:
+        diffs = sorted(set(have_shapes.items()) ^ set(want_shapes.items()))[:6]
+        raise CheckpointError(
+          f'The {name} checkpoint {str(directory)!r} does not match the '
+          f'teacher architecture of the config ({asked}); first differences '
+          f'(path, shape): {diffs}'
+        )
+      try:
+        restored = manager.restore(
+          step,
+          args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(
+              item=item,
+              restore_args=jax.tree.map(
+                lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item
+              ),
+              partial_restore=True,
+            )
+          ),
+        )['state']
+      except Exception as e:  # pylint: disable=broad-except
+        failures.append(f'step {step}: {type(e).__name__}: {e!s:.200}')
+        logging.warning(
+          'The %s checkpoint at step %d in %s does not restore (%s); trying '
+          'an older step.',
+          name,
+          step,
+          directory,
+          e,
+        )
+        continue
+      restored = _student_subtree(restored)
+      return RestoredTeacher(
+        restored['params'],
+        restored['batch_stats'],
+        step,
+        str(directory),
+        meta,
       )
-    ),
-  )['state']
-  manager.close()
-  return (
-    restored['params']['student']['model'],
-    restored['batch_stats']['student']['model'],
+  finally:
+    manager.close()
+  if not steps:
+    raise CheckpointError(
+      f'The {name} checkpoint directory {str(directory)!r} holds no checkpoint.'
+    )
+  raise CheckpointError(
+    f'No checkpoint of the {name} in {str(directory)!r} restores: '
+    f'{"; ".join(failures)}. Re-train the teacher or point the config at '
+    'another run.'
   )
+
+
+def restore_teacher(
+  path: str,
+  expected: Dict[str, Any],
+  abstract_params: PyTree,
+  abstract_batch_stats: PyTree,
+) -> Tuple[PyTree, PyTree]:
+  """(params, batch_stats) of restore_teacher_checkpoint, as host arrays."""
+  restored = restore_teacher_checkpoint(
+    path, expected, abstract_params, abstract_batch_stats
+  )
+  return restored.params, restored.batch_stats

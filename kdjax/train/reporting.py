@@ -52,10 +52,16 @@ class ProgressBar:
     self.width = width
     self.start = time.time()
     self.enabled = sys.stderr.isatty() and jax.process_index() == 0
+    self._note = ''
+
+  def note(self, note: str) -> None:
+    """Text shown after the bar from now on (e.g. the loss at the last log)."""
+    self._note = note
 
   def update(self, step: int, note: str = '') -> None:
     if not self.enabled:
       return
+    note = note or self._note
     done = step - self.first
     elapsed = time.time() - self.start
     eta = elapsed / done * (self.total - step) if done > 0 else 0.0
@@ -167,13 +173,18 @@ class Reporter:
     self.writer.write_scalars(step, values)
 
   def console(self, message: str) -> None:
-    if self.is_lead:
-      logging.info('%s', message)
-      print(message, flush=True)
+    console(message)
 
   def close(self) -> None:
     self.writer.flush()
     self.writer.close()
+
+
+def console(message: str) -> None:
+  """A line for the person running kdjax: stdout of process 0, and the log."""
+  if jax.process_index() == 0:
+    logging.info('%s', message)
+    print(message, flush=True)
 
 
 def summary_path(workdir: str) -> epath.Path:

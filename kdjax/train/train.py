@@ -8,13 +8,13 @@ collectives, so BN statistics and gradients are over the global batch.
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import functools
 import os
-import signal
 import time
 from typing import Any, Dict, Optional
 
-from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -24,16 +24,19 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from kdjax import data as kd_data
 from kdjax import opcount
 from kdjax import optim
+from kdjax.errors import EXIT_FAILED, ConfigError, KdjaxError
 from kdjax.models.layers import BN_MOMENTUM
-from kdjax.train import checkpointing, reporting
+from kdjax.train import checkpointing, preemption, reporting, run_config
 from kdjax.train.methods import build_method
 from kdjax.train.state import TrainState
 
 DATA_AXIS = 'data'
 
 
-class NonFiniteLossError(FloatingPointError):
-  """A loss term became NaN or Inf."""
+class NonFiniteLossError(KdjaxError, FloatingPointError):
+  """A loss term, gradient or update became NaN or Inf."""
+
+  exit_code = EXIT_FAILED
 
 
 # ---------------------------------------------------------------- mesh
@@ -173,9 +176,21 @@ def init_state(config, method, optimizers, sample_images) -> TrainState:
 # ---------------------------------------------------------------- step
 
 
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
 def train_step(
   method, optimizers, skip_nonfinite: bool, state: TrainState, frozen, batch
 ):
+  """One update of every parameter group; a non-finite step changes nothing.
+
+  Returns (new_state, metrics): the loss terms ('loss/...'), the method's other
+  metrics, 'finite' (every loss term, gradient, parameter, optimizer state and
+  BN statistic of the update is finite), and 'nonfinite/grads' and
+  'nonfinite/update' (True where that part was not).
+  """
   rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
   def loss_fn(params):
@@ -194,7 +209,12 @@ def train_step(
     )
   loss_terms = {k: v for k, v in metrics.items() if k.startswith('loss/')}
   loss_terms['loss/total'] = loss
+  # A finite loss can still give a NaN update (a NaN learning rate, an
+  # overflowing gradient), so the gradients and the new state are checked too.
+  grads_finite = _all_finite(grads)
+  update_finite = _all_finite((params, opt_state, batch_stats))
   finite = jnp.all(jnp.stack([jnp.isfinite(v) for v in loss_terms.values()]))
+  finite = finite & grads_finite & update_finite
   new_state = state.replace(
     step=state.step + 1,
     params=params,
@@ -212,7 +232,52 @@ def train_step(
   del skip_nonfinite  # The host decides; the device side is the same.
   metrics = dict(metrics, **loss_terms)
   metrics['finite'] = finite
+  metrics['nonfinite/grads'] = ~grads_finite
+  metrics['nonfinite/update'] = ~update_finite
   return new_state, metrics
+
+
+def init_guard(metrics_shapes) -> Dict[str, Any]:
+  """The device-side record of non-finite steps, carried from step to step.
+
+  'skipped': steps whose update was dropped; 'first_bad_step': the state step
+  of the first of them (-1: none); 'first_bad': that step's metrics.
+  """
+  return {
+    'skipped': jnp.zeros((), jnp.int32),
+    'first_bad_step': jnp.full((), -1, jnp.int32),
+    'first_bad': jax.tree.map(
+      lambda s: jnp.zeros(s.shape, s.dtype), metrics_shapes
+    ),
+  }
+
+
+def guarded_step(
+  method, optimizers, skip_nonfinite: bool, state, guard, frozen, batch
+):
+  """train_step plus the guard bookkeeping, so the host need not look per step.
+
+  In 'raise' mode the first non-finite step freezes the state: every later
+  step leaves it as it was, so the host, which looks only at log, checkpoint
+  and eval boundaries, still finds the last good state and the first bad
+  step's metrics there.
+  """
+  new_state, metrics = train_step(
+    method, optimizers, skip_nonfinite, state, frozen, batch
+  )
+  frozen_by_earlier = (guard['first_bad_step'] >= 0) & (not skip_nonfinite)
+  bad = ~metrics['finite']
+  first = bad & (guard['first_bad_step'] < 0)
+  keep = lambda new, old: jnp.where(frozen_by_earlier, old, new)
+  new_state = jax.tree.map(keep, new_state, state)
+  guard = {
+    'skipped': guard['skipped'] + (bad & ~frozen_by_earlier).astype(jnp.int32),
+    'first_bad_step': jnp.where(first, state.step, guard['first_bad_step']),
+    'first_bad': jax.tree.map(
+      lambda new, old: jnp.where(first, new, old), metrics, guard['first_bad']
+    ),
+  }
+  return new_state, guard, metrics
 
 
 def eval_step(method, state: TrainState, frozen, batch):
@@ -277,46 +342,205 @@ def evaluate_heads(
   return {name: float(v) / max(count, 1.0) for name, v in totals.items()}
 
 
+# ---------------------------------------------------------------- checks
+
+
+def _positive_int(config, key: str, *, zero_ok: bool = False) -> None:
+  value = config.get(key)
+  ok = isinstance(value, int) and (value >= 0 if zero_ok else value > 0)
+  if not ok:
+    want = 'a non-negative' if zero_ok else 'a positive'
+    raise ConfigError(f'--config.{key}={value!r}: must be {want} integer.')
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Rejects sizes and optimizer settings that cannot train, before any work."""
+  _positive_int(config, 'batch_size')
+  _positive_int(config, 'eval_batch_size', zero_ok=True)
+  num_epochs = config.get('num_epochs')
+  if not (isinstance(num_epochs, (int, float)) and num_epochs > 0):
+    raise ConfigError(
+      f'--config.num_epochs={num_epochs!r}: must be a positive number.'
+    )
+  if config.get('nonfinite', 'raise') not in ('raise', 'skip'):
+    raise ConfigError(
+      f"--config.nonfinite={config.nonfinite!r}: use 'raise' or 'skip'."
+    )
+  fraction = config.get('nonfinite_max_skipped_fraction', 0.1)
+  if not (isinstance(fraction, (int, float)) and 0 <= fraction <= 1):
+    raise ConfigError(
+      f'--config.nonfinite_max_skipped_fraction={fraction!r}: must be in '
+      '[0, 1].'
+    )
+  groups = ['optimizer'] + [
+    f'optimizers.{g}' for g in (config.get('optimizers') or {})
+  ]
+  for group in groups:
+    opt = (
+      config.optimizer
+      if group == 'optimizer'
+      else config.optimizers[group.split('.', 1)[1]]
+    )
+    if not opt:
+      continue
+    lr, wd = opt.get('learning_rate'), opt.get('weight_decay', 0.0) or 0.0
+    if not (isinstance(lr, (int, float)) and np.isfinite(lr) and lr > 0):
+      raise ConfigError(
+        f'--config.{group}.learning_rate={lr!r}: the learning rate must be a '
+        'finite positive number.'
+      )
+    if not (isinstance(wd, (int, float)) and np.isfinite(wd) and wd >= 0):
+      raise ConfigError(
+        f'--config.{group}.weight_decay={wd!r}: the weight decay must be a '
+        'finite number >= 0.'
+      )
+
+
+def check_schedules(config, method, steps_per_epoch: int, total_steps: int):
+  """Every group's learning rate is finite and >= 0 at every step it runs."""
+  steps = jnp.arange(max(total_steps, 1))
+  for group in method.groups:
+    schedule = optim.build_schedule(
+      optimizer_config(config, group), steps_per_epoch
+    )
+    lrs = np.asarray(schedule(steps))
+    if not np.all(np.isfinite(lrs)) or np.any(lrs < 0):
+      bad = int(np.flatnonzero(~np.isfinite(lrs) | (lrs < 0))[0])
+      raise ConfigError(
+        f'The learning-rate schedule of the {group!r} parameters gives '
+        f'{lrs[bad]} at step {bad}; check the optimizer settings '
+        '(learning_rate, warmup_epochs, decay_epochs, decay_factor).'
+      )
+
+
 # ---------------------------------------------------------------- loop
 
 
-class _Preemption:
-  """Turns SIGTERM into a request to checkpoint at the next step boundary."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = None
-
-  def __enter__(self):
-    if jax.process_count() > 1:
-      # jax.distributed's preemption service owns SIGTERM (a Python handler
-      # would replace it) and agrees on one step for every process to save.
-      return self
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # Not the main thread: no handler, no preemption saves.
-      self._previous = None
-    return self
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
-
-  def reached(self, step: int) -> bool:
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-
-      return multihost_utils.reached_preemption_sync_point(step)
-    return self.requested
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+def _nonfinite_error(
+  first_step, metrics, steps_per_epoch, ckpt
+) -> NonFiniteLossError:
+  metrics = jax.device_get(metrics)
+  terms = {
+    k: float(v)
+    for k, v in metrics.items()
+    if k.startswith('loss/') and not np.isfinite(v)
+  }
+  if terms:
+    what = f'Non-finite loss at step {first_step}'
+    detail = f': {terms}'
+  elif metrics.get('nonfinite/grads'):
+    what, detail = f'Non-finite gradients at step {first_step}', ''
+  else:
+    what = f'Non-finite update at step {first_step}'
+    detail = ' (the loss and gradients were finite; the new parameters, '
+    detail += 'optimizer state or BN statistics were not)'
+  ckpt.wait()  # The last good checkpoint may still be being written.
+  last = ckpt.latest_step()
+  kept = (
+    f'the last good checkpoint (step {last}) in {ckpt.directory} is kept'
+    if last is not None
+    else f'no checkpoint was saved before it ({ckpt.directory} is empty)'
+  )
+  return NonFiniteLossError(
+    f'{what} (epoch {first_step // steps_per_epoch}){detail}. The state was '
+    f'not updated; {kept}. Set --config.nonfinite=skip to skip such batches '
+    'instead.'
+  )
 
 
-def _build(config, workdir):
-  """Everything both train and eval need."""
-  del workdir
+class _GuardMonitor:
+  """Reads the device-side guard at boundaries and enforces 'raise'/'skip'."""
+
+  def __init__(self, config, steps_per_epoch, ckpt, skipped_before, step):
+    self.skip = config.get('nonfinite', 'raise') == 'skip'
+    self.max_fraction = config.get('nonfinite_max_skipped_fraction', 0.1)
+    self.steps_per_epoch = steps_per_epoch
+    self.ckpt = ckpt
+    self.skipped_before = skipped_before  # From earlier parts of the run.
+    self.records = [(step, 0)]  # (step, skipped in this part) at boundaries.
+    self.skipped = 0
+
+  def check(self, guard, step: int) -> None:
+    if guard is None:
+      return
+    first = int(guard['first_bad_step'])  # The one sync of this boundary.
+    self.skipped = int(guard['skipped'])
+    if first < 0:
+      return
+    if not self.skip:
+      raise _nonfinite_error(
+        first, guard['first_bad'], self.steps_per_epoch, self.ckpt
+      )
+    # The window is the last epoch's worth of steps, read at boundaries.
+    base_step, base_skipped = self.records[0]
+    for rec_step, rec_skipped in self.records:
+      if rec_step <= step - self.steps_per_epoch:
+        base_step, base_skipped = rec_step, rec_skipped
+    self.records.append((step, self.skipped))
+    in_window = self.skipped - base_skipped
+    if in_window > self.max_fraction * self.steps_per_epoch:
+      raise NonFiniteLossError(
+        f'{in_window} of the {step - base_step} batches before step {step} '
+        f'were skipped as non-finite (the first at step {first}), more than '
+        f'nonfinite_max_skipped_fraction={self.max_fraction} of an epoch '
+        f'({self.steps_per_epoch} steps): training is diverging, not hitting '
+        'a rare bad batch. Lower the learning rate, or resume from an earlier '
+        f'checkpoint in {self.ckpt.directory}.'
+      )
+
+  @property
+  def total_skipped(self) -> int:
+    return self.skipped_before + self.skipped
+
+
+def prefetch_to_devices(batches, sharding, size: int = 1):
+  """Yields global batches; while the caller's step runs, the next are copied.
+
+  Up to `size` batches are put on the devices after the caller has dispatched
+  its step (dispatch is asynchronous), so reading and transferring the next
+  input overlaps the current step's compute, and a stop requested during the
+  step is seen before any batch after it is fed.
+  """
+  iterator = iter(batches)
+  queue = collections.deque()
+  first = next(iterator, None)
+  if first is not None:
+    queue.append(to_global(first, sharding))
+  while queue:
+    yield queue.popleft()
+    while len(queue) < size:
+      batch = next(iterator, None)
+      if batch is None:
+        break
+      queue.append(to_global(batch, sharding))
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSetup:
+  """What both training and evaluation of one config build."""
+
+  mesh: jax.sharding.Mesh
+  train_source: Any
+  eval_source: Any
+  method: Any
+  frozen: Any
+  sample: jax.Array
+  optimizers: Dict[str, Any]
+  abstract_state: Any
+  steps_per_epoch: int
+  total_steps: int
+
+  @property
+  def replicated(self) -> NamedSharding:
+    return NamedSharding(self.mesh, P())
+
+  @property
+  def batch_sharding(self) -> NamedSharding:
+    return NamedSharding(self.mesh, P(DATA_AXIS))
+
+
+def setup(config: ml_collections.ConfigDict) -> RunSetup:
+  """Mesh, data, method (with its frozen teachers), optimizers, state shapes."""
   devices = mesh_devices(config)
   check_batch_size(config.batch_size, len(devices))
   check_batch_size(
@@ -333,7 +557,37 @@ def _build(config, workdir):
   )
   sample = jnp.zeros((2,) + tuple(train_source.image_shape), jnp.float32)
   frozen = method.load_frozen(sample)
-  return mesh, train_source, eval_source, method, frozen, sample
+  steps_per_epoch = train_source.steps_per_epoch
+  total_steps = int(round(config.num_epochs * steps_per_epoch))
+  if config.get('max_steps', -1) and config.get('max_steps', -1) > 0:
+    total_steps = min(total_steps, config.max_steps)
+  with jax.set_mesh(mesh):
+    abstract_params = jax.eval_shape(
+      lambda: method.init(jax.random.key(0), sample)[0]
+    )
+    optimizers = build_optimizers(
+      config, method, abstract_params, steps_per_epoch
+    )
+    check_schedules(config, method, steps_per_epoch, total_steps)
+    replicated = NamedSharding(mesh, P())
+    abstract_state = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+      jax.eval_shape(
+        functools.partial(init_state, config, method, optimizers), sample
+      ),
+    )
+  return RunSetup(
+    mesh=mesh,
+    train_source=train_source,
+    eval_source=eval_source,
+    method=method,
+    frozen=frozen,
+    sample=sample,
+    optimizers=optimizers,
+    abstract_state=abstract_state,
+    steps_per_epoch=steps_per_epoch,
+    total_steps=total_steps,
+  )
 
 
 def frozen_teacher_configs(config: ml_collections.ConfigDict):
@@ -360,8 +614,26 @@ def pretrained_teacher_dir(workdir: str, index: int, teacher) -> str:
   return os.path.join(workdir, 'teachers', f'{index}_{teacher.name}')
 
 
+def teacher_run_config(config, teacher) -> ml_collections.ConfigDict:
+  """The supervised run that pre-trains `teacher` for `config`."""
+  sub = ml_collections.ConfigDict(config.to_dict())
+  # Only what the teacher's own training reads, so that changing a setting of
+  # the distillation does not count as a change of the teacher run.
+  for key in ('teacher', 'teachers', config.method):
+    if key in sub:
+      del sub[key]
+  sub.method = 'supervised'
+  sub.model = ml_collections.ConfigDict(teacher.to_dict())
+  sub.num_epochs = teacher.pretrain_epochs
+  sub.max_steps = -1
+  return sub
+
+
 def pretrain_teachers(
-  config: ml_collections.ConfigDict, workdir: str
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  allow_config_change: bool = False,
 ) -> Optional[Dict[str, Any]]:
   """Trains, in-process, each frozen teacher that has no checkpoint_dir but pretrain_epochs.
 
@@ -372,167 +644,235 @@ def pretrain_teachers(
     The summary of a teacher run that was preempted (SIGTERM), or None.
   """
   for i, teacher in pretrained_teachers(config):
-    sub = ml_collections.ConfigDict(config.to_dict())
-    sub.method = 'supervised'
-    sub.model = ml_collections.ConfigDict(teacher.to_dict())
-    sub.num_epochs = teacher.pretrain_epochs
-    sub.max_steps = -1
     teacher_dir = pretrained_teacher_dir(workdir, i, teacher)
-    logging.info(
-      'Pre-training teacher %d (%s) in %s', i, teacher.name, teacher_dir
+    summary = train_and_evaluate(
+      teacher_run_config(config, teacher),
+      teacher_dir,
+      allow_config_change=allow_config_change,
+      role=f'teacher {i}',
     )
-    summary = train_and_evaluate(sub, teacher_dir)
     if summary['preempted']:
       return summary
     teacher.checkpoint_dir = teacher_dir
   return None
 
 
+def _preempted_summary(config, step, steps_per_epoch, started):
+  return {
+    'method': config.method,
+    'preempted': True,
+    'steps': step,
+    'epochs': step / steps_per_epoch if steps_per_epoch else 0.0,
+    'eval_accuracy': {},
+    'wall_seconds': time.time() - started,
+  }
+
+
 def train_and_evaluate(
-  config: ml_collections.ConfigDict, workdir: str
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  allow_config_change: bool = False,
+  role: str = 'student',
 ) -> Dict[str, Any]:
-  """Trains ``config.method`` and returns the summary also written to summary.json."""
+  """Trains ``config.method`` and returns the summary also written to summary.json.
+
+  Resumes from the newest checkpoint in ``workdir``. Raises ConfigChangedError
+  when that checkpoint was trained with a config that differs in a key that
+  changes the result, unless ``allow_config_change`` (then the change is
+  recorded in summary.json and the checkpoints). A finished run returns its
+  recorded summary and writes nothing.
+  """
   started = time.time()
+  reporter_console = reporting.console
+  validate_config(config)
   check_data_loader(config)
-  preempted_teacher = pretrain_teachers(config, workdir)
-  if (
-    preempted_teacher is not None
-  ):  # Preempted while pre-training: the rerun resumes it.
-    return preempted_teacher
-  # -- Mesh, data --------------------------------------------------------
-  mesh, train_source, eval_source, method, frozen, sample = _build(
-    config, workdir
-  )
-  replicated = NamedSharding(mesh, P())
-  batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
-  steps_per_epoch = train_source.steps_per_epoch
-  total_steps = config.num_epochs * steps_per_epoch
-  if config.get('max_steps', -1) and config.get('max_steps', -1) > 0:
-    total_steps = min(total_steps, config.max_steps)
+  record = run_config.record(config)  # Before teachers fill in their dirs.
+  with checkpointing.workdir_lock(workdir), preemption.guard() as preempt:
+    # -- Resume check (before any work) --------------------------------------
+    latest_step, latest_meta = checkpointing.read_latest_meta(workdir)
+    changes = run_config.check_resume(
+      latest_meta, record, workdir, allow_config_change
+    )
 
-  with jax.set_mesh(mesh):
-    # -- Init --------------------------------------------------------------
-    abstract_params = jax.eval_shape(
-      lambda: method.init(jax.random.key(0), sample)[0]
+    preempted_teacher = pretrain_teachers(
+      config, workdir, allow_config_change=allow_config_change
     )
-    optimizers = build_optimizers(
-      config, method, abstract_params, steps_per_epoch
-    )
-    state = jax.jit(
-      functools.partial(init_state, config, method, optimizers),
-      out_shardings=replicated,
-    )(sample)
-    frozen = jax.device_put(frozen, replicated)
+    if preempted_teacher is not None:
+      return preempted_teacher
+    # -- Mesh, data, method --------------------------------------------------
+    run = setup(config)
+    steps_per_epoch, total_steps = run.steps_per_epoch, run.total_steps
+    if preempt.requested:  # SIGTERM during setup: nothing new to save.
+      reporter_console(
+        f'Preempted during setup of {workdir} (nothing to save); rerun the '
+        'same command to start.'
+      )
+      return _preempted_summary(
+        config, latest_step or 0, steps_per_epoch, started
+      )
+    method, frozen = run.method, run.frozen
+    replicated, batch_sharding = run.replicated, run.batch_sharding
 
-    # -- Restore -------------------------------------------------------------
-    ckpt = checkpointing.RunCheckpointer(
-      workdir, max_to_keep=config.get('keep_checkpoints', 3)
-    )
-    abstract_state = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-      state,
-    )
-    restored, meta = ckpt.restore_latest(abstract_state)
-    if restored is not None:
-      state = restored
-      logging.info(
-        'Resumed from step %d in %s', int(state.step), ckpt.directory
+    with jax.set_mesh(run.mesh):
+      # -- Init ----------------------------------------------------------------
+      frozen = jax.device_put(frozen, replicated)
+      ckpt = checkpointing.RunCheckpointer(
+        workdir, max_to_keep=config.get('keep_checkpoints', 3)
+      )
+      # -- Restore -------------------------------------------------------------
+      restored, meta = ckpt.restore_latest(run.abstract_state)
+      if restored is not None:
+        state = restored
+        if int(meta.get('step', -1)) != latest_step:  # It fell back a step.
+          changes = run_config.check_resume(
+            meta, record, workdir, allow_config_change
+          )
+        reporter_console(
+          f'Resumed {role} run from step {int(state.step)} of {total_steps} '
+          f'in {ckpt.directory}'
+          + (f' (skipped: {"; ".join(ckpt.skipped)})' if ckpt.skipped else '')
+        )
+      else:
+        state = jax.jit(
+          functools.partial(init_state, config, method, run.optimizers),
+          out_shardings=replicated,
+        )(run.sample)
+      if restored is not None and not changes:
+        restored_step = int(meta.get('step', -1))
+        if _finished(config, restored_step, meta):  # Nothing is written.
+          ckpt.manager.close()
+          return _already_finished(workdir, restored_step, meta, role)
+      config_changes = list(meta.get('config_changes', []))
+      if changes:
+        config_changes.append({'step': int(state.step), 'changes': changes})
+        reporter_console(
+          f'Config changed at step {int(state.step)} (allowed by '
+          f'--allow_config_change): {run_config.describe(changes)}'
+        )
+
+      # -- Loop ----------------------------------------------------------------
+      skip_nonfinite = config.get('nonfinite', 'raise') == 'skip'
+      step_fn = jax.jit(
+        functools.partial(guarded_step, method, run.optimizers, skip_nonfinite),
+        donate_argnums=(0, 1),
+      )
+      eval_fn = jax.jit(functools.partial(eval_step, method))
+      estimate_fn = jax.jit(functools.partial(batch_stat_estimates, method))
+      reporter = reporting.Reporter(workdir)
+      schedule = optim.build_schedule(
+        optimizer_config(config, 'student'), steps_per_epoch
+      )
+      model_meta = {
+        'name': config.model.name,
+        'conv_type': config.model.get('conv_type', 'conv'),
+      }
+      ops = opcount.count_ops(
+        method.student, (1,) + tuple(run.train_source.image_shape)
+      )
+      reporter.console(
+        f'{config.method} ({role}): {model_meta["name"]}/'
+        f'{model_meta["conv_type"]} mults={ops["multiplications"]:,} '
+        f'adds={ops["additions"]:,}; {steps_per_epoch} steps/epoch, '
+        f'{total_steps} steps, {run.mesh.size} devices, '
+        f'{jax.process_count()} processes; workdir {workdir}'
       )
 
-    # -- Loop --------------------------------------------------------------
-    step_fn = jax.jit(
-      functools.partial(
-        train_step,
-        method,
-        optimizers,
-        config.get('nonfinite', 'raise') == 'skip',
-      ),
-      donate_argnums=0,
-    )
-    eval_fn = jax.jit(functools.partial(eval_step, method))
-    estimate_fn = jax.jit(functools.partial(batch_stat_estimates, method))
-    reporter = reporting.Reporter(workdir)
-    schedule = optim.build_schedule(
-      optimizer_config(config, 'student'), steps_per_epoch
-    )
-    model_meta = {
-      'name': config.model.name,
-      'conv_type': config.model.get('conv_type', 'conv'),
-    }
-    ops = opcount.count_ops(
-      method.student, (1,) + tuple(train_source.image_shape)
-    )
-    reporter.console(
-      f'{config.method}: student {model_meta["name"]}/{model_meta["conv_type"]} '
-      f'mults={ops["multiplications"]:,} adds={ops["additions"]:,}; '
-      f'{steps_per_epoch} steps/epoch, {total_steps} steps, '
-      f'{mesh.size} devices, {jax.process_count()} processes'
-    )
-
-    def save(step, force=False):
-      epoch, step_in_epoch = divmod(step, steps_per_epoch)
-      ckpt.save(
+      step = int(state.step)
+      # A resumed run keeps the evals it already made.
+      previous = reporting.read_summary(workdir) if restored is not None else {}
+      history = [h for h in previous.get('history', []) if h['step'] <= step]
+      eval_results = {}
+      monitor = _GuardMonitor(
+        config,
+        steps_per_epoch,
+        ckpt,
+        int(meta.get('skipped_nonfinite_batches', 0)),
         step,
-        state,
-        {
-          'step': step,
-          'epoch': epoch,
-          'step_in_epoch': step_in_epoch,
-          'method': config.method,
-          'model': model_meta,
-          'num_classes': train_source.num_classes,
-          'image_shape': list(train_source.image_shape),
-        },
-        force=force,
       )
+      checkpoint_every = (
+        config.get('checkpoint_every_steps', 0) or steps_per_epoch
+      )
+      log_every = config.get('log_every_steps', 50)
 
-    step = int(state.step)
-    progress = reporting.ProgressBar(total_steps, step)
-    # A resumed run keeps the evals it already made; a finished one its result.
-    previous = reporting.read_summary(workdir) if restored is not None else {}
-    history = [h for h in previous.get('history', []) if h['step'] <= step]
-    eval_results = (
-      previous.get('eval_accuracy', {}) if step >= total_steps else {}
-    )
-    skipped = previous.get('skipped_nonfinite_batches', 0)
-    window_start, window_images = time.time(), 0
-    checkpoint_every = (
-      config.get('checkpoint_every_steps', 0) or steps_per_epoch
-    )
-    preempted = False
-    with _Preemption() as preemption:
+      def save(step, save_state, force=False, **extra):
+        epoch, step_in_epoch = divmod(step, steps_per_epoch)
+        ckpt.save(
+          step,
+          save_state,
+          {
+            'step': step,
+            'epoch': epoch,
+            'step_in_epoch': step_in_epoch,
+            'total_steps': total_steps,
+            'steps_per_epoch': steps_per_epoch,
+            'method': config.method,
+            'model': model_meta,
+            'num_classes': run.train_source.num_classes,
+            'image_shape': list(run.train_source.image_shape),
+            'skipped_nonfinite_batches': monitor.total_skipped,
+            'config': record,
+            'config_changes': config_changes,
+            **extra,
+          },
+          force=force,
+        )
+
+      def evaluate_now(state):
+        eval_state, stats_source = state, 'running'
+        if config.get('eval_bn_recalibration_batches', 0):
+          eval_state = recalibrate_batch_stats(
+            estimate_fn,
+            state,
+            frozen,
+            run.train_source,
+            batch_sharding,
+            config.eval_bn_recalibration_batches,
+          )
+          stats_source = (
+            f'precise_bn({config.eval_bn_recalibration_batches} batches)'
+          )
+        results = evaluate_heads(
+          eval_fn, eval_state, frozen, run.eval_source, batch_sharding
+        )
+        return eval_state, stats_source, results
+
+      progress = reporting.ProgressBar(total_steps, step)
+      guard = None
+      window_start, window_images = time.time(), 0
+      preempted = False
+      final_state, final_extra = None, {}
       while step < total_steps and not preempted:
         epoch, start = divmod(step, steps_per_epoch)
-        for batch in train_source.epoch(epoch, start_step=start):
-          state, metrics = step_fn(
-            state, frozen, to_global(batch, batch_sharding)
-          )
-          if not bool(metrics['finite']):
-            bad = {
-              k: float(v)
-              for k, v in jax.device_get(metrics).items()
-              if k.startswith('loss/') and not np.isfinite(v)
-            }
-            if config.get('nonfinite', 'raise') != 'skip':
-              ckpt.wait()  # The last good checkpoint may still be being written.
-              raise NonFiniteLossError(
-                f'Non-finite loss at step {step} (epoch {epoch}): {bad}. The state was not '
-                f'updated; the last good checkpoint in {ckpt.directory} is kept. Set '
-                '--config.nonfinite=skip to skip such batches instead.'
-              )
-            skipped += 1
-            logging.warning(
-              'Skipped the batch of step %d: non-finite %s', step, bad
-            )
+        batches = prefetch_to_devices(
+          run.train_source.epoch(epoch, start_step=start), batch_sharding
+        )
+        for batch in batches:
+          if guard is None:  # The guard carries the step's metric structure.
+            metrics_shapes = jax.eval_shape(
+              functools.partial(
+                train_step, method, run.optimizers, skip_nonfinite
+              ),
+              state,
+              frozen,
+              batch,
+            )[1]
+            guard = jax.device_put(init_guard(metrics_shapes), replicated)
+          state, guard, metrics = step_fn(state, guard, frozen, batch)
           step += 1
           window_images += config.batch_size
-          progress.update(step, f'loss {float(metrics["loss/total"]):.3f}')
-          if (
-            step % config.get('log_every_steps', 50) == 0 or step == total_steps
-          ):
+          progress.update(step)
+          at_log = step % log_every == 0 or step == total_steps
+          at_checkpoint = step % checkpoint_every == 0 and step < total_steps
+          at_preemption = preempt.reached(step)
+          if at_log or at_checkpoint or at_preemption:
+            monitor.check(guard, step)
+          if at_log:
             now = time.time()
             scalars = {
-              k: v for k, v in jax.device_get(metrics).items() if k != 'finite'
+              k: v
+              for k, v in jax.device_get(metrics).items()
+              if k != 'finite' and not k.startswith('nonfinite/')
             }
             scalars['learning_rate'] = float(schedule(step - 1))
             scalars['images_per_second'] = window_images / max(
@@ -540,38 +880,30 @@ def train_and_evaluate(
             )
             window_start, window_images = now, 0
             reporter.scalars(step, scalars)
+            progress.note(f'loss {scalars["loss/total"]:.3f}')
             if not progress.enabled:
               reporter.console(
                 f'step {step}: loss {scalars["loss/total"]:.4f}, lr '
                 f'{scalars["learning_rate"]:.4g}, '
                 f'{scalars["images_per_second"]:.0f} images/s'
               )
-          if step % checkpoint_every == 0:
-            save(step)
-          if preemption.reached(step):
-            save(step, force=True)
+          if at_checkpoint:
+            save(step, state)
+          if at_preemption:
+            save(step, state, force=True)
             preempted = True
             reporter.console(
-              f'Preemption requested: saved step {step}, exiting.'
+              f'Preemption requested: saved step {step}, exiting. Rerun the '
+              f'same command to resume ({step} of {total_steps} steps done; '
+              f'checkpoints in {ckpt.directory}).'
             )
             break
           if step >= total_steps:
             break
         epoch_done = step % steps_per_epoch == 0 or step >= total_steps
         if epoch_done and not preempted:
-          eval_state = state
-          if config.get('eval_bn_recalibration_batches', 0):
-            eval_state = recalibrate_batch_stats(
-              estimate_fn,
-              state,
-              frozen,
-              train_source,
-              batch_sharding,
-              config.eval_bn_recalibration_batches,
-            )
-          eval_results = evaluate_heads(
-            eval_fn, eval_state, frozen, eval_source, batch_sharding
-          )
+          monitor.check(guard, step)
+          eval_state, stats_source, eval_results = evaluate_now(state)
           reporter.scalars(
             step, {f'eval_accuracy/{k}': v for k, v in eval_results.items()}
           )
@@ -582,82 +914,134 @@ def train_and_evaluate(
           reporter.console(
             f'epoch {step / steps_per_epoch:.2f} step {step}: '
             + ', '.join(f'{k} {100 * v:.2f}%' for k, v in eval_results.items())
+            + ('' if stats_source == 'running' else f' (BN: {stats_source})')
           )
-    if not preempted and ckpt.latest_step() != step:
-      save(step, force=True)
-    ckpt.close()
-    reporter.close()
+          if step >= total_steps:
+            final_state = eval_state
+            final_extra = {
+              'finished': True,
+              'eval_accuracy': eval_results,
+              'batch_stats_source': stats_source,
+            }
+      if not preempted:
+        if final_state is None:  # Nothing left to train: evaluate as it is.
+          final_state, stats_source, eval_results = evaluate_now(state)
+          final_extra = {
+            'finished': True,
+            'eval_accuracy': eval_results,
+            'batch_stats_source': stats_source,
+          }
+        # The final checkpoint holds the statistics its reported accuracy was
+        # measured with, so a teacher restored from it is the one reported.
+        if ckpt.latest_step() == step:  # Preempted right at the end before.
+          ckpt.delete(step)
+        save(step, final_state, True, **final_extra)
+      ckpt.close()
+      reporter.close()
 
   summary = {
     'method': config.method,
+    'role': role,
     'preempted': preempted,
     'steps': step,
+    'total_steps': total_steps,
     'epochs': step / steps_per_epoch,
     'eval_accuracy': eval_results,
+    'batch_stats': final_extra.get('batch_stats_source', 'running'),
     'history': history,
-    'skipped_nonfinite_batches': skipped,
+    'skipped_nonfinite_batches': monitor.total_skipped,
     'wall_seconds': time.time() - started,
     'student_ops': ops,
-    'devices': mesh.size,
+    'devices': run.mesh.size,
     'processes': jax.process_count(),
     'config': config.to_dict(),
+    'config_changes': config_changes,
   }
+  if preempted:
+    summary['eval_accuracy'] = {}  # Only a finished run has a result.
   reporting.write_summary(workdir, summary)
   return summary
 
 
-def evaluate(
-  config: ml_collections.ConfigDict, workdir: str
-) -> Dict[str, float]:
+def _finished(config, step: Optional[int], meta: Dict[str, Any]) -> bool:
+  """Whether the checkpoint at `step` ends the run that `config` asks for."""
+  if (
+    step is None or not meta.get('finished') or not meta.get('steps_per_epoch')
+  ):
+    return False
+  total = int(round(config.num_epochs * meta['steps_per_epoch']))
+  if config.get('max_steps', -1) and config.get('max_steps', -1) > 0:
+    total = min(total, config.max_steps)
+  return step >= total
+
+
+def _already_finished(workdir, step, meta, role) -> Dict[str, Any]:
+  """The recorded summary of a finished run; nothing is written."""
+  summary = reporting.read_summary(workdir) or {}
+  summary.setdefault('method', meta.get('method'))
+  summary['eval_accuracy'] = meta.get(
+    'eval_accuracy', summary.get('eval_accuracy', {})
+  )
+  summary.update(
+    steps=step, preempted=False, already_finished=True, wall_seconds=0.0
+  )
+  accuracy = ', '.join(
+    f'{k} {100 * v:.2f}%' for k, v in summary['eval_accuracy'].items()
+  )
+  reporting.console(
+    f'The {role} run in {workdir} already finished at step {step} '
+    f'({accuracy}); nothing to do. Use a new --workdir to train again.'
+  )
+  return summary
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   """Restores the latest checkpoint of ``workdir`` and reports eval accuracy per head.
 
   Evaluates as training did: teachers pre-trained in-process are read from
-  ``workdir/teachers``, and precise-BN recalibration runs when configured.
+  ``workdir/teachers``, and precise-BN recalibration runs when configured and
+  the checkpoint does not already hold precise-BN statistics. Writes nothing.
   """
+  validate_config(config)
   check_data_loader(config)
+  latest_step, _ = checkpointing.read_latest_meta(workdir)
+  if latest_step is None:
+    raise checkpointing.CheckpointError(
+      f'No checkpoint to evaluate in {workdir}: train first with the same '
+      f'--config and --workdir={workdir} (without --mode=eval).'
+    )
   for i, teacher in pretrained_teachers(config):
     teacher.checkpoint_dir = pretrained_teacher_dir(workdir, i, teacher)
-  mesh, train_source, eval_source, method, frozen, sample = _build(
-    config, workdir
-  )
-  replicated = NamedSharding(mesh, P())
-  batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
-  with jax.set_mesh(mesh):
-    abstract_params = jax.eval_shape(
-      lambda: method.init(jax.random.key(0), sample)[0]
+  run = setup(config)
+  with jax.set_mesh(run.mesh):
+    state, meta = checkpointing.restore_run_read_only(
+      workdir, run.abstract_state
     )
-    optimizers = build_optimizers(
-      config, method, abstract_params, train_source.steps_per_epoch
-    )
-    abstract = jax.eval_shape(
-      functools.partial(init_state, config, method, optimizers), sample
-    )
-    abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-      abstract,
-    )
-    ckpt = checkpointing.RunCheckpointer(workdir)
-    state, meta = ckpt.restore_latest(abstract)
-    ckpt.close()
-    if state is None:
-      raise checkpointing.CheckpointError(
-        f'No checkpoint to evaluate in {ckpt.directory}.'
-      )
-    frozen = jax.device_put(frozen, replicated)
-    if config.get('eval_bn_recalibration_batches', 0):
+    frozen = jax.device_put(run.frozen, run.replicated)
+    stats_source = meta.get('batch_stats_source', 'running')
+    if config.get('eval_bn_recalibration_batches', 0) and not str(
+      stats_source
+    ).startswith('precise_bn'):
       state = recalibrate_batch_stats(
-        jax.jit(functools.partial(batch_stat_estimates, method)),
+        jax.jit(functools.partial(batch_stat_estimates, run.method)),
         state,
         frozen,
-        train_source,
-        batch_sharding,
+        run.train_source,
+        run.batch_sharding,
         config.eval_bn_recalibration_batches,
       )
+      stats_source = (
+        f'precise_bn({config.eval_bn_recalibration_batches} batches)'
+      )
     results = evaluate_heads(
-      jax.jit(functools.partial(eval_step, method)),
+      jax.jit(functools.partial(eval_step, run.method)),
       state,
       frozen,
-      eval_source,
-      batch_sharding,
+      run.eval_source,
+      run.batch_sharding,
     )
-  return {'step': meta.get('step'), 'eval_accuracy': results}
+  return {
+    'step': meta.get('step'),
+    'eval_accuracy': results,
+    'batch_stats': stats_source,
+  }

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from kdjax.train import checkpointing
+from kdjax.train import checkpointing, reporting
 from kdjax.train.methods import base
 
 
@@ -32,14 +32,28 @@ def restore_frozen_teacher(
       'supervised run (python -m kdjax.main --config=configs/supervised.py:<preset> '
       '--workdir=DIR), set with --config.teacher.checkpoint_dir=DIR'
     )
-  params, batch_stats = checkpointing.restore_teacher(
+  conv_type = teacher_config.get('conv_type', 'conv')
+  restored = checkpointing.restore_teacher_checkpoint(
     teacher_config.checkpoint_dir,
     {
       'model': teacher_config.name,
-      'conv_type': teacher_config.get('conv_type', 'conv'),
+      'conv_type': conv_type,
       'num_classes': num_classes,
     },
     abstract['params'],
     abstract.get('batch_stats', {}),
+    name=f'teacher {teacher_config.name}/{conv_type}',
   )
-  return model, params, batch_stats
+  recorded = restored.meta.get('eval_accuracy') or {}
+  accuracy = (
+    ', '.join(f'{k} {100 * v:.2f}%' for k, v in recorded.items())
+    if recorded
+    else 'no accuracy recorded'
+  )
+  reporting.console(
+    f'Restored teacher {teacher_config.name}/{conv_type} from '
+    f'{restored.directory} (step {restored.step}; its eval accuracy as '
+    f'recorded: {accuracy}; BN statistics: '
+    f'{restored.meta.get("batch_stats_source", "running")})'
+  )
+  return model, restored.params, restored.batch_stats
