@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from kdjax import losses
+from kdjax.models import connectors
 from kdjax.train.methods import base
 from kdjax.train.methods.teachers import restore_frozen_teacher
 
@@ -153,7 +154,7 @@ class PKKD(base.Method):
     teacher_channels = tuple(
       stage['raw'].shape[-1] for stage in self._stages(t_feats)
     )
-    self.connectors = base.StageConnectors('kernel', teacher_channels)
+    self.connectors = connectors.StageConnectors('kernel', teacher_channels)
     rho_params, rho_stats = base.init_module(
       self.connectors, rho_rng, g, train=False
     )
