@@ -30,6 +30,7 @@ from kdjax import config_defaults, convert, models
 from kdjax.convert import __main__ as convert_cli
 from kdjax.convert import convert as convert_lib
 from kdjax.convert import layouts
+from kdjax.data import specs
 from kdjax.train import checkpointing, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -179,6 +180,31 @@ def test_train_mode_logits_and_bn_updates_match_pytorch():
   batch_var_torch = (net.bn1.running_var.numpy() - 0.9 * old_var) / 0.1
   np.testing.assert_allclose(
     batch_var_torch, batch_var_flax * n / (n - 1), rtol=1e-4
+  )
+
+
+def test_stem_adapts_to_another_input_std_exactly():
+  trained, fed = (0.27, 0.26, 0.28), (0.20, 0.2, 0.21)
+  images = random_images((2, 3, 32, 32), seed=6)  # as the net was trained
+  net = ref.randomize(ref.repdistiller_resnet(8, NUM_CLASSES), images)
+  with torch.no_grad():
+    expected = net(images).numpy()
+  variables = convert.from_torch(
+    net.state_dict(),
+    format='repdistiller',
+    model='resnet8',
+    num_classes=NUM_CLASSES,
+    input_std=(trained, fed),
+    report=None,
+  )
+  # The same pixels, normalized with the other std.
+  fed_images = (
+    images
+    * torch.tensor(trained)[None, :, None, None]
+    / torch.tensor(fed)[None, :, None, None]
+  )
+  assert_close_relative(
+    kdjax_logits(variables, 'repdistiller', 'resnet8', fed_images), expected
   )
 
 
@@ -465,7 +491,7 @@ def test_core_import_does_not_need_torch():
   assert result.returncode == 0 and result.stdout.strip() == 'ok', result.stderr
 
 
-def _convert_resnet8_file(path, num_classes, out):
+def _convert_resnet8_file(path, num_classes, out, *flags):
   """python -m kdjax.convert on a RepDistiller resnet8 file; the exit code."""
   return convert_cli.main(
     [
@@ -474,6 +500,8 @@ def _convert_resnet8_file(path, num_classes, out):
       f'--checkpoint={path}',
       f'--num-classes={num_classes}',
       f'--out={out}',
+      '--dataset=cifar10',
+      *flags,
     ]
   )
 
@@ -535,6 +563,17 @@ def test_converted_teacher_drives_kd_ofd_and_eval(tmp_path, capsys):
       predicted = net(images).argmax(1).numpy()[mask]
     assert len(set(predicted.tolist())) > 1  # Not a constant's accuracy.
     expected = float(np.mean(predicted == labels[mask]))
+    # The CLI adapts the stem to kdjax's CIFAR std (RepDistiller trained with
+    # other stds): the kdjax teacher then computes net(images * fed / trained).
+    trained = np.array(
+      layouts.TRAINING_NORMALIZATION['repdistiller']['cifar'][1]
+    )
+    fed = np.array(specs.DATASETS['cifar10'].std)
+    with torch.no_grad():
+      scaled = images * torch.tensor(fed / trained).float()[None, :, None, None]
+      predicted = net(scaled).argmax(1).numpy()[mask]
+    assert len(set(predicted.tolist())) > 1
+    expected_scaled = float(np.mean(predicted == labels[mask]))
     path = _save({'model': net.state_dict(), 'epoch': 240}, tmp_path / 'r8.pth')
     assert _convert_resnet8_file(path, 10, teacher_dir) == 0
     out = capsys.readouterr().out
@@ -547,9 +586,17 @@ def test_converted_teacher_drives_kd_ofd_and_eval(tmp_path, capsys):
       )
       summary = train.train_and_evaluate(config, str(tmp_path / method))
       assert summary['steps'] == 2
-      assert summary['eval_accuracy']['teacher'] == pytest.approx(expected)
+      assert summary['eval_accuracy']['teacher'] == pytest.approx(
+        expected_scaled
+      )
     # --mode=eval of the teacher directory itself, as a supervised run.
     result = train.evaluate(_tiny_config('supervised'), teacher_dir)
+    assert result['eval_accuracy']['student'] == pytest.approx(expected_scaled)
+
+    # Without the stem adaptation: the PyTorch net on the same inputs.
+    plain_dir = str(tmp_path / 'plain')
+    assert _convert_resnet8_file(path, 10, plain_dir, '--keep-input-scale') == 0
+    result = train.evaluate(_tiny_config('supervised'), plain_dir)
     assert result['eval_accuracy']['student'] == pytest.approx(expected)
 
   with pytest.raises(convert.ConversionError, match='already holds'):

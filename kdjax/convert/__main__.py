@@ -18,6 +18,8 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 from kdjax.convert import checkpoint, convert, files, layouts  # noqa: E402
 
+INPUT_DATASETS = ('cifar10', 'cifar100', 'imagenet2012')
+
 
 def parse_args(argv):
   parser = argparse.ArgumentParser(
@@ -37,7 +39,42 @@ def parse_args(argv):
   parser.add_argument(
     '--out', required=True, help='new teacher directory (a kdjax workdir)'
   )
+  parser.add_argument(
+    '--dataset',
+    choices=INPUT_DATASETS,
+    default=None,
+    help='the kdjax dataset the teacher will see (its input normalization); '
+    'default: cifar100 for CIFAR models, imagenet2012 for ImageNet models',
+  )
+  parser.add_argument(
+    '--keep-input-scale',
+    action='store_true',
+    help="do not adapt the stem to kdjax's input std (docs/interop.md)",
+  )
   return parser.parse_args(argv)
+
+
+def input_normalization(format, model, dataset, report):
+  """(trained std, fed std) for from_torch; reports a mean offset left as is."""
+  from kdjax.data import specs  # pylint: disable=g-import-not-at-top
+
+  trained_mean, trained_std = layouts.training_normalization(format, model)
+  if dataset is None:
+    dataset = (
+      'imagenet2012' if checkpoint.image_shape(model)[0] > 32 else 'cifar100'
+    )
+  fed = specs.DATASETS[dataset]
+  offset = [
+    round((m - t) / s, 4)
+    for m, t, s in zip(fed.mean, trained_mean, trained_std)
+  ]
+  if max(abs(o) for o in offset) > 1e-3:
+    report(
+      f'kdjax normalizes {dataset} with mean {list(fed.mean)}, the {format} '
+      f'scripts with {list(trained_mean)}: the teacher sees its inputs offset '
+      f'by {offset} (in its normalized units); not folded (docs/interop.md)'
+    )
+  return trained_std, fed.std
 
 
 def main(argv=None) -> int:
@@ -51,11 +88,15 @@ def main(argv=None) -> int:
   try:
     model = layouts.check_supported(args.format, args.model)
     state_dict = files.load_state_dict_file(args.checkpoint, report)
+    input_std = None
+    if not args.keep_input_scale:
+      input_std = input_normalization(args.format, model, args.dataset, report)
     variables = convert.from_torch(
       state_dict,
       format=args.format,
       model=model,
       num_classes=args.num_classes,
+      input_std=input_std,
       report=report,
     )
     conv_type = layouts.CONV_TYPE[args.format]

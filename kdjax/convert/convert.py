@@ -5,7 +5,16 @@ from __future__ import annotations
 import collections
 import functools
 import sys
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import (
+  Any,
+  Callable,
+  Dict,
+  List,
+  Mapping,
+  Optional,
+  Sequence,
+  Tuple,
+)
 
 import jax
 import jax.numpy as jnp
@@ -249,6 +258,7 @@ def from_torch(
   format: str,
   model: str,
   num_classes: int,
+  input_std: Optional[Tuple[Sequence[float], Sequence[float]]] = None,
   report: Optional[Report] = print_note,
 ) -> Dict[str, PyTree]:
   """Converts a PyTorch state dict into the variables of a kdjax zoo model.
@@ -260,6 +270,12 @@ def from_torch(
     format: 'torchvision', 'addernet', 'repdistiller' or 'ofd'.
     model: kdjax zoo name (``layouts.SUPPORTED[format]`` lists the models).
     num_classes: classifier outputs.
+    input_std: optional ``(trained, fed)`` per-channel stds of [0, 1] pixels:
+      the input normalization the network was trained with, and the one kdjax
+      will feed it. Input channel c of the stem kernel is multiplied by
+      ``fed[c] / trained[c]``, so the stem sees the scale it was trained on,
+      exactly (zero padding stays zero). A mean difference is not folded
+      (docs/interop.md). None: the weights as they are.
     report: called with one line per layout difference folded exactly (e.g. a
       classifier bias absorbed by the BN after it); None for silence.
 
@@ -320,6 +336,8 @@ def from_torch(
         f'{layer.fold_into}.running_mean (kdjax has no bias before that BN; '
         'the same function)'
       )
+  if input_std is not None:
+    notes += _rescale_stem(variables['params'], input_std)
   counters = [k for k in arrays if k.endswith(f'.{BATCHES_TRACKED}')]
   if counters:
     notes.append(
@@ -336,6 +354,26 @@ def from_torch(
     for note in notes:
       report(note)
   return variables
+
+
+def _rescale_stem(params, input_std) -> List[str]:
+  """Multiplies the stem kernel's input channels by fed / trained std."""
+  trained, fed = (np.asarray(s, np.float32) for s in input_std)
+  kernel = params['stem']['kernel']  # HWIO
+  if trained.shape != (kernel.shape[2],) or fed.shape != trained.shape:
+    raise ConversionError(
+      f'input_std needs {kernel.shape[2]} stds each (one per input channel), '
+      f'got {trained.shape[0]} and {fed.shape[0]}'
+    )
+  if np.all(trained == fed):
+    return []
+  params['stem']['kernel'] = kernel * (fed / trained)[None, None, :, None]
+  return [
+    'scaled the stem kernel by fed/trained input std '
+    f'{np.round(fed / trained, 4).tolist()} per channel: kdjax feeds inputs '
+    f'normalized with std {fed.tolist()}, the network was trained with '
+    f'{trained.tolist()} (exact)'
+  ]
 
 
 def _check_complete(variables, abstract, name) -> None:

@@ -25,6 +25,26 @@ CONV_TYPE = {
   'ofd': 'conv',
 }
 
+# Per-channel (mean, std) of [0, 1] pixels that each format's training
+# scripts normalize inputs with; 'cifar' / 'imagenet' by model family.
+_IMAGENET_NORMALIZATION = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+TRAINING_NORMALIZATION = {
+  'torchvision': {'imagenet': _IMAGENET_NORMALIZATION},
+  'addernet': {  # main.py (CIFAR), the torchvision transforms (ImageNet)
+    'cifar': ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    'imagenet': _IMAGENET_NORMALIZATION,
+  },
+  'repdistiller': {  # dataset/cifar100.py
+    'cifar': ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+  },
+  'ofd': {  # CIFAR-100/train_with_distillation.py: (125.3, ...) / 255
+    'cifar': (
+      (125.3 / 255, 123.0 / 255, 113.9 / 255),
+      (63.0 / 255, 62.1 / 255, 66.7 / 255),
+    ),
+  },
+}
+
 _CIFAR_16 = (
   'resnet8',
   'resnet14',
@@ -119,6 +139,14 @@ def check_supported(format: str, model: str) -> str:
       f'{", ".join(SUPPORTED[format])}.'
     )
   return name
+
+
+def training_normalization(format: str, model: str):
+  """(mean, std) the format's scripts trained ``model`` with."""
+  name = check_supported(format, model)
+  family = registry.model_spec(name).constructor.__name__
+  kind = 'imagenet' if family == 'ImageNetResNet' else 'cifar'
+  return TRAINING_NORMALIZATION[format][kind]
 
 
 def _blocks(params: Mapping[str, Any]) -> List[Tuple[int, int, str]]:
