@@ -38,7 +38,7 @@ def _jax_spec():
   return match.group(1)
 
 
-def _run(script, *args, env=None, check=True):
+def _run(script, *args, env=None, check=True, timeout=30):
   """Runs a launch script with --dry-run; returns the CompletedProcess."""
   full_env = {
     k: v
@@ -66,7 +66,7 @@ def _run(script, *args, env=None, check=True):
     text=True,
     env=full_env,
     cwd=ROOT,
-    timeout=30,
+    timeout=timeout,
   )
   if check:
     assert result.returncode == 0, result.stderr
@@ -1019,6 +1019,7 @@ def _checked(script, config, overrides):
       *overrides,
       env={**env, 'TPU_NAME': 'kd', 'ZONE': 'z'},
       check=False,
+      timeout=300,  # Loading the trainer (tensorflow) on a busy machine.
     )
   return _run(
     GPU_HOST,
@@ -1029,6 +1030,7 @@ def _checked(script, config, overrides):
     *overrides,
     env=env,
     check=False,
+    timeout=300,
   )
 
 
