@@ -277,7 +277,10 @@ REFERENCES = {
     'wrn40_1': lambda n: ref.WideResNet(40, 1, n),
     'wrn40_2': lambda n: ref.WideResNet(40, 2, n),
   },
-  'ofd': {'wrn28_4': lambda n: ref.WideResNet(28, 4, n)},
+  'ofd': {
+    'wrn28_4': lambda n: ref.WideResNet(28, 4, n),
+    'resnet56': functools.partial(ref.repdistiller_resnet, 56),
+  },
 }
 
 

@@ -10,7 +10,9 @@ shapes as in those definitions, code of our own):
     'adder', output -sum |x - w| over each patch), and a 1x1 conv classifier
     'fc' (resnet50: with a bias) followed by BatchNorm 'bn2' over the logits.
   * RepDistiller CIFAR ResNets (models/resnet.py ResNet(depth, num_filters)):
-    conv1/bn1 stem of num_filters[0], three stages, fc Linear.
+    conv1/bn1 stem of num_filters[0], three stages, fc Linear. OFD's
+    CIFAR-100/models/ResNet.py has the same state-dict layout (its block-ending
+    ReLU moved to the start of the next block is the same function).
   * Wide ResNets (RepDistiller models/wrn.py, OFD CIFAR-100/models/WideResNet.py,
     one state-dict layout): conv1 stem, block1..3.layer.<i> pre-activation
     blocks (bn1, conv1, bn2, conv2, and 'convShortcut' of relu(bn1(x)) when

@@ -73,8 +73,10 @@ SUPPORTED = {
   'addernet': _CIFAR_16 + ('resnet50', 'resnet101', 'resnet152'),
   # models/resnet.py resnet8 ... resnet32x4 and models/wrn.py WideResNet.
   'repdistiller': _CIFAR_16 + ('resnet8x4', 'resnet32x4') + _WRNS,
-  # CIFAR-100/models/WideResNet.py (the state-dict layout of RepDistiller's).
-  'ofd': _WRNS,
+  # CIFAR-100/models/WideResNet.py (the state-dict layout of RepDistiller's)
+  # and models/ResNet.py (RepDistiller's CIFAR ResNet layout; its ReLU moved
+  # to the start of the next block is the same function).
+  'ofd': _CIFAR_16 + _WRNS,
 }
 
 # Why a zoo model has no layout in a format (shown in the error).
