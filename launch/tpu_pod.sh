@@ -60,9 +60,9 @@ Options (the environment variable in brackets is the default):
                                       run it again, at most KDJAX_MAX_RETRIES (10) times;
                                       a PREEMPTED VM is recreated first (delete, create
                                       with --accelerator/--version/--spot, install)
-  --skip-config-check                 run: do not load the config here first (it needs a
-                                      local Python with kdjax's requirements: the checkout's
-                                      .venv, python3, or KDJAX_CHECK_PYTHON)
+  --skip-config-check                 run: do not load the config here first (that needs a
+                                      local Python with kdjax's requirements: KDJAX_CHECK_PYTHON,
+                                      else the checkout's .venv, else python3)
   --worker=N                          logs: which worker (default 0)
   --dest=DIR                          copy-back: local directory (default runs/<run name>)
   --with-checkpoints                  copy-back: also copy checkpoints/
