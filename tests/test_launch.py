@@ -1165,6 +1165,15 @@ def test_check_config_entry_point_errors(
       '--config.teachers[3].name=resnet32: not a key path of the config',
     ),
     (['--config.num_epochs=2'], '--config=FILE[:PRESET] is needed once'),
+    # Values that parse but cannot train: the trainer's own checks.
+    (
+      ['--config=configs/pkkd.py:demo', '--config.optimizer.learning_rate=nan'],
+      '--config.optimizer.learning_rate=nan',
+    ),
+    (
+      ['--config=configs/pkkd.py:demo', '--config.batch_size=0'],
+      '--config.batch_size=0',
+    ),
   ],
 )
 def test_check_config_more_errors(capsys, monkeypatch, argv, message):
