@@ -7,6 +7,7 @@ import pytest
 from jax import lax
 
 from kdjax import losses
+from kdjax.models import connectors
 
 DIMS = ('NHWC', 'HWIO', 'NHWC')
 
@@ -222,7 +223,7 @@ def test_student_gradient_reaches_adder_output_and_rho():
     rng.uniform(1.0, 3.0, size=(2, 3, 3, 4)), jnp.float32
   )
   teacher_h = jnp.asarray(rng.uniform(size=(2, 3, 3, 4)), jnp.float32)
-  rho = losses.KernelTransform(features=4)
+  rho = connectors.KernelTransform(features=4)
   params = rho.init(jax.random.key(0), adder_out)
 
   def loss_fn(params, adder_out):

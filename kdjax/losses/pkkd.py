@@ -27,7 +27,7 @@ knob:
     overflows. sigma is under ``stop_gradient`` so that the network cannot
     lower the loss by moving the bandwidth.
   * Feature loss sum_m mean((rho_m(g_m) - sg(h_m))^2), rho_m a trainable 1x1
-    conv (``kdjax.losses.KernelTransform``) the caller applies to g_m.
+    conv (``kdjax.models.connectors.KernelTransform``) the caller applies to g_m.
   * Student objective CE + alpha * KD + beta * feature loss, alpha = beta = 5
     (reported for ResNet-20 on CIFAR-100).
 """
