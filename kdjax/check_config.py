@@ -219,16 +219,13 @@ def _get(config, path: str, default: Any = '?') -> Any:
 def _value_checks(config) -> Optional[str]:
   """The trainer's checks of sizes and optimizer values; a note if skipped."""
   try:
-    from kdjax.train import train  # pylint: disable=g-import-not-at-top
+    # pylint: disable=g-import-not-at-top
+    from kdjax import errors
+    from kdjax.train.train import validate_config
   except ImportError as e:  # e.g. no tensorflow on this machine
     return f'value checks skipped: the trainer cannot be imported here ({e})'
-  validate = getattr(train, 'validate_config', None)
-  if validate is None:
-    return None
-  from kdjax import errors  # pylint: disable=g-import-not-at-top
-
   try:
-    validate(config)
+    validate_config(config)
   except errors.KdjaxError as e:
     raise _UserError(str(e)) from e
   return None
