@@ -48,9 +48,11 @@ Output: one JSON line of definitions ("meta"), then one JSON line per shape:
                               this device kind; absent where it is unknown).
   <label>_vs_conv             time <label> fwd_bwd / time conv fwd_bwd.
 
---model-step adds one line per method: an adder ResNet-20 training step (CIFAR
-shape 32x32x3, 10 classes; forward, backward and an SGD update of all
-parameters, BN in train mode) at --batch, in images/s. --autotune N times N of
+--model-step adds two lines per method, at --batch, in images/s: an adder
+ResNet-20 training step alone (CIFAR shape 32x32x3, 10 classes; forward,
+backward and an SGD update, BN in train mode), and the trainer's PKKD step for
+configs/pkkd.py:cifar10_resnet20 (CNN teacher and adder student co-trained) on
+random arrays, each with its first-step loss. --autotune N times N of
 kdjax.ops.adder_pallas.CANDIDATES for each pallas kernel and shape and reports
 the fastest (on the chip only).
 
@@ -135,6 +137,7 @@ TPU_VPU = {
   'TPU v5 lite': dict(alus=4, ghz=1.5, cores=1),
 }
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE_SCRIPT = os.path.join(
   os.path.dirname(os.path.abspath(__file__)), 'reference_addernet_torch.py'
 )
@@ -167,7 +170,8 @@ def parse_args(argv=None):
   parser.add_argument(
     '--model-step',
     action='store_true',
-    help='also time an adder ResNet-20 training step per method (images/s)',
+    help='also time the adder ResNet-20 and the PKKD ResNet-20 training '
+    'steps per method (images/s)',
   )
   parser.add_argument(
     '--autotune',
@@ -389,6 +393,64 @@ def model_step_record(jax, methods, pallas_backend, batch, reps):
         'time_s': round(seconds, 5),
         'images_per_s': round(batch / seconds, 1),
         'first_step_loss': loss,
+      }
+    )
+  return records
+
+
+def pkkd_step_record(jax, methods, pallas_backend, batch, reps):
+  """images/s of kdjax's PKKD training step on ResNet-20, one dict per method.
+
+  The trainer's own step (kdjax.train.train.train_step) for the
+  configs/pkkd.py:cifar10_resnet20 preset: CNN teacher and adder student
+  co-trained, both updated, on random CIFAR-shaped arrays (no dataset needed).
+  """
+  import jax.numpy as jnp
+
+  from kdjax import config_defaults
+  from kdjax.ops import adder_method
+  from kdjax.train import train as train_lib
+  from kdjax.train.methods import build_method
+
+  path = os.path.join(REPO, 'configs', 'pkkd.py')
+  config = config_defaults.load_config_module(path).get_config(
+    'cifar10_resnet20'
+  )
+  config.batch_size = batch
+  method = build_method(config, num_classes=10, image_shape=(32, 32, 3))
+  rng = np.random.default_rng(0)
+  arrays = {
+    'image': jnp.asarray(rng.normal(size=(batch, 32, 32, 3)), jnp.float32),
+    'label': jnp.asarray(rng.integers(0, 10, size=(batch,)), jnp.int32),
+  }
+  frozen = method.load_frozen(arrays['image'][:2])
+  params = jax.eval_shape(
+    lambda: method.init(jax.random.key(0), arrays['image'])[0]
+  )
+  # 50,000 CIFAR images at this batch, for the LR schedule only.
+  optimizers = train_lib.build_optimizers(
+    config, method, params, steps_per_epoch=-(-50000 // batch)
+  )
+  state = train_lib.init_state(config, method, optimizers, arrays['image'])
+  step = functools.partial(train_lib.train_step, method, optimizers, False)
+  records = []
+  for name in methods:
+    options = {'pallas_backend': pallas_backend} if name == 'pallas' else {}
+    with adder_method(name, **options):
+      compiled = jax.jit(step).lower(state, frozen, arrays).compile()
+    # The same first step for every method: its loss shows a wrong kernel.
+    _, metrics = jax.block_until_ready(compiled(state, frozen, arrays))
+    seconds = median_time(
+      lambda: jax.block_until_ready(compiled(state, frozen, arrays)), reps
+    )
+    records.append(
+      {
+        'model_step': 'pkkd_resnet20',
+        'method': name,
+        'batch': batch,
+        'time_s': round(seconds, 5),
+        'images_per_s': round(batch / seconds, 1),
+        'first_step_loss': float(metrics['loss/total']),
       }
     )
   return records
@@ -626,10 +688,9 @@ def main(argv=None):
       }
     print(json.dumps(record), flush=True)
   if args.model_step:
-    for record in model_step_record(
-      jax, methods, family, args.batch, args.reps
-    ):
-      print(json.dumps(record), flush=True)
+    for step_record in (model_step_record, pkkd_step_record):
+      for record in step_record(jax, methods, family, args.batch, args.reps):
+        print(json.dumps(record), flush=True)
   return 0
 
 
