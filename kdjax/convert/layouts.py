@@ -30,7 +30,7 @@ CONV_TYPE = {
 _IMAGENET_NORMALIZATION = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 TRAINING_NORMALIZATION = {
   'torchvision': {'imagenet': _IMAGENET_NORMALIZATION},
-  'addernet': {  # main.py (CIFAR), the torchvision transforms (ImageNet)
+  'addernet': {  # test.py (CIFAR-10 and ImageNet)
     'cifar': ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
     'imagenet': _IMAGENET_NORMALIZATION,
   },
