@@ -139,14 +139,24 @@ def test_eval_logits_match_pytorch(family):
   net = ref.randomize(build(), images)
   with torch.no_grad():
     expected = net(images).numpy()
+  notes = []
   variables = convert.from_torch(
     net.state_dict(),
     format=fmt,
     model=name,
     num_classes=NUM_CLASSES,
-    report=None,
+    report=notes.append,
   )
   assert_close_relative(kdjax_logits(variables, fmt, name, images), expected)
+  if family == 'addernet-resnet50':
+    # Its classifier bias (random, nonzero) went into bn2's running mean.
+    assert net.fc.bias.abs().min() > 0
+    np.testing.assert_allclose(
+      variables['batch_stats']['logit_bn']['mean'],
+      (net.bn2.running_mean - net.fc.bias).detach().numpy(),
+      rtol=1e-6,
+    )
+    assert any('folded fc.bias (7,) into bn2.running_mean' in n for n in notes)
 
 
 def test_train_mode_logits_and_bn_updates_match_pytorch():
@@ -163,9 +173,9 @@ def test_train_mode_logits_and_bn_updates_match_pytorch():
   with torch.no_grad():
     expected = net(images).numpy()
   model = models.build_model('resnet8', num_classes=NUM_CLASSES)
-  (logits, _), updates = model.apply(
-    variables, nhwc(images), train=True, mutable=['batch_stats']
-  )
+  (logits, _), updates = jax.jit(
+    lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats'])
+  )(variables, nhwc(images))
   assert_close_relative(logits, expected)
   # The running averages after one step: the same mean; the variance differs
   # only by PyTorch's unbiased batch variance, n / (n - 1) times flax's.
@@ -208,6 +218,23 @@ def test_stem_adapts_to_another_input_std_exactly():
   )
 
 
+def test_cli_input_normalization_per_format():
+  notes = []
+  trained, fed = convert_cli.input_normalization(
+    'repdistiller', 'resnet32x4', None, notes.append
+  )
+  # RepDistiller's dataset/cifar100.py stds; kdjax's CIFAR-100 stds.
+  assert trained == (0.2675, 0.2565, 0.2761)
+  assert fed == (0.2023, 0.1994, 0.2010)
+  # Its mean (0.5071, ...) is not kdjax's (0.4914, ...): reported, in its units.
+  assert len(notes) == 1 and '[-0.0587, -0.0175, 0.0206]' in notes[0]
+  notes.clear()
+  trained, fed = convert_cli.input_normalization(
+    'torchvision', 'resnet152', None, notes.append
+  )
+  assert trained == fed == (0.229, 0.224, 0.225) and not notes
+
+
 def random_kdjax_variables(name, conv_type, num_classes, seed=0):
   """Random values for every variable of a zoo model (no init compile)."""
   model = models.build_model(name, conv_type=conv_type, num_classes=num_classes)
@@ -242,8 +269,10 @@ def test_to_torch_loads_strictly_and_round_trips_exactly(fmt, name, reference):
   variables = random_kdjax_variables(name, convert.CONV_TYPE[fmt], 10)
   state = convert.to_torch(variables, format=fmt, model=name)
   if reference is not None:
-    net = reference()
-    net.load_state_dict(state, strict=True)  # Raises on any key or shape.
+    with torch.device('meta'):  # No memory, no init: assign=True takes ours.
+      net = reference()
+    # Raises on any missing or unexpected key or shape.
+    net.load_state_dict(state, strict=True, assign=True)
     assert set(net.state_dict()) == set(state)
   back = convert.from_torch(
     state, format=fmt, model=name, num_classes=10, report=None
@@ -448,26 +477,6 @@ def test_unsupported_pairs(fmt, name, message):
     convert.from_torch({}, format=fmt, model=name, num_classes=10)
 
 
-def test_bias_before_bn_is_folded_and_reported():
-  net = ref.addernet_resnet50(NUM_CLASSES)
-  with torch.no_grad():
-    net.fc.bias.copy_(torch.arange(NUM_CLASSES, dtype=torch.float32))
-    net.bn2.running_mean.fill_(10.0)
-  notes = []
-  variables = convert.from_torch(
-    net.state_dict(),
-    format='addernet',
-    model='resnet50',
-    num_classes=NUM_CLASSES,
-    report=notes.append,
-  )
-  np.testing.assert_array_equal(
-    variables['batch_stats']['logit_bn']['mean'],
-    10.0 - np.arange(NUM_CLASSES, dtype=np.float32),
-  )
-  assert any('folded fc.bias (7,) into bn2.running_mean' in n for n in notes)
-
-
 def test_to_torch_refuses_variables_of_another_model():
   variables = random_kdjax_variables('resnet20', 'conv', 10)
   with pytest.raises(convert.ConversionError, match="conv_type='adder'"):
@@ -562,10 +571,6 @@ def test_converted_teacher_drives_kd_ofd_and_eval(tmp_path, capsys):
     images, labels, mask = _eval_split(_tiny_config('kd'))
     # BN statistics of these images: the net's predictions vary over them.
     net = ref.randomize(ref.repdistiller_resnet(8, 10), images, seed=5)
-    with torch.no_grad():
-      predicted = net(images).argmax(1).numpy()[mask]
-    assert len(set(predicted.tolist())) > 1  # Not a constant's accuracy.
-    expected = float(np.mean(predicted == labels[mask]))
     # The CLI adapts the stem to kdjax's CIFAR std (RepDistiller trained with
     # other stds): the kdjax teacher then computes net(images * fed / trained).
     trained = np.array(
@@ -575,8 +580,8 @@ def test_converted_teacher_drives_kd_ofd_and_eval(tmp_path, capsys):
     with torch.no_grad():
       scaled = images * torch.tensor(fed / trained).float()[None, :, None, None]
       predicted = net(scaled).argmax(1).numpy()[mask]
-    assert len(set(predicted.tolist())) > 1
-    expected_scaled = float(np.mean(predicted == labels[mask]))
+    assert len(set(predicted.tolist())) > 1  # Not a constant's accuracy.
+    expected = float(np.mean(predicted == labels[mask]))
     path = _save({'model': net.state_dict(), 'epoch': 240}, tmp_path / 'r8.pth')
     assert _convert_resnet8_file(path, 10, teacher_dir) == 0
     out = capsys.readouterr().out
@@ -589,17 +594,9 @@ def test_converted_teacher_drives_kd_ofd_and_eval(tmp_path, capsys):
       )
       summary = train.train_and_evaluate(config, str(tmp_path / method))
       assert summary['steps'] == 2
-      assert summary['eval_accuracy']['teacher'] == pytest.approx(
-        expected_scaled
-      )
+      assert summary['eval_accuracy']['teacher'] == pytest.approx(expected)
     # --mode=eval of the teacher directory itself, as a supervised run.
     result = train.evaluate(_tiny_config('supervised'), teacher_dir)
-    assert result['eval_accuracy']['student'] == pytest.approx(expected_scaled)
-
-    # Without the stem adaptation: the PyTorch net on the same inputs.
-    plain_dir = str(tmp_path / 'plain')
-    assert _convert_resnet8_file(path, 10, plain_dir, '--keep-input-scale') == 0
-    result = train.evaluate(_tiny_config('supervised'), plain_dir)
     assert result['eval_accuracy']['student'] == pytest.approx(expected)
 
   with pytest.raises(convert.ConversionError, match='already holds'):

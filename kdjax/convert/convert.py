@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import re
 import sys
 from typing import (
   Any,
@@ -143,6 +144,28 @@ def _format_hints(format: str, keys: List[str]) -> List[str]:
   return hints
 
 
+_BLOCK_KEY = re.compile(r'(?:layer(\d+)\.(\d+)|block(\d+)\.layer\.(\d+))\.')
+
+
+def _stage_depths(keys) -> Tuple[int, ...]:
+  """Blocks per stage named by ResNet ('layer<i>.<j>.') or WRN keys."""
+  depths: Dict[int, int] = {}
+  for key in keys:
+    match = _BLOCK_KEY.match(key)
+    if match:
+      stage = int(match.group(1) or match.group(3))
+      block = int(match.group(2) or match.group(4))
+      depths[stage] = max(depths.get(stage, 0), block + 1)
+  return tuple(depths[s] for s in sorted(depths))
+
+
+def _model_stage_depths(name: str) -> Tuple[int, ...]:
+  defaults = registry.model_spec(name).defaults
+  if 'stage_sizes' in defaults:
+    return tuple(defaults['stage_sizes'])
+  return ((defaults['depth'] - 4) // 6,) * 3  # WideResNet
+
+
 def _matching_models(
   format: str, num_classes: int, have: Dict[str, tuple]
 ) -> List[str]:
@@ -158,8 +181,11 @@ def _matching_models(
       for k, v in shapes.items()
     }
 
+  depths = _stage_depths(have)
   matches = []
   for name in layouts.SUPPORTED[format]:
+    if _model_stage_depths(name) != depths:
+      continue  # Cheap: the key names already rule it out.
     abstract = _abstract_variables(name, layouts.CONV_TYPE[format], num_classes)
     required, optional = expected_tensors(
       layouts.layout(format, name, abstract['params']), abstract
