@@ -87,10 +87,13 @@ def main(argv=None) -> int:
 
   try:
     model = layouts.check_supported(args.format, args.model)
+    checkpoint.check_new_teacher_dir(args.out)  # Before reading the file.
     state_dict = files.load_state_dict_file(args.checkpoint, report)
-    input_std = None
+    input_std, normalization_notes = None, []
     if not args.keep_input_scale:
-      input_std = input_normalization(args.format, model, args.dataset, report)
+      input_std = input_normalization(
+        args.format, model, args.dataset, normalization_notes.append
+      )
     variables = convert.from_torch(
       state_dict,
       format=args.format,
@@ -99,6 +102,8 @@ def main(argv=None) -> int:
       input_std=input_std,
       report=report,
     )
+    for note in normalization_notes:  # Once the checkpoint has converted.
+      report(note)
     conv_type = layouts.CONV_TYPE[args.format]
     directory = checkpoint.write_teacher(
       args.out,

@@ -79,6 +79,18 @@ def _train_state(variables, model, conv_type, num_classes) -> TrainState:
   )
 
 
+def check_new_teacher_dir(out: str) -> None:
+  """Raises ConversionError unless ``out`` can become a teacher directory."""
+  if os.path.isfile(out):
+    raise ConversionError(f'--out {out!r} is a file; give a directory')
+  existing = os.path.join(out, checkpointing.CHECKPOINT_SUBDIR)
+  if os.path.isdir(existing) and os.listdir(existing):
+    raise ConversionError(
+      f'--out {out!r} already holds checkpoints ({existing}); a teacher '
+      'directory holds one model. Choose a new directory, or delete that one.'
+    )
+
+
 def write_teacher(
   out: str,
   variables: Mapping[str, Any],
@@ -98,14 +110,7 @@ def write_teacher(
       mix with this one), or is a file.
   """
   model = registry.canonical_name(model)
-  if os.path.isfile(out):
-    raise ConversionError(f'--out {out!r} is a file; give a directory')
-  existing = os.path.join(out, checkpointing.CHECKPOINT_SUBDIR)
-  if os.path.isdir(existing) and os.listdir(existing):
-    raise ConversionError(
-      f'--out {out!r} already holds checkpoints ({existing}); a teacher '
-      'directory holds one model. Choose a new directory, or delete that one.'
-    )
+  check_new_teacher_dir(out)
   state = _train_state(variables, model, conv_type, int(num_classes))
   ckpt = checkpointing.RunCheckpointer(out, max_to_keep=1, async_save=False)
   ckpt.save(
