@@ -444,6 +444,8 @@ def test_wrong_num_classes_names_the_classifier(resnet8):
   assert 'fc.weight has shape (10, 64)' in message
   assert 'trained for 10 classes, not 100' in message
   assert '--num-classes=10' in message
+  with pytest.raises(convert.ConversionError, match='positive int'):
+    _convert(state, num_classes=0)
 
 
 def test_wrong_model_suggests_the_matching_one():

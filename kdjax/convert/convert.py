@@ -319,6 +319,13 @@ def from_torch(
     name = layouts.check_supported(format, model)
   except layouts.LayoutError as e:
     raise ConversionError(str(e)) from None
+  if isinstance(num_classes, bool) or not (
+    isinstance(num_classes, (int, np.integer)) and num_classes > 0
+  ):
+    raise ConversionError(
+      f'num_classes must be a positive int (the classifier outputs), got '
+      f'{num_classes!r}'
+    )
   conv_type = layouts.CONV_TYPE[format]
   arrays = {str(k): _as_numpy(v, str(k)) for k, v in state_dict.items()}
   abstract = _abstract_variables(name, conv_type, int(num_classes))
