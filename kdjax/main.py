@@ -11,7 +11,6 @@ Flags:
 
 import json
 import os
-import re
 import sys
 import tempfile
 
@@ -29,6 +28,7 @@ os.environ.update(console.quiet_env(os.environ))
 import jax  # pylint: disable=g-import-not-at-top
 
 from kdjax import errors  # pylint: disable=g-import-not-at-top
+from kdjax.check_config import describe_config_error  # pylint: disable=g-import-not-at-top
 from kdjax.train import preemption  # pylint: disable=g-import-not-at-top
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -65,30 +65,6 @@ def _fail(message: str, code: int = errors.EXIT_USER_ERROR):
   sys.exit(code)
 
 
-def describe_flag_error(exc: BaseException) -> str:
-  """One paragraph for a command-line or config-file error."""
-  # ml_collections words a key typo as AttributeError(repr of a KeyError and
-  # a hint), so its quotes and newline arrive escaped.
-  text = str(exc).replace("\\'", "'").replace('\\n', '\n')
-  match = re.search(r"'([\w.]+)'\nDid you mean \"([\w.]+)\"", text)
-  if match:
-    return (
-      f"Unknown config key '{match.group(1)}'. Did you mean "
-      f"'{match.group(2)}'? Override keys as --config.<key>=<value>."
-    )
-  if 'Error whilst parsing config file' in text:
-    # The config module's own exception is the last line of the trace.
-    last = [l.strip() for l in text.strip().splitlines() if l.strip()][-1]
-    return f'The config file could not be loaded: {last}'
-  if 'Failed loading config file' in text:
-    path = re.search(r'Attempted \[[^\]]*\]:\s*(\S+)', text)
-    return (
-      f'No config file {path.group(1) if path else ""}: give an existing '
-      'file, e.g. --config=configs/pkkd.py:demo.'
-    )
-  return text.replace('FATAL Flags parsing error: ', '').strip()
-
-
 def parse_flags(argv):
   """absl's flag parsing, with errors as one short paragraph (exit code 2)."""
   try:
@@ -97,7 +73,8 @@ def parse_flags(argv):
     if _want_traceback(argv):
       raise
     _fail(
-      describe_flag_error(e) + ' (--helpshort lists the flags; --traceback '
+      describe_config_error(e, argv)
+      + ' (--helpshort lists the flags; --traceback '
       'shows the trace.)'
     )
   for name in ('config', 'workdir'):
@@ -209,7 +186,9 @@ def main(argv):
   except Exception as e:  # pylint: disable=broad-except
     if _TRACEBACK.value:
       raise
-    _fail(f'{describe_flag_error(e)} (--traceback shows the trace.)')
+    _fail(
+      f'{describe_config_error(e, sys.argv)} (--traceback shows the trace.)'
+    )
   try:
     check_workdir(workdir, mode)
     result, code = run(config, workdir, mode, _ALLOW_CONFIG_CHANGE.value)

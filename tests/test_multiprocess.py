@@ -30,6 +30,7 @@ import numpy as np
 import pytest
 
 import kdjax.data as kd_data
+from kdjax import errors
 from kdjax.train import train
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -189,8 +190,9 @@ def test_two_processes_preempted_resume_in_one(
     r'UNAVAILABLE|Address already in use',
     errs[0] + errs[1],
   )
+  preempted = [errors.EXIT_PREEMPTED] * 2  # Both stop to be resumed.
   if (
-    codes != [0, 0]
+    codes != preempted
     and setup_failed
     and not any('KDJAX_FAULT batch 0 ' in o for o in outs)
   ):
@@ -199,7 +201,7 @@ def test_two_processes_preempted_resume_in_one(
       f'2-process CPU run could not start (exit codes {codes}): '
       f'{errs[0][-1500:]} / {errs[1][-1500:]}'
     )
-  assert codes == [0, 0], f'{codes}\n{errs[0][-3000:]}\n{errs[1][-3000:]}'
+  assert codes == preempted, f'{codes}\n{errs[0][-3000:]}\n{errs[1][-3000:]}'
 
   # Both processes stopped at the step jax's preemption service agreed on.
   (saved,) = re.findall(

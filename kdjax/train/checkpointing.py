@@ -158,24 +158,32 @@ class RunCheckpointer:
         enable_async_checkpointing=async_save,
       )
     self.manager = ocp.CheckpointManager(self.directory, options=options)
-    self._saved_step: Optional[int] = None
+    self._requested: List[int] = []  # Steps handed to orbax to save.
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
 
   def _failed(self, step, error: Exception) -> CheckpointSaveError:
-    kept = self.manager.latest_step()
-    if kept is not None and kept == step:  # Not committed after all.
-      kept = None
+    # With asynchronous saves an error can surface at a later save or wait:
+    # name the oldest requested step that never reached the disk.
+    on_disk = {
+      int(p.name) for p in self.directory.iterdir() if p.name.isdigit()
+    }
+    lost = sorted(s for s in self._requested + [step] if s not in on_disk)
+    step = lost[0] if lost else step
+    kept = max((s for s in on_disk if s < step), default=None)
     previous = (
       f'the previous checkpoint (step {kept}) is intact'
       if kept is not None
       else 'no earlier checkpoint exists'
     )
+    text = str(error)
+    full = 'No space left' in text or 'RESOURCE_EXHAUSTED' in text
+    reason = 'the disk is full' if full else type(error).__name__
     return CheckpointSaveError(
       f'Saving the checkpoint of step {step} to {self.directory} failed '
-      f'({type(error).__name__}: {str(error)[:300]}); {previous}. Free disk '
-      'space or fix the permissions, then rerun the same command to resume.'
+      f'({reason}: {text[:300]}); {previous}. Free disk space or fix the '
+      'permissions, then rerun the same command to resume.'
     )
 
   def save(
@@ -192,7 +200,7 @@ class RunCheckpointer:
     except Exception as e:  # pylint: disable=broad-except
       raise self._failed(step, e) from e
     if saved:
-      self._saved_step = step
+      self._requested.append(step)
     return saved
 
   def delete(self, step: int) -> None:
@@ -203,7 +211,9 @@ class RunCheckpointer:
     try:
       self.manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
-      raise self._failed(self._saved_step, e) from e
+      raise self._failed(
+        self._requested[-1] if self._requested else -1, e
+      ) from e
 
   def close(self) -> None:
     self.wait()
@@ -425,7 +435,12 @@ def restore_teacher_checkpoint(
           'config at the matching run, or change the teacher model settings.'
         )
       try:
-        saved = _student_subtree(manager.item_metadata(step)['state'].tree)
+        tree = manager.item_metadata(step)['state'].tree
+      except Exception as e:  # pylint: disable=broad-except
+        failures.append(f'step {step}: state metadata unreadable ({e!s:.200})')
+        continue
+      try:
+        saved = _student_subtree(tree)
       except (KeyError, TypeError) as e:
         raise CheckpointError(
           f'The {name} checkpoint {str(directory)!r} has no student model to '

@@ -479,6 +479,7 @@ class _GuardMonitor:
     self.records.append((step, self.skipped))
     in_window = self.skipped - base_skipped
     if in_window > self.max_fraction * self.steps_per_epoch:
+      self.ckpt.wait()  # Leave the checkpoints committed, as 'raise' does.
       raise NonFiniteLossError(
         f'{in_window} of the {step - base_step} batches before step {step} '
         f'were skipped as non-finite (the first at step {first}), more than '
