@@ -93,6 +93,9 @@ def model(
   if checkpoint_dir:
     config.checkpoint_dir = checkpoint_dir
   config.pretrain_epochs = pretrain_epochs
+  # Compute dtype of activations and conv/adder inputs: 'float32' or
+  # 'bfloat16' (parameters, BN statistics and losses stay float32).
+  config.dtype = 'float32'
   return config
 
 

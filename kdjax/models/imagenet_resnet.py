@@ -42,7 +42,12 @@ class Bottleneck(nn.Module):
     conv = functools.partial(
       layers.ConvOrAdder, conv_type=self.conv_type, dtype=self.dtype
     )
-    norm = functools.partial(layers.batch_norm, train, self.dtype)
+    norm = functools.partial(
+      layers.batch_norm,
+      train,
+      self.dtype,
+      after_adder=self.conv_type == 'adder',
+    )
     strides_1x1, strides_3x3 = (
       (self.strides, 1) if self.stride_in_1x1 else (1, self.strides)
     )

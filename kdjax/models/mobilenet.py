@@ -68,7 +68,12 @@ class MobileNetV1(nn.Module):
     conv = functools.partial(
       layers.ConvOrAdder, conv_type=self.conv_type, dtype=self.dtype
     )
-    norm = functools.partial(layers.batch_norm, train, self.dtype)
+    norm = functools.partial(
+      layers.batch_norm,
+      train,
+      self.dtype,
+      after_adder=self.conv_type == 'adder',
+    )
     x = layers.ConvOrAdder(
       self._width(32), 3, 2, conv_type='conv', dtype=self.dtype, name='stem'
     )(images)

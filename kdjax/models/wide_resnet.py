@@ -46,7 +46,12 @@ class PreActBlock(nn.Module):
     conv = functools.partial(
       layers.ConvOrAdder, conv_type=self.conv_type, dtype=self.dtype
     )
-    norm = functools.partial(layers.batch_norm, train, self.dtype)
+    norm = functools.partial(
+      layers.batch_norm,
+      train,
+      self.dtype,
+      after_adder=self.conv_type == 'adder',
+    )
     bn1 = norm(name='bn1')
     input_preact = bn1(x)
     activated = nn.relu(input_preact)
@@ -118,7 +123,12 @@ class WideResNet(nn.Module):
         if j == 0:
           first_blocks.append(block_features)
       last_blocks.append(block_features)
-    final_bn = layers.batch_norm(train, self.dtype, name='final_bn')
+    final_bn = layers.batch_norm(
+      train,
+      self.dtype,
+      name='final_bn',
+      after_adder=self.conv_type == 'adder',
+    )
     final_preact = final_bn(x)
     pooled = layers.global_avg_pool(nn.relu(final_preact))
     logits = layers.classify(

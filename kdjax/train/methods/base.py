@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from kdjax import models
+from kdjax.errors import ConfigError
 
 PyTree = Any
 Metrics = Dict[str, jax.Array]
@@ -40,9 +41,24 @@ def run_model(
     (logits, features), updates = model.apply(
       variables, images, train=True, mutable=['batch_stats']
     )
+    logits, features = _as_float32((logits, features))
     return logits, features, updates['batch_stats']
   logits, features = model.apply(variables, images, train=False)
+  logits, features = _as_float32((logits, features))
   return logits, features, batch_stats
+
+
+def _as_float32(tree):
+  # A bfloat16 model computes in bfloat16; every loss reads float32 values.
+  return jax.tree.map(
+    lambda x: (
+      x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x
+    ),
+    tree,
+  )
+
+
+COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
 def init_model(
@@ -59,10 +75,18 @@ def build_zoo_model(
 ) -> nn.Module:
   """Builds ``model_config.name`` and checks that ``image_shape`` fits it."""
   kwargs = dict(model_config.get('kwargs', None) or {})
+  dtype = model_config.get('dtype', 'float32')
+  if dtype not in COMPUTE_DTYPES:
+    raise ConfigError(
+      f'{model_config.name}: dtype={dtype!r}; use one of '
+      f'{sorted(COMPUTE_DTYPES)} (activations and conv/adder inputs; '
+      'parameters, BN statistics and losses stay float32).'
+    )
   model = models.build_model(
     model_config.name,
     conv_type=model_config.get('conv_type', 'conv'),
     num_classes=num_classes,
+    dtype=COMPUTE_DTYPES[dtype],
     **kwargs,
   )
   models.check_input_size(model_config.name, tuple(image_shape[:2]), **kwargs)
