@@ -6,7 +6,7 @@ r"""Small-scale study on the embedded MNIST-5k digits: do the papers' effects sh
     python benchmarks/study.py --quick --out /tmp/study   # rot check: 1 seed, 2 steps a run
     python benchmarks/study.py --loader numpy       # on a host without tensorflow/tfds/clu
 
-Studies (SPEC sections 1-5), every cell on mnist5k (4,000 train / 1,000 test real
+Studies (docs/recipes.md), every cell on mnist5k (4,000 train / 1,000 test real
 MNIST digits, 28x28x1), built from the ``demo`` presets of configs/*.py (their
 optimizer recipe, kdjax.config_defaults.demo_recipe; batch 64; precise-BN
 before each eval):
@@ -378,7 +378,7 @@ def pkkd_cells(s: Settings) -> Tuple[List[Cell], Dict[str, Dep]]:
       'ablation: soft labels only (beta = 0)',
       lambda s, seed, d: pkkd_config(s, seed, beta=0.0),
       heads=(('student', ''), ('teacher', 'its co-trained CNN teacher')),
-      paper='kernel features add to soft labels (SPEC §2: CE + alpha KD + beta feature)',
+      paper='kernel features add to soft labels (docs/pkkd.md: CE + alpha KD + beta feature)',
       checks=(Check('full PKKD > beta = 0', 'pkkd', '<'),),
     ),
     Cell(
@@ -390,7 +390,7 @@ def pkkd_cells(s: Settings) -> Tuple[List[Cell], Dict[str, Dep]]:
       ),
       deps=('pkkd_cnn',),
       heads=(('student', ''), ('teacher', 'the fixed teacher (= CNN alone)')),
-      paper='progressive: the teacher is trained at the same time (SPEC §2)',
+      paper='progressive: the teacher is trained at the same time (docs/pkkd.md)',
       checks=(Check('co-trained > fixed teacher', 'pkkd', '<'),),
     ),
     Cell(
@@ -1143,7 +1143,7 @@ def write_markdown(
       if study == 'ekd':
         lines += [f'### {REGIME_TITLES[regime]}', '']
       lines += [
-        '| cell | accuracy % | n | paper claim (SPEC) | reproduces at this scale? |',
+        '| cell | accuracy % | n | paper claim (docs/recipes.md) | reproduces at this scale? |',
         '|---|---|---|---|---|',
       ]
       for cell in cells:
