@@ -1,4 +1,4 @@
-r"""EKD: several frozen teachers into a multi-branch student (Asif et al., ECAI 2020), SPEC §4.
+r"""EKD: several frozen teachers into a multi-branch student (Asif et al., ECAI 2020), docs/ekd.md.
 
   python -m kdjax.main --config=configs/ekd.py:demo --workdir=/tmp/kdjax/ekd_demo
   python -m kdjax.main --config=configs/ekd.py:cifar10 --workdir=DIR \
