@@ -1,4 +1,4 @@
-r"""Baselines from a frozen teacher: Hinton KD, plus FitNets and AT as options (SPEC §5).
+r"""Baselines from a frozen teacher: Hinton KD, plus FitNets and AT as options (docs/baselines.md).
 
   python -m kdjax.main --config=configs/kd.py:demo --workdir=/tmp/kdjax/kd_demo
   python -m kdjax.main --config=configs/kd.py:cifar100_resnet32x4_resnet8x4 --workdir=DIR \
