@@ -1,4 +1,4 @@
-r"""OFD: overhaul of feature distillation (Heo et al., ICCV 2019), SPEC §3.
+r"""OFD: overhaul of feature distillation (Heo et al., ICCV 2019), docs/ofd.md.
 
   python -m kdjax.main --config=configs/ofd.py:demo --workdir=/tmp/kdjax/ofd_demo
   python -m kdjax.main --config=configs/ofd.py:cifar100_wrn28_4_wrn16_4 --workdir=DIR \
