@@ -6,9 +6,9 @@ r"""One CNN or ANN trained alone: baselines, and the teachers of kd/ofd/ekd runs
 Presets:
   demo                     resnet20 CNN on the embedded MNIST-5k digits
   cifar10_resnet20 / cifar100_resnet20 / cifar10_resnet32 / cifar100_resnet32
-                           AdderNet CIFAR recipe (SPEC §1); --config.model.conv_type=adder
+                           AdderNet CIFAR recipe (docs/recipes.md); --config.model.conv_type=adder
                            gives the ANN baselines (paper CNN/ANN columns in configs/pkkd.py)
-  cifar100_wrn28_4         OFD CIFAR-100 teacher (error 21.09 %), OFD recipe (SPEC §3)
+  cifar100_wrn28_4         OFD CIFAR-100 teacher (error 21.09 %), OFD recipe (docs/recipes.md)
   cifar100_wrn16_4 / cifar100_wrn28_2 / cifar100_wrn16_2 / cifar100_resnet56
                            OFD students alone (errors 22.72 / 24.88 / 27.32 / 27.68 %)
   cifar100_resnet32x4 / cifar100_wrn40_2
