@@ -1,4 +1,4 @@
-"""Building blocks shared by the files in configs/ (recipes from SPEC sections 1-5).
+"""Building blocks shared by the files in configs/ (recipes: docs/recipes.md).
 
 `load_config_module` imports one of those files by path, as --config does, for
 code that builds configs in Python (tests, benchmarks/study.py).
@@ -110,7 +110,7 @@ def set_dataset(
 
 
 def addernet_cifar_recipe(config: ml_collections.ConfigDict) -> None:
-  """SGD 0.1, momentum 0.9, wd 5e-4, batch 256, cosine over 400 epochs (SPEC §1)."""
+  """SGD 0.1, momentum 0.9, wd 5e-4, batch 256, cosine over 400 epochs (docs/recipes.md)."""
   config.batch_size = 256
   config.num_epochs = 400
   config.optimizer.update(
@@ -123,7 +123,7 @@ def addernet_cifar_recipe(config: ml_collections.ConfigDict) -> None:
 
 
 def addernet_imagenet_recipe(config: ml_collections.ConfigDict) -> None:
-  """Cosine over 150 epochs, lr 0.1, wd 1e-4, batch 256 (SPEC §1)."""
+  """Cosine over 150 epochs, lr 0.1, wd 1e-4, batch 256 (docs/recipes.md)."""
   config.batch_size = 256
   config.num_epochs = 150
   config.optimizer.update(
@@ -136,7 +136,7 @@ def addernet_imagenet_recipe(config: ml_collections.ConfigDict) -> None:
 
 
 def ofd_cifar_recipe(config: ml_collections.ConfigDict) -> None:
-  """Nesterov 0.9, wd 5e-4, lr 0.1, 200 epochs, batch 128, x0.1 at 100/150 (SPEC §3)."""
+  """Nesterov 0.9, wd 5e-4, lr 0.1, 200 epochs, batch 128, x0.1 at 100/150 (docs/recipes.md)."""
   config.batch_size = 128
   config.num_epochs = 200
   config.optimizer.update(
@@ -152,7 +152,7 @@ def ofd_cifar_recipe(config: ml_collections.ConfigDict) -> None:
 
 
 def ofd_imagenet_recipe(config: ml_collections.ConfigDict) -> None:
-  """Nesterov, wd 1e-4, lr 0.1 x0.1 every 30 epochs, 100 epochs, batch 256 (SPEC §3)."""
+  """Nesterov, wd 1e-4, lr 0.1 x0.1 every 30 epochs, 100 epochs, batch 256 (docs/recipes.md)."""
   config.batch_size = 256
   config.num_epochs = 100
   config.optimizer.update(
@@ -168,7 +168,7 @@ def ofd_imagenet_recipe(config: ml_collections.ConfigDict) -> None:
 
 
 def repdistiller_recipe(config: ml_collections.ConfigDict) -> None:
-  """SGD, batch 64, 240 epochs, lr 0.05 x0.1 at 150/180/210, wd 5e-4 (SPEC §5)."""
+  """SGD, batch 64, 240 epochs, lr 0.05 x0.1 at 150/180/210, wd 5e-4 (docs/recipes.md)."""
   config.batch_size = 64
   config.num_epochs = 240
   config.optimizer.update(
