@@ -107,7 +107,7 @@ def hinton_kd_total(
   kd_weight: float = DEFAULT_KD_WEIGHT,
   label_smoothing: float = 0.0,
 ) -> Tuple[Array, Dict[str, Array]]:
-  """Hinton KD student objective (SPEC section 5).
+  """Hinton KD student objective (docs/baselines.md).
 
       loss = (1 - lambda) * CE(y, z_s) + lambda * T^2 * KL(softmax(z_t/T) || softmax(z_s/T))
 
