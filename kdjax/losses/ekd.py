@@ -1,16 +1,16 @@
-"""Ensemble knowledge distillation (Asif, Tang, Harrer, ECAI 2020), SPEC section 4.
+"""Ensemble knowledge distillation (Asif, Tang, Harrer, ECAI 2020), docs/ekd.md.
 
 A student with K parallel branches; branch k learns from teacher k mod T
 through its soft labels and its pooled penultimate features, and the branch
 predictions are averaged. The paper gives no equation for the combined
-objective and no code exists, so the objective below is our design (SPEC §4):
+objective and no code exists, so the objective below is our design (docs/ekd.md):
 
     L = CE(y, z_ens) + sum_k [ CE(y, z_k)
                                + lambda_feat * mean((P_k(h_k) - sg(h^T_{k mod T}))^2)
                                + lambda_kd * T^2 KL(p^T_{k mod T} || p_k) ]
 
     z_ens = (1/K) sum_k z_k,   p = softmax(z / T),   P_k a linear adapter
-    (``kdjax.losses.BranchAdapters``) applied by the caller.
+    (``kdjax.models.connectors.BranchAdapters``) applied by the caller.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ DEFAULT_LAMBDA_KD = 1.0
 def branch_teacher_pairing(
   num_branches: int, num_teachers: int
 ) -> Tuple[int, ...]:
-  """Teacher index of every branch: branch k learns from teacher k mod T (SPEC §4)."""
+  """Teacher index of every branch: branch k learns from teacher k mod T (docs/ekd.md)."""
   if num_branches < 1 or num_teachers < 1:
     raise ValueError(
       f'branch_teacher_pairing: need at least one branch and one teacher, got '
@@ -48,7 +48,7 @@ def branch_teacher_pairing(
 
 
 def ensemble_logits(branch_logits: Array) -> Array:
-  """z_ens = (1/K) sum_k z_k, the student's prediction (Asif et al., ECAI 2020; SPEC §4).
+  """z_ens = (1/K) sum_k z_k, the student's prediction (Asif et al., ECAI 2020; docs/ekd.md).
 
   Args:
     branch_logits: (K, B, C).
@@ -77,7 +77,7 @@ def ekd_loss(
   lambda_kd: float = DEFAULT_LAMBDA_KD,
   label_smoothing: float = 0.0,
 ) -> Tuple[Array, Dict[str, Array]]:
-  """EKD student objective (Asif et al., ECAI 2020; our design, SPEC §4).
+  """EKD student objective (Asif et al., ECAI 2020; our design, docs/ekd.md).
 
       L = CE(y, z_ens) + sum_k [ CE(y, z_k)
                                  + lambda_feat * mean_{b,d} (P_k(h_k) - sg(h^T_{k mod T}))^2
