@@ -1,4 +1,4 @@
-"""Feature-hint baselines: FitNets and attention transfer (SPEC section 5).
+"""Feature-hint baselines: FitNets and attention transfer (docs/baselines.md).
 
 Features are NHWC. Teacher features go under ``stop_gradient`` inside each
 loss; everything is computed in float32.
@@ -27,7 +27,7 @@ def fitnet_loss(regressed_student_feat: Array, teacher_feat: Array) -> Array:
       loss = mean_{b, h, w, c} (r(F_s) - F_t)^2
 
   where r(F_s) is the student's hint layer passed through the regressor (a
-  ``kdjax.losses.FeatureConnector``; the caller applies it). The paper writes
+  ``kdjax.models.connectors.FeatureConnector``; the caller applies it). The paper writes
   1/2 * ||.||^2 summed per example; we follow RepDistiller (``nn.MSELoss``), a
   mean over every element, so the usual hint weight (100) carries over.
 
