@@ -1,4 +1,4 @@
-"""Overhaul of feature distillation (Heo et al., ICCV 2019), SPEC section 3.
+"""Overhaul of feature distillation (Heo et al., ICCV 2019), docs/ofd.md.
 
 Pieces, following the paper's Sec. 3 ("Loss function") and the official code
 (clovaai/overhaul-distillation, CIFAR-100/distiller.py), which is the reference
@@ -13,7 +13,7 @@ where the two differ in detail:
     ``Distiller.forward`` and the training loop).
 Equation numbers are not quoted because we could not check them against the
 paper text; the formulas are those of the official code.
-The connector r_i is ``kdjax.losses.FeatureConnector``. Features are NHWC, so a
+The connector r_i is ``kdjax.models.connectors.FeatureConnector``. Features are NHWC, so a
 margin of shape (C,) broadcasts over the last axis.
 """
 
@@ -155,7 +155,7 @@ def ofd_total(
   alpha: float = DEFAULT_ALPHA_CIFAR,
   label_smoothing: float = 0.0,
 ) -> Tuple[Array, Dict[str, Array]]:
-  """OFD student objective (Heo et al., ICCV 2019, Sec. 3 and the official code; SPEC section 3).
+  """OFD student objective (Heo et al., ICCV 2019, Sec. 3 and the official code; docs/ofd.md).
 
       L = CE(y, z_s) + alpha * sum_i d_p(sigma_m(F_t^i), r_i(F_s^i)) / 2^(N - i - 1) / B
 
