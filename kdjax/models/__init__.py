@@ -16,7 +16,7 @@ Families (one definition each; ``available_models()`` lists the names):
   EKD student    ekd_student: shared stem, K branches        (ekd_student.py)
 
 Every conv is a ``ConvOrAdder`` (layers.py). conv_type='adder' follows
-AdderNet (SPEC section 1): the stem conv and the classifier stay
+AdderNet (docs/adder.md): the stem conv and the classifier stay
 multiplicative, every other conv (1x1 projection shortcuts and depthwise convs
 included) is an adder with N(0, 1) filters followed by a BN, the classifier has
 no bias and is followed by a BN over the logits ('logit_bn'). BN gamma = 1,
