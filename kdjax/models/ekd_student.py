@@ -1,4 +1,4 @@
-"""EKD student (Asif, Tang & Harrer, ECAI 2020; SPEC section 4): parallel branches.
+"""EKD student (Asif, Tang & Harrer, ECAI 2020; docs/ekd.md): parallel branches.
 
 A shared trunk (stem conv3x3 -> BN -> ReLU, plus the first ``shared_stages``
 CIFAR-ResNet stages) feeds ``num_branches`` independent branches. Each branch is
