@@ -29,7 +29,7 @@ Dtype = Any
 # with an untruncated normal; flax's fan_out for an HWIO kernel is kh*kw*O,
 # the same as PyTorch's (also for grouped convs).
 CONV_KERNEL_INIT = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
-# AdderNet initialises adder filters N(0, 1) (SPEC section 1).
+# AdderNet initialises adder filters N(0, 1) (docs/adder.md).
 ADDER_KERNEL_INIT = nn.initializers.normal(stddev=1.0)
 # torch.nn.Linear's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)) weight init.
 DENSE_KERNEL_INIT = nn.initializers.variance_scaling(
