@@ -11,7 +11,7 @@ Block (pre-activation): a = ReLU(BN1(x)); y = conv3x3(a, stride) -> BN2 -> ReLU
 
 Adder mode: pre-activation blocks add conv2's output and the projection
 shortcut to the residual stream without a BN in between. AdderNet requires a BN
-after every adder (SPEC section 1: raw adder outputs are large and negative), so
+after every adder (docs/adder.md: raw adder outputs are large and negative), so
 in adder mode those two get one ('bn3', 'shortcut_bn'). Conv mode is the
 reference architecture unchanged.
 
