@@ -10,7 +10,7 @@ count is of what the code builds, never a table.
 
 Per layer, with output (Ho, Wo, Cout), kernel (kh, kw) and Cin / groups input
 channels per filter, ``MACs = Ho * Wo * Cout * kh * kw * Cin / groups`` (a dense
-layer: Din * Dout). Convention (AdderNet, SPEC section 1):
+layer: Din * Dout). Convention (AdderNet; docs/adder.md):
   conv or dense MAC: 1 multiplication + 1 addition (the accumulation; the n-th
     addition of a length-n dot product stands for the bias, so biases are not
     counted separately);
