@@ -7,7 +7,7 @@ Per adder layer l the whole kernel gradient is rescaled to a fixed norm,
 because adder gradients (X - F, full precision) are orders of magnitude larger
 than ordinary conv gradients and vary between layers; a single global learning
 rate would otherwise either stall the small layers or blow up the large ones.
-eta = 0.2 is the paper's value (SPEC section 1). It must run before weight decay
+eta = 0.2 is the paper's value (docs/adder.md). It must run before weight decay
 and momentum: the official code applies it inside the layer's backward, so the
 optimizer only ever sees the rescaled gradient.
 
