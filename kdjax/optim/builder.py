@@ -1,7 +1,7 @@
 """Paper optimizers from an ml_collections config.
 
 The chain reproduces PyTorch ``torch.optim.SGD`` (dampening 0), which every
-recipe in SPEC sections 1-5 was tuned with:
+recipe in docs/recipes.md was tuned with:
 
     d = g + wd * p                        coupled L2, on all params
     buf = mu * buf + d                    (buf starts at 0, so step 0 gives buf = d)
@@ -52,7 +52,7 @@ SCHEDULES = ('cosine', 'step', 'constant')
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """The AdderNet CIFAR recipe (SPEC section 1); override per experiment."""
+  """The AdderNet CIFAR recipe (docs/recipes.md); override per experiment."""
   config = ml_collections.ConfigDict()
   config.name = 'sgd'
   config.learning_rate = 0.1
