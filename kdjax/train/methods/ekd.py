@@ -1,6 +1,6 @@
 """EKD: several frozen teachers into a multi-branch student (Asif et al., ECAI 2020).
 
-SPEC section 4, our design: branch k learns from teacher k mod T through a
+docs/ekd.md, our design: branch k learns from teacher k mod T through a
 linear adapter on its pooled features and soft labels; the ensemble is the mean
 of branch logits. Knobs in ``config.ekd``: temperature, lambda_feat, lambda_kd.
 """
