@@ -1,4 +1,4 @@
-"""Baselines from a frozen teacher: Hinton KD, optionally FitNets and AT (SPEC section 5)."""
+"""Baselines from a frozen teacher: Hinton KD, optionally FitNets and AT (docs/baselines.md)."""
 
 import jax
 
