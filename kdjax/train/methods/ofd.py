@@ -1,4 +1,4 @@
-"""OFD: overhaul of feature distillation (Heo et al., ICCV 2019), SPEC section 3.
+"""OFD: overhaul of feature distillation (Heo et al., ICCV 2019), docs/ofd.md.
 
 The frozen teacher runs with train-mode BN (batch statistics, paper Table 8)
 and its running averages are left untouched. Margins come once, at start-up,
