@@ -1,6 +1,6 @@
-"""Tests for configs/*.py: every preset builds, names what exists, and follows SPEC.
+"""Tests for configs/*.py: every preset builds, names what exists, and follows docs/recipes.md.
 
-The expected numbers are the recipes of SPEC.md (sections 1-5), written here
+The expected numbers are the recipes of docs/recipes.md, written here
 independently of kdjax.config_defaults. Nothing is compiled or trained.
 """
 
@@ -155,7 +155,7 @@ def test_kd_presets_follow_spec(preset):
   if preset == 'demo':
     return
   opt = config.optimizer
-  # RepDistiller recipe (SPEC section 5).
+  # RepDistiller recipe (docs/baselines.md).
   assert (config.batch_size, config.num_epochs, opt.learning_rate) == (
     64,
     240,
