@@ -46,6 +46,9 @@ def base_config(method: str) -> ml_collections.ConfigDict:
   # train batches with the current weights ("precise BN"); the saved state is
   # unchanged. Off for paper presets; on for the short demo runs.
   config.eval_bn_recalibration_batches = 0
+  # Tests and benchmarks: make any device-to-host read between log,
+  # checkpoint, eval and preemption boundaries an error.
+  config.debug_disallow_host_sync = False
 
   config.dataset = ml_collections.ConfigDict()
   config.dataset.name = 'mnist5k'
@@ -57,6 +60,18 @@ def base_config(method: str) -> ml_collections.ConfigDict:
     'default'  # or a recipe name: cifar, cifar_reflect, imagenet, mnist, none
   )
   config.dataset.train_fraction = 1.0
+  # --config.dataset.name=synthetic: random batches shaped like `like` (the
+  # preset's dataset) for throughput runs; unset fields follow `like`.
+  config.dataset.synthetic = ml_collections.ConfigDict(
+    dict(
+      like='mnist5k',
+      image_size=ml_collections.config_dict.placeholder(int),
+      channels=ml_collections.config_dict.placeholder(int),
+      num_classes=ml_collections.config_dict.placeholder(int),
+      train_examples=ml_collections.config_dict.placeholder(int),
+      eval_examples=ml_collections.config_dict.placeholder(int),
+    )
+  )
   # How the examples are read. 'tfds': tfds + tf.data, every dataset (needs
   # tensorflow and tensorflow_datasets). 'numpy': from memory with NumPy alone,
   # for hosts without TensorFlow; only for the embedded mnist5k digits.
@@ -103,6 +118,7 @@ def set_dataset(
   config: ml_collections.ConfigDict, name: str, **overrides
 ) -> None:
   config.dataset.name = name
+  config.dataset.synthetic.like = name
   if name == 'imagenet2012':
     config.dataset.eval_split = 'validation'
   for key, value in overrides.items():

@@ -9,6 +9,7 @@ collectives, so BN statistics and gradients are over the global batch.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import functools
 import os
@@ -22,6 +23,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from kdjax import data as kd_data
+from kdjax.data import synthetic
 from kdjax import opcount
 from kdjax import optim
 from kdjax.errors import EXIT_FAILED, ConfigError, KdjaxError
@@ -90,11 +92,22 @@ def data_loader(config: ml_collections.ConfigDict) -> str:
 
 def check_data_loader(config: ml_collections.ConfigDict) -> None:
   """Fails fast on a loader that cannot read the dataset, before any teacher trains."""
+  if config.dataset.name == synthetic.NAME:  # Any loader: nothing is read.
+    return
   kd_data.check_loader(data_loader(config), config.dataset.name)
 
 
 def build_inputs(config: ml_collections.ConfigDict):
   ds = config.dataset
+  if ds.name == synthetic.NAME:
+    return synthetic.build_inputs(
+      ds,
+      global_batch_size=config.batch_size,
+      eval_batch_size=config.get('eval_batch_size') or config.batch_size,
+      seed=config.seed,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+    )
   common = dict(
     seed=config.seed,
     data_dir=ds.get('data_dir'),
@@ -840,7 +853,17 @@ def train_and_evaluate(
 
       progress = reporting.ProgressBar(total_steps, step)
       guard = None
-      window_start, window_images = time.time(), 0
+      window_start, window_images, window_steps = time.time(), 0, 0
+      # Log windows after the first (compilation), without eval or saves:
+      # (steps, seconds) for the steady-state throughput in summary.json.
+      windows, steady_window = [], False
+      no_host_sync = (
+        functools.partial(
+          jax.transfer_guard_device_to_host, 'disallow_explicit'
+        )
+        if config.get('debug_disallow_host_sync', False)
+        else contextlib.nullcontext
+      )
       preempted = False
       final_state, final_extra = None, {}
       while step < total_steps and not preempted:
@@ -849,23 +872,27 @@ def train_and_evaluate(
           run.train_source.epoch(epoch, start_step=start), batch_sharding
         )
         for batch in batches:
-          if guard is None:  # The guard carries the step's metric structure.
-            metrics_shapes = jax.eval_shape(
-              functools.partial(
-                train_step, method, run.optimizers, skip_nonfinite
-              ),
-              state,
-              frozen,
-              batch,
-            )[1]
-            guard = jax.device_put(init_guard(metrics_shapes), replicated)
-          state, guard, metrics = step_fn(state, guard, frozen, batch)
-          step += 1
-          window_images += config.batch_size
-          progress.update(step)
-          at_log = step % log_every == 0 or step == total_steps
-          at_checkpoint = step % checkpoint_every == 0 and step < total_steps
-          at_preemption = preempt.reached(step)
+          # Between boundaries nothing may read a device value: a read here
+          # would make the host wait for every step.
+          with no_host_sync():
+            if guard is None:  # It carries the step's metric structure.
+              metrics_shapes = jax.eval_shape(
+                functools.partial(
+                  train_step, method, run.optimizers, skip_nonfinite
+                ),
+                state,
+                frozen,
+                batch,
+              )[1]
+              guard = jax.device_put(init_guard(metrics_shapes), replicated)
+            state, guard, metrics = step_fn(state, guard, frozen, batch)
+            step += 1
+            window_images += config.batch_size
+            window_steps += 1
+            progress.update(step)
+            at_log = step % log_every == 0 or step == total_steps
+            at_checkpoint = step % checkpoint_every == 0 and step < total_steps
+            at_preemption = preempt.reached(step)
           if at_log or at_checkpoint or at_preemption:
             monitor.check(guard, step)
           if at_log:
@@ -879,7 +906,10 @@ def train_and_evaluate(
             scalars['images_per_second'] = window_images / max(
               now - window_start, 1e-9
             )
-            window_start, window_images = now, 0
+            if steady_window:  # Not the window that compiled the step.
+              windows.append((window_steps, now - window_start))
+            window_start, window_images, window_steps = now, 0, 0
+            steady_window = True
             reporter.scalars(step, scalars)
             progress.note(f'loss {scalars["loss/total"]:.3f}')
             if not progress.enabled:
@@ -890,6 +920,7 @@ def train_and_evaluate(
               )
           if at_checkpoint:
             save(step, state)
+            steady_window = False
           if at_preemption:
             save(step, state, force=True)
             preempted = True
@@ -905,6 +936,7 @@ def train_and_evaluate(
         if epoch_done and not preempted:
           monitor.check(guard, step)
           eval_state, stats_source, eval_results = evaluate_now(state)
+          steady_window = False
           reporter.scalars(
             step, {f'eval_accuracy/{k}': v for k, v in eval_results.items()}
           )
@@ -953,6 +985,7 @@ def train_and_evaluate(
     'skipped_nonfinite_batches': monitor.total_skipped,
     'wall_seconds': time.time() - started,
     'student_ops': ops,
+    'throughput': _throughput(windows, config.batch_size),
     'devices': run.mesh.size,
     'processes': jax.process_count(),
     'config': config.to_dict(),
@@ -962,6 +995,25 @@ def train_and_evaluate(
     summary['eval_accuracy'] = {}  # Only a finished run has a result.
   reporting.write_summary(workdir, summary)
   return summary
+
+
+def _throughput(windows, batch_size) -> Dict[str, Any]:
+  """Steady-state speed from log windows (steps, seconds) after compilation."""
+  if not windows:
+    return {
+      'train_images_per_second': None,
+      'step_seconds_median': None,
+      'note': 'no steady-state log window: log more often than the run is '
+      'long (log_every_steps), after the first window, which compiles',
+    }
+  steps = sum(n for n, _ in windows)
+  seconds = sum(t for _, t in windows)
+  return {
+    'train_images_per_second': steps * batch_size / max(seconds, 1e-9),
+    'step_seconds_median': float(np.median([t / n for n, t in windows])),
+    'windows': len(windows),
+    'steps_measured': steps,
+  }
 
 
 def _finished(config, step: Optional[int], meta: Dict[str, Any]) -> bool:

@@ -1,0 +1,141 @@
+r"""The trainer's steady-state speed against its bare jitted step.
+
+  python benchmarks/trainer_throughput.py --config=configs/pkkd.py:demo
+  python benchmarks/trainer_throughput.py --devices 8   # 8 fake CPU devices
+  python benchmarks/trainer_throughput.py --quick       # seconds: a rot check
+
+Both run the same config on `--config.dataset.name=synthetic` batches, in one
+process, in this order: the bare step, the trainer, the bare step again.
+  bare     the trainer's own jitted step (train.guarded_step) in a tight loop
+           over batches already on the devices, timed after a warm-up step
+           with one block_until_ready at the end;
+  trainer  train.train_and_evaluate, whose summary.json reports the
+           steady-state throughput of its log windows after the first (which
+           compiles), without eval or checkpoint windows.
+Prints one JSON line: images/s of each, and `trainer_vs_bare` = trainer /
+mean(bare before, bare after). The host-side work of the trainer (reading and
+copying each batch, the progress bar, the guard reads at log boundaries) is
+what the ratio measures; with no per-step host sync it should stay near 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+import tempfile
+import time
+
+
+def _parse():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--config', default='configs/pkkd.py:demo')
+  parser.add_argument('--devices', type=int, default=1)
+  parser.add_argument('--steps', type=int, default=40)
+  parser.add_argument('--log-every', type=int, default=10)
+  parser.add_argument('--batch-size', type=int, default=0, help='0: preset')
+  parser.add_argument(
+    '--quick', action='store_true', help='tiny model, few steps'
+  )
+  return parser.parse_args()
+
+
+def main():
+  args = _parse()
+  if args.devices > 1:  # Before jax initializes its backend.
+    os.environ['XLA_FLAGS'] = (
+      os.environ.get('XLA_FLAGS', '')
+      + f' --xla_force_host_platform_device_count={args.devices}'
+    )
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  sys.path.insert(
+    0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  )
+  from kdjax import config_defaults  # pylint: disable=g-import-not-at-top
+  from kdjax.train import train  # pylint: disable=g-import-not-at-top
+
+  path, _, preset = args.config.partition(':')
+  module = config_defaults.load_config_module(path)
+  config = module.get_config(preset) if preset else module.get_config()
+  config.dataset.name = 'synthetic'
+  config.num_devices = args.devices
+  config.eval_bn_recalibration_batches = 0
+  config.checkpoint_every_steps = 10**9  # Only the final save.
+  config.debug_disallow_host_sync = True
+  steps, log_every = args.steps, args.log_every
+  if args.quick:
+    steps, log_every = 6, 2
+    config.model.kwargs.stage_widths = (4, 4, 4)
+    if 'teacher' in config and config.teacher is not None:
+      config.teacher.kwargs.stage_widths = (4, 4, 4)
+    config.batch_size = 8 * args.devices
+  if args.batch_size:
+    config.batch_size = args.batch_size
+  config.max_steps = steps
+  config.log_every_steps = log_every
+  config.dataset.synthetic.train_examples = config.batch_size * (steps + 1)
+  config.dataset.synthetic.eval_examples = config.batch_size
+
+  def bare(run):
+    with jax.set_mesh(run.mesh):
+      state = jax.jit(
+        functools.partial(train.init_state, config, run.method, run.optimizers),
+        out_shardings=run.replicated,
+      )(run.sample)
+      frozen = jax.device_put(run.frozen, run.replicated)
+      batches = [
+        train.to_global(b, run.batch_sharding)
+        for b in run.train_source.epoch(0)
+      ][:4]
+      skip = False
+      shapes = jax.eval_shape(
+        functools.partial(train.train_step, run.method, run.optimizers, skip),
+        state,
+        frozen,
+        batches[0],
+      )[1]
+      guard = jax.device_put(train.init_guard(shapes), run.replicated)
+      step = jax.jit(
+        functools.partial(train.guarded_step, run.method, run.optimizers, skip),
+        donate_argnums=(0, 1),
+      )
+      state, guard, _ = step(state, guard, frozen, batches[0])  # Compiles.
+      jax.block_until_ready(state)
+      start = time.perf_counter()
+      for i in range(steps):
+        state, guard, _ = step(state, guard, frozen, batches[i % len(batches)])
+      jax.block_until_ready((state, guard))
+      return steps * config.batch_size / (time.perf_counter() - start)
+
+  run = train.setup(config)
+  bare_before = bare(run)
+  with tempfile.TemporaryDirectory() as workdir:
+    summary = train.train_and_evaluate(config, workdir)
+  bare_after = bare(run)
+  trainer = summary['throughput']['train_images_per_second']
+  result = {
+    'config': args.config,
+    'quick': args.quick,
+    'devices': args.devices,
+    'platform': jax.devices()[0].platform,
+    'batch_size': config.batch_size,
+    'steps': steps,
+    'log_every_steps': log_every,
+    'images_per_second': {
+      'bare_before': bare_before,
+      'trainer': trainer,
+      'bare_after': bare_after,
+    },
+    'trainer_step_seconds_median': summary['throughput']['step_seconds_median'],
+    'trainer_vs_bare': trainer / np.mean([bare_before, bare_after]),
+    'jax': jax.__version__,
+  }
+  print(json.dumps(result))
+
+
+if __name__ == '__main__':
+  main()
