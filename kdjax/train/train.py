@@ -29,6 +29,7 @@ from kdjax import optim
 from kdjax.errors import EXIT_FAILED, ConfigError, KdjaxError
 from kdjax.models.layers import BN_MOMENTUM
 from kdjax.train import checkpointing, preemption, reporting, run_config
+from kdjax.train import methods
 from kdjax.train.methods import build_method
 from kdjax.train.state import TrainState
 
@@ -606,13 +607,7 @@ def setup(config: ml_collections.ConfigDict) -> RunSetup:
 
 def frozen_teacher_configs(config: ml_collections.ConfigDict):
   """The model entries of the teachers this run restores rather than trains."""
-  if config.method in ('kd', 'ofd'):
-    return [config.teacher]
-  if config.method == 'pkkd' and config.pkkd.teacher_mode == 'frozen':
-    return [config.teacher]
-  if config.method == 'ekd':
-    return list(config.teachers)
-  return []
+  return methods.frozen_teacher_configs(config)
 
 
 def pretrained_teachers(config: ml_collections.ConfigDict):

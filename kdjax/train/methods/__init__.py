@@ -16,11 +16,25 @@ METHODS = {
 }
 
 
-def build_method(config, *, num_classes, image_shape) -> Method:
+def method_class(config) -> type:
   if config.method not in METHODS:
     raise ValueError(
       f'Unknown method {config.method!r}; choose one of {sorted(METHODS)}'
     )
-  return METHODS[config.method](
+  return METHODS[config.method]
+
+
+def frozen_teacher_configs(config) -> list:
+  """The model entries of the teachers `config.method` restores, not trains."""
+  return method_class(config).frozen_teacher_configs(config)
+
+
+def build_method(config, *, num_classes, image_shape) -> Method:
+  method = method_class(config)(
     config, num_classes=num_classes, image_shape=image_shape
   )
+  return method.seal() if SEAL else method
+
+
+# PKKD still sets its connectors in init(); sealing waits for it.
+SEAL = False

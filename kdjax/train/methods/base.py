@@ -116,6 +116,35 @@ class Method(abc.ABC):
     self.image_shape = tuple(image_shape)
     self.student = build_zoo_model(config.model, num_classes, self.image_shape)
 
+  def __setattr__(self, name, value):
+    # Built once from the config: every submodule exists after __init__, and
+    # init / load_frozen / loss / predict (traced under jit) change nothing.
+    if getattr(self, '_sealed', False):
+      raise AttributeError(
+        f'{type(self).__name__} is immutable once built; set {name!r} in '
+        '__init__ (from the config and abstract shapes).'
+      )
+    super().__setattr__(name, value)
+
+  def seal(self) -> 'Method':
+    """Forbids attribute changes from now on (build_method calls it)."""
+    object.__setattr__(self, '_sealed', True)
+    return self
+
+  @classmethod
+  def frozen_teacher_configs(cls, config: ml_collections.ConfigDict) -> list:
+    """The model entries of the teachers this method restores, not trains."""
+    del config
+    return []
+
+  def abstract_outputs(self, model: nn.Module):
+    """Shapes of model's (logits, features) for one image, computing nothing."""
+    images = jax.ShapeDtypeStruct((1,) + self.image_shape, jnp.float32)
+    return jax.eval_shape(
+      lambda x: model.init_with_output(jax.random.key(0), x, train=False)[0],
+      images,
+    )
+
   # -- construction --------------------------------------------------------
 
   @abc.abstractmethod

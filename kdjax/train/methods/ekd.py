@@ -11,25 +11,35 @@ import jax.numpy as jnp
 from kdjax import losses
 from kdjax.models import connectors
 from kdjax.train.methods import base
-from kdjax.train.methods.teachers import restore_frozen_teacher
+from kdjax.train.methods.teachers import restore_frozen_weights
 
 
 class EKD(base.Method):
   """Multi-branch student, K frozen teachers, ensemble of branch logits."""
 
+  def __init__(self, config, **kwargs):
+    super().__init__(config, **kwargs)
+    self.teachers = tuple(
+      base.build_zoo_model(t, self.num_classes, self.image_shape)
+      for t in config.teachers
+    )
+    widths = tuple(
+      self.abstract_outputs(t)[1]['pooled'].shape[-1] for t in self.teachers
+    )
+    self.adapters = connectors.BranchAdapters(widths)
+
+  @classmethod
+  def frozen_teacher_configs(cls, config):
+    return list(config.teachers)
+
   def load_frozen(self, images):
-    self.teachers, frozen, widths = [], [], []
-    for teacher_config in self.config.teachers:
-      model, params, batch_stats = restore_frozen_teacher(
-        teacher_config, self.num_classes, self.image_shape
+    del images
+    frozen = []
+    for model, teacher_config in zip(self.teachers, self.config.teachers):
+      params, batch_stats = restore_frozen_weights(
+        model, teacher_config, self.num_classes, self.image_shape
       )
-      _, feats = model.apply(
-        {'params': params, 'batch_stats': batch_stats}, images, train=False
-      )
-      self.teachers.append(model)
       frozen.append({'params': params, 'batch_stats': batch_stats})
-      widths.append(feats['pooled'].shape[-1])
-    self.adapters = connectors.BranchAdapters(tuple(widths))
     return {'teachers': tuple(frozen)}
 
   def _teacher_outputs(self, frozen, images):

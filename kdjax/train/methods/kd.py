@@ -5,7 +5,7 @@ import jax
 from kdjax import losses
 from kdjax.models import connectors
 from kdjax.train.methods import base
-from kdjax.train.methods.teachers import restore_frozen_teacher
+from kdjax.train.methods.teachers import restore_frozen_weights
 
 
 class KnowledgeDistillation(base.Method):
@@ -18,8 +18,19 @@ class KnowledgeDistillation(base.Method):
 
   def __init__(self, config, **kwargs):
     super().__init__(config, **kwargs)
-    self.teacher = None
     self.hint_stage = config.kd.get('fitnet_stage', -1)
+    self.teacher = base.build_zoo_model(
+      config.teacher, self.num_classes, self.image_shape
+    )
+    self.connectors = None
+    if self._uses_hint():
+      _, teacher_feats = self.abstract_outputs(self.teacher)
+      hint = teacher_feats['stages'][self.hint_stage]['preact']
+      self.connectors = connectors.StageConnectors('feature', (hint.shape[-1],))
+
+  @classmethod
+  def frozen_teacher_configs(cls, config):
+    return [config.teacher]
 
   def _teacher_features(self, frozen, images):
     logits, feats, _ = base.run_model(
@@ -32,8 +43,8 @@ class KnowledgeDistillation(base.Method):
     return jax.lax.stop_gradient(logits), jax.lax.stop_gradient(feats)
 
   def load_frozen(self, images):
-    self.teacher, params, batch_stats = restore_frozen_teacher(
-      self.config.teacher, self.num_classes, self.image_shape
+    params, batch_stats = restore_frozen_weights(
+      self.teacher, self.config.teacher, self.num_classes, self.image_shape
     )
     return {'teacher': {'params': params, 'batch_stats': batch_stats}}
 
@@ -45,16 +56,7 @@ class KnowledgeDistillation(base.Method):
     params, batch_stats = base.init_model(self.student, model_rng, images)
     student = {'model': params}
     stats = {'model': batch_stats}
-    if self._uses_hint():
-      teacher_logits_shape = jax.eval_shape(
-        lambda: self.teacher.init_with_output(
-          jax.random.key(0), images, train=False
-        )[0]
-      )
-      hint_channels = teacher_logits_shape[1]['stages'][self.hint_stage][
-        'preact'
-      ].shape[-1]
-      self.connectors = connectors.StageConnectors('feature', (hint_channels,))
+    if self.connectors is not None:
       _, student_feats = self.student.apply(
         {'params': params, 'batch_stats': batch_stats}, images, train=False
       )

@@ -11,24 +11,43 @@ import jax
 from kdjax import losses
 from kdjax.models import connectors
 from kdjax.train.methods import base
-from kdjax.train.methods.teachers import restore_frozen_teacher
+from kdjax.train.methods.teachers import restore_frozen_weights
 
 
 class OFD(base.Method):
   """CE + alpha * sum_i d_p(margin_relu(F_t^i), r_i(F_s^i)) / 2^(N-i-1) / B."""
 
+  def __init__(self, config, **kwargs):
+    super().__init__(config, **kwargs)
+    self.teacher = base.build_zoo_model(
+      config.teacher, self.num_classes, self.image_shape
+    )
+    _, teacher_feats = self.abstract_outputs(self.teacher)
+    _, student_feats = self.abstract_outputs(self.student)
+    teacher_channels = tuple(
+      s['preact'].shape[-1] for s in teacher_feats['stages']
+    )
+    if len(student_feats['stages']) != len(teacher_channels):
+      raise ValueError(
+        'OFD pairs stages one to one: the student has '
+        f'{len(student_feats["stages"])} and the teacher '
+        f'{len(teacher_channels)}'
+      )
+    self.connectors = connectors.StageConnectors('feature', teacher_channels)
+
+  @classmethod
+  def frozen_teacher_configs(cls, config):
+    return [config.teacher]
+
   def load_frozen(self, images):
-    self.teacher, params, batch_stats = restore_frozen_teacher(
-      self.config.teacher, self.num_classes, self.image_shape
+    params, batch_stats = restore_frozen_weights(
+      self.teacher, self.config.teacher, self.num_classes, self.image_shape
     )
     _, feats = self.teacher.apply(
       {'params': params, 'batch_stats': batch_stats}, images, train=False
     )
     margins = tuple(
       losses.ofd_margin(s['bn_scale'], s['bn_bias']) for s in feats['stages']
-    )
-    self.teacher_channels = tuple(
-      s['preact'].shape[-1] for s in feats['stages']
     )
     return {
       'teacher': {'params': params, 'batch_stats': batch_stats},
@@ -40,14 +59,6 @@ class OFD(base.Method):
     params, batch_stats = base.init_model(self.student, model_rng, images)
     _, feats = self.student.apply(
       {'params': params, 'batch_stats': batch_stats}, images, train=False
-    )
-    if len(feats['stages']) != len(self.teacher_channels):
-      raise ValueError(
-        f'OFD pairs stages one to one: the student has {len(feats["stages"])} '
-        f'and the teacher {len(self.teacher_channels)}'
-      )
-    self.connectors = connectors.StageConnectors(
-      'feature', self.teacher_channels
     )
     c_params, c_stats = base.init_module(
       self.connectors,

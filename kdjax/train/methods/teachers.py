@@ -21,6 +21,19 @@ def restore_frozen_teacher(
     (model, params, batch_stats).
   """
   model = base.build_zoo_model(teacher_config, num_classes, image_shape)
+  params, batch_stats = restore_frozen_weights(
+    model, teacher_config, num_classes, image_shape
+  )
+  return model, params, batch_stats
+
+
+def restore_frozen_weights(
+  model: Any,
+  teacher_config: ml_collections.ConfigDict,
+  num_classes: int,
+  image_shape: Tuple[int, ...],
+) -> Tuple[Any, Any]:
+  """(params, batch_stats) of `model` (built from `teacher_config`) from its run."""
   abstract = jax.eval_shape(
     lambda: model.init(
       jax.random.key(0), jnp.zeros((1,) + tuple(image_shape)), train=False
@@ -56,4 +69,4 @@ def restore_frozen_teacher(
     f'recorded: {accuracy}; BN statistics: '
     f'{restored.meta.get("batch_stats_source", "running")})'
   )
-  return model, restored.params, restored.batch_stats
+  return restored.params, restored.batch_stats
