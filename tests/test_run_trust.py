@@ -548,6 +548,19 @@ def _user_error_cases(tmp_path, mnist_dir):
       [*_DEMO, work, data, '--config.model.name=resnet9'],
       r"unknown model 'resnet9'",
     ),
+    'unknown dataset': (
+      [*_DEMO, work, '--config.dataset.name=cifar11'],
+      r"Unknown dataset 'cifar11'",
+    ),
+    'missing data': (
+      [
+        *_DEMO,
+        work,
+        '--config.dataset.name=cifar10',
+        f'--config.dataset.data_dir={tmp_path / "no_data"}',
+      ],
+      r"Dataset 'cifar10' .*is not prepared in data_dir",
+    ),
     'workdir is a file': (
       [*_DEMO, f'--workdir={a_file}'],
       r'is a file, not a directory',
