@@ -333,7 +333,7 @@ def test_restored_teacher_reports_and_scores_its_recorded_accuracy(
   out = capsys.readouterr().out
   recorded = 100 * summary['eval_accuracy']['student']
   assert f'Restored teacher resnet8/conv from {run}' in out
-  assert f'student {recorded:.2f}%' in out
+  assert f'its eval accuracy as recorded: {recorded:.2f}%' in out
   assert (
     result['eval_accuracy']['teacher'] == summary['eval_accuracy']['student']
   )

@@ -58,11 +58,12 @@ def restore_frozen_weights(
     name=f'teacher {teacher_config.name}/{conv_type}',
   )
   recorded = restored.meta.get('eval_accuracy') or {}
-  accuracy = (
-    ', '.join(f'{k} {100 * v:.2f}%' for k, v in recorded.items())
-    if recorded
-    else 'no accuracy recorded'
-  )
+  if not recorded:
+    accuracy = 'no accuracy recorded'
+  elif set(recorded) == {'student'}:  # Its run's only head: the model itself.
+    accuracy = f'{100 * recorded["student"]:.2f}%'
+  else:
+    accuracy = ', '.join(f'{k} {100 * v:.2f}%' for k, v in recorded.items())
   reporting.console(
     f'Restored teacher {teacher_config.name}/{conv_type} from '
     f'{restored.directory} (step {restored.step}; its eval accuracy as '
