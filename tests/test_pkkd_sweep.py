@@ -23,7 +23,8 @@ def sweep_module():
 def test_variants_resolve_to_one_factor_changes(sweep_module):
   knobs = sweep_module.knobs_of
   assert knobs('paper') == sweep_module.PAPER
-  for name, base, changes in sweep_module.VARIANTS[1:]:
+  variants = sweep_module.VARIANTS + sweep_module.LATE_VARIANTS
+  for name, base, changes in variants[1:]:
     differs = {k for k, v in knobs(name).items() if knobs(base)[k] != v}
     assert differs == set(changes), name
   # Selection and confirmation seeds never overlap.
