@@ -2,7 +2,7 @@
 
 Code, configs, docs and results cite docs/*.md; a path into the machine the
 repository was written on (an absolute home or work directory, a sibling
-folder such as ../shared, or a fact sheet kept beside the repository) means
+folder next to the checkout, or a fact sheet kept beside the repository) means
 nothing to someone who clones it. The patterns are assembled from pieces so
 that this file does not match itself.
 """
