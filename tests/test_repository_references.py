@@ -79,7 +79,7 @@ PLANTED = [
   'paper claim (' + _SHEET + ')',
   'data_dir=' + '/wo' + 'rk/main/data',
   'cp model.pt ' + '/ro' + 'ot/models/',
-  '"/home/' + 'alice/run"',
+  '"/ho' + 'me/alice/run"',
 ]
 HARMLESS = [
   'JAX_' + _SHEET + '="$(jax_spec requirements.txt)"',
