@@ -334,7 +334,8 @@ def _method(**knobs):
   tiny = dict(stem_width=4, stage_widths=(4, 4, 8))
   config.model = config_defaults.model('resnet8', 'adder', **tiny)
   config.teacher = config_defaults.model('resnet8', 'conv', **tiny)
-  config.pkkd.update(knobs)
+  # Explicit weights, whatever the preset's defaults are.
+  config.pkkd.update({**dict(alpha=5.0, beta=5.0, ramp_steps=0), **knobs})
   return build_method(config, num_classes=10, image_shape=(8, 8, 1))
 
 
