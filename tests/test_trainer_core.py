@@ -193,3 +193,22 @@ def test_trainer_throughput_benchmark_quick():
   speeds = result['images_per_second']
   assert all(v > 0 for v in speeds.values())
   assert result['trainer_vs_bare'] > 0
+
+
+def test_methods_are_immutable_once_built():
+  for name in ('supervised', 'kd', 'ofd', 'pkkd', 'ekd'):
+    config = _load(name).get_config('demo')
+    method = build_method(config, num_classes=10, image_shape=(28, 28, 1))
+    with pytest.raises(AttributeError, match='immutable once built'):
+      method.connectors = None
+    # Every submodule exists before init: nothing is added by tracing.
+    images = jnp.zeros((2, 28, 28, 1))
+    before = dict(vars(method))
+    jax.eval_shape(lambda: method.init(jax.random.key(0), images))
+    assert vars(method) == before
+  # Frozen teachers are declared by the methods, not known to the trainer.
+  assert train.frozen_teacher_configs(_load('kd').get_config('demo')) == [
+    _load('kd').get_config('demo').teacher
+  ]
+  assert train.frozen_teacher_configs(_load('pkkd').get_config('demo')) == []
+  assert len(train.frozen_teacher_configs(_load('ekd').get_config('demo'))) == 3

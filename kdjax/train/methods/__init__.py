@@ -33,8 +33,4 @@ def build_method(config, *, num_classes, image_shape) -> Method:
   method = method_class(config)(
     config, num_classes=num_classes, image_shape=image_shape
   )
-  return method.seal() if SEAL else method
-
-
-# PKKD still sets its connectors in init(); sealing waits for it.
-SEAL = False
+  return method.seal()

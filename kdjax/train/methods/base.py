@@ -126,6 +126,15 @@ class Method(abc.ABC):
       )
     super().__setattr__(name, value)
 
+  def __copy__(self):
+    # A copy is the caller's to adjust (tests wrap a method's loss this way);
+    # the sealed original is unchanged.
+    clone = object.__new__(type(self))
+    clone.__dict__.update(
+      {k: v for k, v in self.__dict__.items() if k != '_sealed'}
+    )
+    return clone
+
   def seal(self) -> 'Method':
     """Forbids attribute changes from now on (build_method calls it)."""
     object.__setattr__(self, '_sealed', True)

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from kdjax import losses
 from kdjax.models import connectors
 from kdjax.train.methods import base
-from kdjax.train.methods.teachers import restore_frozen_teacher
+from kdjax.train.methods.teachers import restore_frozen_weights
 
 FEATURE_KINDS = ('kernel', 'raw')
 TEACHER_MODES = ('cotrained', 'frozen')
@@ -78,16 +78,28 @@ class PKKD(base.Method):
         'trained. Set pkkd.teacher_kd_weight=0 or teacher_mode=cotrained.'
       )
     self.groups = ('student', 'teacher') if self.cotrained else ('student',)
-    if self.cotrained:
-      self.teacher = base.build_zoo_model(
-        config.teacher, self.num_classes, self.image_shape
-      )
+    # Co-trained or frozen, the teacher's definition comes from the config;
+    # a frozen one only gets its weights in load_frozen.
+    self.teacher = base.build_zoo_model(
+      config.teacher, self.num_classes, self.image_shape
+    )
+    _, t_feats = self.abstract_outputs(self.teacher)
+    teacher_channels = tuple(
+      stage['raw'].shape[-1] for stage in self._stages(t_feats)
+    )
+    self.connectors = connectors.StageConnectors('kernel', teacher_channels)
+
+  @classmethod
+  def frozen_teacher_configs(cls, config):
+    if config.pkkd.get('teacher_mode', 'cotrained') == 'frozen':
+      return [config.teacher]
+    return []
 
   def load_frozen(self, images):
     if self.cotrained:
       return {}
-    self.teacher, params, batch_stats = restore_frozen_teacher(
-      self.config.teacher, self.num_classes, self.image_shape
+    params, batch_stats = restore_frozen_weights(
+      self.teacher, self.config.teacher, self.num_classes, self.image_shape
     )
     return {'teacher': {'params': params, 'batch_stats': batch_stats}}
 
@@ -146,15 +158,6 @@ class PKKD(base.Method):
       {'params': s_params, 'batch_stats': s_stats}, images, train=False
     )
     g = self._student_kernel_feats(s_feats)
-    _, t_feats = jax.eval_shape(
-      lambda: self.teacher.init_with_output(
-        jax.random.key(0), images, train=False
-      )[0]
-    )
-    teacher_channels = tuple(
-      stage['raw'].shape[-1] for stage in self._stages(t_feats)
-    )
-    self.connectors = connectors.StageConnectors('kernel', teacher_channels)
     rho_params, rho_stats = base.init_module(
       self.connectors, rho_rng, g, train=False
     )
