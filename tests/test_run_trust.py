@@ -599,7 +599,10 @@ def test_user_errors_are_one_paragraph_with_exit_code_2(
       done.returncode == errors.EXIT_USER_ERROR
       and 'Traceback' not in err
       and re.search(pattern, err)
-      and err.strip().splitlines()[-1].startswith('kdjax: ')
+      # The message starts a line and runs to the end (it may wrap, as the
+      # missing-data one lists the commands that prepare the data).
+      and re.search(r'^kdjax: ', err, re.M)
+      and 'Traceback' not in err[err.index('kdjax: ') :]
     )
     if not ok:
       failures.append(f'{name}: rc={done.returncode}\n{err[-1500:]}')
