@@ -7,7 +7,6 @@ Any other exception is a bug or an environment problem and keeps its trace.
 
 from __future__ import annotations
 
-import difflib
 import os
 from typing import Iterable, Optional
 
@@ -36,12 +35,6 @@ class WorkdirError(KdjaxError, OSError):
 
 class ConfigChangedError(ConfigError):
   """Resuming a workdir with a config that changes the result."""
-
-
-def did_you_mean(name: str, choices: Iterable[str]) -> str:
-  """' Did you mean 'x'?' for the closest of `choices`, or ''."""
-  close = difflib.get_close_matches(name, list(choices), n=1)
-  return f" Did you mean '{close[0]}'?" if close else ''
 
 
 def raised_by(exc: BaseException, roots: Iterable[str]) -> bool:

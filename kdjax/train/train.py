@@ -693,7 +693,6 @@ def train_and_evaluate(
   recorded summary and writes nothing.
   """
   started = time.time()
-  reporter_console = reporting.console
   validate_config(config)
   check_data_loader(config)
   record = run_config.record(config)  # Before teachers fill in their dirs.
@@ -713,7 +712,7 @@ def train_and_evaluate(
     run = setup(config)
     steps_per_epoch, total_steps = run.steps_per_epoch, run.total_steps
     if preempt.requested:  # SIGTERM during setup: nothing new to save.
-      reporter_console(
+      reporting.console(
         f'Preempted during setup of {workdir} (nothing to save); rerun the '
         'same command to start.'
       )
@@ -737,7 +736,7 @@ def train_and_evaluate(
           changes = run_config.check_resume(
             meta, record, workdir, allow_config_change
           )
-        reporter_console(
+        reporting.console(
           f'Resumed {role} run from step {int(state.step)} of {total_steps} '
           f'in {ckpt.directory}'
           + (f' (skipped: {"; ".join(ckpt.skipped)})' if ckpt.skipped else '')
@@ -755,7 +754,7 @@ def train_and_evaluate(
       config_changes = list(meta.get('config_changes', []))
       if changes:
         config_changes.append({'step': int(state.step), 'changes': changes})
-        reporter_console(
+        reporting.console(
           f'Config changed at step {int(state.step)} (allowed by '
           f'--allow_config_change): {run_config.describe(changes)}'
         )
