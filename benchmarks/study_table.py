@@ -10,7 +10,7 @@ are merged into that column (a study split over several processes, each with
 its own --cells, comes back whole). Rows are the cells in the order first
 seen, one per head: the student, then, where the cell has them, its teacher
 and the mean accuracy of the EKD branches. Entries are mean ± sample std (n) in %,
-as written by benchmarks/study.py; "-" where a column lacks the cell.
+as written by the study (benchmarks/study/report.py); "-" where a column lacks the cell.
 """
 
 from __future__ import annotations

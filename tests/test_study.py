@@ -1,18 +1,21 @@
-"""benchmarks/study.py does not rot: its plan, outputs and a real quick run.
+"""benchmarks/study/ does not rot: its plan, outputs and a real quick run.
 
-Two tests. The first runs every study and cell of ``--quick`` with the trainer
+The first test runs every study and cell of ``--quick`` with the trainer
 replaced by a stand-in (each config is still turned into its method, so config
-drift shows), two seeds so the claim checks compute: seconds. The second trains
+drift shows), two seeds so the claim checks compute: seconds. Another trains
 for real, 2 steps a run with tiny models, on two cells that exercise a
-supervised run, a frozen teacher restored into PKKD and the cost study. A real
-run of every cell takes minutes (each run compiles its own step), too long for
-the suite: ``python benchmarks/study.py --quick`` does that.
+supervised run, a frozen teacher restored into PKKD and the cost study, through
+the documented command ``python benchmarks/study.py``. A real run of every
+cell takes minutes (each run compiles its own step), too long for the suite:
+``python benchmarks/study.py --quick`` does that. The others rebuild the
+committed results/study.md from results/study.json, check the timing table
+and its re-measurement, and that teachers only come from the plan.
 """
 
-import importlib.util
 import json
 import os
 import pathlib
+import statistics
 import subprocess
 import sys
 
@@ -43,13 +46,12 @@ PNGS = [
 
 
 def load_study():
-  spec = importlib.util.spec_from_file_location(
-    'kdjax_study_under_test', SCRIPT
-  )
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module  # dataclasses look their module up
-  spec.loader.exec_module(module)
-  return module
+  """The package benchmarks.study (imported from the repository root)."""
+  if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+  import benchmarks.study  # pylint: disable=g-import-not-at-top
+
+  return benchmarks.study
 
 
 def fake_train_and_evaluate(config, workdir):
@@ -68,6 +70,8 @@ def fake_train_and_evaluate(config, workdir):
     assert os.path.exists(
       os.path.join(teacher.checkpoint_dir, 'summary.json')
     ), teacher
+    # And the trainer is not asked to pre-train one again.
+    assert not teacher.get('pretrain_epochs', 0), teacher
   base = (
     0.5 + 0.01 * config.seed + 0.05 * config.get('pkkd', {}).get('beta', 0) / 5
   )
@@ -236,6 +240,21 @@ def test_plan_only(tmp_path, capsys):
   printed = capsys.readouterr().out
   assert 'plan:' in printed and 'seed 2:' in printed and 'estimated' in printed
   assert not (tmp_path / 'study.json').exists()
+  # The package runs as a module too, with the same flags.
+  usage = subprocess.run(
+    [sys.executable, '-m', 'benchmarks.study', '--help'],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    check=True,
+  ).stdout
+  for flag in (
+    '--quick',
+    '--dry-run',
+    '--measure-step-seconds',
+    '--report-from',
+  ):
+    assert flag in usage, flag
 
 
 @pytest.mark.slow
@@ -277,6 +296,155 @@ def test_quick_real_runs(tmp_path):
     and '| ablation: fixed pretrained CNN teacher |' in table
   )
   assert 'ANN + PKKD' not in table  # Only the cells asked for are reported.
+
+
+def test_report_rebuilds_the_committed_results(tmp_path):
+  """results/study.md comes back, byte for byte, from results/study.json alone."""
+  study = load_study()
+  committed_json = REPO / 'results' / 'study.json'
+  committed = json.loads(committed_json.read_text())
+  result, written = study.rebuild(
+    str(committed_json), str(tmp_path), plots=False
+  )
+  assert written == [str(tmp_path / 'study.md')]
+  markdown = (tmp_path / 'study.md').read_text()
+  assert markdown == (REPO / 'results' / 'study.md').read_text()
+  # The statistics are recomputed from the runs, and agree with the record.
+  for key in ('cells', 'cross_checks'):
+    assert json.dumps(result[key], sort_keys=True) == json.dumps(
+      committed[key], sort_keys=True
+    ), key
+  # Independent reference: mean and sample std of a cell's seeds.
+  for study_name, regime, cell in (
+    ('pkkd', 'full', 'cnn'),
+    ('ofd', 'full', 'ofd'),
+    ('ekd', '10pct', 'ekd'),
+  ):
+    values = [
+      r['accuracy']['student']
+      for r in committed['runs']
+      if (r['study'], r['regime'], r['cell']) == (study_name, regime, cell)
+    ]
+    assert len(values) == 3
+    row = (
+      f'{100 * statistics.mean(values):.2f} ± '
+      f'{100 * statistics.stdev(values):.2f} | 3 |'
+    )
+    assert row in markdown, (study_name, regime, cell, row)
+
+
+def test_cost_model_reads_its_timing_table(tmp_path):
+  study = load_study()
+  table_path = REPO / 'benchmarks' / 'study' / 'step_seconds.json'
+  table = json.loads(table_path.read_text())
+  assert table['machine']['description'] and table['machine']['cpu_count']
+  model = study.CostModel()
+  for network in table['networks']:
+    entry = (network['model'], network['kwargs'])
+    assert model.step_s(entry, network['conv_type']) == network['seconds']
+  assert (model.compile_s, model.compile_adder_s, model.overhead_warm_s) == (
+    table['compile_s'],
+    table['compile_adder_s'],
+    table['overhead_warm_s'],
+  )
+  assert model.extra_step_s == table['method_extra_seconds']
+  # An entry the cost model could never look up is an error, not ignored.
+  table['networks'][0]['label'] = 'resnet8_typo'
+  bad = tmp_path / 'bad.json'
+  bad.write_text(json.dumps(table))
+  with pytest.raises(ValueError, match='resnet8_typo'):
+    study.load_step_table(str(bad))
+
+
+def test_measure_step_seconds_rewrites_the_table(tmp_path, monkeypatch):
+  """--measure-step-seconds with a stand-in trainer of known step times."""
+  study = load_study()
+  from kdjax.train import train as kd_train  # pylint: disable=g-import-not-at-top
+
+  default = REPO / 'benchmarks' / 'study' / 'step_seconds.json'
+  original = default.read_text()
+  table = json.loads(original)
+  keep = {('resnet20', 'conv'), ('resnet8_w8', 'adder')}
+  table['networks'] = [
+    n for n in table['networks'] if (n['label'], n['conv_type']) in keep
+  ]
+  path = tmp_path / 'step_seconds.json'
+  path.write_text(json.dumps(table))
+  per_step = {'conv': 0.25, 'adder': 0.75}
+  compile_s = {'conv': 30.0, 'adder': 50.0}
+  calls = []
+
+  def fake(config, workdir):
+    conv_type = config.model.conv_type
+    cold = (config.model.name, conv_type) not in {c[:2] for c in calls}
+    calls.append((config.model.name, conv_type, config.max_steps))
+    assert config.batch_size == 64 and config.method == 'supervised'
+    wall = 5.0 + per_step[conv_type] * config.max_steps
+    return {'wall_seconds': wall + (compile_s[conv_type] if cold else 0.0)}
+
+  monkeypatch.setattr(kd_train, 'train_and_evaluate', fake)
+  written = study.main(
+    [
+      '--measure-step-seconds',
+      '--measure-steps',
+      '8',
+      '--step-seconds',
+      str(path),
+      '--no-compile-cache',
+    ]
+  )
+  assert calls == [
+    ('resnet8', 'adder', 2),
+    ('resnet8', 'adder', 2),
+    ('resnet8', 'adder', 10),
+    ('resnet20', 'conv', 2),
+    ('resnet20', 'conv', 2),
+    ('resnet20', 'conv', 10),
+  ]  # In the table's order: cold, warm, warm + 8 steps.
+  saved = json.loads(path.read_text())
+  assert saved == written
+  # (5 + 10 s) - (5 + 2 s) over 8 steps; compile = cold - warm wall.
+  assert {
+    (n['label'], n['conv_type']): n['seconds'] for n in saved['networks']
+  } == {
+    ('resnet20', 'conv'): 0.25,
+    ('resnet8_w8', 'adder'): 0.75,
+  }
+  assert saved['compile_s'] == 30.0 and saved['compile_adder_s'] == 20.0
+  assert saved['overhead_warm_s'] == table['overhead_warm_s']
+  assert saved['method_extra_seconds'] == table['method_extra_seconds']
+  assert saved['machine']['cpu_count'] == os.cpu_count()
+  assert '8' in saved['machine']['method']
+  assert default.read_text() == original  # Only --step-seconds was written.
+  model = study.CostModel(study.load_step_table(str(path)))
+  assert model.step_s(('resnet20', {}), 'conv') == 0.25
+
+
+def test_teachers_come_only_from_the_plan(tmp_path):
+  """A frozen teacher the trainer would pre-train, or that no job makes, is refused."""
+  study = load_study()
+  planner = study.Planner(
+    study.quick_settings(), str(tmp_path), study.CostModel()
+  )
+
+  def pretrained_by_the_trainer(s, seed, deps):
+    config = study.kd_config(s, seed, '')
+    config.teacher.pretrain_epochs = 1
+    return config
+
+  cell = study.Cell('ofd', 'bad', 'bad', pretrained_by_the_trainer)
+  with pytest.raises(ValueError, match='pretrain_epochs=1'):
+    planner.add_cell(cell, {}, 0)
+  elsewhere = str(tmp_path / 'elsewhere')
+  cell = study.Cell(
+    'ofd',
+    'bad',
+    'bad',
+    lambda s, seed, deps: study.kd_config(s, seed, elsewhere),
+  )
+  with pytest.raises(ValueError, match='Cell.deps'):
+    planner.add_cell(cell, {}, 0)
+  assert not planner.jobs
 
 
 def test_study_table_merges_split_runs(tmp_path):
