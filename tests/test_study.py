@@ -411,6 +411,7 @@ def test_measure_step_seconds_rewrites_the_table(tmp_path, monkeypatch):
     ('resnet8_w8', 'adder'): 0.75,
   }
   assert saved['compile_s'] == 30.0 and saved['compile_adder_s'] == 20.0
+  assert not any('note' in n for n in saved['networks'])  # Old notes go.
   assert saved['overhead_warm_s'] == table['overhead_warm_s']
   assert saved['method_extra_seconds'] == table['method_extra_seconds']
   assert saved['machine']['cpu_count'] == os.cpu_count()

@@ -262,6 +262,7 @@ def measure(
         ]
         cold, short, long = walls
         network['seconds'] = round(max(long - short, 0.0) / steps, 4)
+        network.pop('note', None)  # About the measurement it replaces.
         (
           compile_adder if network['conv_type'] == 'adder' else compile_conv
         ).append(cold - short)
