@@ -6,7 +6,7 @@ r"""Small-scale study on the embedded MNIST-5k digits: do the papers' effects sh
     python benchmarks/study.py --quick --out /tmp/study   # rot check: 1 seed, 2 steps a run
     python benchmarks/study.py --loader numpy       # on a host without tensorflow/tfds/clu
     python benchmarks/study.py --report-from results/study.json   # study.md + PNGs again, no training
-    python benchmarks/study.py --measure-step-seconds   # re-time the cost model on this machine
+    python benchmarks/study.py --measure-step-seconds   # re-time the cost model here (~1.5 min a network)
 
 ``python -m benchmarks.study ARGS`` (from the repository root) is the same
 command; benchmarks/study.py is a shim that runs this package's CLI.
