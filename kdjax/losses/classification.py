@@ -1,13 +1,8 @@
 """Losses on logits: cross-entropy and Hinton knowledge distillation.
 
-All functions are pure: arrays in, a float32 scalar out. Inputs may be float32
-or bfloat16; they are cast to float32 inside because softmax over low-precision
-logits loses most of the probability mass of the non-argmax classes, which is
-exactly what distillation transfers.
-
-Shapes: logits are (..., C) and labels (...); reductions average over every
-leading axis (normally just the batch). To evaluate a loss for several models
-at once, ``jax.vmap`` over an extra leading axis.
+Pure functions: logits (..., C) and labels (...), float32 or bfloat16, in; a
+float32 scalar, the mean over every leading axis, out. ``jax.vmap`` over an
+extra leading axis evaluates several models at once.
 """
 
 from __future__ import annotations
@@ -55,6 +50,8 @@ def cross_entropy(
       f'cross_entropy: labels {labels.shape} must match logits {logits.shape} '
       'without the class axis'
     )
+  # float32: softmax over low-precision logits loses most of the mass of the
+  # non-argmax classes, which is what distillation transfers.
   log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   num_classes = logits.shape[-1]
   targets = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
@@ -67,17 +64,14 @@ def kd_loss(
   teacher_logits: Array,
   temperature: float = DEFAULT_TEMPERATURE,
 ) -> Array:
-  """Hinton knowledge distillation (Hinton, Vinyals, Dean 2015, "Distilling the knowledge").
+  """Hinton knowledge distillation (Hinton, Vinyals, Dean 2015; docs/baselines.md).
 
       p^t  = softmax(z_t / T),   p^s = softmax(z_s / T)
       loss = mean_b  T^2 * KL(p^t || p^s) = mean_b T^2 * sum_c p^t_c (log p^t_c - log p^s_c)
 
-  p = softmax(z / T) is Hinton et al.'s Eq. 1. The T^2 factor (their Sec. 2)
-  keeps the gradient magnitude independent of T: per example the KL gradient
-  is (1/T)(p^s - p^t) (their Eq. 2), so d loss / d z_s = T * (p^s - p^t) / B.
-  The teacher logits are put under ``stop_gradient``. Both log-probabilities
-  come from ``log_softmax``, so logits of order 1e4 stay finite, and a teacher
-  probability that underflows to 0 contributes 0 (its log-probability is finite).
+  p = softmax(z / T) is their Eq. 1, T^2 their Sec. 2, so that
+  d loss / d z_s = T * (p^s - p^t) / B. Teacher logits are under
+  ``stop_gradient``.
 
   Args:
     student_logits: (..., C).
@@ -93,8 +87,12 @@ def kd_loss(
   student_log_probs = jax.nn.log_softmax(
     student_logits.astype(jnp.float32) / temperature, -1
   )
+  # Both sides from log_softmax: logits of order 1e4 stay finite, and a
+  # teacher probability that underflows to 0 adds 0 (its log is finite).
   teacher_log_probs = jax.nn.log_softmax(teacher_logits / temperature, axis=-1)
   teacher_probs = jnp.exp(teacher_log_probs)
+  # The KL gradient is (1/T)(p^s - p^t) (their Eq. 2); T^2 keeps the gradient
+  # magnitude independent of T.
   kl = jnp.sum(teacher_probs * (teacher_log_probs - student_log_probs), axis=-1)
   return temperature**2 * jnp.mean(kl)
 

@@ -1,16 +1,10 @@
 """Ensemble knowledge distillation (Asif, Tang, Harrer, ECAI 2020), docs/ekd.md.
 
-A student with K parallel branches; branch k learns from teacher k mod T
-through its soft labels and its pooled penultimate features, and the branch
-predictions are averaged. The paper gives no equation for the combined
-objective and no code exists, so the objective below is our design (docs/ekd.md):
-
-    L = CE(y, z_ens) + sum_k [ CE(y, z_k)
-                               + lambda_feat * mean((P_k(h_k) - sg(h^T_{k mod T}))^2)
-                               + lambda_kd * T^2 KL(p^T_{k mod T} || p_k) ]
-
-    z_ens = (1/K) sum_k z_k,   p = softmax(z / T),   P_k a linear adapter
-    (``kdjax.models.connectors.BranchAdapters``) applied by the caller.
+Branch k of a K-branch student learns from teacher k mod T through soft
+labels and pooled penultimate features; the prediction is the branch mean.
+The paper gives no equation for the objective and no code exists, so
+``ekd_loss`` is our design. The adapters P_k are
+``kdjax.models.connectors.BranchAdapters``, applied by the caller.
 """
 
 from __future__ import annotations

@@ -1,8 +1,4 @@
-"""Feature-hint baselines: FitNets and attention transfer (docs/baselines.md).
-
-Features are NHWC. Teacher features go under ``stop_gradient`` inside each
-loss; everything is computed in float32.
-"""
+"""FitNets and attention transfer (docs/baselines.md). NHWC, float32 inside."""
 
 from __future__ import annotations
 
@@ -26,14 +22,13 @@ def fitnet_loss(regressed_student_feat: Array, teacher_feat: Array) -> Array:
 
       loss = mean_{b, h, w, c} (r(F_s) - F_t)^2
 
-  where r(F_s) is the student's hint layer passed through the regressor (a
-  ``kdjax.models.connectors.FeatureConnector``; the caller applies it). The paper writes
-  1/2 * ||.||^2 summed per example; we follow RepDistiller (``nn.MSELoss``), a
-  mean over every element, so the usual hint weight (100) carries over.
+  r(F_s): the student's hint layer through the regressor (a
+  ``kdjax.models.connectors.FeatureConnector`` the caller applies). Teacher
+  features are under ``stop_gradient``.
 
   Args:
     regressed_student_feat: (B, ..., C) output of the regressor.
-    teacher_feat: same shape; under ``stop_gradient``.
+    teacher_feat: same shape.
 
   Returns:
     float32 scalar.
@@ -45,6 +40,9 @@ def fitnet_loss(regressed_student_feat: Array, teacher_feat: Array) -> Array:
     )
   teacher_feat = jax.lax.stop_gradient(teacher_feat).astype(jnp.float32)
   diff = regressed_student_feat.astype(jnp.float32) - teacher_feat
+  # A mean over every element (RepDistiller's nn.MSELoss), not the paper's
+  # 1/2 ||.||^2 summed per example, so that the usual hint weight 100 carries
+  # over.
   return jnp.mean(jnp.square(diff))
 
 
@@ -53,9 +51,6 @@ def attention_map(feat: Array, power: float = DEFAULT_AT_POWER) -> Array:
 
       Q_b   = vec( mean_c |F_b[:, :, c]|^p )        shape (H * W,)
       at(F)_b = Q_b / max(||Q_b||_2, 1e-12)
-
-  The channel mean (RepDistiller) and the paper's channel sum differ by a
-  factor C that the L2 normalisation removes.
 
   Args:
     feat: (B, H, W, C).
@@ -71,6 +66,8 @@ def attention_map(feat: Array, power: float = DEFAULT_AT_POWER) -> Array:
   feat = feat.astype(jnp.float32)
   # |F|^2 is written as F * F so that its gradient is defined at F = 0.
   energy = jnp.square(feat) if power == 2 else jnp.abs(feat) ** power
+  # The channel mean (RepDistiller) and the paper's channel sum differ by a
+  # factor C that the L2 normalisation removes.
   q = jnp.mean(energy, axis=-1).reshape(feat.shape[0], -1)
   # Clamping the squared norm (not the norm) keeps the gradient finite for an all-zero map.
   sq_norm = jnp.sum(jnp.square(q), axis=-1, keepdims=True)
@@ -80,17 +77,15 @@ def attention_map(feat: Array, power: float = DEFAULT_AT_POWER) -> Array:
 def attention_transfer_loss(
   student_feat: Array, teacher_feat: Array, power: float = DEFAULT_AT_POWER
 ) -> Array:
-  """Attention transfer loss at one position (Zagoruyko & Komodakis, ICLR 2017, Eq. 2).
+  """Attention transfer loss at one position (Zagoruyko & Komodakis 2017, Eq. 2).
 
       loss = mean_{b, j} (at(F_s)_{b, j} - at(F_t)_{b, j})^2
+           = mean_b ||at_s - at_t||_2^2 / (H W)
 
-  i.e. the RepDistiller / official-code convention ``(at(s) - at(t)).pow(2).mean()``:
-  the squared L2 distance between the normalised maps, averaged over the batch
-  *and* over the H * W positions (so it equals mean_b ||at_s - at_t||_2^2 / (H W)).
-  The paper writes the unsquared p-norm ||at_s - at_t||_2; the official code
-  and RepDistiller use the squared mean above, and so do we.
-  The paper's beta / 2 weight is applied by ``attention_transfer_total``.
-  Channel counts may differ; spatial sizes must match.
+  The official-code / RepDistiller form, not the paper's unsquared norm
+  (docs/baselines.md). The beta / 2 weight is applied by
+  ``attention_transfer_total``. Channel counts may differ; spatial sizes must
+  match.
 
   Args:
     student_feat: (B, H, W, C_s).
@@ -125,12 +120,12 @@ def attention_transfer_total(
   weight: float = DEFAULT_AT_WEIGHT,
   power: float = DEFAULT_AT_POWER,
 ) -> Tuple[Array, Dict[str, Array]]:
-  """Attention transfer summed over distillation positions (Zagoruyko & Komodakis, Eq. 2).
+  """Attention transfer summed over positions (Zagoruyko & Komodakis, Eq. 2).
 
-      loss = sum_j (beta / 2) * attention_transfer_loss(F_s^j, F_t^j),   beta / 2 = 500
+      loss = sum_j (beta / 2) * attention_transfer_loss(F_s^j, F_t^j)
 
-  Positions j are the distilled layers (e.g. the output of every stage).
-  The default 1000 / 2 per position is the paper's; RepDistiller uses 1000.
+  Positions j are the distilled layers (e.g. every stage's output); the
+  default beta / 2 = 500 is the paper's (RepDistiller uses 1000).
 
   Returns:
     (total, terms): the weighted float32 scalar and the unweighted per-position

@@ -1,20 +1,10 @@
 """Overhaul of feature distillation (Heo et al., ICCV 2019), docs/ofd.md.
 
-Pieces, following the paper's Sec. 3 ("Loss function") and the official code
-(clovaai/overhaul-distillation, CIFAR-100/distiller.py), which is the reference
-where the two differ in detail:
-  * ``ofd_margin``: per-channel margin m_C = E[x | x < 0] of the teacher's
-    pre-ReLU response x ~ N(beta, gamma^2), from the BN that produces it
-    (paper: the expectation defining m_C; code: ``get_margin_from_BN``).
-  * ``ofd_distance``: the partial L2 distance d_p between the connector output
-    and the teacher feature through the margin ReLU sigma_m(x) = max(x, m)
-    (code: ``distillation_loss``).
-  * ``ofd_total``: CE + alpha * sum_i d_p^i / 2^(N-i-1) / B (code:
-    ``Distiller.forward`` and the training loop).
-Equation numbers are not quoted because we could not check them against the
-paper text; the formulas are those of the official code.
-The connector r_i is ``kdjax.models.connectors.FeatureConnector``. Features are NHWC, so a
-margin of shape (C,) broadcasts over the last axis.
+The margin, the partial L2 distance and the stage-weighted objective follow
+the paper's Sec. 3 and the official code (clovaai/overhaul-distillation,
+CIFAR-100/distiller.py), which is the reference where the two differ. The
+connector r_i is ``kdjax.models.connectors.FeatureConnector``. Features are
+NHWC; a margin of shape (C,) broadcasts over the last axis.
 """
 
 from __future__ import annotations
@@ -30,7 +20,7 @@ from kdjax.losses.classification import cross_entropy
 Array = jax.Array
 
 DEFAULT_ALPHA_CIFAR = 1e-3
-DEFAULT_ALPHA_IMAGENET = 1e-4
+DEFAULT_ALPHA_IMAGENET = 1e-4  # Smaller still for very different networks.
 # Official code: when less than 0.1% of the mass is negative, the truncated
 # mean is unreliable and the margin falls back to -3 |gamma|.
 MARGIN_CDF_THRESHOLD = 1e-3
@@ -50,10 +40,8 @@ def ofd_margin(bn_scale: Array, bn_bias: Array) -> Array:
       m = E[x | x < 0] = beta - |gamma| * phi(beta / |gamma|) / Phi(-beta / |gamma|)
       m = -3 |gamma|                             where Phi(-beta / |gamma|) <= 0.001
 
-  phi, Phi: standard normal pdf and cdf. The unused branch is evaluated at a
-  safe argument (z = 0) so that neither it nor its gradient can produce NaN
-  through ``jnp.where``. No ``stop_gradient`` here: the margin is a statistic
-  of the frozen teacher, and ``ofd_distance`` stops its gradient.
+  phi, Phi: standard normal pdf and cdf. No ``stop_gradient`` here
+  (``ofd_distance`` applies it).
 
   Args:
     bn_scale: gamma, shape (C,) (any sign: only |gamma| is used).
@@ -67,6 +55,8 @@ def ofd_margin(bn_scale: Array, bn_bias: Array) -> Array:
   std = jnp.abs(gamma)
   z = beta / jnp.maximum(std, _MIN_SCALE)
   use_truncated_mean = norm.cdf(-z) > MARGIN_CDF_THRESHOLD
+  # The unused branch is evaluated at z = 0 so that neither it nor its
+  # gradient can produce NaN through jnp.where.
   safe_z = jnp.where(use_truncated_mean, z, 0.0)
   truncated_mean = beta - std * norm.pdf(safe_z) / norm.cdf(-safe_z)
   return jnp.where(use_truncated_mean, truncated_mean, -FALLBACK_STDS * std)
@@ -75,17 +65,15 @@ def ofd_margin(bn_scale: Array, bn_bias: Array) -> Array:
 def ofd_distance(
   student_feat: Array, teacher_feat: Array, margin: Array
 ) -> Array:
-  """Partial L2 distance to the margin-ReLU'd teacher (Heo et al., ICCV 2019, Sec. 3).
+  """Partial L2 distance to the margin-ReLU'd teacher (Heo et al. 2019, Sec. 3).
 
   Official code: ``distillation_loss``.
 
       t_m  = max(t, m)                                   (margin ReLU, m per channel)
       loss = (1 / B) * sum_{b,h,w,c} [s > t_m  or  t_m > 0] * (s - t_m)^2
 
-  s is the connector output r(F_s) (pre-ReLU), t the teacher's pre-ReLU feature.
-  Elements where the teacher is "off" (t_m <= 0) and the student is already
-  below it carry neither loss nor gradient. Teacher feature and margin are
-  under ``stop_gradient``.
+  s is the connector output r(F_s) (pre-ReLU), t the teacher's pre-ReLU
+  feature. Teacher feature and margin are under ``stop_gradient``.
 
   Args:
     student_feat: (B, ..., C) connector output.
@@ -110,13 +98,15 @@ def ofd_distance(
   teacher = jax.lax.stop_gradient(teacher_feat).astype(jnp.float32)
   margin = jax.lax.stop_gradient(margin).astype(jnp.float32)
   target = jnp.maximum(teacher, margin)
+  # Where the teacher is "off" (t_m <= 0) and the student already below it,
+  # there is neither loss nor gradient.
   mask = (student > target) | (target > 0)
   sq_err = jnp.where(mask, jnp.square(student - target), 0.0)
   return jnp.sum(sq_err) / student_feat.shape[0]
 
 
 def ofd_stage_weights(num_stages: int) -> Tuple[float, ...]:
-  """1 / 2^(N - i - 1) for stage i = 0..N-1: the deepest stage weighs 1 (official distiller.py)."""
+  """1 / 2^(N - i - 1) for stage i = 0..N-1 (official distiller.py)."""
   return tuple(1.0 / 2 ** (num_stages - i - 1) for i in range(num_stages))
 
 
@@ -155,12 +145,12 @@ def ofd_total(
   alpha: float = DEFAULT_ALPHA_CIFAR,
   label_smoothing: float = 0.0,
 ) -> Tuple[Array, Dict[str, Array]]:
-  """OFD student objective (Heo et al., ICCV 2019, Sec. 3 and the official code; docs/ofd.md).
+  """OFD student objective (Heo et al., ICCV 2019, Sec. 3; docs/ofd.md).
 
       L = CE(y, z_s) + alpha * sum_i d_p(sigma_m(F_t^i), r_i(F_s^i)) / 2^(N - i - 1) / B
 
-  alpha = 1e-3 on CIFAR (default), 1e-4 on ImageNet, smaller still for very
-  different architectures. The 1 / B is inside ``ofd_distance``.
+  alpha = 1e-3 on CIFAR (default), 1e-4 on ImageNet. The 1 / B is inside
+  ``ofd_distance``.
 
   Returns:
     (total, terms): float32 scalar and a dict with 'ce', 'ofd' (the weighted

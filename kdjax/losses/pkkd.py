@@ -1,35 +1,10 @@
-"""Progressive kernel-based knowledge distillation (Xu et al., NeurIPS 2020), docs/pkkd.md.
+"""Progressive kernel-based knowledge distillation (Xu et al., NeurIPS 2020).
 
-The paper publishes neither code nor the kernel equations in a form we could
-check, so what follows is our reconstruction (docs/pkkd.md), every choice a
-knob:
-
-  * CNN (teacher) side, Gaussian kernel of the distance between an input patch
-    x_p and a filter f_o, computed from the layer's raw pre-BN conv output:
-        ||x_p - f_o||^2 = ||x_p||^2 + ||f_o||^2 - 2 x_p . f_o
-        h = exp(-||x_p - f_o||^2 / (2 sigma_c^2))
-    x_p . f_o is the conv output, ||x_p||^2 a conv of x^2 with a ones kernel
-    (``patch_sq_norms``), ||f_o||^2 comes from the weights (``filter_sq_norms``).
-  * ANN (student) side, Laplace kernel of the L1 distance, which is exactly
-    the negated adder output: g = exp(-||x_p - f_o||_1 / sigma_a) = exp(Y / sigma_a).
-  * Bandwidth. Distances grow with k * k * C_in (about 2 K for the squared L2
-    of N(0, 1) data, K = 3 * 3 * 512 = 4608 in a ResNet-18 stage 4), so any
-    fixed sigma sends the kernel to 0. Per layer and per step we set
-
-        2 sigma_c^2 = s * sg(mean ||x_p - f_o||^2)      (Gaussian)
-          sigma_a   = s * sg(mean ||x_p - f_o||_1)      (Laplace)
-
-    with the mean over batch, positions and output channels and s the
-    ``sigma_scale`` knob (default 1). Both kernels then read
-    exp(-d / (s * mean d)): exactly exp(-1/s) at the batch-mean distance, 1 at
-    distance 0, and below the float32 underflow only for a distance more than
-    about 87 s times the mean. The exponent is never positive, so nothing
-    overflows. sigma is under ``stop_gradient`` so that the network cannot
-    lower the loss by moving the bandwidth.
-  * Feature loss sum_m mean((rho_m(g_m) - sg(h_m))^2), rho_m a trainable 1x1
-    conv (``kdjax.models.connectors.KernelTransform``) the caller applies to g_m.
-  * Student objective CE + alpha * KD + beta * feature loss, alpha = beta = 5
-    (reported for ResNet-20 on CIFAR-100).
+Our reconstruction, every choice a knob (docs/pkkd.md): Gaussian kernel
+features h of the CNN teacher's conv layers, Laplace kernel features g of the
+ANN student's adder layers, each with a per-layer batch-mean bandwidth, a
+feature loss sum_m mean((rho_m(g_m) - sg(h_m))^2) and the student objective
+CE + alpha * KD + beta * feature loss (alpha = beta = 5 in the paper).
 """
 
 from __future__ import annotations
@@ -66,14 +41,11 @@ def patch_sq_norms(
   padding: Any = 'SAME',
   feature_group_count: int = 1,
 ) -> Array:
-  """||x_p||^2 for every patch a conv with this geometry sees (our reconstruction, docs/pkkd.md).
+  """||x_p||^2 for every patch a conv with this geometry sees (docs/pkkd.md).
 
       E[b, h, w, g] = sum_{i, j, c in group g} X[b, h*s + i, w*s + j, c]^2
 
-  computed as a conv of X^2 with a ones kernel, one output per channel group
-  (a grouped conv's filters each see one group); zero padding contributes 0,
-  consistent with the conv output and with ``kdjax.ops.adder_conv``. The models
-  (``ConvOrAdder(..., return_kernel_features=True)``) call this same function.
+  One output per channel group; zero padding contributes 0.
 
   Args:
     inputs: (B, H, W, C), the layer's input.
@@ -93,8 +65,11 @@ def patch_sq_norms(
       f'patch_sq_norms: feature_group_count={feature_group_count} must divide '
       f'the {in_channels} input channels'
     )
-  # float32 because PKKD forms ||x||^2 + ||f||^2 - 2 x.f, which cancels badly
-  # in low precision.
+  # A conv of X^2 with a ones kernel, one output per group (a grouped conv's
+  # filters each see one group); zero padding gives 0, as in the conv output
+  # and in kdjax.ops.adder_conv. ConvOrAdder(return_kernel_features=True)
+  # calls this same function. float32 because PKKD forms
+  # ||x||^2 + ||f||^2 - 2 x.f, which cancels badly in low precision.
   ones = jnp.ones(
     kernel_hw + (in_channels // feature_group_count, feature_group_count),
     jnp.float32,
@@ -111,11 +86,7 @@ def patch_sq_norms(
 
 
 def filter_sq_norms(kernel: Array) -> Array:
-  """||f_o||^2 per output channel of an HWIO kernel (our reconstruction, docs/pkkd.md).
-
-  Returns:
-    (O,) float32: sum over (kh, kw, C_in) of kernel^2.
-  """
+  """||f_o||^2 per output channel of an HWIO kernel: (O,) float32."""
   return jnp.sum(
     jnp.square(kernel.astype(jnp.float32)), axis=tuple(range(kernel.ndim - 1))
   )
@@ -124,12 +95,9 @@ def filter_sq_norms(kernel: Array) -> Array:
 def gaussian_sq_distance(
   conv_out: Array, patch_energy: Array, filter_sq_norm: Array
 ) -> Array:
-  """||x_p - f_o||^2 from a conv output (our reconstruction, docs/pkkd.md).
+  """||x_p - f_o||^2 from a conv output (docs/pkkd.md).
 
       d2 = max(||x_p||^2 + ||f_o||^2 - 2 x_p . f_o, 0)
-
-  The clamp removes the small negative values that cancellation leaves when a
-  patch is close to a filter.
 
   Args:
     conv_out: (B, H, W, O), the raw conv output x_p . f_o (no bias, pre-BN).
@@ -144,22 +112,26 @@ def gaussian_sq_distance(
     + filter_sq_norm.astype(jnp.float32)
     - 2.0 * conv_out.astype(jnp.float32)
   )
+  # The clamp removes the small negative values that cancellation leaves when
+  # a patch is close to a filter.
   return jnp.maximum(sq_dist, 0.0)
 
 
 def gaussian_kernel_sigma(
   sq_distance: Array, sigma_scale: float = DEFAULT_SIGMA_SCALE
 ) -> Array:
-  """Per-layer Gaussian bandwidth (our reconstruction, docs/pkkd.md).
+  """Per-layer Gaussian bandwidth (docs/pkkd.md): a float32 scalar.
 
       sigma_c = sqrt(s * sg(mean d2) / 2),   i.e.  2 sigma_c^2 = s * mean d2
 
-  mean over every element (batch, positions, output channels); s = ``sigma_scale``.
-  The kernel at the mean squared distance is exp(-1/s).
-
-  Returns:
-    float32 scalar, under ``stop_gradient``.
+  Mean over every element (batch, positions, channels); s = ``sigma_scale``.
   """
+  # Distances grow with k*k*C_in (about 2 K for the squared L2 of N(0, 1)
+  # data, K = 3*3*512 = 4608 in a ResNet-18 stage 4), so a fixed sigma would
+  # send the kernel to 0. With sigma tied to the mean, the kernel is exp(-1/s)
+  # at the mean distance, 1 at 0, and underflows float32 only beyond about
+  # 87 s times the mean. sg: the network must not lower the loss by moving
+  # the bandwidth.
   mean_sq_dist = jnp.mean(lax.stop_gradient(sq_distance).astype(jnp.float32))
   return jnp.sqrt(
     sigma_scale * jnp.maximum(mean_sq_dist, _MIN_MEAN_DISTANCE) / 2.0
@@ -170,9 +142,6 @@ def gaussian_kernel_features(
   conv_out: Array, patch_energy: Array, filter_sq_norm: Array, sigma: Array
 ) -> Array:
   """Gaussian kernel features of a conv layer (our reconstruction, docs/pkkd.md).
-
-  PKKD (Xu et al., NeurIPS 2020) maps CNN features with a Gaussian kernel; its
-  exact form could not be confirmed (no code exists), so this form is ours:
 
       h = exp(-max(||x_p||^2 + ||f_o||^2 - 2 x_p . f_o, 0) / (2 sigma^2))
 
@@ -195,16 +164,14 @@ def gaussian_kernel_features(
 def laplace_kernel_sigma(
   adder_out: Array, sigma_scale: float = DEFAULT_SIGMA_SCALE
 ) -> Array:
-  """Per-layer Laplace bandwidth (our reconstruction, docs/pkkd.md).
+  """Per-layer Laplace bandwidth (docs/pkkd.md): a float32 scalar.
 
       sigma_a = s * sg(mean ||x_p - f_o||_1) = s * sg(mean(-Y))
 
-  mean over every element of the adder output Y; s = ``sigma_scale``. The
-  kernel at the mean L1 distance is exp(-1/s).
-
-  Returns:
-    float32 scalar, under ``stop_gradient``.
+  Mean over every element of the adder output Y; s = ``sigma_scale``.
   """
+  # As for the Gaussian: the kernel is exp(-1/s) at the mean L1 distance; sg
+  # so that the bandwidth is no way to lower the loss.
   mean_l1_dist = jnp.mean(-lax.stop_gradient(adder_out).astype(jnp.float32))
   return sigma_scale * jnp.maximum(mean_l1_dist, _MIN_MEAN_DISTANCE)
 
@@ -212,13 +179,9 @@ def laplace_kernel_sigma(
 def laplace_kernel_features(adder_out: Array, sigma: Array) -> Array:
   """Laplace kernel features of an adder layer (our reconstruction, docs/pkkd.md).
 
-  PKKD (Xu et al., NeurIPS 2020) maps ANN features with a Laplace kernel; its
-  exact form could not be confirmed (no code exists), so this form is ours:
-
       g = exp(-||x_p - f_o||_1 / sigma) = exp(min(Y, 0) / sigma)
 
-  Y = -||x_p - f_o||_1 <= 0 is the raw adder output (pre-BN); the clamp at 0
-  only guards against inputs that are not raw adder outputs. Values lie in (0, 1].
+  Y = -||x_p - f_o||_1 <= 0 is the raw adder output (pre-BN). Values in (0, 1].
 
   Args:
     adder_out: (B, H, W, O) raw adder output.
@@ -228,6 +191,7 @@ def laplace_kernel_features(adder_out: Array, sigma: Array) -> Array:
     (B, H, W, O) float32, elementwise.
   """
   sigma = jnp.asarray(sigma, jnp.float32)
+  # The clamp only guards against inputs that are not raw adder outputs.
   return jnp.exp(jnp.minimum(adder_out.astype(jnp.float32), 0.0) / sigma)
 
 
@@ -269,12 +233,8 @@ def gaussian_kernel_from_norms(
 
       h = exp(-d2 / (s * sg(mean d2))),   d2 = max(E + ||f||^2 - 2 conv_out, 0)
 
-  ``patch_energy`` E and ``filter_sq_norm`` as ``ConvOrAdder`` returns them
-  with ``return_kernel_features=True`` (the stage entries' 'patch_energy' and
-  'filter_sq_norm').
-
-  Returns:
-    (B, H, W, O) float32 in (0, 1].
+  E and ||f||^2: the 'patch_energy' and 'filter_sq_norm' stage entries of
+  ``ConvOrAdder(return_kernel_features=True)``. Returns (B, H, W, O) float32.
   """
   sigma = gaussian_kernel_sigma(
     gaussian_sq_distance(conv_out, patch_energy, filter_sq_norm), sigma_scale
@@ -285,12 +245,9 @@ def gaussian_kernel_from_norms(
 def laplace_kernel_from_adder(
   adder_out: Array, sigma_scale: float = DEFAULT_SIGMA_SCALE
 ) -> Array:
-  """Student-side features in one call (our reconstruction, docs/pkkd.md).
+  """Student-side features in one call: g = exp(Y / (s * sg(mean(-Y)))).
 
-      g = exp(Y / (s * sg(mean(-Y))))
-
-  Returns:
-    (B, H, W, O) float32 in (0, 1].
+  Our reconstruction (docs/pkkd.md). Returns (B, H, W, O) float32 in (0, 1].
   """
   return laplace_kernel_features(
     adder_out, laplace_kernel_sigma(adder_out, sigma_scale)
@@ -368,12 +325,9 @@ def pkkd_total(
       L = CE(y, z_s) + alpha * c_T KL(softmax(z_t/T) || softmax(z_s/T))
           + beta * sum_m mean((rho_m(g_m) - sg(h_m))^2)
 
-  with c_T = T^2 (Hinton's scaling, ``kd_t_squared=True``) or c_T = 1. The
-  paper reports alpha = beta = 5 for ResNet-20 on CIFAR-100 but states neither
-  T nor whether alpha includes T^2. The teacher receives no gradient from this
-  objective (its logits and features are under stop_gradient).
-
-  Alpha and beta may be traced scalars (a ramp computed in the step).
+  with c_T = T^2 (``kd_t_squared=True``) or 1. Teacher logits and features
+  are under stop_gradient. Alpha and beta may be traced scalars (a ramp). The
+  paper's alpha = beta = 5 leaves T and the T^2 open (docs/pkkd.md).
 
   Returns:
     (total, terms): float32 scalar and a dict with the unweighted 'ce', 'feat',
