@@ -1,20 +1,10 @@
 """AdderNet adaptive learning-rate scaling (Chen et al., CVPR 2020, Eq. 12-13).
 
-Per adder layer l the whole kernel gradient is rescaled to a fixed norm,
+Per adder layer l, before weight decay and momentum (docs/adder.md):
 
-    g_l <- eta * sqrt(k_l) * g_l / ||g_l||_2,        k_l = g_l.size,
+    g_l <- eta * sqrt(k_l) * g_l / ||g_l||_2,        k_l = g_l.size,  eta = 0.2
 
-because adder gradients (X - F, full precision) are orders of magnitude larger
-than ordinary conv gradients and vary between layers; a single global learning
-rate would otherwise either stall the small layers or blow up the large ones.
-eta = 0.2 is the paper's value (docs/adder.md). It must run before weight decay
-and momentum: the official code applies it inside the layer's backward, so the
-optimizer only ever sees the rescaled gradient.
-
-Only adder kernels are rescaled. Which leaves those are is the model's business:
-the transformation takes a mask (a pytree of bools, a prefix of it, or a callable
-``updates -> mask``) exactly like ``optax.masked``, or no mask at all when it is
-itself wrapped in ``optax.masked``.
+Only adder kernels are rescaled, selected by a mask as in ``optax.masked``.
 """
 
 from __future__ import annotations
@@ -36,13 +26,14 @@ DEFAULT_ADDER_ETA = 0.2
 def scale_layer_gradient(
   g: jax.Array, eta: float = DEFAULT_ADDER_ETA
 ) -> jax.Array:
-  """Rescales one layer's gradient to norm ``eta * sqrt(g.size)``.
-
-  A zero gradient stays zero (the official code clamps the norm at 1e-12, which
-  gives the same result) instead of producing 0/0 = NaN.
-  """
+  """Rescales one layer's gradient to norm ``eta * sqrt(g.size)``; 0 stays 0."""
+  # Adder gradients (X - F, full precision) are orders of magnitude larger than
+  # conv gradients and vary between layers: one global learning rate would
+  # stall the small layers or blow up the large ones.
   g32 = g.astype(jnp.float32)
   norm = jnp.sqrt(jnp.sum(jnp.square(g32)))
+  # A zero gradient stays zero instead of 0/0 = NaN (the official code clamps
+  # the norm at 1e-12, with the same result).
   safe_norm = jnp.where(norm > 0, norm, 1.0)
   scaled = g32 * (eta * math.sqrt(g.size) / safe_norm)
   return jnp.where(norm > 0, scaled, g32).astype(g.dtype)
@@ -64,18 +55,15 @@ def _apply_to_masked(
 def scale_by_adder_lr(
   eta: float = DEFAULT_ADDER_ETA, mask: Optional[MaskOrFn] = None
 ) -> optax.GradientTransformation:
-  """AdderNet adaptive LR scaling as an optax transformation.
+  """AdderNet adaptive LR scaling as a stateless optax transformation.
 
   Args:
     eta: the global scale of Eq. 13 (0.2 in the paper).
     mask: which leaves are adder kernels. A pytree of Python bools with the
       structure of the updates (or a prefix of it), or a callable mapping the
-      updates to such a pytree. ``None`` rescales every leaf it is given, which
-      is the form to use inside ``optax.masked(scale_by_adder_lr(eta), mask)``.
-
-  Returns:
-    A stateless ``optax.GradientTransformation``; leaves outside the mask pass
-    through unchanged.
+      updates to such a pytree. ``None`` rescales every leaf it is given (the
+      form for ``optax.masked(scale_by_adder_lr(eta), mask)``). Leaves outside
+      the mask pass through unchanged.
   """
   if eta is None or not eta > 0:
     raise ValueError(
@@ -117,10 +105,10 @@ def path_names(path: Sequence[Any]) -> Tuple[str, ...]:
 
 
 def kernel_under_module_named(*substrings: str) -> PathPredicate:
-  """Predicate: leaf named 'kernel' under a module whose name contains a substring.
+  """Predicate: a leaf 'kernel' under a module whose name contains a substring.
 
-  Matching is case-insensitive. For example ``kernel_under_module_named('adder')``
-  selects ``{'adder1': {'kernel': ...}}`` and ``{'AdderConv_0': {'kernel': ...}}``.
+  Case-insensitive: ``kernel_under_module_named('adder')`` selects
+  ``{'adder1': {'kernel': ...}}`` and ``{'AdderConv_0': {'kernel': ...}}``.
   """
   lowered = tuple(s.lower() for s in substrings)
   if not lowered:
@@ -157,8 +145,8 @@ def adder_kernel_mask(
       the leaf's key path as strings, e.g. ('layer1_0', 'conv1', 'kernel').
 
   Returns:
-    A pytree with the structure of ``params`` and Python-bool leaves, usable as
-    ``mask`` here, in ``build_optimizer(adder_mask=...)`` and in ``optax.masked``.
+    A pytree of Python bools with the structure of ``params``: a ``mask`` for
+    ``scale_by_adder_lr``, ``build_optimizer(adder_mask=...)``, ``optax.masked``.
   """
   return jax.tree.map_with_path(
     lambda path, leaf: bool(adder_paths_predicate(path_names(path), leaf)),

@@ -1,36 +1,24 @@
-"""Paper optimizers from an ml_collections config.
+"""Paper optimizers from an ml_collections config (docs/recipes.md).
 
-The chain reproduces PyTorch ``torch.optim.SGD`` (dampening 0), which every
-recipe in docs/recipes.md was tuned with:
-
-    d = g + wd * p                        coupled L2, on all params
-    buf = mu * buf + d                    (buf starts at 0, so step 0 gives buf = d)
-    d = d + mu * buf if nesterov else buf
-    p = p - lr_t * d
-
-with, for AdderNet students, the adaptive LR scaling of the adder kernels in
-front of it (AdderNet applies it inside the layer's backward, so weight decay
-and momentum see the rescaled gradient):
+PyTorch ``torch.optim.SGD`` (dampening 0), with AdderNet's scaling in front:
 
     scale_by_adder_lr (adder kernels) -> add_decayed_weights -> momentum -> -lr_t
 
-The learning rate multiplies the update after the momentum buffer, as in
-PyTorch, so a learning-rate drop does not rescale the buffer.
+    d = g + wd * p;  buf = mu * buf + d (buf_0 = d);
+    d = d + mu * buf if nesterov else buf;  p = p - lr_t * d
 
 Config fields (all optional except ``learning_rate``; see ``default_config``):
   name: 'sgd'.
   learning_rate: peak learning rate.
   momentum, nesterov: as in torch.optim.SGD.
-  weight_decay: coupled L2 coefficient.
+  weight_decay: coupled L2 coefficient, on all params.
   schedule: 'cosine' (to 0 at ``epochs``), 'step' (x ``decay_factor`` at each
     epoch of ``decay_epochs``), or 'constant'.
   epochs, decay_epochs, decay_factor, warmup_epochs: schedule shape, in epochs.
-  lr_per_epoch: hold the learning rate constant within an epoch (how the
-    official AdderNet/OFD/RepDistiller scripts update it) instead of per step.
+  lr_per_epoch: hold the learning rate constant within an epoch.
   adder_eta: AdderNet eta; None disables the adder scaling.
-  reset_momentum_at_boundaries: zero the momentum buffer at each ``decay_epochs``
-    boundary ('step' schedule only). OFD's official CIFAR script builds a new
-    torch SGD at epochs 100 and 150, which drops the buffer; this reproduces it.
+  reset_momentum_at_boundaries: zero the momentum buffer at each
+    ``decay_epochs`` boundary ('step' schedule only).
 """
 
 from __future__ import annotations
@@ -159,7 +147,9 @@ def build_schedule(
       drops = jnp.sum(jnp.asarray(t)[..., None] >= boundaries, axis=-1)
       return (peak_lr * jnp.power(factor, drops)).astype(jnp.float32)
 
-  # The smallest step the schedule can see: per-epoch schedules ramp by whole epochs.
+  # The smallest step the schedule can see: per-epoch schedules ramp by whole
+  # epochs. lr_per_epoch is how the official AdderNet/OFD/RepDistiller scripts
+  # update the learning rate.
   per_epoch = bool(_field(config, 'lr_per_epoch', False))
   unit = steps_per_epoch if per_epoch else 1
 
@@ -256,9 +246,7 @@ def build_optimizer(
     adder_mask: which leaves are adder kernels: a pytree of bools (the params'
       structure or a prefix), or a callable ``params -> mask``, e.g.
       ``functools.partial(adder_kernel_mask, adder_paths_predicate=...)``.
-      None means the model has no adder kernels: nothing is rescaled. The
-      default is not guessed from names on purpose (the zoo's ConvOrAdder class
-      hosts both convs and adders).
+        None means the model has no adder kernels: nothing is rescaled.
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -275,6 +263,11 @@ def build_optimizer(
   schedule = build_schedule(config, steps_per_epoch)
 
   chain = []
+  # torch.optim.SGD, which every recipe in docs/recipes.md was tuned with.
+  # The adder mask is not guessed from names: the zoo's ConvOrAdder class hosts
+  # both convs and adders. The scaling comes first because AdderNet applies it
+  # inside the layer's backward, so weight decay and momentum see the rescaled
+  # gradient.
   adder_eta = _field(config, 'adder_eta', DEFAULT_ADDER_ETA)
   if adder_eta is not None and adder_mask is not None:
     mask = _resolve_mask(adder_mask, params)
@@ -296,11 +289,15 @@ def build_optimizer(
         "reset_momentum_at_boundaries needs the 'step' schedule "
         '(its decay_epochs are the boundaries)'
       )
+    # OFD's official CIFAR script builds a new torch SGD at epochs 100 and 150,
+    # which drops the buffer.
     reset_steps = decay_boundary_steps(config, steps_per_epoch)
   if momentum < 0:
     raise ValueError(f'momentum must be >= 0, got {momentum}')
   if momentum > 0 or nesterov:
     chain.append(sgd_momentum(momentum, nesterov, reset_steps))
 
+  # The learning rate multiplies the update after the momentum buffer, as in
+  # PyTorch, so a learning-rate drop does not rescale the buffer.
   chain.append(optax.scale_by_learning_rate(schedule))
   return optax.chain(*chain)
