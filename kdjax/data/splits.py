@@ -1,20 +1,10 @@
 """Which examples a process reads, in which order: the rules both loaders follow.
 
-The tfds loader (pipeline.py) and the NumPy loader (in_memory.py) turn records
-into arrays; everything that decides *which* records and *in what order* is
-here, once, so that the two serve the same examples:
-
-  * `parse_split`: tfds split strings ('train', 'test[:64]', 'train[:90%]',
-    sums joined by '+') as absolute (name, start, stop) ranges;
-  * `process_share`: this process's part of the split (the even split of
-    `tfds.split_for_jax_process`, or for train_fraction < 1 its share of a
-    class-balanced subset), and the example indices that key augmentation;
-  * `class_balanced_subset`: the train_fraction subset;
-  * `epoch_seeds`: the shuffle and augmentation seeds of an epoch, functions of
-    (seed, epoch) alone;
-  * `fit_plan`: how a fixed-size image is brought to the model's input size.
-
-Nothing here imports TensorFlow.
+`parse_split` (tfds split strings), `process_share` (this process's part and
+example indices), `class_balanced_subset` (train_fraction), `epoch_seeds`
+(shuffle and augmentation seeds of an epoch) and `fit_plan` (image size).
+Both loaders take them from here, so they serve the same examples
+(docs/trainer.md, "Data"). Nothing here imports TensorFlow.
 """
 
 import dataclasses

@@ -1,13 +1,9 @@
 """Deprecated: the tfds mocking helpers moved to tests/tfds_mocks.py.
 
-Only the test suite uses them, and they read their metadata fixtures from
-tests/fixtures/tfds, so they live with the tests now. For one release this
-module still serves them (`mock_dataset`, `rewrite_record`, `edit_example`,
-...) where the repository's tests/ folder is next to the package: a source
-checkout or an editable install (`pip install -e .`), which is how the tests
-run. An installed wheel carries no tests/ folder, and never carried the
-fixtures the mocks need, so there this module raises ImportError saying where
-the helpers are.
+For one release this module still serves them (`mock_dataset`,
+`rewrite_record`, `edit_example`, ...) where the repository's tests/ folder is
+next to the package (a source checkout or `pip install -e .`). From an
+installed wheel it raises ImportError saying where the helpers are.
 """
 
 import importlib.util
@@ -33,6 +29,8 @@ def _load_mocks():
   if 'tfds_mocks' in sys.modules:  # Already imported by the tests.
     return sys.modules['tfds_mocks']
   if not os.path.isfile(_MOCKS_PATH):
+    # Only the tests use the mocks and they read tests/fixtures/tfds; a wheel
+    # carries no tests/ folder, and never carried those fixtures.
     raise ImportError(
       'kdjax.data.testing moved to tests/tfds_mocks.py in the kdjax '
       f'repository, and this installation has no {_MOCKS_PATH}. Use a source '
