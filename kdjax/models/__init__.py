@@ -16,13 +16,11 @@ Families (one definition each; ``available_models()`` lists the names):
   EKD student    ekd_student: shared stem, K branches        (ekd_student.py)
 
 Every conv is a ``ConvOrAdder`` (layers.py). conv_type='adder' follows
-AdderNet (docs/adder.md): the stem conv and the classifier stay
-multiplicative, every other conv (1x1 projection shortcuts and depthwise convs
-included) is an adder with N(0, 1) filters followed by a BN, the classifier has
-no bias and is followed by a BN over the logits ('logit_bn'). BN gamma = 1,
-beta = 0 at init. conv_type='conv' is the reference CNN (no logit BN). Any
-input size of at least the model's total stride works (global average pooling;
-e.g. 28x28x1 MNIST with the CIFAR ResNets); ``check_input_size`` tells.
+AdderNet (docs/adder.md, "Architecture conventions"): stem conv and classifier
+multiplicative, every other conv an N(0, 1) adder followed by BN, a BN over the
+bias-free logits ('logit_bn'). conv_type='conv' is the reference CNN. Any input
+of at least the model's total stride works (e.g. 28x28x1 MNIST with the CIFAR
+ResNets); ``check_input_size`` tells.
 
 Output contract of every model: ``(logits, features)``, ``logits`` (B,
 num_classes), ``features`` a dict with exactly these keys:

@@ -1,8 +1,7 @@
 """The learnable pieces of the distillation objectives, as small linen modules.
 
-They live with the students during training and are discarded afterwards.
-The losses themselves (``kdjax.losses``) are pure functions: the caller applies
-these modules and passes their outputs in.
+The caller applies them and passes their outputs to the pure losses
+(``kdjax.losses``); they are discarded after training.
 
   FeatureConnector  OFD connector r_i and FitNets regressor: 1x1 conv + BN
                     (docs/ofd.md, docs/baselines.md).
@@ -94,11 +93,8 @@ class FeatureConnector(nn.Module):
 class KernelTransform(nn.Module):
   """PKKD's rho_m: a trainable 1x1 conv on the student's kernel features.
 
-  Xu et al. (NeurIPS 2020) align the ANN's Laplace-kernel features with the
-  CNN's Gaussian-kernel features through a linear transform (1x1 conv); the
-  details are our reconstruction (docs/pkkd.md). Default init: the identity with
-  zero bias, so that at step 0 the feature loss compares the two kernel maps
-  directly (our choice).
+  Xu et al. (NeurIPS 2020); details our reconstruction (docs/pkkd.md).
+  Default init: the identity with zero bias.
 
   Attributes:
     features: teacher channel count of the layer.
@@ -109,6 +105,8 @@ class KernelTransform(nn.Module):
   use_bias: bool = True
   dtype: Optional[Dtype] = None
   param_dtype: Dtype = jnp.float32
+  # Identity: at step 0 the feature loss compares the two kernel maps directly
+  # (our choice).
   kernel_init: Initializer = identity_1x1_init
 
   @nn.compact

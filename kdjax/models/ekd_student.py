@@ -1,14 +1,11 @@
 """EKD student (Asif, Tang & Harrer, ECAI 2020; docs/ekd.md): parallel branches.
 
 A shared trunk (stem conv3x3 -> BN -> ReLU, plus the first ``shared_stages``
-CIFAR-ResNet stages) feeds ``num_branches`` independent branches. Each branch is
-the rest of a ResNet-8-style network (the remaining stages of
-``blocks_per_stage`` basic blocks, widths w/2w/4w, strides 1/2/2, global avg
-pool) with its own classifier. The ensemble logits are the mean of the branch
-logits. Branch k is meant to distil from teacher k mod T (the loss decides).
-
-The default of 7 branches is the paper's reported 7-branch ResNet-8 student;
-sharing only the stem by default is our choice (no official code exists).
+CIFAR-ResNet stages) feeds ``num_branches`` independent branches, each the
+rest of a ResNet-8-style network (the remaining stages of ``blocks_per_stage``
+basic blocks, widths w/2w/4w, strides 1/2/2, global avg pool) with its own
+classifier. Logits: the mean of the branch logits. Defaults: 7 branches (the
+paper's ResNet-8 student), only the stem shared (our choice).
 """
 
 from __future__ import annotations
@@ -57,9 +54,10 @@ class EKDBranch(nn.Module):
 class EKDStudent(nn.Module):
   """Multi-branch student. See the module docstring; features as in kdjax.models."""
 
+  # Branch k is meant to distil from teacher k mod T (the loss decides).
   num_branches: int = 7
   width: int = 16
-  shared_stages: int = 0
+  shared_stages: int = 0  # Our choice: no official code exists.
   blocks_per_stage: int = 1
   num_classes: int = 10
   conv_type: str = 'conv'

@@ -1,11 +1,4 @@
-"""Layers shared by the model zoo.
-
-``ConvOrAdder`` is the one place where a model chooses between a
-multiplicative convolution and an AdderNet adder convolution, so every conv in
-the zoo goes through it: op counting, the adder-parameter mask used by the
-AdderNet learning-rate scaling and the PKKD kernel features all hook into this
-single module.
-"""
+"""Layers shared by the model zoo; every conv is a ``ConvOrAdder``."""
 
 from __future__ import annotations
 
@@ -20,6 +13,9 @@ from jax import lax
 from kdjax.losses import pkkd as pkkd_losses
 from kdjax.ops import adder_conv, normalize_padding
 
+# ConvOrAdder is the one place where a model chooses between a multiplicative
+# conv and an adder, so op counting, the adder-parameter mask of the AdderNet
+# LR scaling and the PKKD kernel features all hook into this single module.
 CONV_TYPES = ('conv', 'adder')
 
 IntOrPair = Union[int, Sequence[int]]
@@ -62,11 +58,9 @@ def as_pair(value: IntOrPair) -> Tuple[int, int]:
 def symmetric_padding(
   kernel_size: IntOrPair,
 ) -> Tuple[Tuple[int, int], Tuple[int, int]]:
-  """PyTorch-style padding (k - 1) // 2 on every side, whatever the stride.
-
-  flax's 'SAME' pads asymmetrically at stride 2 (more at the bottom/right), which
-  shifts every downsampled feature map by a pixel relative to the reference nets.
-  """
+  """PyTorch-style padding (k - 1) // 2 on every side, whatever the stride."""
+  # flax's 'SAME' pads more at the bottom/right at stride 2, which shifts every
+  # downsampled map by a pixel relative to the reference nets.
   kh, kw = as_pair(kernel_size)
   return (((kh - 1) // 2, (kh - 1) // 2), ((kw - 1) // 2, (kw - 1) // 2))
 
@@ -76,14 +70,14 @@ def grouped_adder_conv(
 ) -> jax.Array:
   """Adder convolution with ``feature_group_count`` semantics (lax channel order).
 
-  ``adder_conv`` has no groups, so the groups are vmapped: input channel group g
-  meets the kernel's output group g, exactly as ``lax.conv_general_dilated``
-  pairs them.
+  Input channel group g meets the kernel's output group g, as in
+  ``lax.conv_general_dilated``.
   """
   if groups == 1:
     return adder_conv(x, kernel, strides, pads)
   batch, height, width, _ = x.shape
   kh, kw, group_in, out_features = kernel.shape
+  # adder_conv has no groups, so the groups are vmapped.
   x_groups = jnp.moveaxis(
     x.reshape(batch, height, width, groups, group_in), 3, 0
   )
@@ -102,7 +96,7 @@ class ConvOrAdder(nn.Module):
 
   'conv':  y = sum x * f, kernel He-normal (fan_out), as in the PyTorch nets.
   'adder': y = -sum |x - f| (kdjax.ops.adder_conv, AdderNet backward), kernel
-           N(0, 1). Its output is large and negative, so callers follow it with BN.
+           N(0, 1); callers follow it with BN (docs/adder.md).
   The parameter is named 'kernel' (HWIO) in both cases.
 
   Attributes:
@@ -142,7 +136,6 @@ class ConvOrAdder(nn.Module):
         patch_energy (B, Ho, Wo, groups) float32: ||x_p||^2 of every input patch
           (per channel group), a conv of x^2 with a ones kernel;
         filter_sq_norm (features,) float32: ||f_o||^2 of every filter.
-      Unused outputs cost nothing under jit (dead-code eliminated).
     """
     check_conv_type(self.conv_type)
     kernel_size = as_pair(self.kernel_size)
@@ -190,6 +183,7 @@ class ConvOrAdder(nn.Module):
       )
     if not return_kernel_features:
       return y
+    # Unused outputs cost nothing under jit (dead-code eliminated).
     # One copy of the kernel-feature math, shared with kdjax.losses.
     patch_energy = pkkd_losses.patch_sq_norms(
       x, kernel_size, strides, pads, feature_group_count=groups
@@ -208,11 +202,11 @@ def batch_norm(
 ) -> nn.BatchNorm:
   """BatchNorm with PyTorch's defaults; gamma = 1, beta = 0 at init.
 
-  `after_adder`: the BN normalises adder outputs, which have a large mean and
-  a small spread (-sum |x - f| over k*k*C terms). There flax's one-pass
-  variance E[x^2] - E[x]^2 cancels catastrophically in float32 (5-13x
-  PyTorch's error was measured), so the two-pass E[(x - E[x])^2] is used.
+  `after_adder`: use the two-pass variance E[(x - E[x])^2], for adder outputs.
   """
+  # Adder outputs (-sum |x - f| over k*k*C terms) have a large mean and a small
+  # spread: flax's one-pass E[x^2] - E[x]^2 cancels catastrophically there in
+  # float32 (5-13x PyTorch's error was measured).
   return nn.BatchNorm(
     use_running_average=not train,
     momentum=BN_MOMENTUM,
@@ -258,8 +252,8 @@ def classify(
 ) -> jax.Array:
   """Classifier head, created in the calling module's scope.
 
-  Always multiplicative. In adder mode it follows AdderNet: no bias, and a BN
-  over the logits ('logit_bn'); the BN's beta plays the bias's role.
+  Always multiplicative. In adder mode (AdderNet): no bias, a BN over the
+  logits ('logit_bn').
   """
   adder = conv_type == 'adder'
   logits = nn.Dense(
@@ -269,7 +263,7 @@ def classify(
     dtype=dtype,
     name='classifier',
   )(pooled)
-  if adder:
+  if adder:  # The logit BN's beta plays the bias's role.
     logits = batch_norm(train, dtype, name='logit_bn')(logits)
   return logits
 
@@ -279,12 +273,10 @@ def global_avg_pool(x: jax.Array) -> jax.Array:
 
 
 def check_images(images: jax.Array, total_stride: int, model_name: str) -> None:
-  """Raises ValueError for inputs the model cannot handle meaningfully.
-
-  With symmetric padding every stride-2 layer maps H to ceil(H / 2), so the
-  arithmetic never fails; but below ``total_stride`` pixels the last stride-2
-  layers only see padding-dominated 1x1 maps. We require H, W >= total_stride.
-  """
+  """Raises ValueError unless images are NHWC with H, W >= total_stride."""
+  # With symmetric padding every stride-2 layer maps H to ceil(H / 2), so the
+  # arithmetic never fails; but below total_stride pixels the last stride-2
+  # layers only see padding-dominated 1x1 maps.
   if images.ndim != 4:
     raise ValueError(
       f'{model_name}: expected NHWC images, got shape {images.shape}'
@@ -302,8 +294,7 @@ class BasicBlock(nn.Module):
 
   conv3x3(stride)-BN-ReLU-conv3x3-BN, plus the shortcut: identity, or a 1x1
   conv/adder with the stride + BN when the shape changes. Returns the pre-ReLU
-  sum; the caller applies the ReLU (OFD: the block-ending ReLU moved to the
-  start of the next block, same function).
+  sum and its stage features; the caller applies the ReLU.
   """
 
   features: int
@@ -330,6 +321,8 @@ class BasicBlock(nn.Module):
     if self.strides != 1 or x.shape[-1] != self.features:
       shortcut = conv(self.features, 1, self.strides, name='shortcut')(x)
       shortcut = norm(name='shortcut_bn')(shortcut)
+    # Pre-ReLU for OFD: the block-ending ReLU moves to the start of the next
+    # block, the same function.
     preact = y + shortcut
     return preact, stage_features(
       preact, bn2, raw, patch_energy, filter_sq_norm
@@ -341,8 +334,8 @@ def adder_kernel_mask(
 ) -> Any:
   """A params-shaped pytree of bools: True for the kernels of adder layers.
 
-  For the AdderNet adaptive learning-rate scaling, which applies to adder
-  filters only. Found by tracing the model (no compute), not by names.
+  The mask of the AdderNet adaptive learning-rate scaling. Found by tracing
+  the model (no compute), not by names.
 
   Args:
     model: a zoo model (or any module built from ConvOrAdder).

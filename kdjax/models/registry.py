@@ -163,12 +163,12 @@ def min_image_size(name: str, **kwargs) -> int:
 def check_input_size(
   name: str, image_size: Union[int, Sequence[int]], **kwargs
 ) -> None:
-  """Raises ValueError when ``image_size`` (int or (H, W)) cannot work for ``name``.
+  """Raises ValueError unless ``image_size`` (int or (H, W)) >= the total stride.
 
-  Any size at least the model's total stride works: every model ends in global
-  average pooling. Smaller inputs would leave the last stride-2 layers only
-  padding-dominated 1x1 maps, and are rejected (the models check this too).
+  Every model ends in global average pooling, so any larger size works.
   """
+  # Smaller inputs would leave the last stride-2 layers only padding-dominated
+  # 1x1 maps; the models check this too.
   sizes = (
     (image_size, image_size)
     if isinstance(image_size, int)

@@ -2,22 +2,17 @@
 
 Stem conv3x3 16 (no BN of its own), three stages of pre-activation blocks of
 widths 16k/32k/64k with strides 1/2/2, final BN -> ReLU, global average pooling,
-classifier. WRN-d-k has (d - 4) / 6 blocks per stage. Dropout is omitted (the
-OFD and RepDistiller CIFAR runs use drop rate 0).
+classifier. WRN-d-k has (d - 4) / 6 blocks per stage. No dropout (the OFD and
+RepDistiller CIFAR runs use drop rate 0).
 
-Block (pre-activation): a = ReLU(BN1(x)); y = conv3x3(a, stride) -> BN2 -> ReLU
--> conv3x3; out = shortcut + y, where the shortcut is x, or a 1x1 conv/adder of
-``a`` (not of x, as in the reference) when the shape changes.
+Block: a = ReLU(BN1(x)); y = conv3x3(a, stride) -> BN2 -> ReLU -> conv3x3;
+out = shortcut + y, the shortcut being x, or a 1x1 conv/adder of ``a`` when
+the shape changes. Adder mode adds a BN after conv2 and after the projection
+shortcut ('bn3', 'shortcut_bn'); conv mode is the reference unchanged.
 
-Adder mode: pre-activation blocks add conv2's output and the projection
-shortcut to the residual stream without a BN in between. AdderNet requires a BN
-after every adder (docs/adder.md: raw adder outputs are large and negative), so
-in adder mode those two get one ('bn3', 'shortcut_bn'). Conv mode is the
-reference architecture unchanged.
-
-OFD positions: the pre-ReLU feature after stage i is the first BN of stage
-i + 1 applied to the stage output (``block1.bn1`` of the next stage), and the
-final BN for the last stage, as in OFD's ``get_bn_before_relu``.
+OFD positions: the first BN of stage i + 1 applied to stage i's output
+(``block1.bn1`` of the next stage), the final BN for the last stage, as in
+OFD's ``get_bn_before_relu``.
 """
 
 from __future__ import annotations
@@ -60,6 +55,9 @@ class PreActBlock(nn.Module):
       shortcut = conv(self.features, 1, self.strides, name='shortcut')(
         activated
       )
+      # The reference projects a, not x. Pre-activation blocks add conv2 and
+      # the projection to the stream without a BN, but AdderNet needs a BN
+      # after every adder (raw outputs are large and negative, docs/adder.md).
       if adder:
         shortcut = norm(name='shortcut_bn')(shortcut)
     y = conv(self.features, 3, self.strides, name='conv1')(activated)
