@@ -8,23 +8,9 @@ AdderNet backward, which is not the true derivative:
     dL/dF[i, j, c, o] = sum_{n, h, w} g[n, h, w, o] * (X[...] - F[i, j, c, o])      (Eq. 5)
     dL/dX[...]        = sum_{o} g[n, h, w, o] * clip(F[i, j, c, o] - X[...], -1, 1)  (Eq. 6)
 
-Why it is laid out this way:
-  * The official code unfolds X into (B*H*W) x (k*k*C) patches and broadcasts
-    them against every filter, a (B*H*W) x (k*k*C) x C_out tensor (2.4 GB per
-    ResNet-20 layer at batch 256). Here neither patches nor differences are
-    materialised. The forward loops over input channels and adds, for every
-    kernel tap, |x_c - F[i, j, c, :]| into the output accumulator (vectorised
-    over output channels). The input gradient loops over output channels and
-    works on the input pixel grid, one stride phase at a time: the output
-    gradient is moved once to the pixel each tap reads, so the clip reads X in
-    place and the patch-to-pixel scatter becomes a sum. Output channels go in
-    chunks sized from ``memory_budget_bytes``.
-  * The weight gradient uses the identity
-        sum g * (X - F) = ConvWeightGrad(X, g) - F * sum(g),
-    so the heavy part is an ordinary convolution weight gradient (matrix units)
-    and the rest is a rank-1 correction.
-  * Inputs in bfloat16 are computed and accumulated in float32; the output and
-    the gradients come back in the dtypes of the inputs.
+bfloat16 inputs are computed and accumulated in float32; the output and the
+gradients come back in the input dtypes. Layout and methods: docs/adder.md
+("How it is computed") and docs/adder_kernels.md.
 """
 
 from __future__ import annotations
@@ -44,6 +30,15 @@ from kdjax.ops import adder_pallas
 PaddingLike = Union[str, int, Sequence[Tuple[int, int]], Sequence[int]]
 Pads = Tuple[Tuple[int, int], Tuple[int, int]]
 
+# Neither patches nor differences are materialised (the official code's
+# (B*H*W) x (k*k*C) x C_out tensor is 2.4 GB per ResNet-20 layer at batch 256).
+# The forward loops over input channels and adds, for every tap,
+# |x_c - F[i, j, c, :]| into the output accumulator. The input gradient loops
+# over output channels on the input pixel grid, one stride phase at a time:
+# the output gradient is moved once to the pixel each tap reads, so the clip
+# reads X in place and the patch-to-pixel scatter becomes a sum. The weight
+# gradient is ConvWeightGrad(X, g) - F * sum(g): matrix units plus a rank-1
+# correction.
 # Working-set bound for one output-channel chunk of one kernel tap: 256 MiB.
 DEFAULT_MEMORY_BUDGET_BYTES = 256 * 1024 * 1024
 
@@ -636,13 +631,13 @@ def adder_conv(
 def _split_batch_over_mesh(run, x, kernel):
   """``run(x, kernel)``, under ``jax.shard_map`` over the batch if a mesh is set.
 
-  XLA cannot partition a Pallas kernel, so under a sharded jit it would gather
-  the whole batch onto every device. With a mesh set (``jax.set_mesh``), the
-  batch is split over all its axes instead (the data-parallel layout of
-  kdjax.train) and each device runs the kernels on its own examples; the
-  kernel gradient is summed over the mesh by shard_map's transpose. When the
-  batch does not divide by the mesh size, it runs unsplit (correct, slower).
+  With a mesh set (``jax.set_mesh``) the batch is split over all its axes and
+  the kernel gradient summed over the mesh; a batch that does not divide by
+  the mesh size runs unsplit (correct, slower).
   """
+  # XLA cannot partition a Pallas kernel: under a sharded jit it would gather
+  # the whole batch onto every device. Splitting the batch matches the
+  # data-parallel layout of kdjax.train; each device runs its own examples.
   mesh = jax.sharding.get_abstract_mesh()
   # Axes already manual (inside the caller's own shard_map) are per-device.
   axes = tuple(a for a in mesh.axis_names if a not in mesh.manual_axes)

@@ -6,23 +6,13 @@ P (M x K, M = N*Ho*Wo, K = kh*kw*C_in) and filters F (K x O):
     forward     Y[m, o]  = -sum_k |P[m, k] - F[k, o]|
     input grad  dP[m, k] =  sum_o g[m, o] * clip(F[k, o] - P[m, k], -1, 1)
 
-Both run as tiled kernels with float32 accumulators (inputs may be bfloat16),
-in one of two families:
-
-  'gpu'  Triton lowering: grid (M tiles, N tiles); each program keeps its
-         output tile in registers and walks the reduction axis in chunks with
-         a ``fori_loop`` (the BlockSpec hands it a pointer to a whole row or
-         column block, and only the chunk is loaded per step).
-  'tpu'  Mosaic lowering: grid (M tiles, N tiles, reduction tiles) with the
-         reduction last ('arbitrary'), accumulating in a VMEM scratch tile
-         that is written out on the last reduction step.
-
-Block sizes come from ``BLOCK_TABLE`` (keyed by family, device kind and shape
-class), or are passed explicitly (``KernelBlocks``); ``CANDIDATES`` lists what
-an autotune should try. Operands are zero-padded to whole tiles: a padded K
-column is 0 in both P and F (|0 - 0| = 0), a padded O column has g = 0, and
-padded output rows and columns are sliced off, so no shape is ever wrong.
-Design, tiling and the TPU roofline: docs/adder_kernels.md.
+Tiled kernels with float32 accumulators (inputs may be bfloat16), in two
+families: 'gpu' (Triton, grid (M tiles, N tiles), the reduction walked in a
+``fori_loop``) and 'tpu' (Mosaic, grid (M, N, reduction tiles), a VMEM scratch
+accumulator). Block sizes come from ``BLOCK_TABLE`` or a ``KernelBlocks``;
+``CANDIDATES`` lists what an autotune should try. Operands are zero-padded to
+whole tiles, which is exact. Design, tiling and the TPU roofline:
+docs/adder_kernels.md.
 """
 
 from __future__ import annotations
