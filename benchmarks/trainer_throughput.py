@@ -5,15 +5,16 @@ r"""The trainer's steady-state speed against its bare jitted step.
   python benchmarks/trainer_throughput.py --quick       # seconds: a rot check
 
 Both run the same config on `--config.dataset.name=synthetic` batches, in one
-process, in this order: the bare step, the trainer, the bare step again.
+process, alternating: bare, trainer, bare, ... (`--rounds` trainer runs, one
+more bare run), so that a slow phase of a noisy machine hits both.
   bare     the trainer's own jitted step (train.guarded_step) in a tight loop
-           over batches already on the devices, timed after a warm-up step
-           with one block_until_ready at the end;
+           over batches already on the devices, timed after `--warmup` steps
+           (the first compiles) with one block_until_ready at the end;
   trainer  train.train_and_evaluate, whose summary.json reports the
            steady-state throughput of its log windows after the first (which
            compiles), without eval or checkpoint windows.
-Prints one JSON line: images/s of each, and `trainer_vs_bare` = trainer /
-mean(bare before, bare after). The host-side work of the trainer (reading and
+Prints one JSON line: images/s of every run, and `trainer_vs_bare` =
+median(trainer) / median(bare). The host-side work of the trainer (reading and
 copying each batch, the progress bar, the guard reads at log boundaries) is
 what the ratio measures; with no per-step host sync it should stay near 1.
 """
@@ -36,6 +37,8 @@ def _parse():
   parser.add_argument('--steps', type=int, default=40)
   parser.add_argument('--log-every', type=int, default=10)
   parser.add_argument('--batch-size', type=int, default=0, help='0: preset')
+  parser.add_argument('--rounds', type=int, default=2)
+  parser.add_argument('--warmup', type=int, default=3)
   parser.add_argument(
     '--quick', action='store_true', help='tiny model, few steps'
   )
@@ -80,7 +83,15 @@ def main():
   config.dataset.synthetic.train_examples = config.batch_size * (steps + 1)
   config.dataset.synthetic.eval_examples = config.batch_size
 
-  def bare(run):
+  run = train.setup(config)
+  skip = False
+  # One jitted step for every bare run: only the first compiles.
+  step = jax.jit(
+    functools.partial(train.guarded_step, run.method, run.optimizers, skip),
+    donate_argnums=(0, 1),
+  )
+
+  def bare():
     with jax.set_mesh(run.mesh):
       state = jax.jit(
         functools.partial(train.init_state, config, run.method, run.optimizers),
@@ -91,7 +102,6 @@ def main():
         train.to_global(b, run.batch_sharding)
         for b in run.train_source.epoch(0)
       ][:4]
-      skip = False
       shapes = jax.eval_shape(
         functools.partial(train.train_step, run.method, run.optimizers, skip),
         state,
@@ -99,11 +109,8 @@ def main():
         batches[0],
       )[1]
       guard = jax.device_put(train.init_guard(shapes), run.replicated)
-      step = jax.jit(
-        functools.partial(train.guarded_step, run.method, run.optimizers, skip),
-        donate_argnums=(0, 1),
-      )
-      state, guard, _ = step(state, guard, frozen, batches[0])  # Compiles.
+      for i in range(max(args.warmup, 1)):  # The first call compiles.
+        state, guard, _ = step(state, guard, frozen, batches[i % len(batches)])
       jax.block_until_ready(state)
       start = time.perf_counter()
       for i in range(steps):
@@ -111,12 +118,13 @@ def main():
       jax.block_until_ready((state, guard))
       return steps * config.batch_size / (time.perf_counter() - start)
 
-  run = train.setup(config)
-  bare_before = bare(run)
-  with tempfile.TemporaryDirectory() as workdir:
-    summary = train.train_and_evaluate(config, workdir)
-  bare_after = bare(run)
-  trainer = summary['throughput']['train_images_per_second']
+  bare_runs, trainer_runs, step_medians = [bare()], [], []
+  for _ in range(max(args.rounds, 1)):
+    with tempfile.TemporaryDirectory() as workdir:
+      summary = train.train_and_evaluate(config, workdir)
+    trainer_runs.append(summary['throughput']['train_images_per_second'])
+    step_medians.append(summary['throughput']['step_seconds_median'])
+    bare_runs.append(bare())
   result = {
     'config': args.config,
     'quick': args.quick,
@@ -125,13 +133,10 @@ def main():
     'batch_size': config.batch_size,
     'steps': steps,
     'log_every_steps': log_every,
-    'images_per_second': {
-      'bare_before': bare_before,
-      'trainer': trainer,
-      'bare_after': bare_after,
-    },
-    'trainer_step_seconds_median': summary['throughput']['step_seconds_median'],
-    'trainer_vs_bare': trainer / np.mean([bare_before, bare_after]),
+    'warmup_steps': args.warmup,
+    'images_per_second': {'bare': bare_runs, 'trainer': trainer_runs},
+    'trainer_step_seconds_median': step_medians,
+    'trainer_vs_bare': float(np.median(trainer_runs) / np.median(bare_runs)),
     'jax': jax.__version__,
   }
   print(json.dumps(result))

@@ -1,10 +1,22 @@
 """Test setup: 8 fake CPU devices, set before jax initializes its backend."""
 
+import getpass
 import os
+import tempfile
 
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+# Many tests train the same tiny models: XLA's persistent compilation cache
+# lets every worker and subprocess reuse a compiled step instead of spending
+# seconds compiling it again. It is keyed on the program, the jax version and
+# the flags, so a hit is the same executable a compile would give.
+os.environ.setdefault(
+  'JAX_COMPILATION_CACHE_DIR',
+  os.path.join(tempfile.gettempdir(), f'kdjax-tests-xla-{getpass.getuser()}'),
+)
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 

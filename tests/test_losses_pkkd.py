@@ -335,7 +335,9 @@ def _method(**knobs):
   config.model = config_defaults.model('resnet8', 'adder', **tiny)
   config.teacher = config_defaults.model('resnet8', 'conv', **tiny)
   # Explicit weights, whatever the preset's defaults are.
-  config.pkkd.update({**dict(alpha=5.0, beta=5.0, ramp_steps=0), **knobs})
+  config.pkkd.update(
+    {**dict(alpha=5.0, beta=5.0, ramp_steps=0, kd_t_squared=True), **knobs}
+  )
   return build_method(config, num_classes=10, image_shape=(8, 8, 1))
 
 
@@ -380,8 +382,8 @@ def test_teacher_kd_weight_trains_only_the_teacher(tiny_batch):
   plain = _method(temperature=temperature)
   params, stats = mutual.init(jax.random.key(0), tiny_batch['image'])
   plain.init(jax.random.key(0), tiny_batch['image'])  # builds its connectors
-  grad = lambda m: jax.grad(
-    lambda p: m.loss(p, stats, {}, tiny_batch, jax.random.key(1))[0]
+  grad = lambda m: jax.jit(
+    jax.grad(lambda p: m.loss(p, stats, {}, tiny_batch, jax.random.key(1))[0])
   )(params)
   g_mutual, g_plain = grad(mutual), grad(plain)
   s_logits = base.run_model(
@@ -407,7 +409,7 @@ def test_teacher_kd_weight_trains_only_the_teacher(tiny_batch):
     kl = jnp.mean(jnp.sum(jnp.exp(log_ps_t) * (log_ps_t - log_pt_t), -1))
     return ce + weight * temperature**2 * kl
 
-  expected = jax.grad(teacher_reference)(params['teacher'])
+  expected = jax.jit(jax.grad(teacher_reference))(params['teacher'])
   jax.tree.map(
     lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6),
     g_mutual['teacher'],

@@ -111,7 +111,7 @@ def test_bfloat16_step_is_close_to_float32():
       )
       return ce, (logits, new_stats)
 
-    return jax.value_and_grad(loss, has_aux=True)(params)
+    return jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
 
   (l32, (z32, s32)), g32 = loss_and_grads(f32)
   (l16, (z16, s16)), g16 = loss_and_grads(bf16)
