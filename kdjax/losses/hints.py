@@ -18,20 +18,14 @@ _NORM_EPS = 1e-12
 
 
 def fitnet_loss(regressed_student_feat: Array, teacher_feat: Array) -> Array:
-  """FitNets hint loss (Romero et al., ICLR 2015, Eq. 3).
+  """FitNets hint loss (Romero et al., ICLR 2015, Eq. 3; docs/baselines.md).
 
-      loss = mean_{b, h, w, c} (r(F_s) - F_t)^2
+      loss = mean_{b, h, w, c} (r(F_s) - sg(F_t))^2
 
-  r(F_s): the student's hint layer through the regressor (a
-  ``kdjax.models.connectors.FeatureConnector`` the caller applies). Teacher
-  features are under ``stop_gradient``.
-
-  Args:
-    regressed_student_feat: (B, ..., C) output of the regressor.
-    teacher_feat: same shape.
-
-  Returns:
-    float32 scalar.
+  ``regressed_student_feat`` (B, ..., C): the student's hint layer through the
+  regressor r (a ``kdjax.models.connectors.FeatureConnector`` the caller
+  applies); ``teacher_feat``: same shape. Returns a float32 scalar, the mean
+  over every element.
   """
   if regressed_student_feat.shape != teacher_feat.shape:
     raise ValueError(
@@ -47,17 +41,13 @@ def fitnet_loss(regressed_student_feat: Array, teacher_feat: Array) -> Array:
 
 
 def attention_map(feat: Array, power: float = DEFAULT_AT_POWER) -> Array:
-  """Spatial attention map (Zagoruyko & Komodakis, ICLR 2017, Sec. 3.1 and Eq. 2).
+  """Spatial attention map (Zagoruyko & Komodakis, ICLR 2017, Sec. 3.1, Eq. 2).
 
-      Q_b   = vec( mean_c |F_b[:, :, c]|^p )        shape (H * W,)
+      Q_b     = vec( mean_c |F_b[:, :, c]|^p )        shape (H * W,)
       at(F)_b = Q_b / max(||Q_b||_2, 1e-12)
 
-  Args:
-    feat: (B, H, W, C).
-    power: p; 2 as in the paper.
-
-  Returns:
-    (B, H * W) float32, unit L2 norm per example.
+  ``feat`` (B, H, W, C); ``power`` p, 2 as in the paper. Returns (B, H * W)
+  float32, unit L2 norm per example.
   """
   if feat.ndim != 4:
     raise ValueError(
@@ -79,24 +69,15 @@ def attention_transfer_loss(
 ) -> Array:
   """Attention transfer loss at one position (Zagoruyko & Komodakis 2017, Eq. 2).
 
-      loss = mean_{b, j} (at(F_s)_{b, j} - at(F_t)_{b, j})^2
+      loss = mean_{b, j} (at(F_s)_{b, j} - at(sg(F_t))_{b, j})^2
            = mean_b ||at_s - at_t||_2^2 / (H W)
 
   The official-code / RepDistiller form, not the paper's unsquared norm
-  (docs/baselines.md). The beta / 2 weight is applied by
-  ``attention_transfer_total``. Channel counts may differ; spatial sizes must
-  match.
-
-  Args:
-    student_feat: (B, H, W, C_s).
-    teacher_feat: (B, H, W, C_t); under ``stop_gradient``.
-    power: p of the attention map.
-
-  Returns:
-    float32 scalar.
-
-  Raises:
-    ValueError: if batch or spatial sizes differ.
+  (docs/baselines.md); the beta / 2 weight is applied by
+  ``attention_transfer_total``. ``student_feat`` (B, H, W, C_s) and
+  ``teacher_feat`` (B, H, W, C_t): channel counts may differ, batch and spatial
+  sizes must match (else ValueError). ``power``: p of the attention map.
+  Returns a float32 scalar.
   """
   if student_feat.ndim != 4 or teacher_feat.ndim != 4:
     raise ValueError(

@@ -34,21 +34,15 @@ def ofd_margin(bn_scale: Array, bn_bias: Array) -> Array:
   """Margin of the margin ReLU (Heo et al., ICCV 2019, Sec. 3; code ``get_margin_from_BN``).
 
   The teacher's pre-ReLU response of a channel is modelled as N(beta, gamma^2),
-  with gamma, beta the scale and bias of the BN that produces it, and the
-  margin is the mean of its negative part:
+  gamma and beta the scale and bias of the BN that produces it; the margin is
+  the mean of its negative part:
 
       m = E[x | x < 0] = beta - |gamma| * phi(beta / |gamma|) / Phi(-beta / |gamma|)
       m = -3 |gamma|                             where Phi(-beta / |gamma|) <= 0.001
 
-  phi, Phi: standard normal pdf and cdf. No ``stop_gradient`` here
-  (``ofd_distance`` applies it).
-
-  Args:
-    bn_scale: gamma, shape (C,) (any sign: only |gamma| is used).
-    bn_bias: beta, same shape.
-
-  Returns:
-    float32 array of shape (C,), elementwise, no reduction.
+  phi, Phi: standard normal pdf and cdf. ``bn_scale`` gamma (C,), any sign;
+  ``bn_bias`` beta, same shape. Returns (C,) float32, elementwise; no
+  ``stop_gradient`` here (``ofd_distance`` applies it).
   """
   gamma = jnp.asarray(bn_scale, jnp.float32)
   beta = jnp.asarray(bn_bias, jnp.float32)
@@ -69,19 +63,13 @@ def ofd_distance(
 
   Official code: ``distillation_loss``.
 
-      t_m  = max(t, m)                                   (margin ReLU, m per channel)
+      t_m  = max(sg(t), sg(m))                         (margin ReLU, m per channel)
       loss = (1 / B) * sum_{b,h,w,c} [s > t_m  or  t_m > 0] * (s - t_m)^2
 
-  s is the connector output r(F_s) (pre-ReLU), t the teacher's pre-ReLU
-  feature. Teacher feature and margin are under ``stop_gradient``.
-
-  Args:
-    student_feat: (B, ..., C) connector output.
-    teacher_feat: same shape.
-    margin: (C,), broadcast over the last (channel) axis.
-
-  Returns:
-    float32 scalar: sum over all elements divided by the batch size B.
+  ``student_feat`` s (B, ..., C): the connector output r(F_s), pre-ReLU;
+  ``teacher_feat`` t: the teacher's pre-ReLU feature, same shape; ``margin``
+  (C,), broadcast over the channel axis. Returns a float32 scalar: the sum over
+  all elements divided by the batch size B.
   """
   if student_feat.shape != teacher_feat.shape:
     raise ValueError(

@@ -45,16 +45,10 @@ def patch_sq_norms(
 
       E[b, h, w, g] = sum_{i, j, c in group g} X[b, h*s + i, w*s + j, c]^2
 
-  One output per channel group; zero padding contributes 0.
-
-  Args:
-    inputs: (B, H, W, C), the layer's input.
-    kernel_size: (kh, kw).
-    strides, padding: as for the layer (``flax.linen.Conv`` / ``adder_conv`` forms).
-    feature_group_count: the layer's channel groups; must divide C.
-
-  Returns:
-    (B, H_out, W_out, feature_group_count) float32, no reduction.
+  ``inputs`` (B, H, W, C) is the layer's input; ``kernel_size`` (kh, kw),
+  ``strides``, ``padding`` (``flax.linen.Conv`` / ``adder_conv`` forms) and
+  ``feature_group_count`` (must divide C) are the layer's. Zero padding
+  contributes 0. Returns (B, H_out, W_out, feature_group_count) float32.
   """
   kernel_hw = tuple(int(k) for k in kernel_size)
   strides = normalize_strides(strides)
@@ -95,17 +89,13 @@ def filter_sq_norms(kernel: Array) -> Array:
 def gaussian_sq_distance(
   conv_out: Array, patch_energy: Array, filter_sq_norm: Array
 ) -> Array:
-  """||x_p - f_o||^2 from a conv output (docs/pkkd.md).
+  """||x_p - f_o||^2 from a conv output (docs/pkkd.md), elementwise.
 
       d2 = max(||x_p||^2 + ||f_o||^2 - 2 x_p . f_o, 0)
 
-  Args:
-    conv_out: (B, H, W, O), the raw conv output x_p . f_o (no bias, pre-BN).
-    patch_energy: (B, H, W, 1) from ``patch_sq_norms``.
-    filter_sq_norm: (O,) from ``filter_sq_norms``.
-
-  Returns:
-    (B, H, W, O) float32, elementwise.
+  ``conv_out`` (B, H, W, O) is the raw conv output x_p . f_o (no bias, pre-BN),
+  ``patch_energy`` (B, H, W, 1) from ``patch_sq_norms``, ``filter_sq_norm``
+  (O,) from ``filter_sq_norms``. Returns (B, H, W, O) float32.
   """
   sq_dist = (
     patch_energy.astype(jnp.float32)
@@ -145,16 +135,9 @@ def gaussian_kernel_features(
 
       h = exp(-max(||x_p||^2 + ||f_o||^2 - 2 x_p . f_o, 0) / (2 sigma^2))
 
-  Values lie in (0, 1]; with ``gaussian_kernel_sigma`` they do not underflow.
-
-  Args:
-    conv_out: (B, H, W, O) raw conv output (no bias, pre-BN).
-    patch_energy: (B, H, W, 1), ``patch_sq_norms`` of the conv input.
-    filter_sq_norm: (O,), ``filter_sq_norms`` of the conv kernel.
-    sigma: bandwidth, a scalar or anything broadcastable to (B, H, W, O).
-
-  Returns:
-    (B, H, W, O) float32, elementwise.
+  Arguments as ``gaussian_sq_distance``; ``sigma`` a scalar or broadcastable to
+  (B, H, W, O). Returns (B, H, W, O) float32 in (0, 1], elementwise; with
+  ``gaussian_kernel_sigma`` it does not underflow.
   """
   sq_dist = gaussian_sq_distance(conv_out, patch_energy, filter_sq_norm)
   sigma = jnp.asarray(sigma, jnp.float32)
@@ -181,14 +164,9 @@ def laplace_kernel_features(adder_out: Array, sigma: Array) -> Array:
 
       g = exp(-||x_p - f_o||_1 / sigma) = exp(min(Y, 0) / sigma)
 
-  Y = -||x_p - f_o||_1 <= 0 is the raw adder output (pre-BN). Values in (0, 1].
-
-  Args:
-    adder_out: (B, H, W, O) raw adder output.
-    sigma: bandwidth, a scalar or anything broadcastable to (B, H, W, O).
-
-  Returns:
-    (B, H, W, O) float32, elementwise.
+  ``adder_out`` Y (B, H, W, O) = -||x_p - f_o||_1 <= 0 is the raw adder output
+  (pre-BN); ``sigma`` a scalar or broadcastable to it. Returns (B, H, W, O)
+  float32 in (0, 1], elementwise.
   """
   sigma = jnp.asarray(sigma, jnp.float32)
   # The clamp only guards against inputs that are not raw adder outputs.
@@ -203,19 +181,13 @@ def gaussian_kernel_from_conv(
   padding: Any = 'SAME',
   sigma_scale: float = DEFAULT_SIGMA_SCALE,
 ) -> Array:
-  """Teacher-side features in one call: patch and filter norms, bandwidth, kernel.
+  """Teacher-side features in one call (our reconstruction, docs/pkkd.md).
 
-      h = exp(-d2 / (s * sg(mean d2))),   d2 = ||x_p - f_o||^2      (our reconstruction, docs/pkkd.md)
+      h = exp(-d2 / (s * sg(mean d2))),   d2 = ||x_p - f_o||^2
 
-  Args:
-    inputs: (B, H, W, C) conv input.
-    kernel: (kh, kw, C, O) conv kernel (HWIO, as ``flax.linen.Conv``).
-    conv_out: (B, H_out, W_out, O) raw conv output for that input and kernel.
-    strides, padding: the conv's.
-    sigma_scale: s.
-
-  Returns:
-    (B, H_out, W_out, O) float32 in (0, 1].
+  ``inputs`` (B, H, W, C) and HWIO ``kernel`` (kh, kw, C, O) of a conv whose raw
+  output is ``conv_out`` (B, H_out, W_out, O); ``strides``, ``padding`` the
+  conv's; s = ``sigma_scale``. Returns (B, H_out, W_out, O) float32 in (0, 1].
   """
   patch_energy = patch_sq_norms(inputs, kernel.shape[:2], strides, padding)
   return gaussian_kernel_from_norms(
@@ -259,15 +231,10 @@ def pkkd_feature_loss(student_feats: PyTree, teacher_feats: PyTree) -> Array:
 
       loss = sum_m mean_{b, h, w, c} (rho_m(g_m) - sg(h_m))^2
 
-  Args:
-    student_feats: pytree (list, tuple or dict) of per-layer student features,
-      already transformed by rho_m (``KernelTransform``) on the Laplace
-      kernel features g_m.
-    teacher_feats: same structure and shapes: the Gaussian kernel features h_m,
-      put under ``stop_gradient``.
-
-  Returns:
-    float32 scalar: per-layer mean over all elements, summed over layers.
+  ``student_feats``: a pytree (list, tuple or dict) of per-layer rho_m(g_m),
+  the ``KernelTransform`` outputs on the Laplace features; ``teacher_feats``:
+  the Gaussian features h_m, same structure and shapes. Returns a float32
+  scalar: per-layer mean over all elements, summed over layers.
   """
   student_leaves, student_def = jax.tree.flatten(student_feats)
   teacher_leaves, teacher_def = jax.tree.flatten(teacher_feats)
