@@ -121,12 +121,10 @@ def output_channel_chunk(
   out_channels: int,
   memory_budget_bytes: int,
 ) -> int:
-  """Largest output-channel chunk whose backward working set fits the budget.
-
-  The input gradient keeps, per chunk, the output gradient placed on the
-  padded input grid once per kernel tap: at most taps * N * Hp * Wp * chunk
-  floats (less at stride > 1, where each phase holds only its own taps).
-  """
+  """Largest output-channel chunk whose backward working set fits the budget."""
+  # Per chunk the input gradient keeps the output gradient placed on the padded
+  # grid once per tap: at most taps * N * Hp * Wp * chunk floats (less at
+  # stride > 1, where each phase holds only its own taps).
   per_channel = taps * batch * padded_hw[0] * padded_hw[1] * 4
   return int(
     max(1, min(out_channels, memory_budget_bytes // max(per_channel, 1)))
@@ -163,12 +161,10 @@ def _out_hw(xp_shape, kernel_shape, strides):
 
 
 def _adder_forward(x, kernel, strides, pads):
-  """Loops over input channels; each step adds |x_c - F[:, :, c, :]| for every tap.
-
-  Vectorised over output channels (the minor axis), so XLA fuses a whole step
-  into one elementwise pass over the (N, Ho, Wo, C_out) accumulator and nothing
-  larger than the output is ever live.
-  """
+  """Loops over input channels; each step adds |x_c - F[:, :, c, :]| for every tap."""
+  # Vectorised over output channels (the minor axis): XLA fuses a whole step
+  # into one elementwise pass over the (N, Ho, Wo, C_out) accumulator, and
+  # nothing larger than the output is ever live.
   xp = _pad(x, pads)
   kh, kw, in_channels, out_channels = kernel.shape
   out_hw = _out_hw(xp.shape, kernel.shape, strides)
@@ -189,17 +185,16 @@ def _adder_forward(x, kernel, strides, pads):
 def _phase_input_grad(xq, filters, g, offsets, chunk):
   """Input gradient on one stride phase of the padded input.
 
-  xq: (N, Hq, Wq, C), the padded input pixels whose coordinates are congruent
-  to the phase modulo the strides; every tap of the phase reads xq at stride 1
-  from ``offsets[t]``. filters: (O, T, C) for those taps; g: (N, Ho, Wo, O).
-
       dL/dxq[p, c] = sum_{t, o} G_t[p, o] * clip(F[t, c, o] - xq[p, c])
 
-  where G_t is g placed where tap t reads, so the patch-to-pixel scatter is a
-  sum and the clip reads x in place. Output channels run ``chunk`` at a time,
-  and (output channel, tap) pairs one at a time inside a chunk: the working
-  set is taps * N * Hq * Wq * chunk floats.
+  xq (N, Hq, Wq, C): the padded input pixels congruent to the phase modulo
+  the strides, read by tap t at stride 1 from ``offsets[t]``; filters
+  (O, T, C) for those taps; g (N, Ho, Wo, O); G_t is g placed where tap t
+  reads.
   """
+  # Placing g makes the patch-to-pixel scatter a sum and lets the clip read x
+  # in place. Output channels run `chunk` at a time, (output channel, tap)
+  # pairs one at a time inside a chunk: taps * N * Hq * Wq * chunk floats.
   hq, wq = xq.shape[1:3]
   out_channels = g.shape[-1]
 
@@ -244,13 +239,11 @@ def _phase_input_grad(xq, filters, g, offsets, chunk):
 
 
 def _phase_input_grad_by_channel(xq, filters, g, offsets, chunk):
-  """`_phase_input_grad` with every tap of one output channel in one step.
-
-  The forward's layout turned around: a loop over output channels whose step
-  adds, for each tap, a shifted window of that channel's zero-padded output
-  gradient times the clip. Nothing per tap is stored, so the working set is
-  one padded gradient plane plus the accumulator and ``chunk`` is not needed.
-  """
+  """`_phase_input_grad` with every tap of one output channel in one step."""
+  # The forward's layout turned around: a loop over output channels whose step
+  # adds, per tap, a shifted window of that channel's zero-padded output
+  # gradient times the clip. Nothing per tap is stored (one padded gradient
+  # plane plus the accumulator), so `chunk` is not needed.
   del chunk
   n, hq, wq, _ = xq.shape
   _, ho, wo, out_channels = g.shape
@@ -280,12 +273,9 @@ TAPS_FUSED_MAX_CHANNELS = 16
 
 
 def _input_grad(xp, kernel, g, strides, chunk):
-  """dL/dX on the padded grid, one stride phase at a time.
-
-  At stride s, tap (i, j) only ever reads pixels congruent to (i mod sh,
-  j mod sw); splitting the grid into those sh * sw phases keeps the work at
-  taps * pixels / (sh * sw) instead of taps * pixels.
-  """
+  """dL/dX on the padded grid, one stride phase at a time."""
+  # At stride s, tap (i, j) only reads pixels congruent to (i mod sh, j mod sw);
+  # the sh * sw phases keep the work at taps * pixels / (sh * sw).
   kh, kw, in_channels, out_channels = kernel.shape
   (sh, sw), (hp, wp) = strides, xp.shape[1:3]
   filters = jnp.moveaxis(
@@ -331,13 +321,10 @@ def _patches(xp, kernel_hw, out_hw, strides):
 
 
 def _fused_forward(x, kernel, strides, pads):
-  """One reduction over the im2col patches, for GPUs.
-
-  ``sum_k |P[..., k] - F[k, o]|`` is written as a broadcast feeding a
-  reduction; XLA fuses the two, so the (N*Ho*Wo, T*C, O) difference tensor is
-  never stored, and the GPU runs every output element in parallel instead of
-  looping over input channels.
-  """
+  """One reduction over the im2col patches, for GPUs."""
+  # A broadcast feeding a reduction: XLA fuses the two, so the (N*Ho*Wo, T*C, O)
+  # difference tensor is never stored and every output element runs in
+  # parallel instead of looping over input channels.
   xp = _pad(x, pads)
   out_hw = _out_hw(xp.shape, kernel.shape, strides)
   patches = _patches(xp, kernel.shape[:2], out_hw, strides)
