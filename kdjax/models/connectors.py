@@ -46,15 +46,13 @@ class FeatureConnector(nn.Module):
   """Student channels -> teacher channels: 1x1 conv (no bias) + BN.
 
   The OFD connector r_i (Heo et al., ICCV 2019; official
-  ``build_feature_connector``): He-normal fan-out init, BN scale 1 and bias 0,
-  PyTorch BN defaults (momentum 0.1, i.e. flax momentum 0.9, epsilon 1e-5).
-  Also serves as the FitNets regressor (Romero et al., ICLR 2015).
+  ``build_feature_connector``) and the FitNets regressor (Romero et al., ICLR
+  2015): He-normal fan-out init, BN scale 1, bias 0, PyTorch BN defaults.
 
   Attributes:
     features: teacher channel count.
-    momentum, epsilon: BN hyper-parameters.
-    axis_name: BN cross-device axis under ``shard_map``; None under plain jit,
-      where batch statistics are already global.
+    momentum, epsilon: BN hyper-parameters (flax momentum 0.9 = PyTorch 0.1).
+    axis_name: BN cross-device axis under ``shard_map``; None under plain jit.
     dtype: computation dtype (None: from the input); parameters stay float32.
     kernel_init: initializer of the conv kernel.
   """
@@ -62,6 +60,7 @@ class FeatureConnector(nn.Module):
   features: int
   momentum: float = 0.9
   epsilon: float = 1e-5
+  # Under plain jit batch statistics are already global: no axis needed.
   axis_name: Optional[str] = None
   dtype: Optional[Dtype] = None
   param_dtype: Dtype = jnp.float32

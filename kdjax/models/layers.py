@@ -100,16 +100,14 @@ class ConvOrAdder(nn.Module):
   The parameter is named 'kernel' (HWIO) in both cases.
 
   Attributes:
-    features: output channels.
-    kernel_size: int or (kh, kw).
-    strides: int or (sh, sw).
-    padding: None for PyTorch-style symmetric padding (k - 1) // 2, or an int or
-      ((top, bottom), (left, right)). 'SAME' is accepted but is asymmetric at
-      stride 2.
+    features, kernel_size, strides: output channels, int or (kh, kw), int or
+      (sh, sw).
+    padding: None for PyTorch-style symmetric padding (k - 1) // 2, an int or
+      ((top, bottom), (left, right)); 'SAME' is asymmetric at stride 2.
     feature_group_count: channel groups (in_features for a depthwise conv).
     conv_type: 'conv' or 'adder'.
-    dtype: computation dtype; params are kept in ``param_dtype``.
-    precision: lax precision of the multiplicative conv.
+    dtype, precision: compute dtype (params in ``param_dtype``); lax precision
+      of the multiplicative conv.
   """
 
   features: int
@@ -132,10 +130,9 @@ class ConvOrAdder(nn.Module):
 
     Returns:
       y (B, Ho, Wo, features), or with ``return_kernel_features`` the triple
-      (y, patch_energy, filter_sq_norm):
-        patch_energy (B, Ho, Wo, groups) float32: ||x_p||^2 of every input patch
-          (per channel group), a conv of x^2 with a ones kernel;
-        filter_sq_norm (features,) float32: ||f_o||^2 of every filter.
+      (y, patch_energy, filter_sq_norm): ||x_p||^2 of every input patch per
+      channel group (B, Ho, Wo, groups) and ||f_o||^2 of every filter
+      (features,), both float32.
     """
     check_conv_type(self.conv_type)
     kernel_size = as_pair(self.kernel_size)

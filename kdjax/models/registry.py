@@ -121,8 +121,7 @@ def build_model(
   Args:
     name: one of ``available_models()`` (RepDistiller spellings such as
       'wrn_40_2' are accepted too).
-    conv_type: 'conv' (CNN) or 'adder' (AdderNet: stem and classifier stay
-      multiplicative, every other conv is an adder followed by BN, BN on logits).
+    conv_type: 'conv' (CNN) or 'adder' (AdderNet, as in kdjax.models).
     num_classes: classifier outputs.
     dtype: computation dtype (params stay float32).
     **kwargs: family-specific options overriding the named configuration, e.g.
@@ -130,8 +129,8 @@ def build_model(
       ``shared_stages`` (ekd_student), ``width_multiplier`` (mobilenet_v1).
 
   Returns:
-    An unbound linen module; ``model.apply(variables, images, train=...)``
-    returns ``(logits, features)`` as documented in kdjax.models.
+    An unbound linen module whose ``apply(variables, images, train=...)``
+    returns ``(logits, features)`` (contract in kdjax.models).
 
   Raises:
     ValueError: unknown name, conv_type or option.
