@@ -37,13 +37,9 @@ def cross_entropy(
       q_c  = (1 - eps) * [c == y] + eps / C          (label smoothing, Szegedy et al. CVPR 2016)
       loss = mean_b  - sum_c q_c * log softmax(z_b)_c
 
-  Args:
-    logits: (..., C) float32 or bfloat16.
-    labels: (...) integer class ids in [0, C).
-    label_smoothing: eps above; 0 gives the plain cross-entropy.
-
-  Returns:
-    float32 scalar: the mean over all leading axes.
+  ``logits`` (..., C), float32 or bfloat16; ``labels`` (...), integer class ids
+  in [0, C); ``label_smoothing`` eps (0: the plain cross-entropy). Returns a
+  float32 scalar, the mean over all leading axes.
   """
   if labels.shape != logits.shape[:-1]:
     raise ValueError(
@@ -66,20 +62,14 @@ def kd_loss(
 ) -> Array:
   """Hinton knowledge distillation (Hinton, Vinyals, Dean 2015; docs/baselines.md).
 
-      p^t  = softmax(z_t / T),   p^s = softmax(z_s / T)
+      p^t  = softmax(sg(z_t) / T),   p^s = softmax(z_s / T)
       loss = mean_b  T^2 * KL(p^t || p^s) = mean_b T^2 * sum_c p^t_c (log p^t_c - log p^s_c)
 
   p = softmax(z / T) is their Eq. 1, T^2 their Sec. 2, so that
-  d loss / d z_s = T * (p^s - p^t) / B. Teacher logits are under
-  ``stop_gradient``.
-
-  Args:
-    student_logits: (..., C).
-    teacher_logits: (..., C), same shape.
-    temperature: T > 0 (Python float or traced scalar).
-
-  Returns:
-    float32 scalar: sum over classes, mean over all leading axes.
+  d loss / d z_s = T * (p^s - p^t) / B. ``student_logits`` and
+  ``teacher_logits``: (..., C), same shape; ``temperature`` T > 0 (Python float
+  or traced scalar). Returns a float32 scalar: sum over classes, mean over all
+  leading axes.
   """
   _check_logits_pair(student_logits, teacher_logits, 'kd_loss')
   temperature = jnp.asarray(temperature, jnp.float32)
