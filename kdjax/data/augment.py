@@ -67,15 +67,11 @@ def inception_crop(
 ) -> tf.Tensor:
   """Random-resized-crop to (size, size); returns float32 in [0, 255].
 
-  Args:
-    image: a decoded (H, W, C) image, or an encoded JPEG string, which is then
-      decoded only inside the crop window (what makes ImageNet input fast).
-    seed: stateless seed, shape [2].
-    size: output side.
-    area_range: see `Augment`.
-    aspect_ratio_range: see `Augment`.
+  ``image``: a decoded (H, W, C) image, or an encoded JPEG string, then decoded
+  only inside the crop window. ``seed``: stateless seed, shape [2].
+  ``area_range``, ``aspect_ratio_range``: see `Augment`.
   """
-  if image.dtype == tf.string:
+  if image.dtype == tf.string:  # Decoding only the window: fast ImageNet.
     shape = tf.image.extract_jpeg_shape(image)
     window = _sample_crop_window(shape, seed, area_range, aspect_ratio_range)
     cropped = tf.image.decode_and_crop_jpeg(image, window, channels=3)

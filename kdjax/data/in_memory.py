@@ -84,18 +84,11 @@ def augment_batch(
 ) -> np.ndarray:
   """Applies a 'pad_crop' / 'none' recipe (and flips) to each image.
 
-  Each image's crop offset and flip depend on (augment_seed, its example
-  index) alone, whatever batch it is in.
-
-  Args:
-    images: (N, H, W, C) images, uint8 or float in [0, 255].
-    indices: (N,) example indices.
-    augment_seed: the epoch's augmentation seed.
-    recipe: the recipe; pad_crop offsets are uniform over the 2*pad+1
-      positions per axis (torchvision's RandomCrop(size, padding=pad)).
-
-  Returns:
-    Augmented images, same shape and dtype.
+  ``images`` (N, H, W, C), uint8 or float in [0, 255]; ``indices`` (N,) their
+  example indices. Each image's crop offset (uniform over the 2*pad+1 positions
+  per axis, torchvision's RandomCrop(size, padding=pad)) and flip depend on
+  (augment_seed, its index) alone, whatever batch it is in. Returns the
+  augmented images, same shape and dtype.
   """
   _check_implemented(recipe)
   pad = recipe.pad if recipe.kind == specs.PAD_CROP else 0

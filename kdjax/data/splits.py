@@ -24,17 +24,10 @@ _SUBSPLIT = re.compile(
 def parse_split(split: str, sizes: Mapping[str, int]) -> Ranges:
   """[(split name, start, stop)] that a tfds split string selects.
 
-  The tfds slicing rules: 'train', 'train[:1000]', 'test[-100:]',
-  'train[:90%]' (percent boundaries rounded to the closest example, as tfds'
-  default rounding) and sums of those joined with '+'.
-
-  Args:
-    split: the split string.
-    sizes: number of examples of each named split.
-
-  Raises:
-    ValueError: an unknown split name, a slice outside the split, or a
-      string in another syntax.
+  The tfds slicing rules: 'train', 'train[:1000]', 'test[-100:]', 'train[:90%]'
+  (percent boundaries rounded to the closest example, tfds' default) and sums
+  joined with '+'. ``sizes``: examples of each named split. Raises ValueError
+  for an unknown split name, a slice outside the split or another syntax.
   """
   ranges = []
   for part in re.split(r'\s*\+\s*', str(split).strip()):
