@@ -42,14 +42,7 @@ def branch_teacher_pairing(
 
 
 def ensemble_logits(branch_logits: Array) -> Array:
-  """z_ens = (1/K) sum_k z_k, the student's prediction (Asif et al., ECAI 2020; docs/ekd.md).
-
-  Args:
-    branch_logits: (K, B, C).
-
-  Returns:
-    (B, C) float32.
-  """
+  """z_ens = (1/K) sum_k z_k: (K, B, C) branch logits -> (B, C) float32 (docs/ekd.md)."""
   return jnp.mean(branch_logits.astype(jnp.float32), axis=0)
 
 
@@ -78,8 +71,7 @@ def ekd_loss(
                                  + lambda_kd * T^2 KL(softmax(z^T_{k mod T}/T) || softmax(z_k/T)) ]
 
   Every CE and KL is a batch mean. Teacher logits and features are under
-  ``stop_gradient``. K and T come from the static shapes, so the pairing is a
-  trace-time constant.
+  ``stop_gradient``. K and T come from the static shapes.
 
   Args:
     branch_logits: (K, B, C) logits of the K branches.
@@ -88,9 +80,7 @@ def ekd_loss(
       a length-K sequence of (B, D_{k mod T}) arrays when teachers differ in width.
     teacher_logits: (T, B, C).
     teacher_feats: a (T, B, D) array or a length-T sequence of (B, D_t) arrays.
-    temperature: T of the soft labels.
-    lambda_feat: weight of the feature MSE (ours: 1).
-    lambda_kd: weight of the soft-label term (ours: 1).
+    temperature, lambda_feat, lambda_kd: T and the weights above (ours: 1, 1).
     label_smoothing: applied to every CE term.
 
   Returns:
@@ -104,6 +94,7 @@ def ekd_loss(
       f'{teacher_logits.shape} must be (K, B, C) and (T, B, C)'
     )
   num_branches, num_teachers = branch_logits.shape[0], teacher_logits.shape[0]
+  # From static shapes: the pairing is a trace-time constant.
   pairing = np.asarray(branch_teacher_pairing(num_branches, num_teachers))
   branch_feats = _per_branch(branch_feats, num_branches, 'branch features')
   teacher_feats = _per_branch(teacher_feats, num_teachers, 'teacher features')
