@@ -677,6 +677,243 @@ def _preempted_summary(config, step, steps_per_epoch, started):
   }
 
 
+@dataclasses.dataclass(frozen=True)
+class RunFunctions:
+  """The jitted functions of one run: train step, eval step, BN estimates."""
+
+  step: Any
+  eval: Any
+  estimate: Any
+
+
+def compile_functions(config, run: RunSetup) -> RunFunctions:
+  skip_nonfinite = config.get('nonfinite', 'raise') == 'skip'
+  return RunFunctions(
+    step=jax.jit(
+      functools.partial(
+        guarded_step, run.method, run.optimizers, skip_nonfinite
+      ),
+      donate_argnums=(0, 1),
+    ),
+    eval=jax.jit(functools.partial(eval_step, run.method)),
+    estimate=jax.jit(functools.partial(batch_stat_estimates, run.method)),
+  )
+
+
+def evaluate_state(
+  config, run: RunSetup, fns: RunFunctions, state, frozen, recalibrate=True
+):
+  """Eval accuracy per head, after precise-BN recalibration when configured.
+
+  Returns (eval_state, batch_stats_source, accuracies): eval_state is `state`
+  with the BN statistics the accuracies were measured with.
+  """
+  num_batches = config.get('eval_bn_recalibration_batches', 0)
+  stats_source = 'running'
+  if num_batches and recalibrate:
+    state = recalibrate_batch_stats(
+      fns.estimate,
+      state,
+      frozen,
+      run.train_source,
+      run.batch_sharding,
+      num_batches,
+    )
+    stats_source = f'precise_bn({num_batches} batches)'
+  results = evaluate_heads(
+    fns.eval, state, frozen, run.eval_source, run.batch_sharding
+  )
+  return state, stats_source, results
+
+
+def restore_or_init(
+  config, run: RunSetup, ckpt, record, latest_step, changes, *, workdir,
+  allow_config_change, role,
+):  # fmt: skip
+  """The state to train from: the newest good checkpoint, or a fresh init.
+
+  Returns (state, meta, changes, restored). `changes` is re-checked when the
+  restore fell back to an older checkpoint than `latest_step`.
+  """
+  restored, meta = ckpt.restore_latest(run.abstract_state)
+  if restored is None:
+    state = jax.jit(
+      functools.partial(init_state, config, run.method, run.optimizers),
+      out_shardings=run.replicated,
+    )(run.sample)
+    return state, meta, changes, False
+  if int(meta.get('step', -1)) != latest_step:  # It fell back a step.
+    changes = run_config.check_resume(
+      meta, record, workdir, allow_config_change
+    )
+  reporting.console(
+    f'Resumed {role} run from step {int(restored.step)} of '
+    f'{run.total_steps} in {ckpt.directory}'
+    + (f' (skipped: {"; ".join(ckpt.skipped)})' if ckpt.skipped else '')
+  )
+  return restored, meta, changes, True
+
+
+class TrainLoop:
+  """The host side of one run's training: steps, logs, checkpoints, evals.
+
+  The host reads device values only at log, checkpoint, eval and preemption
+  boundaries; between them it only dispatches steps.
+  """
+
+  def __init__(
+    self, config, run, fns, frozen, workdir, ckpt, preempt, meta, step
+  ):
+    self.config, self.run, self.fns, self.frozen = config, run, fns, frozen
+    self.ckpt, self.preempt = ckpt, preempt
+    self.reporter = reporting.Reporter(workdir)
+    self.schedule = optim.build_schedule(
+      optimizer_config(config, 'student'), run.steps_per_epoch
+    )
+    self.monitor = _GuardMonitor(
+      config,
+      run.steps_per_epoch,
+      ckpt,
+      int(meta.get('skipped_nonfinite_batches', 0)),
+      step,
+    )
+    self.checkpoint_every = (
+      config.get('checkpoint_every_steps', 0) or run.steps_per_epoch
+    )
+    self.log_every = config.get('log_every_steps', 50)
+    self.no_host_sync = (
+      functools.partial(jax.transfer_guard_device_to_host, 'disallow_explicit')
+      if config.get('debug_disallow_host_sync', False)
+      else contextlib.nullcontext
+    )
+    self.guard = None  # Device-side; it needs the step's metric structure.
+    # Log windows after the first (compilation), without eval or saves:
+    # (steps, seconds) for the steady-state throughput in summary.json.
+    self.windows, self.steady_window = [], False
+    self.window_start, self.window_images, self.window_steps = time.time(), 0, 0
+    self.progress = reporting.ProgressBar(run.total_steps, step)
+    self.checkpoint_meta = {}  # Filled by the caller: model, config, ...
+
+  def save(self, step, state, force=False, **extra):
+    epoch, step_in_epoch = divmod(step, self.run.steps_per_epoch)
+    self.ckpt.save(
+      step,
+      state,
+      {
+        'step': step,
+        'epoch': epoch,
+        'step_in_epoch': step_in_epoch,
+        'total_steps': self.run.total_steps,
+        'steps_per_epoch': self.run.steps_per_epoch,
+        'skipped_nonfinite_batches': self.monitor.total_skipped,
+        **self.checkpoint_meta,
+        **extra,
+      },
+      force=force,
+    )
+
+  def _log(self, step, metrics):
+    now = time.time()
+    scalars = {
+      k: v
+      for k, v in jax.device_get(metrics).items()
+      if k != 'finite' and not k.startswith('nonfinite/')
+    }
+    scalars['learning_rate'] = float(self.schedule(step - 1))
+    scalars['images_per_second'] = self.window_images / max(
+      now - self.window_start, 1e-9
+    )
+    if self.steady_window:  # Not the window that compiled the step.
+      self.windows.append((self.window_steps, now - self.window_start))
+    self.window_start, self.window_images, self.window_steps = now, 0, 0
+    self.steady_window = True
+    self.reporter.scalars(step, scalars)
+    self.progress.note(f'loss {scalars["loss/total"]:.3f}')
+    if not self.progress.enabled:
+      self.reporter.console(
+        f'step {step}: loss {scalars["loss/total"]:.4f}, lr '
+        f'{scalars["learning_rate"]:.4g}, '
+        f'{scalars["images_per_second"]:.0f} images/s'
+      )
+
+  def train_epoch(self, state, step):
+    """Trains from `step` to the end of its epoch (or of the run, or a preemption).
+
+    Returns (state, step, preempted).
+    """
+    config, run = self.config, self.run
+    epoch, start = divmod(step, run.steps_per_epoch)
+    batches = prefetch_to_devices(
+      run.train_source.epoch(epoch, start_step=start), run.batch_sharding
+    )
+    for batch in batches:
+      # Between boundaries nothing may read a device value: a read here
+      # would make the host wait for every step.
+      with self.no_host_sync():
+        if self.guard is None:
+          metrics_shapes = jax.eval_shape(
+            functools.partial(
+              train_step,
+              run.method,
+              run.optimizers,
+              config.get('nonfinite', 'raise') == 'skip',
+            ),
+            state,
+            self.frozen,
+            batch,
+          )[1]
+          self.guard = jax.device_put(
+            init_guard(metrics_shapes), run.replicated
+          )
+        state, self.guard, metrics = self.fns.step(
+          state, self.guard, self.frozen, batch
+        )
+        step += 1
+        self.window_images += config.batch_size
+        self.window_steps += 1
+        self.progress.update(step)
+        at_log = step % self.log_every == 0 or step == run.total_steps
+        at_checkpoint = (
+          step % self.checkpoint_every == 0 and step < run.total_steps
+        )
+        at_preemption = self.preempt.reached(step)
+      if at_log or at_checkpoint or at_preemption:
+        self.monitor.check(self.guard, step)
+      if at_log:
+        self._log(step, metrics)
+      if at_checkpoint:
+        self.save(step, state)
+        self.steady_window = False
+      if at_preemption:
+        self.save(step, state, force=True)
+        self.reporter.console(
+          f'Preemption requested: saved step {step}, exiting. Rerun the '
+          f'same command to resume ({step} of {run.total_steps} steps done; '
+          f'checkpoints in {self.ckpt.directory}).'
+        )
+        return state, step, True
+      if step >= run.total_steps:
+        break
+    return state, step, False
+
+  def evaluate(self, state, step):
+    """Evaluates at an epoch boundary, logs it; returns evaluate_state's triple."""
+    self.monitor.check(self.guard, step)
+    result = evaluate_state(self.config, self.run, self.fns, state, self.frozen)
+    _, stats_source, accuracies = result
+    self.steady_window = False
+    self.reporter.scalars(
+      step, {f'eval_accuracy/{k}': v for k, v in accuracies.items()}
+    )
+    self.progress.close()
+    self.reporter.console(
+      f'epoch {step / self.run.steps_per_epoch:.2f} step {step}: '
+      + ', '.join(f'{k} {100 * v:.2f}%' for k, v in accuracies.items())
+      + ('' if stats_source == 'running' else f' (BN: {stats_source})')
+    )
+    return result
+
+
 def train_and_evaluate(
   config: ml_collections.ConfigDict,
   workdir: str,
@@ -702,12 +939,12 @@ def train_and_evaluate(
     changes = run_config.check_resume(
       latest_meta, record, workdir, allow_config_change
     )
-
     preempted_teacher = pretrain_teachers(
       config, workdir, allow_config_change=allow_config_change
     )
     if preempted_teacher is not None:
       return preempted_teacher
+
     # -- Mesh, data, method --------------------------------------------------
     run = setup(config)
     steps_per_epoch, total_steps = run.steps_per_epoch, run.total_steps
@@ -719,34 +956,25 @@ def train_and_evaluate(
       return _preempted_summary(
         config, latest_step or 0, steps_per_epoch, started
       )
-    method, frozen = run.method, run.frozen
-    replicated, batch_sharding = run.replicated, run.batch_sharding
 
     with jax.set_mesh(run.mesh):
-      # -- Init ----------------------------------------------------------------
-      frozen = jax.device_put(frozen, replicated)
+      # -- Init and restore ----------------------------------------------------
+      frozen = jax.device_put(run.frozen, run.replicated)
       ckpt = checkpointing.RunCheckpointer(
         workdir, max_to_keep=config.get('keep_checkpoints', 3)
       )
-      # -- Restore -------------------------------------------------------------
-      restored, meta = ckpt.restore_latest(run.abstract_state)
-      if restored is not None:
-        state = restored
-        if int(meta.get('step', -1)) != latest_step:  # It fell back a step.
-          changes = run_config.check_resume(
-            meta, record, workdir, allow_config_change
-          )
-        reporting.console(
-          f'Resumed {role} run from step {int(state.step)} of {total_steps} '
-          f'in {ckpt.directory}'
-          + (f' (skipped: {"; ".join(ckpt.skipped)})' if ckpt.skipped else '')
-        )
-      else:
-        state = jax.jit(
-          functools.partial(init_state, config, method, run.optimizers),
-          out_shardings=replicated,
-        )(run.sample)
-      if restored is not None and not changes:
+      state, meta, changes, restored = restore_or_init(
+        config,
+        run,
+        ckpt,
+        record,
+        latest_step,
+        changes,
+        workdir=workdir,
+        allow_config_change=allow_config_change,
+        role=role,
+      )
+      if restored and not changes:
         restored_step = int(meta.get('step', -1))
         if _finished(config, restored_step, meta):  # Nothing is written.
           ckpt.manager.close()
@@ -760,211 +988,65 @@ def train_and_evaluate(
         )
 
       # -- Loop ----------------------------------------------------------------
-      skip_nonfinite = config.get('nonfinite', 'raise') == 'skip'
-      step_fn = jax.jit(
-        functools.partial(guarded_step, method, run.optimizers, skip_nonfinite),
-        donate_argnums=(0, 1),
-      )
-      eval_fn = jax.jit(functools.partial(eval_step, method))
-      estimate_fn = jax.jit(functools.partial(batch_stat_estimates, method))
-      reporter = reporting.Reporter(workdir)
-      schedule = optim.build_schedule(
-        optimizer_config(config, 'student'), steps_per_epoch
+      step = int(state.step)
+      fns = compile_functions(config, run)
+      loop = TrainLoop(
+        config, run, fns, frozen, workdir, ckpt, preempt, meta, step
       )
       model_meta = {
         'name': config.model.name,
         'conv_type': config.model.get('conv_type', 'conv'),
       }
+      loop.checkpoint_meta = {
+        'method': config.method,
+        'model': model_meta,
+        'num_classes': run.train_source.num_classes,
+        'image_shape': list(run.train_source.image_shape),
+        'config': record,
+        'config_changes': config_changes,
+      }
       ops = opcount.count_ops(
-        method.student, (1,) + tuple(run.train_source.image_shape)
+        run.method.student, (1,) + tuple(run.train_source.image_shape)
       )
-      reporter.console(
+      loop.reporter.console(
         f'{config.method} ({role}): {model_meta["name"]}/'
         f'{model_meta["conv_type"]} mults={ops["multiplications"]:,} '
         f'adds={ops["additions"]:,}; {steps_per_epoch} steps/epoch, '
         f'{total_steps} steps, {run.mesh.size} devices, '
         f'{jax.process_count()} processes; workdir {workdir}'
       )
-
-      step = int(state.step)
       # A resumed run keeps the evals it already made.
-      previous = reporting.read_summary(workdir) if restored is not None else {}
+      previous = reporting.read_summary(workdir) if restored else {}
       history = [h for h in previous.get('history', []) if h['step'] <= step]
-      eval_results = {}
-      monitor = _GuardMonitor(
-        config,
-        steps_per_epoch,
-        ckpt,
-        int(meta.get('skipped_nonfinite_batches', 0)),
-        step,
-      )
-      checkpoint_every = (
-        config.get('checkpoint_every_steps', 0) or steps_per_epoch
-      )
-      log_every = config.get('log_every_steps', 50)
-
-      def save(step, save_state, force=False, **extra):
-        epoch, step_in_epoch = divmod(step, steps_per_epoch)
-        ckpt.save(
-          step,
-          save_state,
-          {
-            'step': step,
-            'epoch': epoch,
-            'step_in_epoch': step_in_epoch,
-            'total_steps': total_steps,
-            'steps_per_epoch': steps_per_epoch,
-            'method': config.method,
-            'model': model_meta,
-            'num_classes': run.train_source.num_classes,
-            'image_shape': list(run.train_source.image_shape),
-            'skipped_nonfinite_batches': monitor.total_skipped,
-            'config': record,
-            'config_changes': config_changes,
-            **extra,
-          },
-          force=force,
-        )
-
-      def evaluate_now(state):
-        eval_state, stats_source = state, 'running'
-        if config.get('eval_bn_recalibration_batches', 0):
-          eval_state = recalibrate_batch_stats(
-            estimate_fn,
-            state,
-            frozen,
-            run.train_source,
-            batch_sharding,
-            config.eval_bn_recalibration_batches,
-          )
-          stats_source = (
-            f'precise_bn({config.eval_bn_recalibration_batches} batches)'
-          )
-        results = evaluate_heads(
-          eval_fn, eval_state, frozen, run.eval_source, batch_sharding
-        )
-        return eval_state, stats_source, results
-
-      progress = reporting.ProgressBar(total_steps, step)
-      guard = None
-      window_start, window_images, window_steps = time.time(), 0, 0
-      # Log windows after the first (compilation), without eval or saves:
-      # (steps, seconds) for the steady-state throughput in summary.json.
-      windows, steady_window = [], False
-      no_host_sync = (
-        functools.partial(
-          jax.transfer_guard_device_to_host, 'disallow_explicit'
-        )
-        if config.get('debug_disallow_host_sync', False)
-        else contextlib.nullcontext
-      )
+      eval_results, final_state, final_extra = {}, None, {}
       preempted = False
-      final_state, final_extra = None, {}
       while step < total_steps and not preempted:
-        epoch, start = divmod(step, steps_per_epoch)
-        batches = prefetch_to_devices(
-          run.train_source.epoch(epoch, start_step=start), batch_sharding
-        )
-        for batch in batches:
-          # Between boundaries nothing may read a device value: a read here
-          # would make the host wait for every step.
-          with no_host_sync():
-            if guard is None:  # It carries the step's metric structure.
-              metrics_shapes = jax.eval_shape(
-                functools.partial(
-                  train_step, method, run.optimizers, skip_nonfinite
-                ),
-                state,
-                frozen,
-                batch,
-              )[1]
-              guard = jax.device_put(init_guard(metrics_shapes), replicated)
-            state, guard, metrics = step_fn(state, guard, frozen, batch)
-            step += 1
-            window_images += config.batch_size
-            window_steps += 1
-            progress.update(step)
-            at_log = step % log_every == 0 or step == total_steps
-            at_checkpoint = step % checkpoint_every == 0 and step < total_steps
-            at_preemption = preempt.reached(step)
-          if at_log or at_checkpoint or at_preemption:
-            monitor.check(guard, step)
-          if at_log:
-            now = time.time()
-            scalars = {
-              k: v
-              for k, v in jax.device_get(metrics).items()
-              if k != 'finite' and not k.startswith('nonfinite/')
-            }
-            scalars['learning_rate'] = float(schedule(step - 1))
-            scalars['images_per_second'] = window_images / max(
-              now - window_start, 1e-9
-            )
-            if steady_window:  # Not the window that compiled the step.
-              windows.append((window_steps, now - window_start))
-            window_start, window_images, window_steps = now, 0, 0
-            steady_window = True
-            reporter.scalars(step, scalars)
-            progress.note(f'loss {scalars["loss/total"]:.3f}')
-            if not progress.enabled:
-              reporter.console(
-                f'step {step}: loss {scalars["loss/total"]:.4f}, lr '
-                f'{scalars["learning_rate"]:.4g}, '
-                f'{scalars["images_per_second"]:.0f} images/s'
-              )
-          if at_checkpoint:
-            save(step, state)
-            steady_window = False
-          if at_preemption:
-            save(step, state, force=True)
-            preempted = True
-            reporter.console(
-              f'Preemption requested: saved step {step}, exiting. Rerun the '
-              f'same command to resume ({step} of {total_steps} steps done; '
-              f'checkpoints in {ckpt.directory}).'
-            )
-            break
-          if step >= total_steps:
-            break
+        state, step, preempted = loop.train_epoch(state, step)
         epoch_done = step % steps_per_epoch == 0 or step >= total_steps
         if epoch_done and not preempted:
-          monitor.check(guard, step)
-          eval_state, stats_source, eval_results = evaluate_now(state)
-          steady_window = False
-          reporter.scalars(
-            step, {f'eval_accuracy/{k}': v for k, v in eval_results.items()}
-          )
+          eval_state, stats_source, eval_results = loop.evaluate(state, step)
           history.append(
             {'step': step, 'epoch': step / steps_per_epoch, **eval_results}
           )
-          progress.close()
-          reporter.console(
-            f'epoch {step / steps_per_epoch:.2f} step {step}: '
-            + ', '.join(f'{k} {100 * v:.2f}%' for k, v in eval_results.items())
-            + ('' if stats_source == 'running' else f' (BN: {stats_source})')
-          )
           if step >= total_steps:
             final_state = eval_state
-            final_extra = {
-              'finished': True,
-              'eval_accuracy': eval_results,
-              'batch_stats_source': stats_source,
-            }
       if not preempted:
         if final_state is None:  # Nothing left to train: evaluate as it is.
-          final_state, stats_source, eval_results = evaluate_now(state)
-          final_extra = {
-            'finished': True,
-            'eval_accuracy': eval_results,
-            'batch_stats_source': stats_source,
-          }
+          final_state, stats_source, eval_results = evaluate_state(
+            config, run, loop.fns, state, frozen
+          )
+        final_extra = {
+          'finished': True,
+          'eval_accuracy': eval_results,
+          'batch_stats_source': stats_source,
+        }
         # The final checkpoint holds the statistics its reported accuracy was
         # measured with, so a teacher restored from it is the one reported.
         if ckpt.latest_step() == step:  # Preempted right at the end before.
           ckpt.delete(step)
-        save(step, final_state, True, **final_extra)
+        loop.save(step, final_state, True, **final_extra)
       ckpt.close()
-      reporter.close()
+      loop.reporter.close()
 
   summary = {
     'method': config.method,
@@ -973,20 +1055,18 @@ def train_and_evaluate(
     'steps': step,
     'total_steps': total_steps,
     'epochs': step / steps_per_epoch,
-    'eval_accuracy': eval_results,
+    'eval_accuracy': {} if preempted else eval_results,  # Only when finished.
     'batch_stats': final_extra.get('batch_stats_source', 'running'),
     'history': history,
-    'skipped_nonfinite_batches': monitor.total_skipped,
+    'skipped_nonfinite_batches': loop.monitor.total_skipped,
     'wall_seconds': time.time() - started,
     'student_ops': ops,
-    'throughput': _throughput(windows, config.batch_size),
+    'throughput': _throughput(loop.windows, config.batch_size),
     'devices': run.mesh.size,
     'processes': jax.process_count(),
     'config': config.to_dict(),
     'config_changes': config_changes,
   }
-  if preempted:
-    summary['eval_accuracy'] = {}  # Only a finished run has a result.
   reporting.write_summary(workdir, summary)
   return summary
 
@@ -1065,28 +1145,18 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
       workdir, run.abstract_state
     )
     frozen = jax.device_put(run.frozen, run.replicated)
-    stats_source = meta.get('batch_stats_source', 'running')
-    if config.get('eval_bn_recalibration_batches', 0) and not str(
-      stats_source
-    ).startswith('precise_bn'):
-      state = recalibrate_batch_stats(
-        jax.jit(functools.partial(batch_stat_estimates, run.method)),
-        state,
-        frozen,
-        run.train_source,
-        run.batch_sharding,
-        config.eval_bn_recalibration_batches,
-      )
-      stats_source = (
-        f'precise_bn({config.eval_bn_recalibration_batches} batches)'
-      )
-    results = evaluate_heads(
-      jax.jit(functools.partial(eval_step, run.method)),
+    recorded = meta.get('batch_stats_source', 'running')
+    # A final checkpoint already holds the precise-BN statistics it reported.
+    _, stats_source, results = evaluate_state(
+      config,
+      run,
+      compile_functions(config, run),
       state,
       frozen,
-      run.eval_source,
-      run.batch_sharding,
+      recalibrate=not str(recorded).startswith('precise_bn'),
     )
+    if stats_source == 'running':
+      stats_source = recorded
   return {
     'step': meta.get('step'),
     'eval_accuracy': results,
