@@ -588,26 +588,61 @@ def _user_error_cases(tmp_path, mnist_dir):
   }
 
 
+def _cli_cases(cases, tmp_path, compile_cache):
+  """Runs each argument list through kdjax.main's flags and main, in one process."""
+  done = subprocess.run(
+    [sys.executable, os.path.join('tests', 'cli_in_one_process.py')],
+    input=json.dumps([args[2:] for args in cases]),  # Without '-m kdjax.main'.
+    cwd=REPO,
+    env=cli_env(compile_cache),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert done.returncode == 0, done.stderr[-3000:]
+  return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _one_paragraph_failure(name, returncode, err, pattern):
+  ok = (
+    returncode == errors.EXIT_USER_ERROR
+    and 'Traceback' not in err
+    and re.search(pattern, err)
+    # The message starts a line and runs to the end (it may wrap, as the
+    # missing-data one lists the commands that prepare the data).
+    and re.search(r'^kdjax: ', err, re.M)
+    and 'Traceback' not in err[err.index('kdjax: ') :]
+  )
+  return None if ok else f'{name}: rc={returncode}\n{err[-1500:]}'
+
+
 def test_user_errors_are_one_paragraph_with_exit_code_2(
   tmp_path, mnist_dir, compile_cache
 ):
-  failures = []
-  for name, (args, pattern) in _user_error_cases(tmp_path, mnist_dir).items():
-    done = _cli(args, tmp_path, compile_cache)
-    err = done.stderr
-    ok = (
-      done.returncode == errors.EXIT_USER_ERROR
-      and 'Traceback' not in err
-      and re.search(pattern, err)
-      # The message starts a line and runs to the end (it may wrap, as the
-      # missing-data one lists the commands that prepare the data).
-      and re.search(r'^kdjax: ', err, re.M)
-      and 'Traceback' not in err[err.index('kdjax: ') :]
-    )
-    if not ok:
-      failures.append(f'{name}: rc={done.returncode}\n{err[-1500:]}')
+  cases = _user_error_cases(tmp_path, mnist_dir)
+  assert all(args[:2] == ['-m', 'kdjax.main'] for args, _ in cases.values())
+  results = _cli_cases([a for a, _ in cases.values()], tmp_path, compile_cache)
+  failures = [
+    _one_paragraph_failure(name, r['returncode'], r['stderr'], pattern)
+    for (name, (_, pattern)), r in zip(cases.items(), results)
+  ]
+  failures = [f for f in failures if f]
   assert not failures, '\n\n'.join(failures)
   assert not os.path.exists(tmp_path / 'empty')  # Eval created nothing.
+
+
+def test_user_errors_through_the_real_entry_point(
+  tmp_path, mnist_dir, compile_cache
+):
+  """Two of the cases above, each in its own `python -m kdjax.main`."""
+  cases = _user_error_cases(tmp_path, mnist_dir)
+  for name in ('key typo', 'unknown model'):
+    args, pattern = cases[name]
+    done = _cli(args, tmp_path, compile_cache)
+    failure = _one_paragraph_failure(
+      name, done.returncode, done.stderr, pattern
+    )
+    assert failure is None, failure
 
 
 def test_traceback_flag_shows_the_trace(tmp_path, compile_cache):
