@@ -3,6 +3,7 @@ r"""PKKD knob sweep on mnist5k: select on seeds 0-2, confirm on fresh seeds 3-7.
     nice -n 10 python benchmarks/pkkd_sweep.py                 # regenerates results/pkkd_sweep/
     python benchmarks/pkkd_sweep.py --quick --out /tmp/sweep   # rot check: 2 steps a run
     python benchmarks/pkkd_sweep.py --grid premise             # CNN vs ANN alone, no PKKD
+    nice -n 10 python benchmarks/pkkd_sweep.py --grid demo     # the demo regime
 
 Every run is an in-process ``train_and_evaluate`` of a config built by
 benchmarks/study.py's builders (``supervised``, ``pkkd_config``) from the
@@ -17,6 +18,14 @@ the same seed (paired difference, mean +- sample std over seeds).
 Confirmation: ``WINNER`` (chosen from the selection table only) and the
 paper-literal setting (alpha = beta = 5, T = 4, T^2 on) on ``CONFIRM_SEEDS``,
 never used for selection, against the ANN alone and the CNN alone.
+
+Demo regime (``--grid demo``): the runs are ``configs/pkkd.py:demo`` itself
+(full-width adder ResNet-8 student, CNN teacher, DEMO_EPOCHS epochs of batch
+64, the preset's DEMO_SETTINGS) with ``config.pkkd`` set to each of
+``DEMO_VARIANTS``, and the baselines are ``configs/supervised.py:demo`` with
+the same network, epochs and settings (``demo_alone``: the README's ANN-alone
+command). Selection on SELECT_SEEDS, then ``DEMO_WINNER`` against the ANN
+alone and the CNN alone on CONFIRM_SEEDS; ``--phase`` runs one of the two.
 
 Premise (``--grid premise``): CNN alone vs ANN alone of the same architecture
 over the cells of ``PREMISE_GRID`` (depth / width / epochs / data fraction),
@@ -121,6 +130,22 @@ _QUICK = (
 )
 # Chosen from the seeds 0-2 table only (docs/pkkd.md).
 WINNER = 'a0.5_ramp_beta0.5'
+
+# Demo regime: (name, knobs changed from DEMO_BASE). DEMO_BASE is the proxy
+# sweep's winner as the demo preset ran it (ramp over half of the run);
+# written out so that the cells keep their meaning when DEMO_KNOBS changes.
+DEMO_BASE = dict(
+  PAPER,
+  alpha=0.5,
+  beta=0.5,
+  ramp_steps='half',  # half of the demo's steps (resolved in demo_knobs)
+)
+DEMO_VARIANTS: Tuple[Tuple[str, Dict[str, Any]], ...] = (
+  ('base', {}),
+  ('noT2', dict(kd_t_squared=False)),
+)
+# Chosen from the demo selection table (seeds 0-2) only.
+DEMO_WINNER = 'noT2'
 
 # Premise grid: (label, model entry, epochs, train fraction).
 PREMISE_GRID: Tuple[Tuple[str, Tuple[str, Dict[str, Any]], int, float], ...] = (
@@ -228,6 +253,103 @@ def premise_runs(s, quick: bool) -> List[Run]:
   return runs
 
 
+def _demo_module():
+  from kdjax import config_defaults  # pylint: disable=g-import-not-at-top
+
+  return config_defaults.load_config_module(
+    os.path.join(REPO, 'configs', 'pkkd.py')
+  )
+
+
+def demo_knobs(name: str, total_steps: int) -> Dict[str, Any]:
+  knobs = dict(DEMO_BASE)
+  knobs.update(dict(DEMO_VARIANTS)[name])
+  if knobs['ramp_steps'] == 'half':
+    knobs['ramp_steps'] = total_steps // 2
+  return knobs
+
+
+def _demo_common(config, seed: int, quick: bool, epochs: int):
+  """The demo preset's settings (and the quick rot check's cuts)."""
+  config.seed = seed
+  config.num_epochs = epochs
+  for key, value in _demo_module().DEMO_SETTINGS.items():
+    node, *rest = key.split('.')
+    if rest:
+      config[node][rest[0]] = value
+    else:
+      config[key] = value
+  config.log_every_steps = 1000
+  config.keep_checkpoints = 1
+  if quick:
+    config.update(
+      dict(
+        max_steps=2,
+        batch_size=8,
+        eval_batch_size=8,
+        eval_bn_recalibration_batches=1,
+      )
+    )
+    config.dataset.eval_split = 'test[:16]'
+    # The network at its smallest, so that compiling stays seconds.
+    for entry in (config.model, config.get('teacher')):
+      if entry is not None:
+        entry.kwargs = dict(stem_width=4, stage_widths=(4, 8, 8))
+  return config
+
+
+def demo_pkkd(name: str, seed: int, quick: bool = False):
+  """configs/pkkd.py:demo with the knobs of DEMO_VARIANTS entry ``name``."""
+  module = _demo_module()
+  config = module.get_config('demo')
+  total = module.DEMO_EPOCHS * module.DEMO_STEPS_PER_EPOCH
+  knobs = demo_knobs(name, total)
+  if knobs.get('stages') is None:
+    knobs.pop('stages')
+  config.pkkd.update(knobs)
+  return _demo_common(config, seed, quick, module.DEMO_EPOCHS)
+
+
+def demo_alone(conv_type: str, seed: int, quick: bool = False):
+  """configs/supervised.py:demo as the demo's network alone (README command)."""
+  from kdjax import config_defaults  # pylint: disable=g-import-not-at-top
+
+  module = _demo_module()
+  config = config_defaults.load_config_module(
+    os.path.join(REPO, 'configs', 'supervised.py')
+  ).get_config('demo')
+  config.model.name = 'resnet8'
+  config.model.conv_type = conv_type
+  return _demo_common(config, seed, quick, module.DEMO_EPOCHS)
+
+
+def demo_runs(quick: bool, phase: str = 'all') -> List[Run]:
+  """Selection: ANN alone, then each variant on all seeds; confirmation:
+  ANN alone and DEMO_WINNER seed by seed, then the CNN alone, on the fresh
+  seeds."""
+  select = SELECT_SEEDS[:1] if quick else SELECT_SEEDS
+  variants = [v[0] for v in DEMO_VARIANTS]
+  if quick:
+    variants = variants[:1]
+  runs = []
+  if phase in ('all', 'select'):
+    for seed in select:
+      runs.append(Run('ann', seed, demo_alone('adder', seed, quick)))
+    for name in variants:
+      for seed in select:
+        runs.append(Run(name, seed, demo_pkkd(name, seed, quick)))
+  if phase in ('all', 'confirm') and not quick:
+    # Seed by seed, so that a sweep stopped early leaves complete pairs.
+    for seed in CONFIRM_SEEDS:
+      runs.append(Run('ann', seed, demo_alone('adder', seed)))
+      runs.append(Run(DEMO_WINNER, seed, demo_pkkd(DEMO_WINNER, seed)))
+    for seed in CONFIRM_SEEDS:
+      runs.append(Run('cnn', seed, demo_alone('conv', seed)))
+  if quick:
+    runs.append(Run('cnn', select[0], demo_alone('conv', select[0], quick)))
+  return runs
+
+
 def _stored(job) -> bool:
   marker = os.path.join(job.workdir, 'study_key.json')
   if not os.path.exists(os.path.join(job.workdir, 'summary.json')):
@@ -263,7 +385,7 @@ def execute(
     if reuse_only and not _stored(job):
       log(f'  missing {run.cell} seed {run.seed} (not run; --reuse-only)')
       continue
-    started = time.time()
+    started, cpu_started = time.time(), time.process_time()
     summary = study.run_job(job, log)
     done[(run.cell, run.seed)] = job
     records.append(
@@ -273,6 +395,8 @@ def execute(
         accuracy=dict(summary['eval_accuracy']),
         wall_seconds=summary['wall_seconds'],
         elapsed_seconds=time.time() - started,
+        cpu_seconds=time.process_time() - cpu_started,
+        load_average=os.getloadavg(),
         steps=summary['steps'],
         history=summary['history'],
       )
@@ -323,7 +447,16 @@ def changes_text(name: str) -> str:
   return f'{base} + {text}'
 
 
-def summarize_sweep(records) -> Tuple[Dict[str, Any], List[str]]:
+def demo_changes_text(name: str) -> str:
+  changes = dict(DEMO_VARIANTS)[name]
+  if not changes:
+    return 'alpha = beta = 0.5, ramp over half the run, T = 4, T^2'
+  return 'base + ' + ', '.join(f'{k}={v}' for k, v in changes.items())
+
+
+def summarize_sweep(
+  records, describe=changes_text, knobs=knobs_of
+) -> Tuple[Dict[str, Any], List[str]]:
   out: Dict[str, Any] = {'select': {}, 'confirm': {}}
   lines = []
   for phase, seeds in (('select', SELECT_SEEDS), ('confirm', CONFIRM_SEEDS)):
@@ -365,11 +498,12 @@ def summarize_sweep(records) -> Tuple[Dict[str, Any], List[str]]:
           result = f'premise (CNN > ANN): {result}'
           entry['premise'] = result
       else:
-        setting = changes_text(cell)
+        setting = describe(cell)
         gain = paired(records, cell, 'ann', seeds)
         result, _ = study.verdict(student, ann, '>~')
         entry.update(teacher=teacher, gain_vs_ann=gain, verdict=result)
-        entry['knobs'] = knobs_of(cell)
+        entry['knobs'] = knobs(cell)
+        entry['per_seed_gain'] = gain.get('values') if gain else None
       out[phase][cell] = entry
       lines.append(
         f'| {cell} | {setting} | {pct(student)} | {pct(teacher)} | '
@@ -401,7 +535,15 @@ def summarize_premise(records) -> Tuple[Dict[str, Any], List[str]]:
 
 def parse_args(argv):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--grid', choices=('sweep', 'premise'), default='sweep')
+  parser.add_argument(
+    '--grid', choices=('sweep', 'premise', 'demo'), default='sweep'
+  )
+  parser.add_argument(
+    '--phase',
+    choices=('all', 'select', 'confirm'),
+    default='all',
+    help='--grid demo: selection seeds, confirmation seeds, or both',
+  )
   parser.add_argument(
     '--out', default=os.path.join(REPO, 'results', 'pkkd_sweep')
   )
@@ -441,6 +583,18 @@ def main(argv=None) -> Dict[str, Any]:
   log = lambda text: print(text, flush=True)
   if args.grid == 'sweep':
     runs = sweep_runs(s, regime, args.quick)
+  elif args.grid == 'demo':
+    runs = demo_runs(args.quick, args.phase)
+    if not args.quick:
+      module = _demo_module()
+      regime = dict(
+        config='configs/pkkd.py:demo (configs/supervised.py:demo alone)',
+        model='resnet8 (full width)',
+        epochs=module.DEMO_EPOCHS,
+        steps=module.DEMO_EPOCHS * module.DEMO_STEPS_PER_EPOCH,
+        batch_size=64,
+        **module.DEMO_SETTINGS,
+      )
   else:
     runs = premise_runs(s, args.quick)
   started = time.time()
@@ -449,6 +603,16 @@ def main(argv=None) -> Dict[str, Any]:
   if args.grid == 'sweep':
     summary, lines = summarize_sweep(records)
     title = 'PKKD knob sweep'
+  elif args.grid == 'demo':
+    total = (
+      2
+      if args.quick
+      else _demo_module().DEMO_EPOCHS * _demo_module().DEMO_STEPS_PER_EPOCH
+    )
+    summary, lines = summarize_sweep(
+      records, demo_changes_text, lambda name: demo_knobs(name, total)
+    )
+    title = 'PKKD sweep in the demo regime'
   else:
     summary, lines = summarize_premise(records)
     title = 'PKKD premise grid: CNN vs ANN of the same architecture, alone'
@@ -456,34 +620,42 @@ def main(argv=None) -> Dict[str, Any]:
   header = [
     f'# {title}',
     '',
-    f'`python benchmarks/pkkd_sweep.py --grid {args.grid}` on {machine} '
+    f'`python benchmarks/pkkd_sweep.py --grid {args.grid}'
+    + ('' if args.phase == 'all' else f' --phase {args.phase}')
+    + f'` on {machine} '
     f'({jax.default_backend()}), machine shared with other jobs; '
     f'{len(records)} runs, {total_s / 60:.1f} min this invocation '
-    '(reused runs cost ~0). Accuracy on the 1,000 mnist5k test digits in %, '
+    '(reused runs cost ~0; "wall s" is each run\'s own). Accuracy on the 1,000 mnist5k test digits in %, '
     'mean ± sample std (seeds); "paired" differences are per seed.',
     '',
     'Regime: '
     + ', '.join(f'{k}={v}' for k, v in regime.items())
-    + f', loader={args.loader}, optimizer of the demo presets.',
+    + (
+      ', optimizer of the demo presets.'
+      if args.grid == 'demo'
+      else f', loader={args.loader}, optimizer of the demo presets.'
+    ),
   ]
-  if args.grid == 'sweep':
+  winner = {'sweep': WINNER, 'demo': DEMO_WINNER}.get(args.grid)
+  if winner:
     header.append('')
-    header.append(f'Winner (chosen on the selection seeds): `{WINNER}`.')
+    header.append(f'Winner (chosen on the selection seeds): `{winner}`.')
   document = {
     'grid': args.grid,
     'regime': {k: v for k, v in regime.items()},
     'loader': args.loader,
     'machine': machine,
     'backend': jax.default_backend(),
-    'winner': WINNER if args.grid == 'sweep' else None,
+    'winner': winner,
     'summary': summary,
     'runs': records,
     'minutes': total_s / 60,
   }
   os.makedirs(args.out, exist_ok=True)
-  with open(os.path.join(args.out, f'{args.grid}.json'), 'w') as f:
+  name = args.grid + ('' if args.phase == 'all' else f'_{args.phase}')
+  with open(os.path.join(args.out, f'{name}.json'), 'w') as f:
     json.dump(document, f, indent=1, default=str)
-  with open(os.path.join(args.out, f'{args.grid}.md'), 'w') as f:
+  with open(os.path.join(args.out, f'{name}.md'), 'w') as f:
     f.write('\n'.join(header + lines) + '\n')
   print('\n'.join(lines))
   return document

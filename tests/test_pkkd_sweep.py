@@ -58,3 +58,58 @@ def test_quick_sweep_writes_tables_and_reuses_runs(sweep_module, tmp_path):
     r['accuracy'] for r in document['runs']
   ]
   assert all(r['elapsed_seconds'] < 5 for r in again['runs'])
+
+
+def test_demo_grid_runs_the_demo_presets(sweep_module, tmp_path):
+  # The demo regime's cells are the presets themselves: the PKKD runs are
+  # configs/pkkd.py:demo with the variant's knobs, the baselines
+  # configs/supervised.py:demo with the demo's network, epochs and settings.
+  from kdjax import config_defaults  # pylint: disable=g-import-not-at-top
+
+  demo = config_defaults.load_config_module(
+    os.path.join(REPO, 'configs', 'pkkd.py')
+  )
+  preset = demo.get_config('demo')
+  runs = sweep_module.demo_runs(quick=False)
+  cells = [(r.cell, r.seed) for r in runs]
+  select, confirm = sweep_module.SELECT_SEEDS, sweep_module.CONFIRM_SEEDS
+  assert cells[:3] == [('ann', s) for s in select]
+  winner = sweep_module.DEMO_WINNER
+  assert [(winner, s) for s in confirm] == [
+    c for c in cells if c[0] == winner and c[1] in confirm
+  ]
+  assert [('ann', s) for s in confirm] == [
+    c for c in cells if c[0] == 'ann' and c[1] in confirm
+  ]
+  for run in runs:
+    config = run.config
+    assert config.seed == run.seed
+    assert config.num_epochs == preset.num_epochs == demo.DEMO_EPOCHS
+    assert config.model.name == 'resnet8' and not config.model.kwargs.to_dict()
+    assert config.batch_size == preset.batch_size == 64
+    assert config.data.loader == preset.data.loader
+    for key in ('eval_bn_recalibration_batches', 'eval_batch_size'):
+      assert config[key] == preset[key]
+    assert config.optimizer.to_dict() == preset.optimizer.to_dict()
+    if run.cell in ('ann', 'cnn'):
+      assert config.method == 'supervised'
+      assert config.model.conv_type == (
+        'adder' if run.cell == 'ann' else 'conv'
+      )
+    else:
+      assert config.method == 'pkkd'
+      assert config.model.conv_type == 'adder'
+      assert config.teacher.conv_type == 'conv'
+  # The winner's knobs are the preset's DEMO_KNOBS (the default is measured).
+  total = demo.DEMO_EPOCHS * demo.DEMO_STEPS_PER_EPOCH
+  knobs = sweep_module.demo_knobs(winner, total)
+  for key, value in demo.DEMO_KNOBS.items():
+    assert preset.pkkd[key] == value == knobs[key], key
+  # Quick: one seed, 2 steps a run, a tiny network; tables written.
+  out = str(tmp_path / 'demo')
+  document = sweep_module.main(['--grid', 'demo', '--quick', '--out', out])
+  assert [r['cell'] for r in document['runs']] == ['ann', 'base', 'cnn']
+  assert all(r['steps'] == 2 for r in document['runs'])
+  assert 'teacher' in document['runs'][1]['accuracy']
+  with open(os.path.join(out, 'demo.md')) as f:
+    assert '| base |' in f.read()
