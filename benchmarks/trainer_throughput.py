@@ -67,6 +67,7 @@ def main():
   config.dataset.name = 'synthetic'
   config.num_devices = args.devices
   config.eval_bn_recalibration_batches = 0
+  config.eval_batch_size = 0  # The train batch, a multiple of the devices.
   config.checkpoint_every_steps = 10**9  # Only the final save.
   config.debug_disallow_host_sync = True
   steps, log_every = args.steps, args.log_every
