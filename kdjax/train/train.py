@@ -727,9 +727,17 @@ def evaluate_state(
 
 
 def restore_or_init(
-  config, run: RunSetup, ckpt, record, latest_step, changes, *, workdir,
-  allow_config_change, role,
-):  # fmt: skip
+  config,
+  run: RunSetup,
+  ckpt,
+  record,
+  latest_step,
+  changes,
+  *,
+  workdir,
+  allow_config_change,
+  role,
+):
   """The state to train from: the newest good checkpoint, or a fresh init.
 
   Returns (state, meta, changes, restored). `changes` is re-checked when the
