@@ -86,18 +86,20 @@ def main():
 
   run = train.setup(config)
   skip = False
-  # One jitted step for every bare run: only the first compiles.
+  # One jitted init and step for every bare run: only the first compiles.
   step = jax.jit(
     functools.partial(train.guarded_step, run.method, run.optimizers, skip),
     donate_argnums=(0, 1),
   )
 
+  init = jax.jit(
+    functools.partial(train.init_state, config, run.method, run.optimizers),
+    out_shardings=run.replicated,
+  )
+
   def bare():
     with jax.set_mesh(run.mesh):
-      state = jax.jit(
-        functools.partial(train.init_state, config, run.method, run.optimizers),
-        out_shardings=run.replicated,
-      )(run.sample)
+      state = init(run.sample)
       frozen = jax.device_put(run.frozen, run.replicated)
       batches = [
         train.to_global(b, run.batch_sharding)
