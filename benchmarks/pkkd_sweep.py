@@ -147,9 +147,22 @@ DEMO_VARIANTS: Tuple[Tuple[str, Dict[str, Any]], ...] = (
 # Chosen from the demo selection table (seeds 0-2) only.
 DEMO_WINNER = 'noT2'
 
-# Premise grid: (label, model entry, epochs, train fraction).
+# Premise grid: (label, model entry, epochs, train fraction), batch 32 (REGIME).
+# Cheapest first, so that a stopped grid leaves whole cells: depth (ResNet-8 /
+# 20 / 32), width (stem and stage widths w4 = 4-8-16, w8 = 8-16-32, full =
+# 16-32-64), epochs 2-32 and class-balanced train fractions 10 %, 25 %, 50 %,
+# 100 % of the 4,000 train digits. Each label says all four.
+_W4 = {'stem_width': 4, 'stage_widths': (4, 8, 16)}
+_W8 = {'stem_width': 8, 'stage_widths': (8, 16, 32)}
 PREMISE_GRID: Tuple[Tuple[str, Tuple[str, Dict[str, Any]], int, float], ...] = (
-  ('resnet8_w8', REGIME['model'], 2, 0.5),
+  ('resnet8_w4_e2_f50', ('resnet8', _W4), 2, 0.5),
+  ('resnet8_w8_e16_f10', ('resnet8', _W8), 16, 0.1),
+  ('resnet8_w8_e8_f25', ('resnet8', _W8), 8, 0.25),
+  ('resnet8_w8_e32_f25', ('resnet8', _W8), 32, 0.25),
+  ('resnet8_w8_e8_f50', ('resnet8', _W8), 8, 0.5),
+  ('resnet20_w8_e4_f50', ('resnet20', _W8), 4, 0.5),
+  ('resnet8_full_e4_f100', ('resnet8', {}), 4, 1.0),
+  ('resnet32_w8_e4_f50', ('resnet32', _W8), 4, 0.5),
 )
 
 
@@ -351,13 +364,17 @@ def demo_runs(quick: bool, phase: str = 'all') -> List[Run]:
 
 
 def _stored(job) -> bool:
+  """Whether run_job would reuse this job: same key, a finished summary."""
   marker = os.path.join(job.workdir, 'study_key.json')
-  if not os.path.exists(os.path.join(job.workdir, 'summary.json')):
-    return False
-  if not os.path.exists(marker):
+  summary_file = os.path.join(job.workdir, 'summary.json')
+  if not (os.path.exists(summary_file) and os.path.exists(marker)):
     return False
   with open(marker) as f:
-    return json.load(f).get('key') == job.key
+    if json.load(f).get('key') != job.key:
+      return False
+  with open(summary_file) as f:
+    summary = json.load(f)
+  return bool(summary.get('eval_accuracy')) and not summary.get('preempted')
 
 
 def execute(
@@ -516,8 +533,9 @@ def summarize_premise(records) -> Tuple[Dict[str, Any], List[str]]:
   out = {}
   lines = [
     '',
-    '| cell | CNN alone | ANN alone | CNN - ANN (paired) | premise CNN > ANN |',
-    '|---|---|---|---|---|',
+    '| cell | steps | CNN alone | ANN alone | CNN - ANN (paired) '
+    '| premise CNN > ANN | wall s CNN / ANN |',
+    '|---|---|---|---|---|---|---|',
   ]
   labels = list(dict.fromkeys(r['cell'].split('/')[0] for r in records))
   for label in labels:
@@ -526,9 +544,20 @@ def summarize_premise(records) -> Tuple[Dict[str, Any], List[str]]:
     ann = stats(records, f'{label}/ann', 'student', seeds)
     gain = paired(records, f'{label}/cnn', f'{label}/ann', seeds)
     result, _ = study.verdict(cnn, ann, '>')
-    out[label] = dict(cnn=cnn, ann=ann, gain=gain, premise=result)
+    walls = {
+      kind: [
+        r['wall_seconds'] for r in records if r['cell'] == f'{label}/{kind}'
+      ]
+      for kind in ('cnn', 'ann')
+    }
+    wall = ' / '.join(
+      f'{sum(w) / len(w):.0f}' if w else '-' for w in walls.values()
+    )
+    steps = sorted({r['steps'] for r in records if r['cell'].startswith(label)})
+    out[label] = dict(cnn=cnn, ann=ann, gain=gain, premise=result, steps=steps)
     lines.append(
-      f'| {label} | {pct(cnn)} | {pct(ann)} | {signed(gain)} | {result} |'
+      f'| {label} | {"/".join(map(str, steps))} | {pct(cnn)} | {pct(ann)} '
+      f'| {signed(gain)} | {result} | {wall} |'
     )
   return out, lines
 

@@ -20,6 +20,7 @@ import subprocess
 import sys
 
 import pytest
+import xla_flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = REPO / 'benchmarks' / 'study.py'
@@ -261,7 +262,9 @@ def test_plan_only(tmp_path, capsys):
 def test_quick_real_runs(tmp_path):
   out = tmp_path / 'results'
   env = dict(os.environ)
-  env.pop('XLA_FLAGS', None)  # One CPU device, as the study runs.
+  env['XLA_FLAGS'] = (
+    xla_flags.COMPILE_FLAGS
+  )  # One CPU device, as the study runs.
   proc = subprocess.run(
     [
       sys.executable,
@@ -499,3 +502,55 @@ def test_study_table_merges_split_runs(tmp_path):
   assert lines[3] == '| Y | 60.00 ± 14.14 (2) | 80.00 ± 0.00 (2) |'
   assert lines[4] == '| &nbsp;&nbsp;↳ its teacher | 98.00 ± 1.41 (2) | - |'
   assert len(lines) == 5
+
+
+def test_a_stopped_run_stops_the_benchmark_and_resumes_on_rerun(
+  tmp_path, monkeypatch
+):
+  """SIGTERM during a job: exit 75, nothing recorded; the rerun resumes it."""
+  study = load_study()
+  from kdjax import errors  # pylint: disable=g-import-not-at-top
+  from kdjax.train import train as kd_train  # pylint: disable=g-import-not-at-top
+
+  config = study.supervised(study.quick_settings(), 0, ('resnet8', {}), 1)
+  workdir = tmp_path / 'job'
+  job = study.Job('g', 'cell', 0, config, 'key-1', str(workdir), 0.0)
+  calls, logged = [], []
+
+  def preempted(config, workdir):
+    calls.append('preempted')
+    (pathlib.Path(workdir) / 'checkpoint-of-step-3').write_text('state')
+    summary = {'preempted': True, 'steps': 3, 'eval_accuracy': {}}
+    (pathlib.Path(workdir) / 'summary.json').write_text(json.dumps(summary))
+    return summary
+
+  monkeypatch.setattr(kd_train, 'train_and_evaluate', preempted)
+  with pytest.raises(SystemExit) as stopped:
+    study.run_job(job, logged.append)
+  assert stopped.value.code == errors.EXIT_PREEMPTED == 75
+  assert 'preempted at step 3' in logged[-1] and 'rerun' in logged[-1]
+  assert not any('done' in line for line in logged)
+
+  def finishes(config, workdir):
+    # The stopped run's checkpoint is still there for the trainer to resume.
+    assert (pathlib.Path(workdir) / 'checkpoint-of-step-3').exists()
+    calls.append('resumed')
+    return fake_train_and_evaluate(config, workdir)
+
+  monkeypatch.setattr(kd_train, 'train_and_evaluate', finishes)
+  summary = study.run_job(job, logged.append)
+  assert calls == ['preempted', 'resumed']
+  assert summary['eval_accuracy'] == {'student': 0.5}
+  # Now finished: reused without training; another key starts afresh.
+  assert study.run_job(job, logged.append) == summary
+  assert calls == ['preempted', 'resumed'] and 'reuse' in logged[-1]
+  other = study.Job('g', 'cell', 0, config, 'key-2', str(workdir), 0.0)
+
+  def fresh(config, workdir):
+    assert not (pathlib.Path(workdir) / 'checkpoint-of-step-3').exists()
+    calls.append('fresh')
+    return fake_train_and_evaluate(config, workdir)
+
+  monkeypatch.setattr(kd_train, 'train_and_evaluate', fresh)
+  study.run_job(other, logged.append)
+  assert calls[-1] == 'fresh'

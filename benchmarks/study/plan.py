@@ -4,7 +4,9 @@ Every (cell, seed) becomes a train_and_evaluate call keyed by the hash of its
 config and of its teachers' keys; identical configs (e.g. the PKKD CNN alone
 and the EKD single student) run once. A job whose workdir holds a
 study_key.json with the same key and a finished summary.json is reused, not
-trained again. Frozen teachers are jobs of the plan (group 'teachers') that
+trained again; one with the same key and no finished summary (a run stopped by
+SIGTERM, which stops the whole benchmark with exit code 75) resumes from its
+checkpoint. Frozen teachers are jobs of the plan (group 'teachers') that
 their students restore through ``checkpoint_dir``; the trainer's in-process
 pre-training (``pretrain_epochs``) is never used (see the package docstring).
 """
@@ -166,26 +168,42 @@ def check_teachers(cell: Cell, config, dep_dirs: Dict[str, str]) -> None:
 
 def run_job(job: Job, log) -> Dict[str, Any]:
   """Trains (or reuses) one job; returns the trainer's summary."""
+  from kdjax import errors  # pylint: disable=g-import-not-at-top
   from kdjax.train import train as kd_train  # pylint: disable=g-import-not-at-top
 
   marker = os.path.join(job.workdir, 'study_key.json')
   summary_file = os.path.join(job.workdir, 'summary.json')
-  if os.path.exists(marker) and os.path.exists(summary_file):
+  same = False
+  if os.path.exists(marker):
     with open(marker) as f:
       same = json.load(f).get('key') == job.key
-    if same:
-      with open(summary_file) as f:
-        summary = json.load(f)
-      if summary.get('eval_accuracy') and not summary.get('preempted'):
-        log(f'  reuse {job.group}/{job.label} seed {job.seed} ({job.workdir})')
-        return summary
-  if os.path.exists(job.workdir):
-    shutil.rmtree(job.workdir)
-  os.makedirs(job.workdir)
+  if same and os.path.exists(summary_file):
+    with open(summary_file) as f:
+      summary = json.load(f)
+    if summary.get('eval_accuracy') and not summary.get('preempted'):
+      log(f'  reuse {job.group}/{job.label} seed {job.seed} ({job.workdir})')
+      return summary
+  if not same:  # Another config's run, or none: start afresh.
+    if os.path.exists(job.workdir):
+      shutil.rmtree(job.workdir)
+    os.makedirs(job.workdir)
+    # Written first, so that a stopped run of this config resumes from its
+    # checkpoint (the trainer's resume is bit-identical) instead of restarting.
+    with open(marker, 'w') as f:
+      json.dump({'key': job.key, 'label': job.label, 'seed': job.seed}, f)
   started = time.time()
   summary = kd_train.train_and_evaluate(job.config, job.workdir)
-  with open(marker, 'w') as f:
-    json.dump({'key': job.key, 'label': job.label, 'seed': job.seed}, f)
+  if summary.get('preempted'):
+    # A stop request (SIGTERM) saved this run's checkpoint; going on with
+    # the next job would record this one without an accuracy and keep
+    # training after the user asked to stop.
+    log(
+      f'  stopped: {job.group}/{job.label} seed {job.seed} was preempted at '
+      f'step {summary["steps"]} (checkpoint in {job.workdir}). Runs finished '
+      'so far are kept; rerun the same command to go on (the stopped run '
+      'resumes from its checkpoint).'
+    )
+    raise SystemExit(errors.EXIT_PREEMPTED)
   heads = ', '.join(
     f'{k} {100 * v:.2f}'
     for k, v in summary['eval_accuracy'].items()
