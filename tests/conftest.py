@@ -4,7 +4,9 @@ import getpass
 import os
 import tempfile
 
-os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+import xla_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+os.environ.setdefault('XLA_FLAGS', xla_flags.with_devices(8))
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 # Many tests train the same tiny models: XLA's persistent compilation cache

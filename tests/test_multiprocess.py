@@ -35,6 +35,7 @@ from kdjax.train import train
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import test_faults as faults  # pylint: disable=g-import-not-at-top,wrong-import-position
+import xla_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # pylint: disable=unused-import
 from test_faults import _fast_init_compile, compile_cache  # noqa: F401
@@ -137,7 +138,7 @@ def test_two_processes_preempted_resume_in_one(
   for index in range(2):
     env = faults.cli_env(
       compile_cache,
-      XLA_FLAGS='--xla_force_host_platform_device_count=4',
+      XLA_FLAGS=xla_flags.with_devices(4),
       JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo',
       JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}',
       JAX_NUM_PROCESSES='2',
