@@ -199,6 +199,13 @@ def test_trainer_throughput_benchmark_quick():
   assert all(v > 0 for v in speeds['bare'] + speeds['trainer'])
   want = speeds['trainer'][0] / np.median(speeds['bare'])
   np.testing.assert_allclose(result['trainer_vs_bare'], want, rtol=1e-6)
+  steps = result['step_seconds_median']
+  assert len(steps['bare']) == 2 and len(steps['trainer']) == 1
+  assert all(v > 0 for v in steps['bare'] + steps['trainer'])
+  want = np.median(steps['bare']) / steps['trainer'][0]
+  np.testing.assert_allclose(
+    result['trainer_vs_bare_step_median'], want, rtol=1e-6
+  )
 
 
 def test_methods_are_immutable_once_built():
