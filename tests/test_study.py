@@ -262,9 +262,8 @@ def test_plan_only(tmp_path, capsys):
 def test_quick_real_runs(tmp_path):
   out = tmp_path / 'results'
   env = dict(os.environ)
-  env['XLA_FLAGS'] = (
-    xla_flags.COMPILE_FLAGS
-  )  # One CPU device, as the study runs.
+  # One CPU device, as the study runs.
+  env['XLA_FLAGS'] = xla_flags.COMPILE_FLAGS
   proc = subprocess.run(
     [
       sys.executable,
