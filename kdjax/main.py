@@ -4,7 +4,7 @@ Flags:
   --config   an ml_collections config file, with an optional preset after ':'
              (configs/pkkd.py:cifar100_resnet20); override any field with
              --config.key=value (e.g. --config.num_epochs=10).
-  --workdir  checkpoints, TensorBoard events (metrics.jsonl without tensorflow/clu) and
+  --workdir  checkpoints, TensorBoard events (metrics.jsonl without tensorboard) and
              summary.json; a run resumes automatically from the newest checkpoint found here.
   --mode     train (default) or eval (restore the newest checkpoint, report accuracy).
 """
@@ -137,12 +137,19 @@ def _multi_host() -> bool:
 
 def run(config, workdir: str, mode: str, allow_config_change: bool):
   """Trains or evaluates; returns (result dict, exit code)."""
-  try:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  except ImportError:  # Runs without it use --config.data.loader=numpy.
-    pass
-  else:  # tf.data must not take GPU memory from JAX.
-    tf.config.set_visible_devices([], 'GPU')
+  # tensorflow is needed by the tfds loader and by a remote workdir's event
+  # files (gs://); importing it costs seconds, so the NumPy loader writing to
+  # a local workdir does without.
+  needs_tensorflow = config.get('data', {}).get('loader', 'tfds') == 'tfds' or (
+    '://' in str(workdir)
+  )
+  if needs_tensorflow:
+    try:
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    except ImportError:  # check_data_loader says what to do.
+      pass
+    else:  # tf.data must not take GPU memory from JAX.
+      tf.config.set_visible_devices([], 'GPU')
   initialize_distributed()
   from kdjax.train import train  # pylint: disable=g-import-not-at-top
 

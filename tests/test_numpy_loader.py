@@ -453,8 +453,43 @@ def test_numpy_loader_rejects_what_it_does_not_implement():
     numpy_source('test', global_batch_size=2048, train=True)
 
 
+def test_local_event_files_need_no_tensorflow(tmp_path):
+  """Writing a local workdir's event files imports no tensorflow (seconds)."""
+  script = f"""
+import sys
+from kdjax.train import reporting
+writer = reporting.EventFileWriter({str(tmp_path)!r}, just_logging=False)
+writer.write_scalars(7, {{'loss/total': 0.5}})
+writer.close()
+print('TF', 'tensorflow' in sys.modules)
+"""
+  done = subprocess.run(
+    [sys.executable, '-c', script],
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env=dict(os.environ, JAX_PLATFORMS='cpu'),
+  )
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert 'TF False' in done.stdout
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+
+  events = event_accumulator.EventAccumulator(str(tmp_path))
+  events.Reload()
+  assert [(e.step, e.value) for e in events.Scalars('loss/total')] == [(7, 0.5)]
+  assert events.file_version == 2.0  # parsed from 'brain.Event:2'
+
+
+def test_remote_workdir_without_tensorflow_falls_back_to_jsonl(monkeypatch):
+  assert reporting.is_local('/tmp/run') and reporting.is_local('run')
+  assert not reporting.is_local('gs://bucket/run')
+  monkeypatch.setattr(reporting, '_remote_event_file_writer', lambda: None)
+  assert reporting.tensorboard_writer_available('/tmp/run')
+  assert not reporting.tensorboard_writer_available('gs://bucket/run')
+
+
 def test_metrics_go_to_jsonl_without_tensorboard(tmp_path, monkeypatch, caplog):
-  monkeypatch.setattr(reporting, 'event_file_writer', None)
+  monkeypatch.setattr(reporting, 'record_writer', None)
   with caplog.at_level(logging.WARNING):
     reporter = reporting.Reporter(str(tmp_path))
   assert any(
@@ -536,7 +571,10 @@ def test_pkkd_demo_trains_without_tensorflow(tmp_path):
   )
   assert process.returncode == 0, process.stderr[-3000:]
   assert 'LOADED []' in process.stdout
-  assert 'TensorBoard' in process.stderr and 'metrics.jsonl' in process.stderr
+  # TensorBoard event files need only the tensorboard package for a local
+  # workdir: no fallback warning, no metrics.jsonl.
+  assert 'metrics.jsonl' not in process.stderr
+  assert not (workdir / 'metrics.jsonl').exists()
   summary = json.loads((workdir / 'summary.json').read_text())
   assert (
     summary['steps'] == 2 and summary['config']['data']['loader'] == 'numpy'
@@ -544,20 +582,19 @@ def test_pkkd_demo_trains_without_tensorflow(tmp_path):
   for head in ('student', 'teacher'):  # k of the 16 eval digits right.
     accuracy = summary['eval_accuracy'][head]
     assert accuracy * 16 == pytest.approx(round(accuracy * 16), abs=1e-6)
-  records = [
-    json.loads(line)
-    for line in (workdir / 'metrics.jsonl').read_text().splitlines()
-  ]
-  losses = {r['step']: r['loss/total'] for r in records if 'loss/total' in r}
+  # Read back with TensorBoard's own reader (this process has tensorflow).
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+
+  assert len(list(workdir.glob('events.out.tfevents.*'))) == 1
+  events = event_accumulator.EventAccumulator(str(workdir))
+  events.Reload()
+  losses = {e.step: e.value for e in events.Scalars('loss/total')}
   assert sorted(losses) == [1, 2] and all(
     np.isfinite(v) for v in losses.values()
   )
-  evals = [r for r in records if 'eval_accuracy/student' in r]
-  assert evals[-1]['step'] == 2
-  assert evals[-1]['eval_accuracy/student'] == pytest.approx(
-    summary['eval_accuracy']['student']
-  )
-  assert not list(workdir.glob('events.out.tfevents.*'))
+  evals = events.Scalars('eval_accuracy/student')
+  assert evals[-1].step == 2
+  assert evals[-1].value == pytest.approx(summary['eval_accuracy']['student'])
   assert (workdir / 'checkpoints' / '2').is_dir()
 
 

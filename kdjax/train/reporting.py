@@ -1,16 +1,21 @@
 """What a run tells its user: TensorBoard scalars, console lines, a progress bar, summary.json.
 
 Scalars go to TensorBoard event files as plain scalar summaries, which the
-scalar dashboard and ``EventAccumulator(workdir).Reload().Scalars(tag)`` read;
-writing them needs tensorboard and tensorflow (its file system also reaches
-gs:// paths). Where those cannot be imported (a host running the numpy data
-loader), scalars go to ``<workdir>/metrics.jsonl`` instead, one JSON object per
-write: ``{"step": 20, "loss/total": 1.93, ...}``.
+scalar dashboard and ``EventAccumulator(workdir).Reload().Scalars(tag)`` read.
+Writing them needs the tensorboard package; a workdir on a remote file system
+(gs://...) also needs tensorflow, whose file system reaches it, while a local
+one does not (importing tensorflow costs seconds of every run's start). Where
+they cannot be written (no tensorboard, or a remote workdir without
+tensorflow), scalars go to ``<workdir>/metrics.jsonl`` instead, one JSON
+object per write: ``{"step": 20, "loss/total": 1.93, ...}``.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
+import socket
 import sys
 import time
 from typing import Any, Dict, Mapping
@@ -22,12 +27,13 @@ import numpy as np
 
 try:
   # pylint: disable=g-import-not-at-top
-  import tensorflow  # noqa: F401  # tensorboard's writer then uses tf.io.gfile.
+  # Neither imports tensorflow: the protos and the record framing (with its
+  # pure-Python CRC) are tensorboard's own.
   from tensorboard.compat.proto import event_pb2
   from tensorboard.compat.proto import summary_pb2
-  from tensorboard.summary.writer import event_file_writer
-except ImportError:  # No tensorflow or tensorboard: metrics.jsonl instead.
-  event_file_writer = None
+  from tensorboard.summary.writer import record_writer
+except ImportError:  # No tensorboard: metrics.jsonl instead.
+  record_writer = None
 
 METRICS_JSONL = 'metrics.jsonl'
 
@@ -86,6 +92,68 @@ def _log_scalars(step: int, values: Mapping[str, float]) -> None:
   )
 
 
+def is_local(workdir: str) -> bool:
+  """Whether ``workdir`` is on this host's file system (no ``scheme://``)."""
+  return '://' not in str(workdir)
+
+
+def _remote_event_file_writer():
+  """tensorboard's EventFileWriter on tensorflow's file system, or None."""
+  try:
+    # pylint: disable=g-import-not-at-top
+    import tensorflow  # noqa: F401  # tensorboard then uses tf.io.gfile.
+    from tensorboard.summary.writer import event_file_writer
+  except ImportError:
+    return None
+  return event_file_writer.EventFileWriter
+
+
+class LocalEventFile:
+  """One ``events.out.tfevents.*`` file in a local directory, without tensorflow.
+
+  The file TensorBoard's own EventFileWriter writes (the same name pattern,
+  a first event with the file version, then one record per event), written
+  with Python's file I/O and flushed at every event: the trainer writes only
+  at log boundaries.
+  """
+
+  def __init__(self, logdir: str):
+    os.makedirs(logdir, exist_ok=True)
+    name = 'events.out.tfevents.%010d.%s.%s.%s' % (
+      time.time(),
+      socket.gethostname(),
+      os.getpid(),
+      next(_EVENT_FILE_IDS),
+    )
+    self._records = record_writer.RecordWriter(
+      open(os.path.join(logdir, name), 'wb')
+    )
+    self.add_event(
+      event_pb2.Event(wall_time=time.time(), file_version='brain.Event:2')
+    )
+
+  def add_event(self, event) -> None:
+    self._records.write(event.SerializeToString())
+    self._records.flush()
+
+  def flush(self) -> None:
+    self._records.flush()
+
+  def close(self) -> None:
+    if not self._records.closed:
+      self._records.close()
+
+
+_EVENT_FILE_IDS = itertools.count()
+
+
+def tensorboard_writer_available(workdir: str) -> bool:
+  """Whether this process can write TensorBoard event files to ``workdir``."""
+  if record_writer is None:
+    return False
+  return is_local(workdir) or _remote_event_file_writer() is not None
+
+
 class EventFileWriter:
   """Scalars in a TensorBoard event file of ``workdir``, and in the log.
 
@@ -99,11 +167,13 @@ class EventFileWriter:
 
   def __init__(self, workdir: str, just_logging: bool):
     self._writer = None
-    if not just_logging:
+    if just_logging:
+      return
+    if is_local(workdir):
+      self._writer = LocalEventFile(str(workdir))
+    else:
       # flush_secs: what TensorBoard shows lags the run by at most this.
-      self._writer = event_file_writer.EventFileWriter(
-        str(workdir), flush_secs=10
-      )
+      self._writer = _remote_event_file_writer()(str(workdir), flush_secs=10)
 
   def write_scalars(self, step: int, values: Mapping[str, float]) -> None:
     _log_scalars(step, values)
@@ -157,13 +227,14 @@ class Reporter:
 
   def __init__(self, workdir: str):
     self.is_lead = jax.process_index() == 0
-    if event_file_writer is not None:
+    if tensorboard_writer_available(workdir):
       self.writer = EventFileWriter(workdir, just_logging=not self.is_lead)
     else:
       if self.is_lead:
         logging.warning(
-          'tensorflow/tensorboard not importable: no TensorBoard event files '
-          '(they need tensorflow and tensorboard); scalars go to %s',
+          'no TensorBoard event files: they need the tensorboard package '
+          '(and tensorflow for a remote workdir such as gs://); scalars go '
+          'to %s',
           epath.Path(workdir) / METRICS_JSONL,
         )
       self.writer = JsonlWriter(workdir, just_logging=not self.is_lead)
