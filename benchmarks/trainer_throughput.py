@@ -7,9 +7,10 @@ r"""The trainer's steady-state speed against its bare jitted step.
 Both run the same config on `--config.dataset.name=synthetic` batches, in one
 process, alternating: bare, trainer, bare, ... (`--rounds` trainer runs, one
 more bare run), so that a slow phase of a noisy machine hits both.
-  bare     the trainer's own jitted step (train.guarded_step) in a tight loop
+  bare     the trainer's own jitted step (train.compile_functions) in a tight loop
            over batches already on the devices, timed after `--warmup` steps
-           (the first compiles) with one block_until_ready at the end;
+           (the first compiles), waiting for the device every `--log-every`
+           steps as the trainer does at its log boundaries;
   trainer  train.train_and_evaluate, whose summary.json reports the
            steady-state throughput of its log windows after the first (which
            compiles), without eval or checkpoint windows.
@@ -89,12 +90,10 @@ def main():
   config.dataset.synthetic.eval_examples = config.batch_size
 
   run = train.setup(config)
-  skip = False
-  # One jitted init and step for every bare run: only the first compiles.
-  step = jax.jit(
-    functools.partial(train.guarded_step, run.method, run.optimizers, skip),
-    donate_argnums=(0, 1),
-  )
+  # The trainer's own jitted functions, one set for every bare run: only the
+  # first run compiles.
+  fns = train.compile_functions(config, run)
+  step = fns.step
 
   init = jax.jit(
     functools.partial(train.init_state, config, run.method, run.optimizers),
@@ -109,12 +108,7 @@ def main():
         train.to_global(b, run.batch_sharding)
         for b in run.train_source.epoch(0)
       ][:4]
-      shapes = jax.eval_shape(
-        functools.partial(train.train_step, run.method, run.optimizers, skip),
-        state,
-        frozen,
-        batches[0],
-      )[1]
+      shapes = jax.eval_shape(fns.train, state, frozen, batches[0])[1]
       guard = jax.device_put(train.init_guard(shapes), run.replicated)
       for i in range(max(args.warmup, 1)):  # The first call compiles.
         state, guard, _ = step(state, guard, frozen, batches[i % len(batches)])

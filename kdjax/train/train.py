@@ -276,9 +276,13 @@ def guarded_step(
   and eval boundaries, still finds the last good state and the first bad
   step's metrics there.
   """
-  new_state, metrics = train_step(
-    method, optimizers, skip_nonfinite, state, frozen, batch
-  )
+  step = functools.partial(train_step, method, optimizers, skip_nonfinite)
+  return guard_around(step, skip_nonfinite, state, guard, frozen, batch)
+
+
+def guard_around(step, skip_nonfinite: bool, state, guard, frozen, batch):
+  """guarded_step around any `step(state, frozen, batch) -> (state, metrics)`."""
+  new_state, metrics = step(state, frozen, batch)
   frozen_by_earlier = (guard['first_bad_step'] >= 0) & (not skip_nonfinite)
   bad = ~metrics['finite']
   first = bad & (guard['first_bad_step'] < 0)
@@ -679,8 +683,14 @@ def _preempted_summary(config, step, steps_per_epoch, started):
 
 @dataclasses.dataclass(frozen=True)
 class RunFunctions:
-  """The jitted functions of one run: train step, eval step, BN estimates."""
+  """The jitted functions of one run: train step, eval step, BN estimates.
 
+  `train` is train_step alone: `jax.eval_shape(train, ...)` gives the metric
+  structure the guard needs, and since `step` calls the same jitted function,
+  tracing `step` reuses that trace instead of tracing the model again.
+  """
+
+  train: Any
   step: Any
   eval: Any
   estimate: Any
@@ -688,11 +698,13 @@ class RunFunctions:
 
 def compile_functions(config, run: RunSetup) -> RunFunctions:
   skip_nonfinite = config.get('nonfinite', 'raise') == 'skip'
+  train = jax.jit(
+    functools.partial(train_step, run.method, run.optimizers, skip_nonfinite)
+  )
   return RunFunctions(
+    train=train,
     step=jax.jit(
-      functools.partial(
-        guarded_step, run.method, run.optimizers, skip_nonfinite
-      ),
+      functools.partial(guard_around, train, skip_nonfinite),
       donate_argnums=(0, 1),
     ),
     eval=jax.jit(functools.partial(eval_step, run.method)),
@@ -860,15 +872,7 @@ class TrainLoop:
       with self.no_host_sync():
         if self.guard is None:
           metrics_shapes = jax.eval_shape(
-            functools.partial(
-              train_step,
-              run.method,
-              run.optimizers,
-              config.get('nonfinite', 'raise') == 'skip',
-            ),
-            state,
-            self.frozen,
-            batch,
+            self.fns.train, state, self.frozen, batch
           )[1]
           self.guard = jax.device_put(
             init_guard(metrics_shapes), run.replicated
