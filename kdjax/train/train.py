@@ -266,23 +266,15 @@ def init_guard(metrics_shapes) -> Dict[str, Any]:
   }
 
 
-def guarded_step(
-  method, optimizers, skip_nonfinite: bool, state, guard, frozen, batch
-):
-  """train_step plus the guard bookkeeping, so the host need not look per step.
+def guarded_step(train, skip_nonfinite: bool, state, guard, frozen, batch):
+  """`train(state, frozen, batch)` (train_step) plus the guard bookkeeping.
 
-  In 'raise' mode the first non-finite step freezes the state: every later
-  step leaves it as it was, so the host, which looks only at log, checkpoint
-  and eval boundaries, still finds the last good state and the first bad
-  step's metrics there.
+  The host need not look at every step: in 'raise' mode the first non-finite
+  step freezes the state, every later step leaves it as it was, so the host,
+  which looks only at log, checkpoint and eval boundaries, still finds the
+  last good state and the first bad step's metrics there.
   """
-  step = functools.partial(train_step, method, optimizers, skip_nonfinite)
-  return guard_around(step, skip_nonfinite, state, guard, frozen, batch)
-
-
-def guard_around(step, skip_nonfinite: bool, state, guard, frozen, batch):
-  """guarded_step around any `step(state, frozen, batch) -> (state, metrics)`."""
-  new_state, metrics = step(state, frozen, batch)
+  new_state, metrics = train(state, frozen, batch)
   frozen_by_earlier = (guard['first_bad_step'] >= 0) & (not skip_nonfinite)
   bad = ~metrics['finite']
   first = bad & (guard['first_bad_step'] < 0)
@@ -704,7 +696,7 @@ def compile_functions(config, run: RunSetup) -> RunFunctions:
   return RunFunctions(
     train=train,
     step=jax.jit(
-      functools.partial(guard_around, train, skip_nonfinite),
+      functools.partial(guarded_step, train, skip_nonfinite),
       donate_argnums=(0, 1),
     ),
     eval=jax.jit(functools.partial(eval_step, run.method)),
