@@ -166,12 +166,28 @@ PREMISE_GRID: Tuple[Tuple[str, Tuple[str, Dict[str, Any]], int, float], ...] = (
 )
 
 
+# PKKD where the premise holds (--grid premise_pkkd): the premise grid's cell
+# with the largest CNN - ANN gap, its ANN and CNN alone reused from that grid.
+PREMISE_PKKD_CELL = 'resnet20_w8_e4_f50'
+PREMISE_PKKD_VARIANTS: Tuple[Tuple[str, Dict[str, Any]], ...] = (
+  # The demo preset's measured weights (DEMO_KNOBS), ramp over half the run.
+  (
+    'measured',
+    dict(PAPER, alpha=0.5, beta=0.5, kd_t_squared=False, ramp_steps='half'),
+  ),
+  ('paper', dict(PAPER)),
+)
+
+
 @dataclasses.dataclass
 class Run:
   cell: str
   seed: int
   config: Any
   deps: Tuple[str, ...] = ()
+  # The runs directory's name for it (default: the cell), so that a grid can
+  # reuse another grid's run of the same config.
+  workdir_name: Optional[str] = None
 
 
 def settings_for(regime: Dict[str, Any], loader: str) -> study.Settings:
@@ -262,8 +278,54 @@ def premise_runs(s, quick: bool) -> List[Run]:
     for seed in seeds:
       for kind, conv_type in (('ann', 'adder'), ('cnn', 'conv')):
         config = alone(s, seed, None, conv_type, entry, epochs, fraction)
-        runs.append(Run(f'{label}/{kind}', seed, config))
+        # Quick: the --grid sweep --quick runs of the same configs.
+        name = kind if quick else None
+        runs.append(Run(f'{label}/{kind}', seed, config, workdir_name=name))
   return runs
+
+
+def premise_pkkd_regime(quick: bool) -> Dict[str, Any]:
+  if quick:
+    return dict(QUICK_REGIME)
+  (_, entry, epochs, fraction) = dict((g[0], g) for g in PREMISE_GRID)[
+    PREMISE_PKKD_CELL
+  ]
+  return dict(REGIME, model=entry, epochs=epochs, fraction=fraction)
+
+
+def premise_pkkd_knobs(name: str, total_steps: int) -> Dict[str, Any]:
+  knobs = dict(dict(PREMISE_PKKD_VARIANTS)[name])
+  if knobs['ramp_steps'] == 'half':
+    knobs['ramp_steps'] = total_steps // 2
+  return knobs
+
+
+def premise_pkkd_runs(s, regime, quick: bool) -> List[Run]:
+  """Seed by seed: the ANN and the CNN alone (the premise grid's runs), then
+  every variant, on the selection seeds (no confirmation yet)."""
+  seeds = SELECT_SEEDS[:1] if quick else SELECT_SEEDS
+  runs = []
+  for seed in seeds:
+    for kind, conv_type in (('ann', 'adder'), ('cnn', 'conv')):
+      config = alone(s, seed, regime, conv_type)
+      # Quick: the --grid sweep --quick runs of the same configs.
+      name = kind if quick else f'{PREMISE_PKKD_CELL}/{kind}'
+      runs.append(Run(kind, seed, config, workdir_name=name))
+  if quick:  # The sweep's quick variant, whose run --grid sweep --quick made.
+    runs.append(Run('quick', seeds[0], None))
+    return runs
+  total = premise_pkkd_total_steps(regime)
+  for name, _ in PREMISE_PKKD_VARIANTS:
+    for seed in seeds:
+      knobs = premise_pkkd_knobs(name, total)
+      runs.append(Run(name, seed, pkkd_run(s, seed, regime, knobs)))
+  return runs
+
+
+def premise_pkkd_total_steps(regime) -> int:
+  # mnist5k's 4,000 train digits, the class-balanced fraction, whole batches.
+  per_epoch = int(4000 * regime['fraction']) // regime['batch_size']
+  return per_epoch * regime['epochs']
 
 
 def _demo_module():
@@ -395,7 +457,9 @@ def execute(
         teacher_dir, dep_keys = teacher_job.workdir, [teacher_job.key]
       config = pkkd_run(s, run.seed, regime, knobs_of(run.cell), teacher_dir)
     key = study.config_key(config, dep_keys)
-    workdir = os.path.join(runs_dir, run.cell.replace('/', '_'))
+    workdir = os.path.join(
+      runs_dir, (run.workdir_name or run.cell).replace('/', '_')
+    )
     job = study.Job(
       'pkkd_sweep', run.cell, run.seed, config, key, f'{workdir}_s{run.seed}', 0
     )
@@ -565,7 +629,9 @@ def summarize_premise(records) -> Tuple[Dict[str, Any], List[str]]:
 def parse_args(argv):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument(
-    '--grid', choices=('sweep', 'premise', 'demo'), default='sweep'
+    '--grid',
+    choices=('sweep', 'premise', 'premise_pkkd', 'demo'),
+    default='sweep',
   )
   parser.add_argument(
     '--phase',
@@ -624,6 +690,10 @@ def main(argv=None) -> Dict[str, Any]:
         batch_size=64,
         **module.DEMO_SETTINGS,
       )
+  elif args.grid == 'premise_pkkd':
+    regime = premise_pkkd_regime(args.quick)
+    s = settings_for(regime, args.loader)
+    runs = premise_pkkd_runs(s, regime, args.quick)
   else:
     runs = premise_runs(s, args.quick)
   started = time.time()
@@ -642,6 +712,21 @@ def main(argv=None) -> Dict[str, Any]:
       records, demo_changes_text, lambda name: demo_knobs(name, total)
     )
     title = 'PKKD sweep in the demo regime'
+  elif args.grid == 'premise_pkkd':
+    total = premise_pkkd_total_steps(regime)
+    knobs = lambda name: (
+      knobs_of(name) if args.quick else premise_pkkd_knobs(name, total)
+    )
+    summary, lines = summarize_sweep(
+      records,
+      lambda name: ', '.join(
+        f'{k}={v}'
+        for k, v in knobs(name).items()
+        if k in ('alpha', 'beta', 'temperature', 'kd_t_squared', 'ramp_steps')
+      ),
+      knobs,
+    )
+    title = f'PKKD where the premise holds ({PREMISE_PKKD_CELL})'
   else:
     summary, lines = summarize_premise(records)
     title = 'PKKD premise grid: CNN vs ANN of the same architecture, alone'

@@ -58,6 +58,75 @@ def test_quick_sweep_writes_tables_and_reuses_runs(sweep_module, tmp_path):
     r['accuracy'] for r in document['runs']
   ]
   assert all(r['elapsed_seconds'] < 5 for r in again['runs'])
+  # The premise grids' quick checks are made of the same configs: they reuse
+  # those runs (the same keys), and write their own tables.
+  premise = sweep_module.main(['--grid', 'premise', '--quick', '--out', out])
+  assert [r['cell'] for r in premise['runs']] == [
+    'resnet8_w4_e2_f50/ann',
+    'resnet8_w4_e2_f50/cnn',
+  ]
+  accuracy = {r['cell']: r['accuracy'] for r in document['runs']}
+  assert [r['accuracy'] for r in premise['runs']] == [
+    accuracy['ann'],
+    accuracy['cnn'],
+  ]
+  cell = premise['summary']['resnet8_w4_e2_f50']
+  assert cell['steps'] == [2] and cell['premise'] == 'n/a (< 2 seeds)'
+  with open(os.path.join(out, 'premise.md')) as f:
+    assert '| resnet8_w4_e2_f50 | 2 |' in f.read()
+  held = sweep_module.main(['--grid', 'premise_pkkd', '--quick', '--out', out])
+  assert [r['cell'] for r in held['runs']] == ['ann', 'cnn', 'quick']
+  assert [r['accuracy'] for r in held['runs']] == [
+    r['accuracy'] for r in document['runs']
+  ]
+  assert all(r['elapsed_seconds'] < 5 for r in premise['runs'] + held['runs'])
+  with open(os.path.join(out, 'premise_pkkd.md')) as f:
+    assert '| quick |' in f.read()
+
+
+def test_premise_grids_cover_the_issue_and_build_their_configs(sweep_module):
+  grid = {label: rest for label, *rest in sweep_module.PREMISE_GRID}
+  depths = {entry[0] for entry, _, _ in grid.values()}
+  assert depths == {'resnet8', 'resnet20', 'resnet32'}
+  fractions = {fraction for _, _, fraction in grid.values()}
+  assert {0.1, 0.25, 1.0} <= fractions
+  assert len({epochs for _, epochs, _ in grid.values()}) >= 3
+  # Every label states its depth, width, epochs and fraction.
+  for label, (entry, epochs, fraction) in grid.items():
+    depth, width, e, f = label.split('_')
+    assert depth == entry[0] and e == f'e{epochs}'
+    assert f == f'f{round(100 * fraction)}'
+    widths = entry[1].get('stage_widths', (16, 32, 64))
+    assert width == ('full' if widths == (16, 32, 64) else f'w{widths[0]}')
+  # PKKD in the premise regime: the cell's network, budget and data, the
+  # ANN and CNN alone in that cell's run directories, ramp over half the run.
+  regime = sweep_module.premise_pkkd_regime(quick=False)
+  entry, epochs, fraction = grid[sweep_module.PREMISE_PKKD_CELL]
+  assert (regime['model'], regime['epochs'], regime['fraction']) == (
+    entry,
+    epochs,
+    fraction,
+  )
+  s = sweep_module.settings_for(regime, 'numpy')
+  runs = sweep_module.premise_pkkd_runs(s, regime, quick=False)
+  # 4,000 train digits x fraction in batches of 32, epochs times.
+  total = int(4000 * fraction) // 32 * epochs
+  for run in runs:
+    config = run.config
+    assert config.num_epochs == epochs
+    assert config.dataset.train_fraction == fraction
+    assert config.model.name == entry[0]
+    assert config.model.kwargs.to_dict() == dict(entry[1])
+    if run.cell in ('ann', 'cnn'):
+      assert run.workdir_name == f'{sweep_module.PREMISE_PKKD_CELL}/{run.cell}'
+      assert config.method == 'supervised'
+    else:
+      assert config.method == 'pkkd' and config.teacher.name == entry[0]
+      knobs = dict(sweep_module.PREMISE_PKKD_VARIANTS)[run.cell]
+      want = total // 2 if knobs['ramp_steps'] == 'half' else 0
+      assert config.pkkd.ramp_steps == want
+      assert config.pkkd.alpha == knobs['alpha']
+  assert {r.cell for r in runs} == {'ann', 'cnn', 'measured', 'paper'}
 
 
 def test_demo_grid_runs_the_demo_presets(sweep_module, tmp_path):
