@@ -178,6 +178,8 @@ PREMISE_PKKD_VARIANTS: Tuple[Tuple[str, Dict[str, Any]], ...] = (
   ),
   ('paper', dict(PAPER)),
 )
+# Chosen from the selection seeds 0-2 only (results/pkkd_sweep/premise_pkkd.md).
+PREMISE_PKKD_WINNER = 'measured'
 
 
 @dataclasses.dataclass
@@ -301,26 +303,41 @@ def premise_pkkd_knobs(name: str, total_steps: int) -> Dict[str, Any]:
   return knobs
 
 
-def premise_pkkd_runs(s, regime, quick: bool) -> List[Run]:
-  """Seed by seed: the ANN and the CNN alone (the premise grid's runs), then
-  every variant, on the selection seeds (no confirmation yet)."""
-  seeds = SELECT_SEEDS[:1] if quick else SELECT_SEEDS
+def premise_pkkd_runs(s, regime, quick: bool, phase: str = 'all') -> List[Run]:
+  """Selection: the ANN and the CNN alone (the premise grid's runs), then
+  every variant, on SELECT_SEEDS; confirmation: the ANN alone, the
+  PREMISE_PKKD_WINNER and the CNN alone seed by seed on CONFIRM_SEEDS."""
   runs = []
+  if phase in ('all', 'confirm') and not quick:
+    total = premise_pkkd_total_steps(regime)
+    knobs = premise_pkkd_knobs(PREMISE_PKKD_WINNER, total)
+    for seed in CONFIRM_SEEDS:
+      for kind, conv_type in (('ann', 'adder'), ('cnn', 'conv')):
+        config = alone(s, seed, regime, conv_type)
+        name = f'{PREMISE_PKKD_CELL}/{kind}'
+        runs.append(Run(kind, seed, config, workdir_name=name))
+      runs.append(
+        Run(PREMISE_PKKD_WINNER, seed, pkkd_run(s, seed, regime, knobs))
+      )
+    if phase == 'confirm':
+      return runs
+  seeds = SELECT_SEEDS[:1] if quick else SELECT_SEEDS
+  selection = []
   for seed in seeds:
     for kind, conv_type in (('ann', 'adder'), ('cnn', 'conv')):
       config = alone(s, seed, regime, conv_type)
       # Quick: the --grid sweep --quick runs of the same configs.
       name = kind if quick else f'{PREMISE_PKKD_CELL}/{kind}'
-      runs.append(Run(kind, seed, config, workdir_name=name))
+      selection.append(Run(kind, seed, config, workdir_name=name))
   if quick:  # The sweep's quick variant, whose run --grid sweep --quick made.
-    runs.append(Run('quick', seeds[0], None))
-    return runs
+    return selection + [Run('quick', seeds[0], None)]
   total = premise_pkkd_total_steps(regime)
   for name, _ in PREMISE_PKKD_VARIANTS:
     for seed in seeds:
       knobs = premise_pkkd_knobs(name, total)
-      runs.append(Run(name, seed, pkkd_run(s, seed, regime, knobs)))
-  return runs
+      selection.append(Run(name, seed, pkkd_run(s, seed, regime, knobs)))
+  # Selection first (the confirmation's winner was chosen from it).
+  return selection + runs
 
 
 def premise_pkkd_total_steps(regime) -> int:
@@ -638,7 +655,8 @@ def parse_args(argv):
     '--phase',
     choices=('all', 'select', 'confirm'),
     default='all',
-    help='--grid demo: selection seeds, confirmation seeds, or both',
+    help='--grid demo / premise_pkkd: selection seeds, confirmation seeds, '
+    'or both',
   )
   parser.add_argument(
     '--out', default=os.path.join(REPO, 'results', 'pkkd_sweep')
@@ -694,7 +712,7 @@ def main(argv=None) -> Dict[str, Any]:
   elif args.grid == 'premise_pkkd':
     regime = premise_pkkd_regime(args.quick)
     s = settings_for(regime, args.loader)
-    runs = premise_pkkd_runs(s, regime, args.quick)
+    runs = premise_pkkd_runs(s, regime, args.quick, args.phase)
   else:
     runs = premise_runs(s, args.quick)
   started = time.time()
@@ -751,7 +769,11 @@ def main(argv=None) -> Dict[str, Any]:
       else f', loader={args.loader}, optimizer of the demo presets.'
     ),
   ]
-  winner = {'sweep': WINNER, 'demo': DEMO_WINNER}.get(args.grid)
+  winner = {
+    'sweep': WINNER,
+    'demo': DEMO_WINNER,
+    'premise_pkkd': PREMISE_PKKD_WINNER,
+  }.get(args.grid)
   if winner:
     header.append('')
     header.append(f'Winner (chosen on the selection seeds): `{winner}`.')

@@ -127,6 +127,18 @@ def test_premise_grids_cover_the_issue_and_build_their_configs(sweep_module):
       assert config.pkkd.ramp_steps == want
       assert config.pkkd.alpha == knobs['alpha']
   assert {r.cell for r in runs} == {'ann', 'cnn', 'measured', 'paper'}
+  # Variants on the selection seeds; only the winner (chosen from them) and
+  # the baselines on the fresh confirmation seeds, after the selection.
+  select, confirm = sweep_module.SELECT_SEEDS, sweep_module.CONFIRM_SEEDS
+  winner = sweep_module.PREMISE_PKKD_WINNER
+  assert winner in dict(sweep_module.PREMISE_PKKD_VARIANTS)
+  cells = [(r.cell, r.seed) for r in runs]
+  assert {c for c, seed in cells if seed in confirm} == {'ann', 'cnn', winner}
+  assert {seed for _, seed in cells} == set(select) | set(confirm)
+  last_select = max(i for i, (_, seed) in enumerate(cells) if seed in select)
+  assert all(seed in confirm for _, seed in cells[last_select + 1 :])
+  confirm_only = sweep_module.premise_pkkd_runs(s, regime, False, 'confirm')
+  assert [(r.cell, r.seed) for r in confirm_only] == cells[last_select + 1 :]
 
 
 def test_demo_grid_runs_the_demo_presets(sweep_module, tmp_path):
