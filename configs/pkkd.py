@@ -31,6 +31,9 @@ reconstruction (docs/pkkd.md). Loss weights:
                   fresh seeds 3-7: +1.3 +- 6.1, two misses of five
                   (results/pkkd_sweep/demo.md, docs/pkkd.md "The demo
                   regime"); the premise (CNN > ANN) fails there.
+                  Where it holds (ResNet-20, --grid premise_pkkd) the same
+                  weights gave +1.5 on seeds 0-2 (paper weights -0.6) and
+                  +0.3 +- 2.1 on seeds 3-7, two misses of five.
 
 To run any preset with the other weights, override them, e.g. the paper's:
   --config.pkkd.alpha=5 --config.pkkd.beta=5 --config.pkkd.ramp_steps=0 \
