@@ -611,7 +611,9 @@ def summarize_sweep(
   return out, lines
 
 
-def summarize_premise(records) -> Tuple[Dict[str, Any], List[str]]:
+def summarize_premise(
+  records, grid_labels: Tuple[str, ...] = ()
+) -> Tuple[Dict[str, Any], List[str]]:
   out = {}
   lines = [
     '',
@@ -620,7 +622,11 @@ def summarize_premise(records) -> Tuple[Dict[str, Any], List[str]]:
     '|---|---|---|---|---|---|---|',
   ]
   labels = list(dict.fromkeys(r['cell'].split('/')[0] for r in records))
-  for label in labels:
+  for label in labels + [l for l in grid_labels if l not in labels]:
+    if label not in labels:  # A cell of the grid with no stored run yet.
+      out[label] = dict(premise='not run')
+      lines.append(f'| {label} | - | - | - | - | not run | - |')
+      continue
     seeds = tuple(sorted({r['seed'] for r in records}))
     cnn = stats(records, f'{label}/cnn', 'student', seeds)
     ann = stats(records, f'{label}/ann', 'student', seeds)
@@ -747,7 +753,9 @@ def main(argv=None) -> Dict[str, Any]:
     )
     title = f'PKKD where the premise holds ({PREMISE_PKKD_CELL})'
   else:
-    summary, lines = summarize_premise(records)
+    summary, lines = summarize_premise(
+      records, () if args.quick else tuple(g[0] for g in PREMISE_GRID)
+    )
     title = 'PKKD premise grid: CNN vs ANN of the same architecture, alone'
   machine = f'{platform.machine()}, {os.cpu_count()} CPUs'
   header = [
