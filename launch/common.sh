@@ -108,10 +108,16 @@ run_until_done() {
 _run_signalled() {
   local child rc
   RUN_WAKE=0
+  RUN_CHILD=
+  # The trap is set before the command starts: a signal that came between the
+  # start and the trap would otherwise stop this loop and leave the run going.
+  trap 'RUN_STOPPED=1; RUN_WAKE=1
+    [[ -n "$RUN_CHILD" ]] && kill -TERM "$RUN_CHILD" 2>/dev/null; true' INT TERM
   "$@" &
   child=$!
-  # shellcheck disable=SC2064  # $child is expanded now, on purpose.
-  trap "RUN_STOPPED=1; RUN_WAKE=1; kill -TERM $child 2>/dev/null || true" INT TERM
+  RUN_CHILD=$child
+  # A signal before RUN_CHILD was set found no run to pass it on to.
+  if [[ "$RUN_STOPPED" == 1 ]]; then kill -TERM "$child" 2>/dev/null || true; fi
   while true; do
     RUN_WAKE=0
     rc=0
@@ -120,6 +126,7 @@ _run_signalled() {
     [[ "$RUN_WAKE" == 1 ]] || break
   done
   trap - INT TERM
+  RUN_CHILD=
   return "$rc"
 }
 
