@@ -30,6 +30,7 @@ import jax  # pylint: disable=g-import-not-at-top
 from kdjax import errors  # pylint: disable=g-import-not-at-top
 from kdjax.check_config import describe_config_error  # pylint: disable=g-import-not-at-top
 from kdjax.train import preemption  # pylint: disable=g-import-not-at-top
+from kdjax.train import reporting  # pylint: disable=g-import-not-at-top
 
 _CONFIG = config_flags.DEFINE_config_file(
   'config', None, 'Config file[:preset].', lock_config=True
@@ -88,7 +89,7 @@ def parse_flags(argv):
 
 def check_workdir(workdir: str, mode: str) -> None:
   """A workdir that is a file, or not writable, fails before any setup."""
-  if '://' in workdir:  # gs:// and other remote paths: orbax checks them.
+  if not reporting.is_local(workdir):  # gs:// and the like: orbax checks them.
     return
   path = os.path.abspath(workdir)
   if os.path.exists(path) and not os.path.isdir(path):
@@ -137,12 +138,20 @@ def _multi_host() -> bool:
 
 def run(config, workdir: str, mode: str, allow_config_change: bool):
   """Trains or evaluates; returns (result dict, exit code)."""
+  from kdjax.data import loaders  # pylint: disable=g-import-not-at-top
+  from kdjax.train import train  # pylint: disable=g-import-not-at-top
+
+  # The config's cheap checks first: a bad size or loader fails in a second,
+  # not after tensorflow's import and a distributed start-up.
+  train.validate_config(config)
+  train.check_data_loader(config)
   # tensorflow is needed by the tfds loader and by a remote workdir's event
   # files (gs://); importing it costs seconds, so the NumPy loader writing to
   # a local workdir does without.
-  needs_tensorflow = config.get('data', {}).get('loader', 'tfds') == 'tfds' or (
-    '://' in str(workdir)
-  )
+
+  needs_tensorflow = loaders.config_loader(
+    config
+  ) == 'tfds' or not reporting.is_local(workdir)
   if needs_tensorflow:
     try:
       import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -151,8 +160,6 @@ def run(config, workdir: str, mode: str, allow_config_change: bool):
     else:  # tf.data must not take GPU memory from JAX.
       tf.config.set_visible_devices([], 'GPU')
   initialize_distributed()
-  from kdjax.train import train  # pylint: disable=g-import-not-at-top
-
   logging.info(
     'JAX %s, %d devices on %d processes',
     jax.__version__,

@@ -20,6 +20,7 @@ from kdjax.data import specs
 from kdjax.data import splits
 from kdjax.data.loaders import build_input
 from kdjax.data.loaders import check_loader
+from kdjax.data.loaders import config_loader
 from kdjax.data.loaders import LOADERS
 from kdjax.data.specs import AUGMENTATIONS
 from kdjax.data.specs import Augment
@@ -63,6 +64,7 @@ __all__ = [
   'augment',
   'build_input',
   'check_loader',
+  'config_loader',
   'class_balanced_subset',
   'in_memory',
   'load_builder',

@@ -15,6 +15,11 @@ LOADERS = ('tfds', 'numpy')
 _TF_MODULES = ('tensorflow', 'tensorflow_datasets')
 
 
+def config_loader(config) -> str:
+  """The loader a run config asks for: `config.data.loader`, 'tfds' if unset."""
+  return config.get('data', {}).get('loader', 'tfds')
+
+
 def check_loader(loader: str, dataset: str) -> None:
   """Raises ValueError unless `loader` is known and can read `dataset`.
 

@@ -87,15 +87,19 @@ def check_batch_size(
 # ---------------------------------------------------------------- data
 
 
-def data_loader(config: ml_collections.ConfigDict) -> str:
-  return config.get('data', {}).get('loader', 'tfds')
-
-
 def check_data_loader(config: ml_collections.ConfigDict) -> None:
   """Fails fast on a loader that cannot read the dataset, before any teacher trains."""
   if config.dataset.name == synthetic.NAME:  # Any loader: nothing is read.
     return
-  kd_data.check_loader(data_loader(config), config.dataset.name)
+  kd_data.check_loader(kd_data.config_loader(config), config.dataset.name)
+
+
+def run_length(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+  """The steps a run of `config` takes: `num_epochs` epochs, cut at `max_steps`."""
+  total = int(round(config.num_epochs * steps_per_epoch))
+  if config.get('max_steps', -1) and config.get('max_steps', -1) > 0:
+    total = min(total, config.max_steps)
+  return total
 
 
 def build_inputs(config: ml_collections.ConfigDict):
@@ -113,7 +117,7 @@ def build_inputs(config: ml_collections.ConfigDict):
     seed=config.seed,
     data_dir=ds.get('data_dir'),
     image_size=ds.get('image_size'),
-    loader=data_loader(config),
+    loader=kd_data.config_loader(config),
   )
   train = kd_data.build_input(
     ds.name,
@@ -569,9 +573,7 @@ def setup(config: ml_collections.ConfigDict) -> RunSetup:
   sample = jnp.zeros((2,) + tuple(train_source.image_shape), jnp.float32)
   frozen = method.load_frozen(sample)
   steps_per_epoch = train_source.steps_per_epoch
-  total_steps = int(round(config.num_epochs * steps_per_epoch))
-  if config.get('max_steps', -1) and config.get('max_steps', -1) > 0:
-    total_steps = min(total_steps, config.max_steps)
+  total_steps = run_length(config, steps_per_epoch)
   with jax.set_mesh(mesh):
     abstract_params = jax.eval_shape(
       lambda: method.init(jax.random.key(0), sample)[0]
@@ -1100,10 +1102,7 @@ def _finished(config, step: Optional[int], meta: Dict[str, Any]) -> bool:
     step is None or not meta.get('finished') or not meta.get('steps_per_epoch')
   ):
     return False
-  total = int(round(config.num_epochs * meta['steps_per_epoch']))
-  if config.get('max_steps', -1) and config.get('max_steps', -1) > 0:
-    total = min(total, config.max_steps)
-  return step >= total
+  return step >= run_length(config, meta['steps_per_epoch'])
 
 
 def _already_finished(workdir, step, meta, role) -> Dict[str, Any]:
