@@ -39,13 +39,10 @@ NUM_CLASSES = 7
 
 @pytest.fixture(autouse=True, scope='module')
 def _setup():
-  """One torch thread (the CPUs are shared); faster XLA:CPU init compiles."""
+  """One torch thread (the CPUs are shared)."""
   threads = torch.get_num_threads()
   torch.set_num_threads(1)
-  previous = jax.config.jax_threefry_partitionable
-  jax.config.update('jax_threefry_partitionable', False)
   yield
-  jax.config.update('jax_threefry_partitionable', previous)
   torch.set_num_threads(threads)
 
 

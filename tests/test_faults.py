@@ -60,19 +60,6 @@ TINY = {
 REFERENCE_STEPS = 6
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _fast_init_compile():
-  """Non-partitionable threefry (as in test_train.py): ~4x faster CPU compiles.
-
-  The command-line runs get the same setting from JAX_THREEFRY_PARTITIONABLE=0,
-  so in-process and subprocess runs compile the same programs.
-  """
-  previous = jax.config.jax_threefry_partitionable
-  jax.config.update('jax_threefry_partitionable', False)
-  yield
-  jax.config.update('jax_threefry_partitionable', previous)
-
-
 @pytest.fixture(scope='module')
 def compile_cache(shared_tmp_root):
   path = shared_tmp_root / 'kdjax_fault_tests_xla_cache'
@@ -126,7 +113,6 @@ def cli_env(compile_cache, **extra):
     os.environ,
     JAX_PLATFORMS='cpu',
     TF_CPP_MIN_LOG_LEVEL='3',
-    JAX_THREEFRY_PARTITIONABLE='0',
     JAX_COMPILATION_CACHE_DIR=compile_cache,
     JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
     JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0',

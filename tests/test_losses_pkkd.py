@@ -352,7 +352,8 @@ def tiny_batch():
 
 def test_ramp_scales_alpha_and_beta_linearly_and_counts_steps(tiny_batch):
   method = _method(ramp_steps=4, alpha=2.0, beta=3.0, teacher_kd_weight=0.5)
-  params, stats = method.init(jax.random.key(0), tiny_batch['image'])
+  # Jitted: one compile instead of one per primitive of the two models.
+  params, stats = jax.jit(method.init)(jax.random.key(0), tiny_batch['image'])
   assert float(stats['student']['ramp_step']) == 0.0
   loss = jax.jit(method.loss)
   for step, ramp in ((0, 0.0), (1, 0.25), (3, 0.75), (4, 1.0), (9, 1.0)):
@@ -369,7 +370,9 @@ def test_ramp_scales_alpha_and_beta_linearly_and_counts_steps(tiny_batch):
     )
     np.testing.assert_allclose(total, expected, rtol=1e-5)
   # Without a ramp the state has no counter (checkpoints as before).
-  _, plain_stats = _method().init(jax.random.key(0), tiny_batch['image'])
+  _, plain_stats = jax.eval_shape(
+    _method().init, jax.random.key(0), tiny_batch['image']
+  )
   assert 'ramp_step' not in plain_stats['student']
 
 
@@ -380,19 +383,14 @@ def test_teacher_kd_weight_trains_only_the_teacher(tiny_batch):
   weight, temperature = 0.8, 2.0
   mutual = _method(teacher_kd_weight=weight, temperature=temperature)
   plain = _method(temperature=temperature)
-  params, stats = mutual.init(jax.random.key(0), tiny_batch['image'])
-  plain.init(jax.random.key(0), tiny_batch['image'])  # builds its connectors
+  params, stats = jax.jit(mutual.init)(jax.random.key(0), tiny_batch['image'])
   grad = lambda m: jax.jit(
     jax.grad(lambda p: m.loss(p, stats, {}, tiny_batch, jax.random.key(1))[0])
   )(params)
   g_mutual, g_plain = grad(mutual), grad(plain)
-  s_logits = base.run_model(
-    mutual.student,
-    params['student']['model'],
-    stats['student']['model'],
-    tiny_batch['image'],
-    True,
-  )[0]
+  s_logits = jax.jit(
+    lambda p, s, x: base.run_model(mutual.student, p, s, x, True)[0]
+  )(params['student']['model'], stats['student']['model'], tiny_batch['image'])
 
   def teacher_reference(teacher_params):
     t_logits = base.run_model(

@@ -38,7 +38,7 @@ import test_faults as faults  # pylint: disable=g-import-not-at-top,wrong-import
 import xla_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # pylint: disable=unused-import
-from test_faults import _fast_init_compile, compile_cache  # noqa: F401
+from test_faults import compile_cache  # noqa: F401
 # pylint: enable=unused-import
 
 REPO = faults.REPO

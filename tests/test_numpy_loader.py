@@ -537,7 +537,6 @@ def run_without_tensorflow(flags, tmp_path):
   env = dict(
     os.environ,
     JAX_PLATFORMS='cpu',
-    JAX_THREEFRY_PARTITIONABLE='0',
     TFDS_DATA_DIR=str(tmp_path / 'no_tfds'),
   )
   return subprocess.run(

@@ -101,7 +101,10 @@ def test_bfloat16_step_is_close_to_float32():
   labels = jnp.arange(16) % 10
   f32 = base.build_zoo_model(_model_config('float32'), 10, (32, 32, 3))
   bf16 = base.build_zoo_model(_model_config('bfloat16'), 10, (32, 32, 3))
-  params, stats = base.init_model(f32, jax.random.key(0), images)
+  # Jitted: eager init would compile and run every primitive one by one.
+  params, stats = jax.jit(lambda k, x: base.init_model(f32, k, x))(
+    jax.random.key(0), images
+  )
 
   def loss_and_grads(model):
     def loss(p):

@@ -31,7 +31,6 @@ from kdjax.train import checkpointing
 from kdjax.train import run_config
 from kdjax.train import train
 from test_faults import (  # noqa: F401  (fixtures)
-  _fast_init_compile,
   checkpoint_steps,
   cli_command,
   cli_env,

@@ -51,19 +51,6 @@ MNIST_EVAL_EXAMPLES = 1000
 MNIST_PKKD_EVAL_EXAMPLES = 100
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _fast_init_compile():
-  """Non-partitionable threefry: same algorithm, ~4x faster XLA:CPU compiles.
-
-  With the default partitionable threefry, compiling the random init of a
-  resnet8 takes ~10 s on CPU, more than half of a short run.
-  """
-  previous = jax.config.jax_threefry_partitionable
-  jax.config.update('jax_threefry_partitionable', False)
-  yield
-  jax.config.update('jax_threefry_partitionable', previous)
-
-
 # ----------------------------------------------------------------------------
 # Helpers.
 
@@ -648,8 +635,7 @@ def test_cli_trains_and_prints_summary(mnist_dir, tmp_path):
     os.environ,
     TF_CPP_MIN_LOG_LEVEL='3',
     JAX_PLATFORMS='cpu',
-    JAX_THREEFRY_PARTITIONABLE='0',
-  )  # See _fast_init_compile.
+  )
   command = [
     sys.executable,
     '-m',
