@@ -30,12 +30,24 @@ alone and the CNN alone on CONFIRM_SEEDS; ``--phase`` runs one of the two.
 Premise (``--grid premise``): CNN alone vs ANN alone of the same architecture
 over the cells of ``PREMISE_GRID`` (depth / width / epochs / data fraction),
 3 seeds each; "premise holds" when mean(CNN) - mean(ANN) exceeds the pooled
-std sqrt((sd_CNN^2 + sd_ANN^2) / 2) (``study.verdict``).
+std sqrt((sd_CNN^2 + sd_ANN^2) / 2) (``study.verdict``). The same rule marks a
+PKKD cell "yes" only when its student beats the ANN alone by more than the
+pooled std ("within noise" when level, "no (reversed)" when below).
+
+PKKD where the premise holds (``--grid premise_pkkd``): the premise grid's
+ResNet-20 cell, its ANN and CNN alone reused; ``PREMISE_PKKD_VARIANTS`` are
+the measured and paper-literal weights and one knob at a time around
+``measured`` (T^2, beta, temperature, the teacher learning from the student,
+a frozen teacher restored from the seed's CNN alone, raw features, the last
+stage only, sigma scales, no ramp, alpha). Selection on SELECT_SEEDS, then
+``PREMISE_PKKD_WINNER`` on CONFIRM_SEEDS.
 
 Finished runs are reused from ``--out/runs`` (same config key, as study.py),
 so an interrupted sweep resumes and a rerun only rewrites the tables; XLA
 compilations are cached in ``--out/runs/jax_cache``. Outputs: ``--out``/
 ``<grid>.json`` (every run and the aggregates) and ``<grid>.md``.
+``--tables-from <grid>.json`` trains nothing and rebuilds the tables from the
+runs a JSON recorded (the runs directory is not committed).
 """
 
 from __future__ import annotations
@@ -43,6 +55,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -170,13 +183,29 @@ PREMISE_GRID: Tuple[Tuple[str, Tuple[str, Dict[str, Any]], int, float], ...] = (
 # PKKD where the premise holds (--grid premise_pkkd): the premise grid's cell
 # with the largest CNN - ANN gap, its ANN and CNN alone reused from that grid.
 PREMISE_PKKD_CELL = 'resnet20_w8_e4_f50'
+# The demo preset's measured weights (DEMO_KNOBS), ramp over half the run.
+_MEASURED = dict(
+  PAPER, alpha=0.5, beta=0.5, kd_t_squared=False, ramp_steps='half'
+)
 PREMISE_PKKD_VARIANTS: Tuple[Tuple[str, Dict[str, Any]], ...] = (
-  # The demo preset's measured weights (DEMO_KNOBS), ramp over half the run.
-  (
-    'measured',
-    dict(PAPER, alpha=0.5, beta=0.5, kd_t_squared=False, ramp_steps='half'),
-  ),
+  ('measured', _MEASURED),
   ('paper', dict(PAPER)),
+  # One knob at a time around `measured` (the issue's list of unconfirmed
+  # choices), most telling first, so that a stopped sweep leaves whole cells.
+  ('m_T2sq', dict(_MEASURED, kd_t_squared=True)),
+  ('m_beta0', dict(_MEASURED, beta=0.0)),
+  ('m_T2', dict(_MEASURED, temperature=2.0)),
+  ('m_mutual', dict(_MEASURED, teacher_kd_weight=1.0)),
+  ('m_frozen', dict(_MEASURED, teacher_mode='frozen')),
+  ('m_raw', dict(_MEASURED, features='raw')),
+  ('m_last_stage', dict(_MEASURED, stages=(2,))),
+  (
+    'm_sigma4',
+    dict(_MEASURED, sigma_scale_teacher=4.0, sigma_scale_student=4.0),
+  ),
+  ('m_noramp', dict(_MEASURED, ramp_steps=0)),
+  ('m_T8', dict(_MEASURED, temperature=8.0)),
+  ('m_alpha1', dict(_MEASURED, alpha=1.0)),
 )
 # Chosen from the selection seeds 0-2 only (results/pkkd_sweep/premise_pkkd.md).
 PREMISE_PKKD_WINNER = 'measured'
@@ -186,6 +215,8 @@ PREMISE_PKKD_WINNER = 'measured'
 class Run:
   cell: str
   seed: int
+  # A config; None: the PKKD config of the sweep variant named `cell`; a
+  # callable: called with teacher_dir= (the run directory of deps[0]).
   config: Any
   deps: Tuple[str, ...] = ()
   # The runs directory's name for it (default: the cell), so that a grid can
@@ -309,7 +340,7 @@ def premise_pkkd_runs(s, regime, quick: bool, phase: str = 'all') -> List[Run]:
   PREMISE_PKKD_WINNER and the CNN alone seed by seed on CONFIRM_SEEDS."""
   runs = []
   if phase in ('all', 'confirm') and not quick:
-    total = premise_pkkd_total_steps(regime)
+    total = premise_pkkd_total_steps(s, regime)
     knobs = premise_pkkd_knobs(PREMISE_PKKD_WINNER, total)
     for seed in CONFIRM_SEEDS:
       for kind, conv_type in (('ann', 'adder'), ('cnn', 'conv')):
@@ -331,19 +362,28 @@ def premise_pkkd_runs(s, regime, quick: bool, phase: str = 'all') -> List[Run]:
       selection.append(Run(kind, seed, config, workdir_name=name))
   if quick:  # The sweep's quick variant, whose run --grid sweep --quick made.
     return selection + [Run('quick', seeds[0], None)]
-  total = premise_pkkd_total_steps(regime)
+  total = premise_pkkd_total_steps(s, regime)
   for name, _ in PREMISE_PKKD_VARIANTS:
     for seed in seeds:
       knobs = premise_pkkd_knobs(name, total)
-      selection.append(Run(name, seed, pkkd_run(s, seed, regime, knobs)))
+      if knobs['teacher_mode'] == 'frozen':
+        # The teacher is this seed's CNN alone, restored from its run.
+        build = functools.partial(pkkd_run, s, seed, regime, knobs)
+        selection.append(Run(name, seed, build, deps=('cnn',)))
+      else:
+        selection.append(Run(name, seed, pkkd_run(s, seed, regime, knobs)))
   # Selection first (the confirmation's winner was chosen from it).
   return selection + runs
 
 
-def premise_pkkd_total_steps(regime) -> int:
-  # mnist5k's 4,000 train digits, the class-balanced fraction, whole batches.
-  per_epoch = int(4000 * regime['fraction']) // regime['batch_size']
-  return per_epoch * regime['epochs']
+def premise_pkkd_total_steps(s, regime) -> int:
+  """The steps of a run in `regime`, as the trainer counts them (its input's
+  steps per epoch and its run length), for a ramp over half the run."""
+  from kdjax.train import train as kd_train  # pylint: disable=g-import-not-at-top
+
+  config = alone(s, SELECT_SEEDS[0], regime, 'adder')
+  train_source, _ = kd_train.build_inputs(config)
+  return kd_train.run_length(config, train_source.steps_per_epoch)
 
 
 def _demo_module():
@@ -468,12 +508,15 @@ def execute(
   for run in runs:
     config = run.config
     dep_keys = []
-    if config is None:
+    if config is None or callable(config):
       teacher_dir = None
       if run.deps:
         teacher_job = done[(run.deps[0], run.seed)]
         teacher_dir, dep_keys = teacher_job.workdir, [teacher_job.key]
-      config = pkkd_run(s, run.seed, regime, knobs_of(run.cell), teacher_dir)
+      if config is None:
+        config = pkkd_run(s, run.seed, regime, knobs_of(run.cell), teacher_dir)
+      else:  # Built once its teacher's run directory is known.
+        config = config(teacher_dir=teacher_dir)
     key = study.config_key(config, dep_keys)
     workdir = os.path.join(
       runs_dir, (run.workdir_name or run.cell).replace('/', '_')
@@ -573,7 +616,7 @@ def summarize_sweep(
       f'(seeds {seed_text})',
       '',
       '| cell | setting | ANN student | teacher | student - ANN alone '
-      '(paired) | verdict vs ANN alone | wall s |',
+      '(paired) | student > ANN alone by more than the pooled std? | wall s |',
       '|---|---|---|---|---|---|---|',
     ]
     for cell in cells:
@@ -599,7 +642,9 @@ def summarize_sweep(
       else:
         setting = describe(cell)
         gain = paired(records, cell, 'ann', seeds)
-        result, _ = study.verdict(student, ann, '>~')
+        # 'yes', 'within noise' or 'no (reversed)': a student level with the
+        # ANN alone is not shown as a success.
+        result, _ = study.verdict(student, ann, '>')
         entry.update(teacher=teacher, gain_vs_ann=gain, verdict=result)
         entry['knobs'] = knobs(cell)
         entry['per_seed_gain'] = gain.get('values') if gain else None
@@ -681,6 +726,14 @@ def parse_args(argv):
     default=None,
     help='where runs are kept (default: --out/runs; not committed)',
   )
+  parser.add_argument(
+    '--tables-from',
+    default=None,
+    metavar='JSON',
+    help="train nothing: rebuild this grid's tables from the runs recorded "
+    'in JSON (an earlier output of the same grid), e.g. after a change of '
+    'the table format when the runs directory is gone',
+  )
   return parser.parse_args(argv)
 
 
@@ -722,8 +775,20 @@ def main(argv=None) -> Dict[str, Any]:
   else:
     runs = premise_runs(s, args.quick)
   started = time.time()
-  records = execute(runs, s, regime, runs_dir, log, args.reuse_only)
-  total_s = time.time() - started
+  if args.tables_from:
+    with open(args.tables_from) as f:
+      recorded = json.load(f)
+    if recorded.get('grid') != args.grid:
+      raise SystemExit(
+        f'--tables-from={args.tables_from} holds --grid '
+        f'{recorded.get("grid")!r} runs, not --grid {args.grid!r}.'
+      )
+    # The runs' own regime (a preset may have changed since).
+    records, regime = recorded['runs'], recorded['regime']
+    total_s = 60 * recorded['minutes']
+  else:
+    records = execute(runs, s, regime, runs_dir, log, args.reuse_only)
+    total_s = time.time() - started
   if args.grid == 'sweep':
     summary, lines = summarize_sweep(records)
     title = 'PKKD knob sweep'
@@ -738,16 +803,18 @@ def main(argv=None) -> Dict[str, Any]:
     )
     title = 'PKKD sweep in the demo regime'
   elif args.grid == 'premise_pkkd':
-    total = premise_pkkd_total_steps(regime)
+    total = premise_pkkd_total_steps(s, regime)
     knobs = lambda name: (
       knobs_of(name) if args.quick else premise_pkkd_knobs(name, total)
     )
     summary, lines = summarize_sweep(
       records,
+      # The loss weights always, every other knob where it is not the paper's.
       lambda name: ', '.join(
         f'{k}={v}'
         for k, v in knobs(name).items()
         if k in ('alpha', 'beta', 'temperature', 'kd_t_squared', 'ramp_steps')
+        or v != PAPER.get(k)
       ),
       knobs,
     )
@@ -765,12 +832,21 @@ def main(argv=None) -> Dict[str, Any]:
     + ('' if args.phase == 'all' else f' --phase {args.phase}')
     + f'` on {machine} '
     f'({jax.default_backend()}), machine shared with other jobs; '
-    f'{len(records)} runs, {total_s / 60:.1f} min this invocation '
-    '(reused runs cost ~0; "wall s" is each run\'s own). Accuracy on the 1,000 mnist5k test digits in %, '
+    + (
+      f'{len(records)} runs; tables rebuilt from the runs recorded in '
+      f'{os.path.relpath(args.tables_from, REPO)} (`--tables-from`; the '
+      f'invocation that wrote it took {total_s / 60:.1f} min) '
+      if args.tables_from
+      else f'{len(records)} runs, {total_s / 60:.1f} min this invocation '
+    )
+    + '(reused runs cost ~0; "wall s" is each run\'s own). Accuracy on the 1,000 mnist5k test digits in %, '
     'mean ± sample std (seeds); "paired" differences are per seed.',
     '',
     'Regime: '
-    + ', '.join(f'{k}={v}' for k, v in regime.items())
+    # As JSON has it (lists for tuples): the same text from --tables-from.
+    + ', '.join(
+      f'{k}={v}' for k, v in json.loads(json.dumps(regime, default=str)).items()
+    )
     + (
       ', optimizer of the demo presets.'
       if args.grid == 'demo'

@@ -82,9 +82,66 @@ def test_quick_sweep_writes_tables_and_reuses_runs(sweep_module, tmp_path):
   assert all(r['elapsed_seconds'] < 5 for r in premise['runs'] + held['runs'])
   with open(os.path.join(out, 'premise_pkkd.md')) as f:
     assert '| quick |' in f.read()
+  # --tables-from rebuilds the same tables from the recorded runs, training
+  # nothing, and refuses another grid's file.
+  rebuilt_out = str(tmp_path / 'rebuilt')
+  recorded = os.path.join(out, 'sweep.json')
+  with open(recorded) as f:
+    recorded_runs = json.load(f)['runs']
+  rebuilt = sweep_module.main(
+    ['--quick', '--out', rebuilt_out, '--tables-from', recorded]
+  )
+  assert rebuilt['runs'] == recorded_runs
+  with open(os.path.join(out, 'sweep.md')) as f:
+    first = f.read().splitlines()
+  with open(os.path.join(rebuilt_out, 'sweep.md')) as f:
+    second = f.read().splitlines()
+  assert first[3:] == second[3:] and '--tables-from' in second[2]
+  with pytest.raises(SystemExit, match="holds --grid 'sweep' runs"):
+    sweep_module.main(
+      [
+        '--grid',
+        'demo',
+        '--quick',
+        '--out',
+        rebuilt_out,
+        '--tables-from',
+        recorded,
+      ]
+    )
 
 
-def test_premise_grids_cover_the_issue_and_build_their_configs(sweep_module):
+def test_sweep_table_calls_a_student_level_with_the_ann_within_noise(
+  sweep_module,
+):
+  # Seeds 0-2: the ANN alone at 90, 92, 94 (sample std 2); one variant 0.5
+  # above it seed by seed, one 5 above, one 5 below. The pooled std with the
+  # variant's own std (2 as well) is 2, so only +-5 is more than the noise.
+  records = []
+  for seed, ann in zip((0, 1, 2), (0.90, 0.92, 0.94)):
+    records.append(dict(cell='ann', seed=seed, accuracy={'student': ann}))
+    for cell, gain in (('level', 0.005), ('above', 0.05), ('below', -0.05)):
+      records.append(
+        dict(cell=cell, seed=seed, accuracy={'student': ann + gain})
+      )
+  for r in records:
+    r['wall_seconds'] = 1.0
+  summary, lines = sweep_module.summarize_sweep(
+    records, describe=lambda name: name, knobs=lambda name: {}
+  )
+  verdicts = {c: e.get('verdict') for c, e in summary['select'].items()}
+  assert verdicts == {
+    'ann': None,
+    'level': 'within noise',
+    'above': 'yes',
+    'below': 'no (reversed)',
+  }
+  assert any('more than the pooled std' in line for line in lines)
+
+
+def test_premise_grids_cover_the_issue_and_build_their_configs(
+  sweep_module, tmp_path
+):
   grid = {label: rest for label, *rest in sweep_module.PREMISE_GRID}
   depths = {entry[0] for entry, _, _ in grid.values()}
   assert depths == {'resnet8', 'resnet20', 'resnet32'}
@@ -109,10 +166,21 @@ def test_premise_grids_cover_the_issue_and_build_their_configs(sweep_module):
   )
   s = sweep_module.settings_for(regime, 'numpy')
   runs = sweep_module.premise_pkkd_runs(s, regime, quick=False)
-  # 4,000 train digits x fraction in batches of 32, epochs times.
+  # 4,000 train digits x fraction in batches of 32, epochs times; the
+  # committed runs of this grid trained that many steps.
   total = int(4000 * fraction) // 32 * epochs
+  assert sweep_module.premise_pkkd_total_steps(s, regime) == total
+  with open(
+    os.path.join(REPO, 'results', 'pkkd_sweep', 'premise_pkkd.json')
+  ) as f:
+    assert {r['steps'] for r in json.load(f)['runs']} == {total}
   for run in runs:
     config = run.config
+    if callable(config):  # A frozen teacher: this seed's CNN alone.
+      assert run.deps == ('cnn',) and run.seed in sweep_module.SELECT_SEEDS
+      config = config(teacher_dir=str(tmp_path / 'cnn'))
+      assert config.pkkd.teacher_mode == 'frozen'
+      assert config.teacher.checkpoint_dir == str(tmp_path / 'cnn')
     assert config.num_epochs == epochs
     assert config.dataset.train_fraction == fraction
     assert config.model.name == entry[0]
@@ -125,8 +193,19 @@ def test_premise_grids_cover_the_issue_and_build_their_configs(sweep_module):
       knobs = dict(sweep_module.PREMISE_PKKD_VARIANTS)[run.cell]
       want = total // 2 if knobs['ramp_steps'] == 'half' else 0
       assert config.pkkd.ramp_steps == want
-      assert config.pkkd.alpha == knobs['alpha']
-  assert {r.cell for r in runs} == {'ann', 'cnn', 'measured', 'paper'}
+      for key in ('alpha', 'beta', 'temperature', 'kd_t_squared', 'features'):
+        assert config.pkkd[key] == knobs[key], (run.cell, key)
+  variants = dict(sweep_module.PREMISE_PKKD_VARIANTS)
+  assert {'measured', 'paper'} <= set(variants)
+  assert {r.cell for r in runs} == {'ann', 'cnn'} | set(variants)
+  # Each new variant changes one knob of `measured`.
+  for name, knobs in variants.items():
+    if name.startswith('m_'):
+      changed = {k for k in knobs if knobs[k] != variants['measured'][k]}
+      assert len(changed) == 1 or changed == {
+        'sigma_scale_teacher',
+        'sigma_scale_student',
+      }, (name, changed)
   # Variants on the selection seeds; only the winner (chosen from them) and
   # the baselines on the fresh confirmation seeds, after the selection.
   select, confirm = sweep_module.SELECT_SEEDS, sweep_module.CONFIRM_SEEDS
