@@ -35,12 +35,13 @@ PKKD cell "yes" only when its student beats the ANN alone by more than the
 pooled std ("within noise" when level, "no (reversed)" when below).
 
 PKKD where the premise holds (``--grid premise_pkkd``): the premise grid's
-ResNet-20 cell, its ANN and CNN alone reused; ``PREMISE_PKKD_VARIANTS`` are
-the measured and paper-literal weights and one knob at a time around
-``measured`` (T^2, beta, temperature, the teacher learning from the student,
-a frozen teacher restored from the seed's CNN alone, raw features, the last
-stage only, sigma scales, no ramp, alpha). Selection on SELECT_SEEDS, then
-``PREMISE_PKKD_WINNER`` on CONFIRM_SEEDS.
+ResNet-20 cell, its ANN and CNN alone reused. ``PREMISE_PKKD_VARIANTS`` (the
+measured and the paper-literal weights) on SELECT_SEEDS; then
+``PREMISE_PKKD_WINNER`` and the paper setting on CONFIRM_SEEDS; then
+``PREMISE_PKKD_LATE_VARIANTS``, one knob at a time around ``measured`` (T^2,
+beta, temperature, the teacher learning from the student, a frozen teacher
+restored from the seed's CNN alone, raw features, the last stage only, sigma
+scales, no ramp, alpha), on SELECT_SEEDS.
 
 Finished runs are reused from ``--out/runs`` (same config key, as study.py),
 so an interrupted sweep resumes and a rerun only rewrites the tables; XLA
@@ -190,8 +191,12 @@ _MEASURED = dict(
 PREMISE_PKKD_VARIANTS: Tuple[Tuple[str, Dict[str, Any]], ...] = (
   ('measured', _MEASURED),
   ('paper', dict(PAPER)),
-  # One knob at a time around `measured` (the issue's list of unconfirmed
-  # choices), most telling first, so that a stopped sweep leaves whole cells.
+)
+# One knob at a time around `measured` (the unconfirmed choices of
+# docs/pkkd.md), on the selection seeds, after the confirmation (the winner was
+# chosen from the two above before these existed); most telling first, so
+# that a stopped sweep leaves whole cells.
+PREMISE_PKKD_LATE_VARIANTS: Tuple[Tuple[str, Dict[str, Any]], ...] = (
   ('m_T2sq', dict(_MEASURED, kd_t_squared=True)),
   ('m_beta0', dict(_MEASURED, beta=0.0)),
   ('m_T2', dict(_MEASURED, temperature=2.0)),
@@ -328,7 +333,7 @@ def premise_pkkd_regime(quick: bool) -> Dict[str, Any]:
 
 
 def premise_pkkd_knobs(name: str, total_steps: int) -> Dict[str, Any]:
-  knobs = dict(dict(PREMISE_PKKD_VARIANTS)[name])
+  knobs = dict(dict(PREMISE_PKKD_VARIANTS + PREMISE_PKKD_LATE_VARIANTS)[name])
   if knobs['ramp_steps'] == 'half':
     knobs['ramp_steps'] = total_steps // 2
   return knobs
@@ -336,22 +341,10 @@ def premise_pkkd_knobs(name: str, total_steps: int) -> Dict[str, Any]:
 
 def premise_pkkd_runs(s, regime, quick: bool, phase: str = 'all') -> List[Run]:
   """Selection: the ANN and the CNN alone (the premise grid's runs), then
-  every variant, on SELECT_SEEDS; confirmation: the ANN alone, the
-  PREMISE_PKKD_WINNER and the CNN alone seed by seed on CONFIRM_SEEDS."""
-  runs = []
-  if phase in ('all', 'confirm') and not quick:
-    total = premise_pkkd_total_steps(s, regime)
-    knobs = premise_pkkd_knobs(PREMISE_PKKD_WINNER, total)
-    for seed in CONFIRM_SEEDS:
-      for kind, conv_type in (('ann', 'adder'), ('cnn', 'conv')):
-        config = alone(s, seed, regime, conv_type)
-        name = f'{PREMISE_PKKD_CELL}/{kind}'
-        runs.append(Run(kind, seed, config, workdir_name=name))
-      runs.append(
-        Run(PREMISE_PKKD_WINNER, seed, pkkd_run(s, seed, regime, knobs))
-      )
-    if phase == 'confirm':
-      return runs
+  PREMISE_PKKD_VARIANTS, on SELECT_SEEDS; confirmation: the ANN alone, the
+  CNN alone and PREMISE_PKKD_WINNER seed by seed on CONFIRM_SEEDS, then the
+  paper-literal setting there; then PREMISE_PKKD_LATE_VARIANTS on
+  SELECT_SEEDS. ``phase``: 'select' (both selections), 'confirm' or 'all'."""
   seeds = SELECT_SEEDS[:1] if quick else SELECT_SEEDS
   selection = []
   for seed in seeds:
@@ -363,17 +356,35 @@ def premise_pkkd_runs(s, regime, quick: bool, phase: str = 'all') -> List[Run]:
   if quick:  # The sweep's quick variant, whose run --grid sweep --quick made.
     return selection + [Run('quick', seeds[0], None)]
   total = premise_pkkd_total_steps(s, regime)
+
+  def variant(name, seed):
+    knobs = premise_pkkd_knobs(name, total)
+    if knobs['teacher_mode'] == 'frozen':
+      # The teacher is this seed's CNN alone, restored from its run.
+      build = functools.partial(pkkd_run, s, seed, regime, knobs)
+      return Run(name, seed, build, deps=('cnn',))
+    return Run(name, seed, pkkd_run(s, seed, regime, knobs))
+
   for name, _ in PREMISE_PKKD_VARIANTS:
-    for seed in seeds:
-      knobs = premise_pkkd_knobs(name, total)
-      if knobs['teacher_mode'] == 'frozen':
-        # The teacher is this seed's CNN alone, restored from its run.
-        build = functools.partial(pkkd_run, s, seed, regime, knobs)
-        selection.append(Run(name, seed, build, deps=('cnn',)))
-      else:
-        selection.append(Run(name, seed, pkkd_run(s, seed, regime, knobs)))
-  # Selection first (the confirmation's winner was chosen from it).
-  return selection + runs
+    selection += [variant(name, seed) for seed in seeds]
+  late = [
+    variant(name, seed)
+    for name, _ in PREMISE_PKKD_LATE_VARIANTS
+    for seed in seeds
+  ]
+  confirm = []
+  for seed in CONFIRM_SEEDS:
+    for kind, conv_type in (('ann', 'adder'), ('cnn', 'conv')):
+      config = alone(s, seed, regime, conv_type)
+      name = f'{PREMISE_PKKD_CELL}/{kind}'
+      confirm.append(Run(kind, seed, config, workdir_name=name))
+    confirm.append(variant(PREMISE_PKKD_WINNER, seed))
+  confirm += [variant('paper', seed) for seed in CONFIRM_SEEDS]
+  if phase == 'select':
+    return selection + late
+  if phase == 'confirm':
+    return confirm
+  return selection + confirm + late
 
 
 def premise_pkkd_total_steps(s, regime) -> int:

@@ -166,6 +166,9 @@ def test_premise_grids_cover_the_issue_and_build_their_configs(
   )
   s = sweep_module.settings_for(regime, 'numpy')
   runs = sweep_module.premise_pkkd_runs(s, regime, quick=False)
+  main_variants = dict(sweep_module.PREMISE_PKKD_VARIANTS)
+  late_variants = dict(sweep_module.PREMISE_PKKD_LATE_VARIANTS)
+  all_variants = {**main_variants, **late_variants}
   # 4,000 train digits x fraction in batches of 32, epochs times; the
   # committed runs of this grid trained that many steps.
   total = int(4000 * fraction) // 32 * epochs
@@ -190,34 +193,38 @@ def test_premise_grids_cover_the_issue_and_build_their_configs(
       assert config.method == 'supervised'
     else:
       assert config.method == 'pkkd' and config.teacher.name == entry[0]
-      knobs = dict(sweep_module.PREMISE_PKKD_VARIANTS)[run.cell]
+      knobs = all_variants[run.cell]
       want = total // 2 if knobs['ramp_steps'] == 'half' else 0
       assert config.pkkd.ramp_steps == want
       for key in ('alpha', 'beta', 'temperature', 'kd_t_squared', 'features'):
         assert config.pkkd[key] == knobs[key], (run.cell, key)
-  variants = dict(sweep_module.PREMISE_PKKD_VARIANTS)
-  assert {'measured', 'paper'} <= set(variants)
-  assert {r.cell for r in runs} == {'ann', 'cnn'} | set(variants)
-  # Each new variant changes one knob of `measured`.
-  for name, knobs in variants.items():
-    if name.startswith('m_'):
-      changed = {k for k in knobs if knobs[k] != variants['measured'][k]}
-      assert len(changed) == 1 or changed == {
-        'sigma_scale_teacher',
-        'sigma_scale_student',
-      }, (name, changed)
-  # Variants on the selection seeds; only the winner (chosen from them) and
-  # the baselines on the fresh confirmation seeds, after the selection.
+  assert set(main_variants) == {'measured', 'paper'}
+  assert {r.cell for r in runs} == {'ann', 'cnn'} | set(all_variants)
+  # Each late variant changes one knob of `measured`.
+  for name, knobs in late_variants.items():
+    changed = {k for k in knobs if knobs[k] != main_variants['measured'][k]}
+    assert len(changed) == 1 or changed == {
+      'sigma_scale_teacher',
+      'sigma_scale_student',
+    }, (name, changed)
+  # In order: the selection on seeds 0-2 (baselines, measured, paper); the
+  # confirmation on the fresh seeds (baselines and the winner chosen from that
+  # selection, then the paper setting); the late variants on seeds 0-2.
   select, confirm = sweep_module.SELECT_SEEDS, sweep_module.CONFIRM_SEEDS
   winner = sweep_module.PREMISE_PKKD_WINNER
-  assert winner in dict(sweep_module.PREMISE_PKKD_VARIANTS)
+  assert winner in main_variants
   cells = [(r.cell, r.seed) for r in runs]
-  assert {c for c, seed in cells if seed in confirm} == {'ann', 'cnn', winner}
-  assert {seed for _, seed in cells} == set(select) | set(confirm)
-  last_select = max(i for i, (_, seed) in enumerate(cells) if seed in select)
-  assert all(seed in confirm for _, seed in cells[last_select + 1 :])
   confirm_only = sweep_module.premise_pkkd_runs(s, regime, False, 'confirm')
-  assert [(r.cell, r.seed) for r in confirm_only] == cells[last_select + 1 :]
+  confirm_cells = [(r.cell, r.seed) for r in confirm_only]
+  assert {seed for _, seed in confirm_cells} == set(confirm)
+  assert {c for c, _ in confirm_cells} == {'ann', 'cnn', winner, 'paper'}
+  first = 6 + 3 * len(main_variants)
+  assert all(seed in select for _, seed in cells[:first])
+  assert cells[first : first + len(confirm_cells)] == confirm_cells
+  late = cells[first + len(confirm_cells) :]
+  assert late == [(n, seed) for n in late_variants for seed in select]
+  select_only = sweep_module.premise_pkkd_runs(s, regime, False, 'select')
+  assert [(r.cell, r.seed) for r in select_only] == cells[:first] + late
 
 
 def test_demo_grid_runs_the_demo_presets(sweep_module, tmp_path):
