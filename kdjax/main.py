@@ -148,10 +148,8 @@ def run(config, workdir: str, mode: str, allow_config_change: bool):
   # tensorflow is needed by the tfds loader and by a remote workdir's event
   # files (gs://); importing it costs seconds, so the NumPy loader writing to
   # a local workdir does without.
-
-  needs_tensorflow = loaders.config_loader(
-    config
-  ) == 'tfds' or not reporting.is_local(workdir)
+  loader = loaders.config_loader(config)
+  needs_tensorflow = loader == 'tfds' or not reporting.is_local(workdir)
   if needs_tensorflow:
     try:
       import tensorflow as tf  # pylint: disable=g-import-not-at-top

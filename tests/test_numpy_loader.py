@@ -24,6 +24,7 @@ import pytest
 
 import kdjax.data as kd
 from kdjax import config_defaults
+from kdjax import errors
 from kdjax.data import in_memory
 from kdjax.train import reporting
 from kdjax.train import train
@@ -605,6 +606,37 @@ def test_tfds_loader_without_tensorflow_says_what_to_do(tmp_path):
   assert process.returncode != 0
   assert "data.loader='tfds' needs tensorflow" in process.stderr
   assert '--config.data.loader=numpy' in process.stderr
+
+
+def test_a_config_error_fails_before_tensorflow_is_imported(tmp_path):
+  # tensorflow is installed here and the tfds loader would import it: the
+  # config's cheap checks must come first, so that a typo costs a second.
+  watch = (
+    'import runpy, sys\n'
+    "sys.argv[0] = 'kdjax.main'\n"
+    'try:\n'
+    "  runpy.run_module('kdjax.main', run_name='__main__', alter_sys=True)\n"
+    'finally:\n'
+    "  print('TENSORFLOW', 'tensorflow' in sys.modules, flush=True)\n"
+  )
+  process = subprocess.run(
+    [
+      sys.executable,
+      '-c',
+      watch,
+      '--config=configs/supervised.py:demo',
+      f'--workdir={tmp_path / "run"}',
+      '--config.batch_size=0',
+    ],
+    cwd=REPO,
+    env=dict(os.environ, JAX_PLATFORMS='cpu'),
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert process.returncode == errors.EXIT_USER_ERROR, process.stderr[-2000:]
+  assert '--config.batch_size=0: must be a positive integer' in process.stderr
+  assert 'TENSORFLOW False' in process.stdout
 
 
 def test_study_loader_flag_reaches_every_run(tmp_path, monkeypatch):
