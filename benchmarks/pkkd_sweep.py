@@ -346,13 +346,21 @@ def premise_pkkd_runs(s, regime, quick: bool, phase: str = 'all') -> List[Run]:
   paper-literal setting there; then PREMISE_PKKD_LATE_VARIANTS on
   SELECT_SEEDS. ``phase``: 'select' (both selections), 'confirm' or 'all'."""
   seeds = SELECT_SEEDS[:1] if quick else SELECT_SEEDS
-  selection = []
-  for seed in seeds:
-    for kind, conv_type in (('ann', 'adder'), ('cnn', 'conv')):
-      config = alone(s, seed, regime, conv_type)
-      # Quick: the --grid sweep --quick runs of the same configs.
-      name = kind if quick else f'{PREMISE_PKKD_CELL}/{kind}'
-      selection.append(Run(kind, seed, config, workdir_name=name))
+
+  def baselines(seed):
+    # The premise grid's runs of this cell (quick: the --grid sweep --quick
+    # runs of the same configs).
+    return [
+      Run(
+        kind,
+        seed,
+        alone(s, seed, regime, conv_type),
+        workdir_name=kind if quick else f'{PREMISE_PKKD_CELL}/{kind}',
+      )
+      for kind, conv_type in (('ann', 'adder'), ('cnn', 'conv'))
+    ]
+
+  selection = [run for seed in seeds for run in baselines(seed)]
   if quick:  # The sweep's quick variant, whose run --grid sweep --quick made.
     return selection + [Run('quick', seeds[0], None)]
   total = premise_pkkd_total_steps(s, regime)
@@ -374,11 +382,7 @@ def premise_pkkd_runs(s, regime, quick: bool, phase: str = 'all') -> List[Run]:
   ]
   confirm = []
   for seed in CONFIRM_SEEDS:
-    for kind, conv_type in (('ann', 'adder'), ('cnn', 'conv')):
-      config = alone(s, seed, regime, conv_type)
-      name = f'{PREMISE_PKKD_CELL}/{kind}'
-      confirm.append(Run(kind, seed, config, workdir_name=name))
-    confirm.append(variant(PREMISE_PKKD_WINNER, seed))
+    confirm += baselines(seed) + [variant(PREMISE_PKKD_WINNER, seed)]
   confirm += [variant('paper', seed) for seed in CONFIRM_SEEDS]
   if phase == 'select':
     return selection + late
