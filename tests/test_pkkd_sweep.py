@@ -280,3 +280,22 @@ def test_demo_grid_runs_the_demo_presets(sweep_module, tmp_path):
   assert 'teacher' in document['runs'][1]['accuracy']
   with open(os.path.join(out, 'demo.md')) as f:
     assert '| base |' in f.read()
+
+
+def test_only_cells_keeps_the_named_cells_and_their_baselines(sweep_module):
+  Run = sweep_module.Run
+  runs = [
+    Run(cell, seed, None)
+    for seed in (0, 1)
+    for cell in ('ann', 'cnn', 'measured', 'm_T8', 'm_frozen')
+  ]
+  kept = sweep_module.only_cells(runs, 'm_T8,m_frozen')
+  assert [(r.cell, r.seed) for r in kept] == [
+    (cell, seed)
+    for seed in (0, 1)
+    for cell in ('ann', 'cnn', 'm_T8', 'm_frozen')
+  ]
+  assert sweep_module.only_cells(runs, None) == runs
+  # A misspelt cell stops before anything trains, naming the grid's cells.
+  with pytest.raises(SystemExit, match=r'm_T9 not in this grid.*m_T8'):
+    sweep_module.only_cells(runs, 'm_T9')

@@ -184,7 +184,8 @@ class CostModel:
     return seconds + (1.0 - compiled) * compile_s
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+  """The CPU's model name (/proc/cpuinfo), as results record the machine."""
   try:
     with open('/proc/cpuinfo') as f:
       for line in f:
@@ -281,7 +282,7 @@ def measure(
       max(statistics.median(compile_adder) - data['compile_s'], 0.0), 1
     )
   data['machine'] = {
-    'description': f'{_cpu_name()}, {os.cpu_count()} CPU core(s) '
+    'description': f'{cpu_name()}, {os.cpu_count()} CPU core(s) '
     f'(load average {load_start} at the start, '
     f'{", ".join(f"{x:.2f}" for x in os.getloadavg())} at the end)',
     'cpu_count': os.cpu_count(),
