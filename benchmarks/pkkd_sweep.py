@@ -47,6 +47,9 @@ Finished runs are reused from ``--out/runs`` (same config key, as study.py),
 so an interrupted sweep resumes and a rerun only rewrites the tables; XLA
 compilations are cached in ``--out/runs/jax_cache``. Outputs: ``--out``/
 ``<grid>.json`` (every run and the aggregates) and ``<grid>.md``.
+``--cells NAME,...`` runs only those cells of a grid (with the ANN and CNN
+alone they are compared with), e.g. a few variants on another machine; its
+outputs are ``<grid>[_<phase>]_cells.json`` and ``.md``.
 ``--tables-from <grid>.json`` trains nothing and rebuilds the tables from the
 runs a JSON recorded (the runs directory is not committed).
 """
@@ -915,6 +918,9 @@ def main(argv=None) -> Dict[str, Any]:
   }
   os.makedirs(args.out, exist_ok=True)
   name = args.grid + ('' if args.phase == 'all' else f'_{args.phase}')
+  # A part of a grid never overwrites the whole grid's tables; its header
+  # names the cells.
+  name += '_cells' if args.cells else ''
   with open(os.path.join(args.out, f'{name}.json'), 'w') as f:
     json.dump(document, f, indent=1, default=str)
   with open(os.path.join(args.out, f'{name}.md'), 'w') as f:

@@ -81,7 +81,18 @@ def test_quick_sweep_writes_tables_and_reuses_runs(sweep_module, tmp_path):
   ]
   assert all(r['elapsed_seconds'] < 5 for r in premise['runs'] + held['runs'])
   with open(os.path.join(out, 'premise_pkkd.md')) as f:
-    assert '| quick |' in f.read()
+    whole = f.read()
+  assert '| quick |' in whole
+  # --cells: a part of the grid (reused runs here) gets tables of its own and
+  # leaves the whole grid's tables as they were.
+  part = sweep_module.main(
+    ['--grid', 'premise_pkkd', '--quick', '--cells', 'quick', '--out', out]
+  )
+  assert [r['cell'] for r in part['runs']] == ['ann', 'cnn', 'quick']
+  with open(os.path.join(out, 'premise_pkkd_cells.md')) as f:
+    assert '--cells quick' in f.read()
+  with open(os.path.join(out, 'premise_pkkd.md')) as f:
+    assert f.read() == whole
   # --tables-from rebuilds the same tables from the recorded runs, training
   # nothing, and refuses another grid's file.
   rebuilt_out = str(tmp_path / 'rebuilt')
