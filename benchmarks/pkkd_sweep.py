@@ -163,6 +163,8 @@ DEMO_VARIANTS: Tuple[Tuple[str, Dict[str, Any]], ...] = (
 # Chosen from the demo selection table (seeds 0-2) only.
 DEMO_WINNER = 'noT2'
 
+# The REGIME keys that each premise cell sets for itself.
+PREMISE_CELL_KEYS = ('model', 'epochs', 'fraction')
 # Premise grid: (label, model entry, epochs, train fraction), batch 32 (REGIME).
 # Roughly cheapest first, so that a stopped grid leaves whole cells (ResNet-32
 # moved before the full-width ResNet-8 once ResNet-20 showed the premise).
@@ -781,12 +783,13 @@ def main(argv=None) -> Dict[str, Any]:
   import jax  # pylint: disable=g-import-not-at-top
 
   runs_dir = args.runs_dir or os.path.join(args.out, 'runs')
-  os.makedirs(runs_dir, exist_ok=True)
-  jax.config.update(
-    'jax_compilation_cache_dir', os.path.join(runs_dir, 'jax_cache')
-  )
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
-  jax.config.update('jax_persistent_cache_min_entry_size_bytes', -1)
+  if not args.tables_from:  # Which trains nothing and leaves no runs dir.
+    os.makedirs(runs_dir, exist_ok=True)
+    jax.config.update(
+      'jax_compilation_cache_dir', os.path.join(runs_dir, 'jax_cache')
+    )
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+    jax.config.update('jax_persistent_cache_min_entry_size_bytes', -1)
   from absl import logging  # pylint: disable=g-import-not-at-top
 
   logging.set_verbosity(logging.WARNING)
@@ -867,7 +870,12 @@ def main(argv=None) -> Dict[str, Any]:
   # The CPU model matters: XLA's CPU code differs between CPU families, and
   # so do a run's numbers (e.g. the demo: 94.9 % on one machine kind, 94.5 %
   # on another, same seed).
-  machine = f'{study.costs.cpu_name()}, {os.cpu_count()} CPUs'
+  machine = (
+    # The machine the recorded runs ran on, not the one rebuilding the tables.
+    recorded['machine']
+    if args.tables_from
+    else f'{study.costs.cpu_name()}, {os.cpu_count()} CPUs'
+  )
   header = [
     f'# {title}',
     '',
@@ -887,9 +895,18 @@ def main(argv=None) -> Dict[str, Any]:
     'mean ± sample std (seeds); "paired" differences are per seed.',
     '',
     'Regime: '
+    # The premise grid's cells set their own model, epochs and fraction (the
+    # cell label says them): the shared regime's values are not theirs.
+    + (
+      'model, epochs and train fraction per cell (its label), '
+      if args.grid == 'premise'
+      else ''
+    )
     # As JSON has it (lists for tuples): the same text from --tables-from.
     + ', '.join(
-      f'{k}={v}' for k, v in json.loads(json.dumps(regime, default=str)).items()
+      f'{k}={v}'
+      for k, v in json.loads(json.dumps(regime, default=str)).items()
+      if args.grid != 'premise' or k not in PREMISE_CELL_KEYS
     )
     + (
       ', optimizer of the demo presets.'
