@@ -41,7 +41,8 @@ measured and the paper-literal weights) on SELECT_SEEDS; then
 ``PREMISE_PKKD_LATE_VARIANTS``, one knob at a time around ``measured`` (T^2,
 beta, temperature, the teacher learning from the student, a frozen teacher
 restored from the seed's CNN alone, raw features, the last stage only, sigma
-scales, no ramp, alpha), on SELECT_SEEDS.
+scales, no ramp, alpha), on SELECT_SEEDS. ``--winner NAME --phase confirm``
+confirms another variant on CONFIRM_SEEDS (one chosen on SELECT_SEEDS).
 
 Finished runs are reused from ``--out/runs`` (same config key, as study.py),
 so an interrupted sweep resumes and a rerun only rewrites the tables; XLA
@@ -343,13 +344,19 @@ def premise_pkkd_knobs(name: str, total_steps: int) -> Dict[str, Any]:
   return knobs
 
 
-def premise_pkkd_runs(s, regime, quick: bool, phase: str = 'all') -> List[Run]:
+def premise_pkkd_runs(
+  s, regime, quick: bool, phase: str = 'all', winner: Optional[str] = None
+) -> List[Run]:
   """Selection: the ANN and the CNN alone (the premise grid's runs), then
   PREMISE_PKKD_VARIANTS, on SELECT_SEEDS; confirmation: the ANN alone, the
-  CNN alone and PREMISE_PKKD_WINNER seed by seed on CONFIRM_SEEDS, then the
+  CNN alone and ``winner`` (default PREMISE_PKKD_WINNER; any variant's name,
+  e.g. a late variant chosen on SELECT_SEEDS) seed by seed on CONFIRM_SEEDS,
+  then the
   paper-literal setting there; then PREMISE_PKKD_LATE_VARIANTS on
   SELECT_SEEDS. ``phase``: 'select' (both selections), 'confirm' or 'all'."""
   seeds = SELECT_SEEDS[:1] if quick else SELECT_SEEDS
+  winner = winner or PREMISE_PKKD_WINNER
+  winner = winner or PREMISE_PKKD_WINNER
 
   def baselines(seed):
     # The premise grid's runs of this cell (quick: the --grid sweep --quick
@@ -386,7 +393,7 @@ def premise_pkkd_runs(s, regime, quick: bool, phase: str = 'all') -> List[Run]:
   ]
   confirm = []
   for seed in CONFIRM_SEEDS:
-    confirm += baselines(seed) + [variant(PREMISE_PKKD_WINNER, seed)]
+    confirm += baselines(seed) + [variant(winner, seed)]
   confirm += [variant('paper', seed) for seed in CONFIRM_SEEDS]
   if phase == 'select':
     return selection + late
@@ -760,7 +767,22 @@ def parse_args(argv):
     help='only these cells of the grid (e.g. m_T8,m_alpha1), with the '
     'ANN and the CNN alone they are compared with',
   )
-  return parser.parse_args(argv)
+  parser.add_argument(
+    '--winner',
+    default=None,
+    metavar='NAME',
+    help='--grid premise_pkkd: the variant the confirmation runs on the '
+    f'fresh seeds (default {PREMISE_PKKD_WINNER!r}; choose it on the '
+    'selection seeds only)',
+  )
+  args = parser.parse_args(argv)
+  names = [v[0] for v in PREMISE_PKKD_VARIANTS + PREMISE_PKKD_LATE_VARIANTS]
+  if args.winner and (args.grid != 'premise_pkkd' or args.winner not in names):
+    parser.error(
+      f'--winner {args.winner}: only --grid premise_pkkd takes it, and one '
+      f'of its variants: {", ".join(names)}'
+    )
+  return args
 
 
 def only_cells(runs: List[Run], cells: Optional[str]) -> List[Run]:
@@ -813,7 +835,7 @@ def main(argv=None) -> Dict[str, Any]:
   elif args.grid == 'premise_pkkd':
     regime = premise_pkkd_regime(args.quick)
     s = settings_for(regime, args.loader)
-    runs = premise_pkkd_runs(s, regime, args.quick, args.phase)
+    runs = premise_pkkd_runs(s, regime, args.quick, args.phase, args.winner)
   else:
     runs = premise_runs(s, args.quick)
   runs = only_cells(runs, args.cells)
@@ -882,6 +904,7 @@ def main(argv=None) -> Dict[str, Any]:
     f'`python benchmarks/pkkd_sweep.py --grid {args.grid}'
     + ('' if args.phase == 'all' else f' --phase {args.phase}')
     + (f' --cells {args.cells}' if args.cells else '')
+    + (f' --winner {args.winner}' if args.winner else '')
     + f'` on {machine} '
     f'({jax.default_backend()}), machine shared with other jobs; '
     + (
@@ -917,7 +940,7 @@ def main(argv=None) -> Dict[str, Any]:
   winner = {
     'sweep': WINNER,
     'demo': DEMO_WINNER,
-    'premise_pkkd': PREMISE_PKKD_WINNER,
+    'premise_pkkd': args.winner or PREMISE_PKKD_WINNER,
   }.get(args.grid)
   if winner:
     header.append('')

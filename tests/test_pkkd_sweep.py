@@ -236,6 +236,22 @@ def test_premise_grids_cover_the_issue_and_build_their_configs(
   assert late == [(n, seed) for n in late_variants for seed in select]
   select_only = sweep_module.premise_pkkd_runs(s, regime, False, 'select')
   assert [(r.cell, r.seed) for r in select_only] == cells[:first] + late
+  # --winner: a late variant (chosen on seeds 0-2) takes the winner's place
+  # on the fresh seeds, seed by seed after its baselines; a frozen one
+  # restores that seed's CNN alone.
+  frozen = sweep_module.premise_pkkd_runs(
+    s, regime, False, 'confirm', 'm_frozen'
+  )
+  assert [(r.cell, r.seed, r.deps) for r in frozen][:3] == [
+    ('ann', confirm[0], ()),
+    ('cnn', confirm[0], ()),
+    ('m_frozen', confirm[0], ('cnn',)),
+  ]
+  assert {r.cell for r in frozen} == {'ann', 'cnn', 'm_frozen', 'paper'}
+  with pytest.raises(SystemExit):
+    sweep_module.parse_args(['--grid', 'premise', '--winner', 'm_frozen'])
+  with pytest.raises(SystemExit):
+    sweep_module.parse_args(['--grid', 'premise_pkkd', '--winner', 'm_T9'])
 
 
 def test_demo_grid_runs_the_demo_presets(sweep_module, tmp_path):
