@@ -351,11 +351,9 @@ def premise_pkkd_runs(
   PREMISE_PKKD_VARIANTS, on SELECT_SEEDS; confirmation: the ANN alone, the
   CNN alone and ``winner`` (default PREMISE_PKKD_WINNER; any variant's name,
   e.g. a late variant chosen on SELECT_SEEDS) seed by seed on CONFIRM_SEEDS,
-  then the
-  paper-literal setting there; then PREMISE_PKKD_LATE_VARIANTS on
+  then the paper-literal setting there; then PREMISE_PKKD_LATE_VARIANTS on
   SELECT_SEEDS. ``phase``: 'select' (both selections), 'confirm' or 'all'."""
   seeds = SELECT_SEEDS[:1] if quick else SELECT_SEEDS
-  winner = winner or PREMISE_PKKD_WINNER
   winner = winner or PREMISE_PKKD_WINNER
 
   def baselines(seed):
