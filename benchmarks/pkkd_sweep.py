@@ -884,7 +884,16 @@ def main(argv=None) -> Dict[str, Any]:
     title = f'PKKD where the premise holds ({PREMISE_PKKD_CELL})'
   else:
     summary, lines = summarize_premise(
-      records, () if args.quick else tuple(g[0] for g in PREMISE_GRID)
+      records,
+      ()
+      if args.quick
+      # With --cells, the grid's other cells were not asked for: no rows.
+      else tuple(
+        g[0]
+        for g in PREMISE_GRID
+        if not args.cells
+        or any(c.startswith(g[0] + '/') for c in args.cells.split(','))
+      ),
     )
     title = 'PKKD premise grid: CNN vs ANN of the same architecture, alone'
   # The CPU model matters: XLA's CPU code differs between CPU families, and

@@ -326,3 +326,26 @@ def test_only_cells_keeps_the_named_cells_and_their_baselines(sweep_module):
   # A misspelt cell stops before anything trains, naming the grid's cells.
   with pytest.raises(SystemExit, match=r'm_T9 not in this grid.*m_T8'):
     sweep_module.only_cells(runs, 'm_T9')
+
+
+def test_premise_cells_table_has_only_the_cells_asked_for(
+  sweep_module, tmp_path
+):
+  # The committed full-width ResNet-8 runs (--cells on the premise grid): the
+  # rebuilt table has that cell's row and no "not run" rows for the others,
+  # and keeps the machine the runs ran on.
+  recorded = os.path.join(
+    REPO, 'results', 'pkkd_sweep', 'intel_xeon', 'premise_cells.json'
+  )
+  cells = 'resnet8_full_e4_f100/ann,resnet8_full_e4_f100/cnn'
+  document = sweep_module.main(
+    ['--grid', 'premise', '--cells', cells, '--tables-from', recorded]
+    + ['--out', str(tmp_path)]
+  )
+  assert list(document['summary']) == ['resnet8_full_e4_f100']
+  table = (tmp_path / 'premise_cells.md').read_text()
+  rows = [line for line in table.splitlines() if line.startswith('| resnet')]
+  assert len(rows) == 1 and rows[0].startswith('| resnet8_full_e4_f100 | 500 |')
+  with open(recorded) as f:
+    assert json.load(f)['machine'] in table
+  assert not (tmp_path / 'runs').exists()
