@@ -798,6 +798,11 @@ def only_cells(runs: List[Run], cells: Optional[str]) -> List[Run]:
   return [r for r in runs if r.cell in wanted | {'ann', 'cnn'}]
 
 
+def premise_labels(runs: List[Run]) -> set:
+  """The premise-grid cell labels of ``runs`` ('<label>/ann' -> label)."""
+  return {r.cell.split('/')[0] for r in runs}
+
+
 def main(argv=None) -> Dict[str, Any]:
   args = parse_args(sys.argv[1:] if argv is None else argv)
   import jax  # pylint: disable=g-import-not-at-top
@@ -883,17 +888,12 @@ def main(argv=None) -> Dict[str, Any]:
     )
     title = f'PKKD where the premise holds ({PREMISE_PKKD_CELL})'
   else:
+    # The grid's cells that this invocation asked for (--cells: not the
+    # others), in the grid's order.
+    asked = premise_labels(runs)
     summary, lines = summarize_premise(
       records,
-      ()
-      if args.quick
-      # With --cells, the grid's other cells were not asked for: no rows.
-      else tuple(
-        g[0]
-        for g in PREMISE_GRID
-        if not args.cells
-        or any(c.startswith(g[0] + '/') for c in args.cells.split(','))
-      ),
+      () if args.quick else tuple(g[0] for g in PREMISE_GRID if g[0] in asked),
     )
     title = 'PKKD premise grid: CNN vs ANN of the same architecture, alone'
   # The CPU model matters: XLA's CPU code differs between CPU families, and
