@@ -24,8 +24,13 @@ Demo regime (``--grid demo``): the runs are ``configs/pkkd.py:demo`` itself
 64, the preset's DEMO_SETTINGS) with ``config.pkkd`` set to each of
 ``DEMO_VARIANTS``, and the baselines are ``configs/supervised.py:demo`` with
 the same network, epochs and settings (``demo_alone``: the README's ANN-alone
-command). Selection on SELECT_SEEDS, then ``DEMO_WINNER`` against the ANN
-alone and the CNN alone on CONFIRM_SEEDS; ``--phase`` runs one of the two.
+command). Selection on SELECT_SEEDS: the ANN and the CNN alone, the
+variants, then ``DEMO_LATE_VARIANTS`` (each remaining knob one at a time
+around ``DEMO_WINNER``, a frozen teacher restored from the seed's CNN alone,
+and the paper-literal weights). Confirmation on CONFIRM_SEEDS: the ANN
+alone, the CNN alone and ``DEMO_WINNER`` (or ``--winner NAME``, chosen on
+SELECT_SEEDS) seed by seed, then the paper-literal setting; ``--phase`` runs
+one of the two.
 
 Premise (``--grid premise``): CNN alone vs ANN alone of the same architecture
 over the cells of ``PREMISE_GRID`` (depth / width / epochs / data fraction),
@@ -42,7 +47,8 @@ measured and the paper-literal weights) on SELECT_SEEDS; then
 beta, temperature, the teacher learning from the student, a frozen teacher
 restored from the seed's CNN alone, raw features, the last stage only, sigma
 scales, no ramp, alpha), on SELECT_SEEDS. ``--winner NAME --phase confirm``
-confirms another variant on CONFIRM_SEEDS (one chosen on SELECT_SEEDS).
+confirms another variant on CONFIRM_SEEDS (one chosen on SELECT_SEEDS);
+``--grid demo`` takes it too.
 
 Finished runs are reused from ``--out/runs`` (same config key, as study.py),
 so an interrupted sweep resumes and a rerun only rewrites the tables; XLA
@@ -163,6 +169,24 @@ DEMO_VARIANTS: Tuple[Tuple[str, Dict[str, Any]], ...] = (
 )
 # Chosen from the demo selection table (seeds 0-2) only.
 DEMO_WINNER = 'noT2'
+# Each remaining knob of issue 11's list, one at a time around DEMO_WINNER
+# (the preset's DEMO_KNOBS), and the paper-literal weights; selection seeds,
+# after DEMO_VARIANTS. (name, changes from DEMO_WINNER's knobs.)
+DEMO_LATE_VARIANTS: Tuple[Tuple[str, Dict[str, Any]], ...] = (
+  ('paper', dict(alpha=5.0, beta=5.0, kd_t_squared=True, ramp_steps=0)),
+  ('d_frozen', dict(teacher_mode='frozen')),
+  ('d_noramp', dict(ramp_steps=0)),
+  ('d_alpha1', dict(alpha=1.0)),
+  ('d_alpha0.2', dict(alpha=0.2)),
+  ('d_beta0', dict(beta=0.0)),
+  ('d_beta2', dict(beta=2.0)),
+  ('d_T2', dict(temperature=2.0)),
+  ('d_T8', dict(temperature=8.0)),
+  ('d_mutual', dict(teacher_kd_weight=1.0)),
+  ('d_raw', dict(features='raw')),
+  ('d_last_stage', dict(stages=(2,))),
+  ('d_sigma4', dict(sigma_scale_teacher=4.0, sigma_scale_student=4.0)),
+)
 
 # The REGIME keys that each premise cell sets for itself.
 PREMISE_CELL_KEYS = ('model', 'epochs', 'fraction')
@@ -418,9 +442,18 @@ def _demo_module():
   )
 
 
+def demo_variant_names() -> List[str]:
+  return [v[0] for v in DEMO_VARIANTS + DEMO_LATE_VARIANTS]
+
+
 def demo_knobs(name: str, total_steps: int) -> Dict[str, Any]:
   knobs = dict(DEMO_BASE)
-  knobs.update(dict(DEMO_VARIANTS)[name])
+  late = dict(DEMO_LATE_VARIANTS)
+  if name in late:
+    knobs.update(dict(DEMO_VARIANTS)[DEMO_WINNER])
+    knobs.update(late[name])
+  else:
+    knobs.update(dict(DEMO_VARIANTS)[name])
   if knobs['ramp_steps'] == 'half':
     knobs['ramp_steps'] = total_steps // 2
   return knobs
@@ -455,14 +488,22 @@ def _demo_common(config, seed: int, quick: bool, epochs: int):
   return config
 
 
-def demo_pkkd(name: str, seed: int, quick: bool = False):
-  """configs/pkkd.py:demo with the knobs of DEMO_VARIANTS entry ``name``."""
+def demo_pkkd(
+  name: str, seed: int, quick: bool = False, teacher_dir: Optional[str] = None
+):
+  """configs/pkkd.py:demo with the knobs of the demo variant ``name``; a
+  frozen-teacher variant restores its teacher from ``teacher_dir`` (the same
+  seed's CNN alone)."""
   module = _demo_module()
   config = module.get_config('demo')
   total = module.DEMO_EPOCHS * module.DEMO_STEPS_PER_EPOCH
   knobs = demo_knobs(name, total)
   if knobs.get('stages') is None:
     knobs.pop('stages')
+  if knobs['teacher_mode'] == 'frozen':
+    if teacher_dir is None:
+      raise ValueError(f'demo variant {name!r} needs a teacher_dir')
+    config.teacher.checkpoint_dir = teacher_dir
   config.pkkd.update(knobs)
   return _demo_common(config, seed, quick, module.DEMO_EPOCHS)
 
@@ -480,30 +521,44 @@ def demo_alone(conv_type: str, seed: int, quick: bool = False):
   return _demo_common(config, seed, quick, module.DEMO_EPOCHS)
 
 
-def demo_runs(quick: bool, phase: str = 'all') -> List[Run]:
-  """Selection: ANN alone, then each variant on all seeds; confirmation:
-  ANN alone and DEMO_WINNER seed by seed, then the CNN alone, on the fresh
-  seeds."""
+def demo_runs(
+  quick: bool, phase: str = 'all', winner: Optional[str] = None
+) -> List[Run]:
+  """Selection: the ANN and the CNN alone, then each variant (DEMO_VARIANTS,
+  then DEMO_LATE_VARIANTS) on all seeds; confirmation on the fresh seeds:
+  the ANN alone, the CNN alone and ``winner`` (default DEMO_WINNER) seed by
+  seed, then the paper-literal setting."""
   select = SELECT_SEEDS[:1] if quick else SELECT_SEEDS
-  variants = [v[0] for v in DEMO_VARIANTS]
-  if quick:
-    variants = variants[:1]
+  winner = winner or DEMO_WINNER
+
+  def variant(name, seed):
+    total = _demo_module().DEMO_EPOCHS * _demo_module().DEMO_STEPS_PER_EPOCH
+    if demo_knobs(name, total)['teacher_mode'] == 'frozen':
+      # The teacher is this seed's CNN alone, restored from its run.
+      build = functools.partial(demo_pkkd, name, seed, quick)
+      return Run(name, seed, build, deps=('cnn',))
+    return Run(name, seed, demo_pkkd(name, seed, quick))
+
   runs = []
+  if quick:
+    runs.append(Run('ann', select[0], demo_alone('adder', select[0], quick)))
+    runs.append(variant(DEMO_VARIANTS[0][0], select[0]))
+    runs.append(Run('cnn', select[0], demo_alone('conv', select[0], quick)))
+    return runs
   if phase in ('all', 'select'):
-    for seed in select:
-      runs.append(Run('ann', seed, demo_alone('adder', seed, quick)))
-    for name in variants:
+    for kind, conv_type in (('ann', 'adder'), ('cnn', 'conv')):
       for seed in select:
-        runs.append(Run(name, seed, demo_pkkd(name, seed, quick)))
-  if phase in ('all', 'confirm') and not quick:
+        runs.append(Run(kind, seed, demo_alone(conv_type, seed)))
+    for name in demo_variant_names():
+      runs += [variant(name, seed) for seed in select]
+  if phase in ('all', 'confirm'):
     # Seed by seed, so that a sweep stopped early leaves complete pairs.
     for seed in CONFIRM_SEEDS:
       runs.append(Run('ann', seed, demo_alone('adder', seed)))
-      runs.append(Run(DEMO_WINNER, seed, demo_pkkd(DEMO_WINNER, seed)))
-    for seed in CONFIRM_SEEDS:
       runs.append(Run('cnn', seed, demo_alone('conv', seed)))
-  if quick:
-    runs.append(Run('cnn', select[0], demo_alone('conv', select[0], quick)))
+      runs.append(variant(winner, seed))
+    if winner != 'paper':
+      runs += [variant('paper', seed) for seed in CONFIRM_SEEDS]
   return runs
 
 
@@ -614,6 +669,12 @@ def changes_text(name: str) -> str:
 
 
 def demo_changes_text(name: str) -> str:
+  late = dict(DEMO_LATE_VARIANTS)
+  if name == 'paper':
+    return 'alpha = beta = 5, no ramp, T = 4, T^2 (configs/pkkd.py:demo_paper)'
+  if name in late:
+    changes = ', '.join(f'{k}={v}' for k, v in late[name].items())
+    return f'{DEMO_WINNER} + {changes}'
   changes = dict(DEMO_VARIANTS)[name]
   if not changes:
     return 'alpha = beta = 0.5, ramp over half the run, T = 4, T^2'
@@ -769,16 +830,22 @@ def parse_args(argv):
     '--winner',
     default=None,
     metavar='NAME',
-    help='--grid premise_pkkd: the variant the confirmation runs on the '
-    f'fresh seeds (default {PREMISE_PKKD_WINNER!r}; choose it on the '
-    'selection seeds only)',
+    help='--grid premise_pkkd / demo: the variant the confirmation runs on '
+    f'the fresh seeds (default {PREMISE_PKKD_WINNER!r} / {DEMO_WINNER!r}; '
+    'choose it on the selection seeds only)',
   )
   args = parser.parse_args(argv)
-  names = [v[0] for v in PREMISE_PKKD_VARIANTS + PREMISE_PKKD_LATE_VARIANTS]
-  if args.winner and (args.grid != 'premise_pkkd' or args.winner not in names):
+  names = {
+    'premise_pkkd': [
+      v[0] for v in PREMISE_PKKD_VARIANTS + PREMISE_PKKD_LATE_VARIANTS
+    ],
+    'demo': demo_variant_names(),
+  }
+  if args.winner and args.winner not in names.get(args.grid, ()):
     parser.error(
-      f'--winner {args.winner}: only --grid premise_pkkd takes it, and one '
-      f'of its variants: {", ".join(names)}'
+      f'--winner {args.winner}: only --grid premise_pkkd and --grid demo '
+      'take it, each with one of its variants: '
+      + '; '.join(f'{g}: {", ".join(n)}' for g, n in names.items())
     )
   return args
 
@@ -824,7 +891,7 @@ def main(argv=None) -> Dict[str, Any]:
   if args.grid == 'sweep':
     runs = sweep_runs(s, regime, args.quick)
   elif args.grid == 'demo':
-    runs = demo_runs(args.quick, args.phase)
+    runs = demo_runs(args.quick, args.phase, args.winner)
     if not args.quick:
       module = _demo_module()
       regime = dict(
@@ -946,7 +1013,7 @@ def main(argv=None) -> Dict[str, Any]:
   ]
   winner = {
     'sweep': WINNER,
-    'demo': DEMO_WINNER,
+    'demo': args.winner or DEMO_WINNER,
     'premise_pkkd': args.winner or PREMISE_PKKD_WINNER,
   }.get(args.grid)
   if winner:

@@ -275,8 +275,21 @@ def test_demo_grid_runs_the_demo_presets(sweep_module, tmp_path):
   assert [('ann', s) for s in confirm] == [
     c for c in cells if c[0] == 'ann' and c[1] in confirm
   ]
+  # The paper-literal setting is confirmed beside the winner, after it.
+  assert [c for c in cells if c[0] == 'paper' and c[1] in confirm] == [
+    ('paper', s) for s in confirm
+  ]
+  # The CNN alone of a seed runs before any cell that it teaches.
+  for name, seed in cells:
+    if name == 'd_frozen':
+      assert ('cnn', seed) in cells[: cells.index((name, seed))]
   for run in runs:
     config = run.config
+    if callable(config):  # A frozen teacher: built with its run directory.
+      assert run.deps == ('cnn',) and run.cell == 'd_frozen'
+      config = config(teacher_dir='/runs/cnn_s0')
+      assert config.teacher.checkpoint_dir == '/runs/cnn_s0'
+      assert config.pkkd.teacher_mode == 'frozen'
     assert config.seed == run.seed
     assert config.num_epochs == preset.num_epochs == demo.DEMO_EPOCHS
     assert config.model.name == 'resnet8' and not config.model.kwargs.to_dict()
@@ -299,6 +312,25 @@ def test_demo_grid_runs_the_demo_presets(sweep_module, tmp_path):
   knobs = sweep_module.demo_knobs(winner, total)
   for key, value in demo.DEMO_KNOBS.items():
     assert preset.pkkd[key] == value == knobs[key], key
+  # Each late variant changes only the knobs it names from the winner's, and
+  # the paper cell is the demo_paper preset's weights.
+  for name, changes in sweep_module.DEMO_LATE_VARIANTS:
+    late = sweep_module.demo_knobs(name, total)
+    assert {k for k in late if late[k] != knobs[k]} == set(changes), name
+  # --winner confirms another demo variant, seed by seed after its teacher.
+  assert sweep_module.parse_args(['--grid', 'demo', '--winner', 'd_T2']).winner
+  with pytest.raises(SystemExit):
+    sweep_module.parse_args(['--grid', 'demo', '--winner', 'm_frozen'])
+  frozen = sweep_module.demo_runs(False, 'confirm', 'd_frozen')
+  assert [(r.cell, r.seed) for r in frozen[:3]] == [
+    ('ann', 3),
+    ('cnn', 3),
+    ('d_frozen', 3),
+  ]
+  paper = sweep_module.demo_knobs('paper', total)
+  paper_preset = demo.get_config('demo_paper').pkkd
+  for key in ('alpha', 'beta', 'temperature', 'kd_t_squared', 'ramp_steps'):
+    assert paper[key] == paper_preset[key], key
   # Quick: one seed, 2 steps a run, a tiny network; tables written.
   out = str(tmp_path / 'demo')
   document = sweep_module.main(['--grid', 'demo', '--quick', '--out', out])
