@@ -29,8 +29,8 @@ variants, then ``DEMO_LATE_VARIANTS`` (each remaining knob one at a time
 around ``DEMO_WINNER``, a frozen teacher restored from the seed's CNN alone,
 and the paper-literal weights). Confirmation on CONFIRM_SEEDS: the ANN
 alone, the CNN alone and ``DEMO_WINNER`` (or ``--winner NAME``, chosen on
-SELECT_SEEDS) seed by seed, then the paper-literal setting; ``--phase`` runs
-one of the two.
+SELECT_SEEDS) seed by seed, then ``DEMO_WINNER`` beside another winner and
+the paper-literal setting; ``--phase`` runs one of the two.
 
 Premise (``--grid premise``): CNN alone vs ANN alone of the same architecture
 over the cells of ``PREMISE_GRID`` (depth / width / epochs / data fraction),
@@ -527,7 +527,8 @@ def demo_runs(
   """Selection: the ANN and the CNN alone, then each variant (DEMO_VARIANTS,
   then DEMO_LATE_VARIANTS) on all seeds; confirmation on the fresh seeds:
   the ANN alone, the CNN alone and ``winner`` (default DEMO_WINNER) seed by
-  seed, then the paper-literal setting."""
+  seed, then DEMO_WINNER (when ``winner`` is another variant) and the
+  paper-literal setting."""
   select = SELECT_SEEDS[:1] if quick else SELECT_SEEDS
   winner = winner or DEMO_WINNER
 
@@ -557,8 +558,11 @@ def demo_runs(
       runs.append(Run('ann', seed, demo_alone('adder', seed)))
       runs.append(Run('cnn', seed, demo_alone('conv', seed)))
       runs.append(variant(winner, seed))
-    if winner != 'paper':
-      runs += [variant('paper', seed) for seed in CONFIRM_SEEDS]
+    # The current default (when another variant is confirmed) and the
+    # paper-literal setting beside it, on the same fresh seeds.
+    for name in dict.fromkeys((DEMO_WINNER, 'paper')):
+      if name != winner:
+        runs += [variant(name, seed) for seed in CONFIRM_SEEDS]
   return runs
 
 
@@ -1016,7 +1020,27 @@ def main(argv=None) -> Dict[str, Any]:
     'demo': args.winner or DEMO_WINNER,
     'premise_pkkd': args.winner or PREMISE_PKKD_WINNER,
   }.get(args.grid)
-  if winner:
+  # The selection's own leader: which variant a --winner confirmation of
+  # this table would take (the default winner was chosen on earlier runs).
+  gains = (
+    {
+      cell: entry['gain_vs_ann']['mean']
+      for cell, entry in summary.get('select', {}).items()
+      if entry.get('gain_vs_ann') and entry['gain_vs_ann'].get('n')
+    }
+    if args.grid != 'premise'
+    else {}
+  )
+  if winner and args.phase == 'select' and gains:
+    best = max(gains, key=gains.get)
+    header.append('')
+    header.append(
+      f'Largest mean paired gain on the selection seeds: `{best}` '
+      f'({100 * gains[best]:+.2f} points). The variant that `--phase '
+      f'confirm` runs by default (chosen on earlier selection runs): '
+      f'`{winner}`; `--winner NAME` confirms another.'
+    )
+  elif winner:
     header.append('')
     header.append(f'Winner (chosen on the selection seeds): `{winner}`.')
   document = {

@@ -327,6 +327,13 @@ def test_demo_grid_runs_the_demo_presets(sweep_module, tmp_path):
     ('cnn', 3),
     ('d_frozen', 3),
   ]
+  # Beside another winner, the current default and the paper setting run on
+  # the same fresh seeds.
+  confirmed = [(r.cell, r.seed) for r in frozen]
+  for name in (winner, 'paper', 'd_frozen'):
+    assert [c for c in confirmed if c[0] == name] == [
+      (name, s) for s in confirm
+    ]
   paper = sweep_module.demo_knobs('paper', total)
   paper_preset = demo.get_config('demo_paper').pkkd
   for key in ('alpha', 'beta', 'temperature', 'kd_t_squared', 'ramp_steps'):
@@ -339,6 +346,21 @@ def test_demo_grid_runs_the_demo_presets(sweep_module, tmp_path):
   assert 'teacher' in document['runs'][1]['accuracy']
   with open(os.path.join(out, 'demo.md')) as f:
     assert '| base |' in f.read()
+  # A selection table names its own leader beside the default winner (the
+  # runs above are reused: nothing trains).
+  sweep_module.main(
+    ['--grid', 'demo', '--quick', '--phase', 'select'] + ['--out', out]
+  )
+  with open(os.path.join(out, 'demo_select.md')) as f:
+    text = f.read()
+  gain = document['summary']['select']['base']['gain_vs_ann']['mean']
+  assert (
+    f'Largest mean paired gain on the selection seeds: `base` '
+    f'({100 * gain:+.2f} points)' in text
+  )
+  assert (
+    f'runs by default (chosen on earlier selection runs): `{winner}`' in text
+  )
 
 
 def test_only_cells_keeps_the_named_cells_and_their_baselines(sweep_module):
