@@ -30,7 +30,13 @@ reconstruction (docs/pkkd.md). Loss weights:
                   student - ANN alone +1.6 points vs +0.8 with T^2). On
                   fresh seeds 3-7: +1.3 +- 6.1, two misses of five
                   (results/pkkd_sweep/demo.md, docs/pkkd.md "The demo
-                  regime"); the premise (CNN > ANN) fails there.
+                  regime"); the premise (CNN > ANN) fails there. Again
+                  on another machine kind (Intel,
+                  results/pkkd_sweep/intel_xeon/demo_confirm.md):
+                  +0.5 +- 6.3 on seeds 3-7, three
+                  misses; every other knob, one at a time, was level
+                  with these on seeds 0-2, and the leader (beta = 0) was
+                  not confirmed on seeds 3-7 (+0.4 +- 6.1).
                   Where it holds (ResNet-20, --grid premise_pkkd) the same
                   weights gave +1.5 on seeds 0-2 (paper weights -0.6) and
                   +0.3 +- 2.1 on seeds 3-7, two misses of five.
