@@ -846,8 +846,17 @@ def test_retry_loop_a_stop_is_not_retried(tmp_path, sig):
   slow.write_text(_SLOW_RUN)
   slow.chmod(0o755)
   runs = tmp_path / 'runs'
+  # The loop starts with SIGINT at its default, as under a terminal's Ctrl-C.
+  # A shell cannot trap a signal that was ignored when it started, and a test
+  # runner started in the background by a non-interactive shell (nohup, `&`)
+  # passes SIGINT on ignored: the loop would then never see it and hang.
+  with_default_sigint = (
+    'import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); '
+    'os.execvp("bash", ["bash", "-c", sys.argv[1]])'
+  )
   loop = subprocess.Popen(
-    ['bash', '-c', _loop_script(shlex.quote(str(slow)))],
+    [sys.executable, '-c', with_default_sigint]
+    + [_loop_script(shlex.quote(str(slow)))],
     stdout=subprocess.PIPE,
     stderr=subprocess.PIPE,
     text=True,
