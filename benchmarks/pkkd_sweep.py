@@ -332,6 +332,16 @@ def sweep_runs(s, regime, quick: bool) -> List[Run]:
   return runs
 
 
+def variant_run(name: str, seed: int, knobs: Dict[str, Any], build) -> Run:
+  """The run of a PKKD variant whose config ``build(teacher_dir=...)`` makes.
+
+  A frozen-teacher variant's teacher is this seed's CNN alone, restored from
+  its run: its config is built once that run's directory is known."""
+  if knobs['teacher_mode'] == 'frozen':
+    return Run(name, seed, build, deps=('cnn',))
+  return Run(name, seed, build())
+
+
 def _frozen(name: str) -> bool:
   return knobs_of(name)['teacher_mode'] == 'frozen'
 
@@ -400,11 +410,8 @@ def premise_pkkd_runs(
 
   def variant(name, seed):
     knobs = premise_pkkd_knobs(name, total)
-    if knobs['teacher_mode'] == 'frozen':
-      # The teacher is this seed's CNN alone, restored from its run.
-      build = functools.partial(pkkd_run, s, seed, regime, knobs)
-      return Run(name, seed, build, deps=('cnn',))
-    return Run(name, seed, pkkd_run(s, seed, regime, knobs))
+    build = functools.partial(pkkd_run, s, seed, regime, knobs)
+    return variant_run(name, seed, knobs, build)
 
   for name, _ in PREMISE_PKKD_VARIANTS:
     selection += [variant(name, seed) for seed in seeds]
@@ -434,12 +441,19 @@ def premise_pkkd_total_steps(s, regime) -> int:
   return kd_train.run_length(config, train_source.steps_per_epoch)
 
 
+@functools.lru_cache(maxsize=None)
 def _demo_module():
+  # Loaded once: every run of the demo grid reads its constants and presets.
   from kdjax import config_defaults  # pylint: disable=g-import-not-at-top
 
   return config_defaults.load_config_module(
     os.path.join(REPO, 'configs', 'pkkd.py')
   )
+
+
+def demo_total_steps() -> int:
+  """The steps of one configs/pkkd.py:demo run (its ramp is half of them)."""
+  return _demo_module().DEMO_EPOCHS * _demo_module().DEMO_STEPS_PER_EPOCH
 
 
 def demo_variant_names() -> List[str]:
@@ -496,8 +510,7 @@ def demo_pkkd(
   seed's CNN alone)."""
   module = _demo_module()
   config = module.get_config('demo')
-  total = module.DEMO_EPOCHS * module.DEMO_STEPS_PER_EPOCH
-  knobs = demo_knobs(name, total)
+  knobs = demo_knobs(name, demo_total_steps())
   if knobs.get('stages') is None:
     knobs.pop('stages')
   if knobs['teacher_mode'] == 'frozen':
@@ -533,12 +546,9 @@ def demo_runs(
   winner = winner or DEMO_WINNER
 
   def variant(name, seed):
-    total = _demo_module().DEMO_EPOCHS * _demo_module().DEMO_STEPS_PER_EPOCH
-    if demo_knobs(name, total)['teacher_mode'] == 'frozen':
-      # The teacher is this seed's CNN alone, restored from its run.
-      build = functools.partial(demo_pkkd, name, seed, quick)
-      return Run(name, seed, build, deps=('cnn',))
-    return Run(name, seed, demo_pkkd(name, seed, quick))
+    knobs = demo_knobs(name, demo_total_steps())
+    build = functools.partial(demo_pkkd, name, seed, quick)
+    return variant_run(name, seed, knobs, build)
 
   runs = []
   if quick:
@@ -902,7 +912,7 @@ def main(argv=None) -> Dict[str, Any]:
         config='configs/pkkd.py:demo (configs/supervised.py:demo alone)',
         model='resnet8 (full width)',
         epochs=module.DEMO_EPOCHS,
-        steps=module.DEMO_EPOCHS * module.DEMO_STEPS_PER_EPOCH,
+        steps=demo_total_steps(),
         batch_size=64,
         **module.DEMO_SETTINGS,
       )
@@ -932,11 +942,7 @@ def main(argv=None) -> Dict[str, Any]:
     summary, lines = summarize_sweep(records)
     title = 'PKKD knob sweep'
   elif args.grid == 'demo':
-    total = (
-      2
-      if args.quick
-      else _demo_module().DEMO_EPOCHS * _demo_module().DEMO_STEPS_PER_EPOCH
-    )
+    total = 2 if args.quick else demo_total_steps()
     summary, lines = summarize_sweep(
       records, demo_changes_text, lambda name: demo_knobs(name, total)
     )
@@ -1022,15 +1028,12 @@ def main(argv=None) -> Dict[str, Any]:
   }.get(args.grid)
   # The selection's own leader: which variant a --winner confirmation of
   # this table would take (the default winner was chosen on earlier runs).
-  gains = (
-    {
-      cell: entry['gain_vs_ann']['mean']
-      for cell, entry in summary.get('select', {}).items()
-      if entry.get('gain_vs_ann') and entry['gain_vs_ann'].get('n')
-    }
-    if args.grid != 'premise'
-    else {}
-  )
+  # (A premise summary is keyed by cell label and has no 'select' phase.)
+  gains = {
+    cell: entry['gain_vs_ann']['mean']
+    for cell, entry in summary.get('select', {}).items()
+    if entry.get('gain_vs_ann') and entry['gain_vs_ann'].get('n')
+  }
   if winner and args.phase == 'select' and gains:
     best = max(gains, key=gains.get)
     header.append('')
