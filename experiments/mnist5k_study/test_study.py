@@ -1,14 +1,15 @@
-"""benchmarks/study/ does not rot: its plan, outputs and a real quick run.
+"""experiments/mnist5k_study/ does not rot: its plan, outputs and a real quick run.
 
 The first test runs every study and cell of ``--quick`` with the trainer
 replaced by a stand-in (each config is still turned into its method, so config
 drift shows), two seeds so the claim checks compute: seconds. Another trains
 for real, 2 steps a run with tiny models, on two cells that exercise a
 supervised run, a frozen teacher restored into PKKD and the cost study, through
-the documented command ``python benchmarks/study.py``. A real run of every
-cell takes minutes (each run compiles its own step), too long for the suite:
-``python benchmarks/study.py --quick`` does that. The others rebuild the
-committed results/study.md from results/study.json, check the timing table
+the documented command ``python -m experiments.mnist5k_study``. A real run of
+every cell takes minutes (each run compiles its own step), too long for the
+suite: ``python -m experiments.mnist5k_study --quick`` does that. The others
+rebuild the committed results/study.md from results/study.json (in
+experiments/mnist5k_study/), check the timing table
 and its re-measurement, and that teachers only come from the plan.
 """
 
@@ -20,10 +21,11 @@ import subprocess
 import sys
 
 import pytest
-import xla_flags
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-SCRIPT = REPO / 'benchmarks' / 'study.py'
+from experiments.conftest import COMPILE_FLAGS
+
+HERE = pathlib.Path(__file__).resolve().parent
+REPO = HERE.parents[1]
 
 PKKD_CELLS = [
   'cnn',
@@ -47,17 +49,15 @@ PNGS = [
 
 
 def load_study():
-  """The package benchmarks.study (imported from the repository root)."""
-  if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-  import benchmarks.study  # pylint: disable=g-import-not-at-top
+  """The package experiments.mnist5k_study."""
+  from experiments import mnist5k_study  # pylint: disable=g-import-not-at-top
 
-  return benchmarks.study
+  return mnist5k_study
 
 
 def fake_train_and_evaluate(config, workdir):
   """Stands in for the trainer: checks the config, returns a plausible summary."""
-  from kdjax.train.methods import build_method  # pylint: disable=g-import-not-at-top
+  from kdjax.methods import build_method  # pylint: disable=g-import-not-at-top
 
   build_method(config, num_classes=10, image_shape=(28, 28, 1))
   teachers = []
@@ -243,7 +243,7 @@ def test_plan_only(tmp_path, capsys):
   assert not (tmp_path / 'study.json').exists()
   # The package runs as a module too, with the same flags.
   usage = subprocess.run(
-    [sys.executable, '-m', 'benchmarks.study', '--help'],
+    [sys.executable, '-m', 'experiments.mnist5k_study', '--help'],
     cwd=REPO,
     capture_output=True,
     text=True,
@@ -263,11 +263,12 @@ def test_quick_real_runs(tmp_path):
   out = tmp_path / 'results'
   env = dict(os.environ)
   # One CPU device, as the study runs.
-  env['XLA_FLAGS'] = xla_flags.COMPILE_FLAGS
+  env['XLA_FLAGS'] = COMPILE_FLAGS
   proc = subprocess.run(
     [
       sys.executable,
-      str(SCRIPT),
+      '-m',
+      'experiments.mnist5k_study',
       '--quick',
       '--studies',
       'pkkd,cost',
@@ -303,14 +304,14 @@ def test_quick_real_runs(tmp_path):
 def test_report_rebuilds_the_committed_results(tmp_path):
   """results/study.md comes back, byte for byte, from results/study.json alone."""
   study = load_study()
-  committed_json = REPO / 'results' / 'study.json'
+  committed_json = HERE / 'results' / 'study.json'
   committed = json.loads(committed_json.read_text())
   result, written = study.rebuild(
     str(committed_json), str(tmp_path), plots=False
   )
   assert written == [str(tmp_path / 'study.md')]
   markdown = (tmp_path / 'study.md').read_text()
-  assert markdown == (REPO / 'results' / 'study.md').read_text()
+  assert markdown == (HERE / 'results' / 'study.md').read_text()
   # The statistics are recomputed from the runs, and agree with the record.
   for key in ('cells', 'cross_checks'):
     assert json.dumps(result[key], sort_keys=True) == json.dumps(
@@ -339,7 +340,7 @@ def test_report_rebuilds_the_committed_results(tmp_path):
 
 def test_cost_model_reads_its_timing_table(tmp_path):
   study = load_study()
-  table_path = REPO / 'benchmarks' / 'study' / 'step_seconds.json'
+  table_path = HERE / 'step_seconds.json'
   table = json.loads(table_path.read_text())
   assert table['machine']['description'] and table['machine']['cpu_count']
   model = study.CostModel()
@@ -365,7 +366,7 @@ def test_measure_step_seconds_rewrites_the_table(tmp_path, monkeypatch):
   study = load_study()
   from kdjax.train import train as kd_train  # pylint: disable=g-import-not-at-top
 
-  default = REPO / 'benchmarks' / 'study' / 'step_seconds.json'
+  default = HERE / 'step_seconds.json'
   original = default.read_text()
   table = json.loads(original)
   keep = {('resnet20', 'conv'), ('resnet8_w8', 'adder')}
@@ -488,10 +489,12 @@ def test_study_table_merges_split_runs(tmp_path):
   proc = subprocess.run(
     [
       sys.executable,
-      str(REPO / 'benchmarks' / 'study_table.py'),
+      '-m',
+      'experiments.mnist5k_study.table',
       f'A={tmp_path}/a/*/study.json',
       f'B={tmp_path}/b/study.json',
     ],
+    cwd=REPO,
     capture_output=True,
     text=True,
     check=True,

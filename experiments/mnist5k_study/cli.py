@@ -1,4 +1,4 @@
-"""The command line: ``python benchmarks/study.py`` = ``python -m benchmarks.study``."""
+"""The command line: ``python -m experiments.mnist5k_study`` (from the repository root)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from .plan import Planner, collect_runs, run_job
 from .report import write_outputs
 from .settings import (
   MIN_SEEDS,
-  REPO,
+  RESULTS,
   STUDIES,
   Settings,
   apply_override,
@@ -26,8 +26,8 @@ from .settings import (
   scaled,
 )
 
-# The documented command; ``python -m benchmarks.study`` records itself.
-DEFAULT_PROG = 'python benchmarks/study.py'
+# The documented command, as study.json records it.
+DEFAULT_PROG = 'python -m experiments.mnist5k_study'
 
 
 def parse_args(argv, prog: str = DEFAULT_PROG):
@@ -39,9 +39,9 @@ def parse_args(argv, prog: str = DEFAULT_PROG):
   )
   parser.add_argument(
     '--out',
-    default=os.path.join(REPO, 'results'),
+    default=RESULTS,
     help='where study.json, study.md and the PNGs go; runs go in '
-    'OUT/study_runs (default: results/ of the repository)',
+    'OUT/study_runs (default: experiments/mnist5k_study/results/)',
   )
   parser.add_argument(
     '--studies',
@@ -119,7 +119,7 @@ def parse_args(argv, prog: str = DEFAULT_PROG):
     '--step-seconds',
     default=costs.STEP_SECONDS_FILE,
     help='timing table of the cost model (default: '
-    'benchmarks/study/step_seconds.json)',
+    'experiments/mnist5k_study/step_seconds.json)',
   )
   parser.add_argument(
     '--measure-step-seconds',

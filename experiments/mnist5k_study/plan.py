@@ -1,7 +1,8 @@
 """The plan: one job per distinct config, teachers first, and the result cache.
 
 Every (cell, seed) becomes a train_and_evaluate call keyed by the hash of its
-config and of its teachers' keys; identical configs (e.g. the PKKD CNN alone
+run identity (config_key: kdjax.train.run_config's result-changing keys) and
+of its teachers' keys; identical configs (e.g. the PKKD CNN alone
 and the EKD single student) run once. A job whose workdir holds a
 study_key.json with the same key and a finished summary.json is reused, not
 trained again; one with the same key and no finished summary (a run stopped by
@@ -27,12 +28,22 @@ from .settings import Settings
 
 
 def config_key(config, dep_keys: Sequence[str] = ()) -> str:
-  tree = _without(config, ())
-  if tree.get('data') == {'loader': 'tfds'}:
-    # The default loader leaves the key as it was before config.data existed, so runs
-    # finished then are still reused.
-    del tree['data']
-  text = json.dumps([tree, sorted(dep_keys)], sort_keys=True, default=str)
+  """A run's identity: what kdjax.train.run_config says changes its result.
+
+  That is every key of the config but the result-neutral ones (logging and
+  checkpoint frequency, eval batch size, data directory, ...: the keys a
+  resume may change), plus ``max_steps``: a resume may extend a run, but a
+  finished run of 2 steps is not the run of the whole schedule. A teacher's
+  key is part of its students' keys (``dep_keys``).
+  """
+  from kdjax.train import run_config  # pylint: disable=g-import-not-at-top
+
+  identity = {
+    key: new
+    for key, (_, new) in run_config.diff({}, run_config.record(config)).items()
+  }
+  identity['max_steps'] = config.get('max_steps', -1)
+  text = json.dumps([identity, sorted(dep_keys)], sort_keys=True, default=str)
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -149,7 +160,7 @@ def check_teachers(cell: Cell, config, dep_dirs: Dict[str, str]) -> None:
   pretrain_epochs > 0 and no checkpoint_dir; in the study that would be a
   second, unshared and uncached teacher run, so it is an error here.
   """
-  from kdjax.train import methods  # pylint: disable=g-import-not-at-top
+  from kdjax import methods  # pylint: disable=g-import-not-at-top
 
   planned = set(dep_dirs.values())
   for teacher in methods.frozen_teacher_configs(config):

@@ -62,7 +62,7 @@ def write_markdown(
     f'on the 1,000 test digits{" (quick mode: 64 of them)" if meta["quick"] else ""}. '
     'Paper numbers are on CIFAR/ImageNet and are quoted for the direction of the effect, not '
     'its size. "Reproduces at this scale?": yes when the difference of means exceeds the '
-    'pooled std of the two cells (see benchmarks/study/stats.py).',
+    'pooled std of the two cells (see experiments/mnist5k_study/stats.py).',
     '',
   ]
   if meta['quick']:

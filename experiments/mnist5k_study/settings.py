@@ -7,9 +7,10 @@ import json
 import os
 from typing import Any, Dict, Tuple
 
-REPO = os.path.dirname(
-  os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-)
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+# The committed outputs of this experiment (study.json, study.md, PNGs).
+RESULTS = os.path.join(HERE, 'results')
 STUDIES = ('pkkd', 'ofd', 'ekd', 'cost')
 MIN_SEEDS = 3  # Every cell gets at least this many seeds, whatever the budget.
 

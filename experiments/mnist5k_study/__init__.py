@@ -1,15 +1,16 @@
 r"""Small-scale study on the embedded MNIST-5k digits: do the papers' effects show?
 
-    python benchmarks/study.py                      # default plan: estimated 60 min, 2 cores
-    python benchmarks/study.py --dry-run            # print the plan and its estimate only
-    python benchmarks/study.py --studies pkkd,cost --seeds 5
-    python benchmarks/study.py --quick --out /tmp/study   # rot check: 1 seed, 2 steps a run
-    python benchmarks/study.py --loader numpy       # on a host without tensorflow/tfds/clu
-    python benchmarks/study.py --report-from results/study.json   # study.md + PNGs again, no training
-    python benchmarks/study.py --measure-step-seconds   # re-time the cost model here (~1.5 min a network)
+From the repository root (matplotlib: pip install -r experiments/requirements.txt):
 
-``python -m benchmarks.study ARGS`` (from the repository root) is the same
-command; benchmarks/study.py is a shim that runs this package's CLI.
+    python -m experiments.mnist5k_study                 # default plan: estimated 60 min, 2 cores
+    python -m experiments.mnist5k_study --dry-run       # print the plan and its estimate only
+    python -m experiments.mnist5k_study --studies pkkd,cost --seeds 5
+    python -m experiments.mnist5k_study --quick --out /tmp/study   # rot check: 1 seed, 2 steps a run
+    python -m experiments.mnist5k_study --loader numpy  # on a host without tensorflow/tfds/clu
+    python -m experiments.mnist5k_study --report-from experiments/mnist5k_study/results/study.json
+                                                        # study.md + PNGs again, no training
+    python -m experiments.mnist5k_study --measure-step-seconds   # re-time the cost model here (~1.5 min a network)
+    python -m experiments.mnist5k_study.table COLUMN=GLOB ...    # several study.json side by side
 
 Studies (docs/recipes.md), every cell on mnist5k (4,000 train / 1,000 test real
 MNIST digits, 28x28x1), built from the ``demo`` presets of configs/*.py (their
@@ -64,7 +65,8 @@ counts), plan.py (one job per distinct config, the result cache, running a
 job), costs.py (wall-time estimate of a plan from step_seconds.json, the
 timing table of the machine it was measured on, and its re-measurement),
 stats.py (mean +- std over seeds, verdicts, paired gains), report.py
-(study.json, study.md, PNGs; rebuilding them from a study.json), cli.py.
+(study.json, study.md, PNGs; rebuilding them from a study.json), cli.py,
+table.py (several study.json files side by side).
 
 Teachers: one mechanism, the planner's. A frozen teacher is a Dep of the cells
 that restore it: a supervised job of the plan, trained once per seed in
@@ -79,8 +81,8 @@ EKD share it), outside the cache and the report, and its teacher run resets
 max_steps, so --quick's teachers would train whole epochs.
 """
 
-# The names other scripts and tests use (benchmarks/pkkd_sweep.py imports this
-# package as ``study`` with benchmarks/ on sys.path).
+# The names other modules and tests use (experiments.pkkd_sweep builds its
+# runs with this package's builders and runs them with its runner).
 from .cells import (
   CELL_BUILDERS,
   Cell,
