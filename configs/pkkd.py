@@ -10,38 +10,20 @@ Presets (paper top-1 %, Xu et al. NeurIPS 2020, CNN / ANN / PKKD-ANN):
   cifar100_resnet32   70.46 / 69.17 / 72.41
   imagenet_resnet18   69.8  / 67.0  / 68.8
   imagenet_resnet50   76.2  / 74.9  / 76.8
-  demo                embedded MNIST-5k, ResNet-8, 2 epochs (124 steps of
-                      batch 64), NumPy loader; measured loss weights (below)
-  demo_paper          the demo with the paper-literal weights (PAPER_KNOBS)
+  demo                embedded MNIST-5k, ResNet-8, 2 epochs (no paper number)
+  demo_paper          the demo with the paper's weights (no paper number)
 
+Loss weights, which preset uses which, and why (the one place this is said):
+  PAPER_KNOBS  cifar*, imagenet* and demo_paper: alpha = beta = 5, the
+               paper's (reported for ResNet-20 on CIFAR-100); T = 4 with T^2
+               and no ramp, ours (the paper states neither). These presets
+               target the paper's numbers.
+  DEMO_KNOBS   demo: alpha = beta = 0.5, both ramped up from 0 over the first
+               half of the run, T = 4 without T^2. Ours, chosen on the
+               embedded digits (experiments/pkkd_sweep/README.md), where the
+               paper's weights put the student below the ANN trained alone.
 Recipes follow AdderNet (docs/recipes.md); the kernel features are our
-reconstruction (docs/pkkd.md). Loss weights:
-
-  PAPER_KNOBS     alpha = beta = 5 (reported for ResNet-20 on CIFAR-100),
-                  T = 4 with T^2 (ours: the paper states neither), no ramp,
-                  the teacher on CE alone. The cifar* / imagenet* presets,
-                  which target the paper's numbers, keep them.
-  DEMO_KNOBS      ours, measured: alpha = beta = 0.5 instead of 5, both
-                  ramped up linearly from 0 over the first half of the run
-                  (ramp_steps = 62 of 124), T = 4 without T^2. alpha, beta
-                  and the ramp won the proxy sweep (benchmarks/pkkd_sweep.py,
-                  quarter-width ResNet-8, 62 steps); "no T^2" won the sweep
-                  in this preset's own regime (--grid demo, seeds 0-2:
-                  student - ANN alone +1.6 points vs +0.8 with T^2). On
-                  fresh seeds 3-7: +1.3 +- 6.1, two misses of five
-                  (results/pkkd_sweep/demo.md, docs/pkkd.md "The demo
-                  regime"); the premise (CNN > ANN) fails there. Again
-                  on another machine kind (Intel,
-                  results/pkkd_sweep/intel_xeon/demo_confirm.md):
-                  +0.5 +- 6.3 on seeds 3-7, three
-                  misses; every other knob, one at a time, was level
-                  with these on seeds 0-2, and the leader (beta = 0) was
-                  not confirmed on seeds 3-7 (+0.4 +- 6.1).
-                  Where it holds (ResNet-20, --grid premise_pkkd) the same
-                  weights gave +1.5 on seeds 0-2 (paper weights -0.6) and
-                  +0.3 +- 2.1 on seeds 3-7, two misses of five.
-
-To run any preset with the other weights, override them, e.g. the paper's:
+reconstruction (docs/pkkd.md). Either weighting is one override away, e.g.
   --config.pkkd.alpha=5 --config.pkkd.beta=5 --config.pkkd.ramp_steps=0 \
   --config.pkkd.kd_t_squared=True
 """
@@ -72,8 +54,8 @@ PAPER_KNOBS = dict(
 )
 DEMO_EPOCHS = 2
 DEMO_STEPS_PER_EPOCH = 62  # 4,000 mnist5k digits in batches of 64
-# The demo's run settings on top of the shared demo recipe (the same for the
-# ANN-alone baseline, README): the in-memory NumPy loader (no tf.data
+# The demo's run settings on top of the shared demo recipe (the same for its
+# ANN-alone baseline): the in-memory NumPy loader (no tf.data
 # pipeline; the same digits, other augmentation draws), precise-BN over 4
 # train batches instead of 10, and the 1,000 test digits in 2 eval batches
 # (512: divisible by any power-of-two device count; the last is padded).
@@ -82,9 +64,7 @@ DEMO_SETTINGS = {
   'eval_bn_recalibration_batches': 4,
   'eval_batch_size': 512,
 }
-# Ours, measured (docs/pkkd.md): alpha = beta = 0.5, both ramped up over the
-# first half of the run, and the soft-label term without T^2: the winner of
-# benchmarks/pkkd_sweep.py --grid demo (this preset's own regime).
+# Ours, for the demo only: why, in the module docstring.
 DEMO_KNOBS = dict(
   PAPER_KNOBS,
   alpha=0.5,
