@@ -7,7 +7,7 @@ r"""The trainer's steady-state speed against its bare jitted step.
 Both run the same config on `--config.dataset.name=synthetic` batches, in one
 process, alternating: bare, trainer, bare, ... (`--rounds` trainer runs, one
 more bare run), so that a slow phase of a noisy machine hits both.
-  bare     the trainer's own jitted step (train.compile_functions) in a tight loop
+  bare     the trainer's own jitted step (step.compile_functions) in a tight loop
            over batches already on the devices, timed after `--warmup` steps
            (the first compiles), waiting for the device every `--log-every`
            steps as the trainer does at its log boundaries;
@@ -30,7 +30,6 @@ import argparse
 import functools
 import json
 import os
-import sys
 import tempfile
 import time
 
@@ -60,11 +59,12 @@ def main():
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  sys.path.insert(
-    0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  )
   from kdjax import config_defaults  # pylint: disable=g-import-not-at-top
-  from kdjax.train import train  # pylint: disable=g-import-not-at-top
+
+  # pylint: disable=g-import-not-at-top
+  from kdjax.train import mesh, setup, step as run_step, train
+
+  # pylint: enable=g-import-not-at-top
 
   path, _, preset = args.config.partition(':')
   module = config_defaults.load_config_module(path)
@@ -89,14 +89,14 @@ def main():
   config.dataset.synthetic.train_examples = config.batch_size * (steps + 1)
   config.dataset.synthetic.eval_examples = config.batch_size
 
-  run = train.setup(config)
+  run = setup.setup(config)
   # The trainer's own jitted functions, one set for every bare run: only the
   # first run compiles.
-  fns = train.compile_functions(config, run)
+  fns = run_step.compile_functions(config, run.method, run.optimizers)
   step = fns.step
 
   init = jax.jit(
-    functools.partial(train.init_state, config, run.method, run.optimizers),
+    functools.partial(setup.init_state, config, run.method, run.optimizers),
     out_shardings=run.replicated,
   )
 
@@ -105,11 +105,10 @@ def main():
       state = init(run.sample)
       frozen = jax.device_put(run.frozen, run.replicated)
       batches = [
-        train.to_global(b, run.batch_sharding)
-        for b in run.train_source.epoch(0)
+        mesh.to_global(b, run.batch_sharding) for b in run.train_source.epoch(0)
       ][:4]
       shapes = jax.eval_shape(fns.train, state, frozen, batches[0])[1]
-      guard = jax.device_put(train.init_guard(shapes), run.replicated)
+      guard = jax.device_put(run_step.init_guard(shapes), run.replicated)
       for i in range(max(args.warmup, 1)):  # The first call compiles.
         state, guard, _ = step(state, guard, frozen, batches[i % len(batches)])
       jax.block_until_ready(state)
