@@ -45,6 +45,30 @@ from kdjax.losses.pkkd import (
   soft_label_loss,
 )
 
+# baselines (RepDistiller, mdistiller, torchdistill)
+from kdjax.losses.crd import (
+  CRDMemory,
+  crd_contrast_scores,
+  crd_loss,
+  crd_memory_init,
+  crd_memory_update,
+  crd_nce_loss,
+  crd_sample_indices,
+)
+from kdjax.losses.features import (
+  activation_boundary_loss,
+  adaptive_avg_pool,
+  factor_transfer_loss,
+  fsp_loss,
+  kdsvd_loss,
+  nst_loss,
+  review_kd_hcl_loss,
+  vid_loss,
+)
+from kdjax.losses.jacobian import jacobian_matching_loss, logit_input_gradients
+from kdjax.losses.logits import dist_loss, dkd_loss, logit_std_kd_loss
+from kdjax.losses.relational import cc_loss, pkt_loss, rkd_loss, sp_loss
+
 __all__ = [
   # classification
   'cross_entropy',
@@ -79,6 +103,31 @@ __all__ = [
   'ekd_loss',
   'ensemble_logits',
   'branch_teacher_pairing',
+  # baselines (RepDistiller, mdistiller, torchdistill)
+  'dkd_loss',
+  'dist_loss',
+  'logit_std_kd_loss',
+  'sp_loss',
+  'cc_loss',
+  'rkd_loss',
+  'pkt_loss',
+  'nst_loss',
+  'factor_transfer_loss',
+  'fsp_loss',
+  'activation_boundary_loss',
+  'vid_loss',
+  'review_kd_hcl_loss',
+  'kdsvd_loss',
+  'adaptive_avg_pool',
+  'CRDMemory',
+  'crd_memory_init',
+  'crd_sample_indices',
+  'crd_contrast_scores',
+  'crd_nce_loss',
+  'crd_memory_update',
+  'crd_loss',
+  'logit_input_gradients',
+  'jacobian_matching_loss',
   # connectors: moved to kdjax.models.connectors (see __getattr__)
   'FeatureConnector',
   'KernelTransform',
