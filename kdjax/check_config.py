@@ -217,15 +217,15 @@ def _get(config, path: str, default: Any = '?') -> Any:
 
 
 def _value_checks(config) -> Optional[str]:
-  """The trainer's checks of sizes and optimizer values; a note if skipped."""
+  """The trainer's config validation (kdjax.validation); a note if skipped."""
   try:
     # pylint: disable=g-import-not-at-top
     from kdjax import errors
-    from kdjax.train.train import validate_config
-  except ImportError as e:  # e.g. no tensorflow on this machine
+    from kdjax import validation
+  except ImportError as e:  # e.g. no jax on this machine
     return f'value checks skipped: the trainer cannot be imported here ({e})'
   try:
-    validate_config(config)
+    validation.validate(config)
   except errors.KdjaxError as e:
     raise _UserError(str(e)) from e
   return None

@@ -17,6 +17,8 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USER_ERROR = 2
 EXIT_PREEMPTED = 75
+# 128 + SIGINT, the shell's code for Ctrl-C: the run saved and resumes too.
+EXIT_INTERRUPTED = 130
 
 
 class KdjaxError(Exception):

@@ -138,13 +138,15 @@ def _multi_host() -> bool:
 
 def run(config, workdir: str, mode: str, allow_config_change: bool):
   """Trains or evaluates; returns (result dict, exit code)."""
-  from kdjax.data import loaders  # pylint: disable=g-import-not-at-top
-  from kdjax.train import train  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from kdjax import validation
+  from kdjax.data import loaders
+  from kdjax.train import evaluation, plan, train
 
-  # The config's cheap checks first: a bad size or loader fails in a second,
-  # not after tensorflow's import and a distributed start-up.
-  train.validate_config(config)
-  train.check_data_loader(config)
+  # pylint: enable=g-import-not-at-top
+  # The config's one validation first: a bad value fails in a second, not
+  # after tensorflow's import and a distributed start-up.
+  validation.validate(config)
   # tensorflow is needed by the tfds loader and by a remote workdir's event
   # files (gs://); importing it costs seconds, so the NumPy loader writing to
   # a local workdir does without.
@@ -153,7 +155,7 @@ def run(config, workdir: str, mode: str, allow_config_change: bool):
   if needs_tensorflow:
     try:
       import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    except ImportError:  # check_data_loader says what to do.
+    except ImportError:  # The data loader's error says what to do.
       pass
     else:  # tf.data must not take GPU memory from JAX.
       tf.config.set_visible_devices([], 'GPU')
@@ -165,10 +167,10 @@ def run(config, workdir: str, mode: str, allow_config_change: bool):
     jax.process_count(),
   )
   if mode == 'eval':
-    return train.evaluate(config, workdir), errors.EXIT_OK
+    return evaluation.evaluate(config, workdir), errors.EXIT_OK
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # Also gs:// paths.
-  summary = train.train_and_evaluate(
-    config, workdir, allow_config_change=allow_config_change
+  summary = train.run_plan(
+    plan.build(config, workdir), allow_config_change=allow_config_change
   )
   result = {
     k: summary.get(k)
@@ -179,6 +181,8 @@ def run(config, workdir: str, mode: str, allow_config_change: bool):
   if summary.get('already_finished'):
     result['already_finished'] = True
   if summary.get('preempted'):
+    if summary.get('stop_signal') == 'SIGINT':
+      return result, errors.EXIT_INTERRUPTED
     return result, errors.EXIT_PREEMPTED
   return result, errors.EXIT_OK
 
@@ -204,6 +208,14 @@ def main(argv):
   try:
     check_workdir(workdir, mode)
     result, code = run(config, workdir, mode, _ALLOW_CONFIG_CHANGE.value)
+  except KeyboardInterrupt:  # The second Ctrl-C: the first asked to save.
+    if _TRACEBACK.value:
+      raise
+    _fail(
+      f'aborted by a second Ctrl-C before the save; the newest checkpoint in '
+      f'{workdir} (if any) is kept, and the same command resumes from it.',
+      errors.EXIT_INTERRUPTED,
+    )
   except Exception as e:  # pylint: disable=broad-except
     if _TRACEBACK.value:
       raise
@@ -219,10 +231,11 @@ def main(argv):
       getattr(e, 'exit_code', errors.EXIT_USER_ERROR),
     )
   if jax.process_index() == 0:
-    if code == errors.EXIT_PREEMPTED:
+    if code in (errors.EXIT_PREEMPTED, errors.EXIT_INTERRUPTED):
+      what = 'Interrupted' if code == errors.EXIT_INTERRUPTED else 'Preempted'
       print(
-        f'Preempted before the end; rerun the same command to resume from '
-        f'{workdir}. Exit code {errors.EXIT_PREEMPTED}.',
+        f'{what} before the end; rerun the same command to resume from '
+        f'{workdir}. Exit code {code}.',
         file=sys.stderr,
       )
     print(json.dumps(result, indent=1, default=str))
@@ -231,5 +244,5 @@ def main(argv):
 
 if __name__ == '__main__':
   if not _multi_host():  # There jax.distributed's service owns SIGTERM.
-    preemption.install()
+    preemption.install()  # SIGTERM and Ctrl-C save before they stop.
   app.run(main, flags_parser=parse_flags)

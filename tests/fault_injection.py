@@ -20,7 +20,7 @@ what these environment variables ask for (all optional):
                             it (every file written into the temporary
                             directory, which is not yet renamed to <step>).
 
-Nothing in kdjax is changed: the hooks wrap ``kdjax.train.train.to_global``
+Nothing in kdjax is changed: the hooks wrap ``kdjax.train.mesh.to_global``
 (called once per batch, in the loop's main thread) and orbax's atomic-rename
 commit.
 """
@@ -36,13 +36,13 @@ import numpy as np
 
 
 def _install_hooks() -> None:
-  from kdjax.train import train  # pylint: disable=g-import-not-at-top  (no backend init)
+  from kdjax.train import mesh  # pylint: disable=g-import-not-at-top  (no backend init)
 
   markers = os.environ.get('KDJAX_FAULT_MARKERS') == '1'
   pause_at = int(os.environ.get('KDJAX_FAULT_PAUSE_AT', '-1'))
   go_file = os.environ.get('KDJAX_FAULT_GO_FILE', '')
   if markers or pause_at >= 0:
-    original = train.to_global
+    original = mesh.to_global
     calls = {'train': 0}
 
     def to_global(batch, sharding):
@@ -64,7 +64,7 @@ def _install_hooks() -> None:
           time.sleep(0.02)
       return original(batch, sharding)
 
-    train.to_global = to_global
+    mesh.to_global = to_global
 
   kill_in_save = os.environ.get('KDJAX_FAULT_KILL_IN_SAVE')
   if kill_in_save:

@@ -609,7 +609,7 @@ def test_converted_teacher_drives_kd_ofd_and_eval(tmp_path, capsys):
     )
   # A teacher of another architecture is refused by the trainer's checks.
   with pytest.raises(checkpointing.CheckpointError, match='trained as'):
-    checkpointing.restore_teacher(
+    checkpointing.restore_teacher_checkpoint(
       teacher_dir,
       {'model': 'resnet20', 'conv_type': 'conv', 'num_classes': 10},
       None,

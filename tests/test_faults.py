@@ -41,6 +41,8 @@ from kdjax.data import pipeline
 import tfds_mocks as data_testing
 import xla_flags
 from kdjax.train import checkpointing
+from kdjax.train import mesh as kd_mesh
+from kdjax.train import step as run_step
 from kdjax.train import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -281,7 +283,7 @@ def test_sigterm_while_pretraining_a_teacher_stops_the_whole_run(
     'resnet8', 'conv', pretrain_epochs=1, stage_widths=(4, 8, 8)
   )
   teacher_dir = os.path.join(workdir, 'teachers', '0_resnet8')
-  original = train.to_global
+  original = kd_mesh.to_global
   calls = []
 
   def sigterm_at_batch_1(batch, sharding):
@@ -290,7 +292,7 @@ def test_sigterm_while_pretraining_a_teacher_stops_the_whole_run(
       os.kill(os.getpid(), signal.SIGTERM)  # Handled by train's _Preemption.
     return original(batch, sharding)
 
-  monkeypatch.setattr(train, 'to_global', sigterm_at_batch_1)
+  monkeypatch.setattr(kd_mesh, 'to_global', sigterm_at_batch_1)
   handler = signal.getsignal(signal.SIGTERM)
   first = train.train_and_evaluate(copy.deepcopy(config), workdir)
   assert first['preempted'] and first['steps'] == 2
@@ -497,11 +499,9 @@ def _poison_loss(monkeypatch, *, at_step, term, value, total_too):
 
   Only loss values change, never gradients: what is tested is the guard.
   """
-  original = train.train_step
+  original = run_step.train_step
 
-  def poisoned_train_step(
-    method, optimizers, skip_nonfinite, state, frozen, batch
-  ):
+  def poisoned_train_step(method, optimizers, state, frozen, batch):
     proxy = copy.copy(method)
 
     def loss(*args):
@@ -511,9 +511,9 @@ def _poison_loss(monkeypatch, *, at_step, term, value, total_too):
       return (total + bad if total_too else total), (batch_stats, metrics)
 
     proxy.loss = loss
-    return original(proxy, optimizers, skip_nonfinite, state, frozen, batch)
+    return original(proxy, optimizers, state, frozen, batch)
 
-  monkeypatch.setattr(train, 'train_step', poisoned_train_step)
+  monkeypatch.setattr(run_step, 'train_step', poisoned_train_step)
 
 
 def test_nan_loss_term_stops_the_run_and_keeps_the_last_checkpoint(
@@ -734,9 +734,9 @@ from kdjax.train import checkpointing
 assert jax.device_count() == 1
 model = models.build_model('resnet8', num_classes=10)
 abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1))))
-params, _ = checkpointing.restore_teacher(
+params = checkpointing.restore_teacher_checkpoint(
     sys.argv[1], {'model': 'resnet8', 'conv_type': 'conv', 'num_classes': 10},
-    abstract['params'], abstract['batch_stats'])
+    abstract['params'], abstract['batch_stats']).params
 np.savez(sys.argv[2], *jax.tree.leaves(params))
 """
 

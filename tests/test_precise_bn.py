@@ -6,8 +6,9 @@ import numpy as np
 from jax import lax
 
 from kdjax import config_defaults
-from kdjax.train import train
-from kdjax.train.methods import build_method
+from kdjax.methods import build_method
+from kdjax.train import setup as run_setup
+from kdjax.train import step as run_step
 
 
 def test_batch_stat_estimates_equal_the_stem_bn_inputs_statistics():
@@ -18,19 +19,19 @@ def test_batch_stat_estimates_equal_the_stem_bn_inputs_statistics():
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.normal(size=(6, 12, 12, 1)), jnp.float32)
   labels = jnp.asarray(rng.integers(0, 10, size=6), jnp.int32)
-  optimizers = train.build_optimizers(
+  optimizers = run_setup.build_optimizers(
     config,
     method,
     jax.eval_shape(lambda: method.init(jax.random.key(0), images)[0]),
     1,
   )
-  state = train.init_state(config, method, optimizers, images)
+  state = run_setup.init_state(config, method, optimizers, images)
   # Running stats that are far from the truth, to see them replaced, not averaged.
   state = state.replace(
     batch_stats=jax.tree.map(lambda s: s + 7.0, state.batch_stats)
   )
 
-  estimates = train.batch_stat_estimates(
+  estimates = run_step.batch_stat_estimates(
     method, state, {}, {'image': images, 'label': labels}
   )
 

@@ -13,7 +13,7 @@ import pytest
 from kdjax import models
 from kdjax.errors import ConfigError
 from kdjax.models import layers
-from kdjax.train.methods import base
+from kdjax.methods import base
 
 
 def _bn_reference(x):

@@ -29,6 +29,8 @@ from kdjax import config_defaults
 from kdjax import errors
 from kdjax.train import checkpointing
 from kdjax.train import run_config
+from kdjax.train import setup as run_setup
+from kdjax.train import step as run_step
 from kdjax.train import train
 from test_faults import (  # noqa: F401  (fixtures)
   checkpoint_steps,
@@ -165,10 +167,10 @@ def _nan_update_at(monkeypatch, steps):
   The loss and the gradients stay finite: what is tested is the guard on the
   update. (The optimizer's own count would not do: a skipped step keeps it.)
   """
-  original = train.train_step
+  original = run_step.train_step
   bad = jnp.asarray(sorted(steps), jnp.int32)
 
-  def poisoned_step(method, optimizers, skip, state, frozen, batch):
+  def poisoned_step(method, optimizers, state, frozen, batch):
     scale = jnp.where(jnp.any(state.step == bad), jnp.nan, 1.0)
 
     def poison(tx):
@@ -179,9 +181,9 @@ def _nan_update_at(monkeypatch, steps):
       return optax.GradientTransformation(tx.init, update)
 
     poisoned = {g: poison(tx) for g, tx in optimizers.items()}
-    return original(method, poisoned, skip, state, frozen, batch)
+    return original(method, poisoned, state, frozen, batch)
 
-  monkeypatch.setattr(train, 'train_step', poisoned_step)
+  monkeypatch.setattr(run_step, 'train_step', poisoned_step)
 
 
 def test_nan_update_with_finite_loss_is_caught(
@@ -215,13 +217,13 @@ def test_nan_update_at_the_first_step_names_no_checkpoint(
 def test_nan_gradient_with_finite_loss_is_caught(
   mnist_dir, tmp_path, monkeypatch
 ):
-  original = train.train_step
+  original = run_step.train_step
 
-  def nan_grad_step(method, optimizers, skip, state, frozen, batch):
+  def nan_grad_step(method, optimizers, state, frozen, batch):
     proxy = copy.copy(method)
 
-    def loss(params, *args):
-      total, aux = method.loss(params, *args)
+    def loss(step, params, *args):
+      total, aux = method.loss(step, params, *args)
       leaf = jax.tree.leaves(params)[0]
       # At step 1: value sqrt(0) = 0, gradient 0 * d sqrt(x)/dx at 0 = NaN.
       # Elsewhere sqrt(1) - 1 = 0 with a finite gradient.
@@ -230,9 +232,9 @@ def test_nan_gradient_with_finite_loss_is_caught(
       return total + jnp.sqrt(x) - jnp.where(at, 0.0, 1.0), aux
 
     proxy.loss = loss
-    return original(proxy, optimizers, skip, state, frozen, batch)
+    return original(proxy, optimizers, state, frozen, batch)
 
-  monkeypatch.setattr(train, 'train_step', nan_grad_step)
+  monkeypatch.setattr(run_step, 'train_step', nan_grad_step)
   config = tiny_config(mnist_dir, 3, checkpoint_every_steps=1)
   with pytest.raises(
     train.NonFiniteLossError, match=r'Non-finite gradients at step 1'
@@ -376,14 +378,14 @@ def test_damaged_teacher_falls_back_to_an_older_step(finished_run, tmp_path):
 def test_sigterm_during_setup_returns_preempted_without_saving(
   mnist_dir, tmp_path, monkeypatch
 ):
-  original = train.setup
+  original = run_setup.setup
 
   def setup_then_sigterm(config):
     run = original(config)
     os.kill(os.getpid(), signal.SIGTERM)
     return run
 
-  monkeypatch.setattr(train, 'setup', setup_then_sigterm)
+  monkeypatch.setattr(run_setup, 'setup', setup_then_sigterm)
   handler = signal.getsignal(signal.SIGTERM)
   summary = train.train_and_evaluate(tiny_config(mnist_dir, 2), str(tmp_path))
   assert summary['preempted'] and summary['steps'] == 0

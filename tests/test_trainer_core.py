@@ -15,9 +15,10 @@ import pytest
 
 from kdjax import config_defaults
 from kdjax.data import synthetic
+from kdjax import methods
+from kdjax.methods import base
 from kdjax.train import train
-from kdjax.train.methods import base
-from kdjax.train.methods import build_method
+from kdjax.methods import build_method
 from test_faults import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -143,6 +144,77 @@ def test_synthetic_data_on_a_preset(tmp_path):
   assert summary['steps'] == 2 and 'student' in summary['eval_accuracy']
 
 
+def _pkkd_ramp_config(ramp_steps):
+  """configs/pkkd.py:demo on 4-step epochs of synthetic digits, precise-BN on."""
+  config = _load('pkkd').get_config('demo')
+  config.dataset.name = 'synthetic'
+  config.dataset.synthetic.train_examples = 32
+  config.dataset.synthetic.eval_examples = 8
+  for entry in (config.model, config.teacher):
+    entry.kwargs.stage_widths = (4, 4, 4)
+  config.batch_size, config.num_devices, config.num_epochs = 8, 1, 2
+  config.eval_bn_recalibration_batches = 2  # Precise-BN at every eval.
+  config.log_every_steps = 1
+  config.pkkd.ramp_steps = ramp_steps
+  return config
+
+
+def test_pkkd_ramp_follows_the_step_across_evals_resume_and_final_save(
+  tmp_path,
+):
+  """The ramp is min(1, t / ramp_steps) at every step t, whatever happened.
+
+  8 steps in two epochs (an eval with precise-BN after each), the run
+  stopped at step 5 with a final checkpoint and resumed to step 8. A ramp
+  counted inside batch_stats came out of each precise-BN pass 10 steps ahead.
+  """
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+
+  ramp_steps, workdir = 6, str(tmp_path)
+  first = _pkkd_ramp_config(ramp_steps)
+  first.max_steps = 5  # Result-neutral: the rerun without it continues.
+  assert train.train_and_evaluate(first, workdir)['steps'] == 5
+  summary = train.train_and_evaluate(_pkkd_ramp_config(ramp_steps), workdir)
+  assert summary['steps'] == 8 and not summary.get('already_finished')
+  events = event_accumulator.EventAccumulator(workdir)
+  events.Reload()
+  ramp = {e.step: e.value for e in events.Scalars('pkkd/ramp')}
+  # The value logged after step s is that of the update from state step s-1.
+  assert sorted(ramp) == list(range(1, 9))
+  for logged, value in ramp.items():
+    np.testing.assert_allclose(
+      value, min(1.0, (logged - 1) / ramp_steps), rtol=1e-6
+    )
+  # The final checkpoint's batch_stats hold BN statistics only.
+  leaf_names = {
+    getattr(path[-1], 'key', None)
+    for path, _ in jax.tree_util.tree_leaves_with_path(
+      restore_batch_stats(workdir)
+    )
+  }
+  assert leaf_names == {'mean', 'var'}
+
+
+def restore_batch_stats(workdir):
+  """The batch_stats of the newest checkpoint in `workdir`, as NumPy arrays."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+  from kdjax.train import checkpointing  # pylint: disable=g-import-not-at-top
+
+  manager = ocp.CheckpointManager(
+    os.path.join(workdir, checkpointing.CHECKPOINT_SUBDIR),
+    item_handlers={'state': ocp.PyTreeCheckpointHandler()},
+  )
+  try:
+    state = manager.restore(
+      manager.latest_step(),
+      args=ocp.args.Composite(state=ocp.args.PyTreeRestore()),
+    )['state']
+  finally:
+    manager.close()
+  return state['batch_stats']
+
+
 def test_cotrained_teacher_gradient_is_that_of_its_ce_alone():
   """PKKD's student terms must not reach the teacher (stop-gradient)."""
   config = _load('pkkd').get_config('demo')
@@ -156,9 +228,9 @@ def test_cotrained_teacher_gradient_is_that_of_its_ce_alone():
   rng = jax.random.key(2)
 
   # Under jit: one compile instead of one per primitive of the two models.
-  grads = jax.jit(jax.grad(lambda p: method.loss(p, stats, {}, batch, rng)[0]))(
-    params
-  )
+  grads = jax.jit(
+    jax.grad(lambda p: method.loss(0, p, stats, {}, batch, rng)[0])
+  )(params)
 
   def teacher_ce(teacher_params):
     logits, _, _ = base.run_model(
@@ -220,8 +292,10 @@ def test_methods_are_immutable_once_built():
     jax.eval_shape(lambda: method.init(jax.random.key(0), images))
     assert vars(method) == before
   # Frozen teachers are declared by the methods, not known to the trainer.
-  assert train.frozen_teacher_configs(_load('kd').get_config('demo')) == [
+  assert methods.frozen_teacher_configs(_load('kd').get_config('demo')) == [
     _load('kd').get_config('demo').teacher
   ]
-  assert train.frozen_teacher_configs(_load('pkkd').get_config('demo')) == []
-  assert len(train.frozen_teacher_configs(_load('ekd').get_config('demo'))) == 3
+  assert methods.frozen_teacher_configs(_load('pkkd').get_config('demo')) == []
+  assert (
+    len(methods.frozen_teacher_configs(_load('ekd').get_config('demo'))) == 3
+  )

@@ -4,7 +4,7 @@ The directory is what a supervised run leaves (``checkpoints/0/{state,meta}``,
 written by ``RunCheckpointer.save``): a TrainState at step 0 whose student is
 the converted model and whose optimizer state is the default supervised SGD's
 (zero momentum). So ``--config.teacher.checkpoint_dir=DIR`` restores it with
-the architecture checks of ``restore_teacher``, ``--mode=eval`` with
+the architecture checks of ``restore_teacher_checkpoint``, ``--mode=eval`` with
 configs/supervised.py evaluates it, and training that workdir fine-tunes it.
 """
 
@@ -47,14 +47,16 @@ def teacher_meta(
     'num_classes': int(num_classes),
     'image_shape': list(image_shape(model)),
     'converted_from': dict(source),
+    # Converted weights are a finished teacher by construction.
+    'finished': True,
   }
 
 
 def _train_state(variables, model, conv_type, num_classes) -> TrainState:
   """The TrainState of a fresh supervised run, with these weights."""
   # Imported here: the trainer pulls in the data pipeline.
-  from kdjax.train import train as trainer  # pylint: disable=g-import-not-at-top
-  from kdjax.train.methods import build_method  # pylint: disable=g-import-not-at-top
+  from kdjax.train import setup as trainer  # pylint: disable=g-import-not-at-top
+  from kdjax.methods import build_method  # pylint: disable=g-import-not-at-top
 
   config = config_defaults.base_config('supervised')
   config.model = config_defaults.model(model, conv_type)

@@ -10,10 +10,6 @@ sources and reductions: docs/baselines.md, docs/ofd.md, docs/pkkd.md,
 docs/ekd.md.
 """
 
-import importlib
-import warnings
-
-
 from kdjax.losses.classification import cross_entropy, hinton_kd_total, kd_loss
 from kdjax.losses.ekd import branch_teacher_pairing, ekd_loss, ensemble_logits
 from kdjax.losses.hints import (
@@ -128,34 +124,4 @@ __all__ = [
   'crd_loss',
   'logit_input_gradients',
   'jacobian_matching_loss',
-  # connectors: moved to kdjax.models.connectors (see __getattr__)
-  'FeatureConnector',
-  'KernelTransform',
-  'BranchAdapters',
-  'he_normal_fan_out',
-  'identity_1x1_init',
 ]
-
-# Names that moved to kdjax.models.connectors: still served here, with a
-# warning, for one release.
-_MOVED_TO_MODELS = (
-  'FeatureConnector',
-  'KernelTransform',
-  'BranchAdapters',
-  'he_normal_fan_out',
-  'identity_1x1_init',
-)
-
-
-def __getattr__(name):
-  if name == 'connectors':  # The deprecated module; importing it warns.
-    return importlib.import_module('kdjax.losses.connectors')
-  if name in _MOVED_TO_MODELS:
-    warnings.warn(
-      f'kdjax.losses.{name} moved to kdjax.models.connectors.{name}; '
-      'import it from there. The old path will be removed in the next release.',
-      DeprecationWarning,
-      stacklevel=2,
-    )
-    return getattr(importlib.import_module('kdjax.models.connectors'), name)
-  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -20,7 +20,7 @@ from kdjax.losses.classification import (
   cross_entropy,
   kd_loss,
 )
-from kdjax.ops import normalize_padding, normalize_strides
+from kdjax.ops import filter_sq_norms, patch_sq_norms
 
 Array = jax.Array
 PyTree = Any
@@ -31,59 +31,6 @@ DEFAULT_BETA = 5.0
 # Floor of the batch-mean distance: a layer whose patches all equal its
 # filters would otherwise get sigma = 0 and 0 / 0 in the exponent.
 _MIN_MEAN_DISTANCE = 1e-12
-_CONV_DIMENSIONS = ('NHWC', 'HWIO', 'NHWC')
-
-
-def patch_sq_norms(
-  inputs: Array,
-  kernel_size: Sequence[int],
-  strides: Union[int, Sequence[int]] = 1,
-  padding: Any = 'SAME',
-  feature_group_count: int = 1,
-) -> Array:
-  """||x_p||^2 for every patch a conv with this geometry sees (docs/pkkd.md).
-
-      E[b, h, w, g] = sum_{i, j, c in group g} X[b, h*s + i, w*s + j, c]^2
-
-  ``inputs`` (B, H, W, C) is the layer's input; ``kernel_size`` (kh, kw),
-  ``strides``, ``padding`` (``flax.linen.Conv`` / ``adder_conv`` forms) and
-  ``feature_group_count`` (must divide C) are the layer's. Zero padding
-  contributes 0. Returns (B, H_out, W_out, feature_group_count) float32.
-  """
-  kernel_hw = tuple(int(k) for k in kernel_size)
-  strides = normalize_strides(strides)
-  pads = normalize_padding(padding, inputs.shape[1:3], kernel_hw, strides)
-  in_channels = inputs.shape[-1]
-  if in_channels % feature_group_count:
-    raise ValueError(
-      f'patch_sq_norms: feature_group_count={feature_group_count} must divide '
-      f'the {in_channels} input channels'
-    )
-  # A conv of X^2 with a ones kernel, one output per group (a grouped conv's
-  # filters each see one group); zero padding gives 0, as in the conv output
-  # and in kdjax.ops.adder_conv. ConvOrAdder(return_kernel_features=True)
-  # calls this same function. float32 because PKKD forms
-  # ||x||^2 + ||f||^2 - 2 x.f, which cancels badly in low precision.
-  ones = jnp.ones(
-    kernel_hw + (in_channels // feature_group_count, feature_group_count),
-    jnp.float32,
-  )
-  return lax.conv_general_dilated(
-    jnp.square(inputs.astype(jnp.float32)),
-    ones,
-    strides,
-    pads,
-    dimension_numbers=_CONV_DIMENSIONS,
-    feature_group_count=feature_group_count,
-    precision=lax.Precision.HIGHEST,
-  )
-
-
-def filter_sq_norms(kernel: Array) -> Array:
-  """||f_o||^2 per output channel of an HWIO kernel: (O,) float32."""
-  return jnp.sum(
-    jnp.square(kernel.astype(jnp.float32)), axis=tuple(range(kernel.ndim - 1))
-  )
 
 
 def gaussian_sq_distance(

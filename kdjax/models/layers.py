@@ -10,8 +10,12 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from kdjax.losses import pkkd as pkkd_losses
-from kdjax.ops import adder_conv, normalize_padding
+from kdjax.ops import (
+  adder_conv,
+  filter_sq_norms,
+  normalize_padding,
+  patch_sq_norms,
+)
 
 # ConvOrAdder is the one place where a model chooses between a multiplicative
 # conv and an adder, so op counting, the adder-parameter mask of the AdderNet
@@ -182,10 +186,10 @@ class ConvOrAdder(nn.Module):
       return y
     # Unused outputs cost nothing under jit (dead-code eliminated).
     # One copy of the kernel-feature math, shared with kdjax.losses.
-    patch_energy = pkkd_losses.patch_sq_norms(
+    patch_energy = patch_sq_norms(
       x, kernel_size, strides, pads, feature_group_count=groups
     )
-    filter_sq_norm = pkkd_losses.filter_sq_norms(kernel)
+    filter_sq_norm = filter_sq_norms(kernel)
     return y, patch_energy, filter_sq_norm
 
 

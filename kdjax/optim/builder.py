@@ -55,6 +55,11 @@ def default_config() -> ml_collections.ConfigDict:
   config.lr_per_epoch = False
   config.adder_eta = DEFAULT_ADDER_ETA
   config.reset_momentum_at_boundaries = False
+  # The batch the recipe's learning rate was published for (0: none, the
+  # rate is used as given). A run with another batch_size scales the rate
+  # linearly (Goyal et al., 2017) when scale_lr_with_batch, else warns.
+  config.reference_batch_size = 0
+  config.scale_lr_with_batch = True
   return config
 
 

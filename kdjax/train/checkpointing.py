@@ -139,7 +139,16 @@ class RunCheckpointer:
     max_to_keep: int = 3,
     async_save: bool = True,
     read_only: bool = False,
+    every_steps: int = 1,
+    every_minutes: float = 0.0,
   ):
+    """A run's checkpoints in ``workdir/checkpoints``.
+
+    ``save`` writes a step that is a multiple of ``every_steps`` or, with
+    ``every_minutes``, one at least that long after the previous checkpoint
+    (orbax's FixedIntervalPolicy and ContinuousCheckpointingPolicy); a forced
+    save (preemption, the final step) always writes.
+    """
     workdir = epath.Path(workdir)
     if '://' not in os.fspath(workdir):
       workdir = workdir.absolute()
@@ -152,11 +161,20 @@ class RunCheckpointer:
         read_only=True, save_interval_steps=0, create=False
       )
     else:
+      policies = [ocp.checkpoint_managers.FixedIntervalPolicy(every_steps)]
+      if every_minutes:
+        policies.append(
+          ocp.checkpoint_managers.ContinuousCheckpointingPolicy(
+            minimum_interval_secs=max(1, round(60 * every_minutes))
+          )
+        )
       options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep,
         create=True,
         enable_async_checkpointing=async_save,
+        save_decision_policy=ocp.checkpoint_managers.AnySavePolicy(policies),
       )
+    self.every_minutes = every_minutes
     self.manager = ocp.CheckpointManager(self.directory, options=options)
     self._requested: List[int] = []  # Steps handed to orbax to save.
 
@@ -497,16 +515,3 @@ def restore_teacher_checkpoint(
     f'{"; ".join(failures)}. Re-train the teacher or point the config at '
     'another run.'
   )
-
-
-def restore_teacher(
-  path: str,
-  expected: Dict[str, Any],
-  abstract_params: PyTree,
-  abstract_batch_stats: PyTree,
-) -> Tuple[PyTree, PyTree]:
-  """(params, batch_stats) of restore_teacher_checkpoint, as host arrays."""
-  restored = restore_teacher_checkpoint(
-    path, expected, abstract_params, abstract_batch_stats
-  )
-  return restored.params, restored.batch_stats

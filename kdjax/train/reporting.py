@@ -175,6 +175,24 @@ class EventFileWriter:
       # flush_secs: what TensorBoard shows lags the run by at most this.
       self._writer = _remote_event_file_writer()(str(workdir), flush_secs=10)
 
+  def restart(self, step: int) -> None:
+    """Marks that the run (re)starts after `step`: later steps are new.
+
+    A SessionLog.START event at step + 1 makes TensorBoard purge what an
+    earlier, interrupted part of the run logged after `step` (orphaned by a
+    kill or a crash after its last checkpoint), so no step shows twice or
+    goes backwards.
+    """
+    if self._writer is None:
+      return
+    self._writer.add_event(
+      event_pb2.Event(
+        wall_time=time.time(),
+        step=int(step) + 1,
+        session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START),
+      )
+    )
+
   def write_scalars(self, step: int, values: Mapping[str, float]) -> None:
     _log_scalars(step, values)
     if self._writer is None:
@@ -208,6 +226,15 @@ class JsonlWriter:
   def __init__(self, workdir: str, just_logging: bool):
     self.path = None if just_logging else epath.Path(workdir) / METRICS_JSONL
 
+  def restart(self, step: int) -> None:
+    """Drops the lines an earlier, interrupted part logged after `step`."""
+    if self.path is None or not self.path.exists():
+      return
+    lines = self.path.read_text().splitlines()
+    kept = [line for line in lines if json.loads(line)['step'] <= step]
+    if len(kept) != len(lines):
+      self.path.write_text(''.join(line + '\n' for line in kept))
+
   def write_scalars(self, step: int, values: Mapping[str, float]) -> None:
     _log_scalars(step, values)
     if self.path is not None:
@@ -223,9 +250,13 @@ class JsonlWriter:
 
 
 class Reporter:
-  """Writes scalars to TensorBoard (process 0 only) and concise console lines."""
+  """Writes scalars to TensorBoard (process 0 only) and concise console lines.
 
-  def __init__(self, workdir: str):
+  `start_step` is the step the run starts or resumes from: what an earlier
+  part logged after it is marked orphaned (see EventFileWriter.restart).
+  """
+
+  def __init__(self, workdir: str, start_step: int = 0):
     self.is_lead = jax.process_index() == 0
     if tensorboard_writer_available(workdir):
       self.writer = EventFileWriter(workdir, just_logging=not self.is_lead)
@@ -238,6 +269,7 @@ class Reporter:
           epath.Path(workdir) / METRICS_JSONL,
         )
       self.writer = JsonlWriter(workdir, just_logging=not self.is_lead)
+    self.writer.restart(start_step)
 
   def scalars(self, step: int, values: Mapping[str, Any]) -> None:
     values = {k: float(np.asarray(v)) for k, v in values.items()}

@@ -25,6 +25,7 @@ RESULT_NEUTRAL_KEYS = frozenset(
   {
     'log_every_steps',
     'checkpoint_every_steps',
+    'checkpoint_every_minutes',
     'keep_checkpoints',
     'eval_batch_size',
     'max_steps',

@@ -1,7 +1,7 @@
 """One network trained alone on labels: the baselines and the teachers."""
 
 from kdjax import losses
-from kdjax.train.methods import base
+from kdjax.methods import base
 
 
 class Supervised(base.Method):
@@ -11,8 +11,8 @@ class Supervised(base.Method):
     params, batch_stats = base.init_model(self.student, rng, images)
     return {'student': {'model': params}}, {'student': {'model': batch_stats}}
 
-  def loss(self, params, batch_stats, frozen, batch, rng):
-    del frozen, rng
+  def loss(self, step, params, batch_stats, frozen, batch, rng):
+    del step, frozen, rng
     logits, _, new_stats = self.student_logits(
       params, batch_stats, batch['image'], True
     )

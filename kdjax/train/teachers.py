@@ -1,30 +1,17 @@
-"""Frozen teachers restored from the checkpoints of earlier supervised runs."""
+"""Frozen teachers restored from the checkpoints of earlier supervised runs.
 
-from typing import Any, Tuple
+A method declares its frozen teachers (``Method.frozen_teachers``); the
+trainer restores each one here and hands the weights to the method, which
+does no I/O itself.
+"""
+
+from typing import Any, Dict, Tuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
 from kdjax.train import checkpointing, reporting
-from kdjax.train.methods import base
-
-
-def restore_frozen_teacher(
-  teacher_config: ml_collections.ConfigDict,
-  num_classes: int,
-  image_shape: Tuple[int, ...],
-) -> Tuple[Any, Any, Any]:
-  """Builds the teacher model of the config and loads its weights.
-
-  Returns:
-    (model, params, batch_stats).
-  """
-  model = base.build_zoo_model(teacher_config, num_classes, image_shape)
-  params, batch_stats = restore_frozen_weights(
-    model, teacher_config, num_classes, image_shape
-  )
-  return model, params, batch_stats
 
 
 def restore_frozen_weights(
@@ -32,8 +19,8 @@ def restore_frozen_weights(
   teacher_config: ml_collections.ConfigDict,
   num_classes: int,
   image_shape: Tuple[int, ...],
-) -> Tuple[Any, Any]:
-  """(params, batch_stats) of `model` (built from `teacher_config`) from its run."""
+) -> Dict[str, Any]:
+  """{'params', 'batch_stats'} of `model` (built from `teacher_config`) from its run."""
   abstract = jax.eval_shape(
     lambda: model.init(
       jax.random.key(0), jnp.zeros((1,) + tuple(image_shape)), train=False
@@ -57,7 +44,17 @@ def restore_frozen_weights(
     abstract.get('batch_stats', {}),
     name=f'teacher {teacher_config.name}/{conv_type}',
   )
-  recorded = restored.meta.get('eval_accuracy') or {}
+  meta = restored.meta
+  unfinished = 'total_steps' in meta and not meta.get('finished')
+  if unfinished and not teacher_config.get('allow_unfinished', False):
+    raise checkpointing.CheckpointError(
+      f'The teacher {teacher_config.name}/{conv_type} in {restored.directory} '
+      f'is from a run that did not finish: its newest checkpoint is step '
+      f'{restored.step} of {meta["total_steps"]}. Finish that run first (rerun '
+      'its command with the same --workdir), or accept it as it is with '
+      '--config.teacher.allow_unfinished=True.'
+    )
+  recorded = meta.get('eval_accuracy') or {}
   if not recorded:
     accuracy = 'no accuracy recorded'
   elif set(recorded) == {'student'}:  # Its run's only head: the model itself.
@@ -68,6 +65,12 @@ def restore_frozen_weights(
     f'Restored teacher {teacher_config.name}/{conv_type} from '
     f'{restored.directory} (step {restored.step}; its eval accuracy as '
     f'recorded: {accuracy}; BN statistics: '
-    f'{restored.meta.get("batch_stats_source", "running")})'
+    f'{meta.get("batch_stats_source", "running")})'
+    + (
+      f'; UNFINISHED: step {restored.step} of {meta["total_steps"]}, '
+      'accepted by allow_unfinished'
+      if unfinished
+      else ''
+    )
   )
-  return restored.params, restored.batch_stats
+  return {'params': restored.params, 'batch_stats': restored.batch_stats}

@@ -4,8 +4,7 @@ import jax
 
 from kdjax import losses
 from kdjax.models import connectors
-from kdjax.train.methods import base
-from kdjax.train.methods.teachers import restore_frozen_weights
+from kdjax.methods import base
 
 
 class KnowledgeDistillation(base.Method):
@@ -42,11 +41,13 @@ class KnowledgeDistillation(base.Method):
     )
     return jax.lax.stop_gradient(logits), jax.lax.stop_gradient(feats)
 
-  def load_frozen(self, images):
-    params, batch_stats = restore_frozen_weights(
-      self.teacher, self.config.teacher, self.num_classes, self.image_shape
-    )
-    return {'teacher': {'params': params, 'batch_stats': batch_stats}}
+  def frozen_teachers(self):
+    return ((self.teacher, self.config.teacher),)
+
+  def prepare_frozen(self, teacher_weights, images):
+    del images
+    (teacher,) = teacher_weights
+    return {'teacher': teacher}
 
   def _uses_hint(self):
     return self.config.kd.get('fitnet_weight', 0.0) > 0
@@ -68,8 +69,8 @@ class KnowledgeDistillation(base.Method):
       )
     return {'student': student}, {'student': stats}
 
-  def loss(self, params, batch_stats, frozen, batch, rng):
-    del rng
+  def loss(self, step, params, batch_stats, frozen, batch, rng):
+    del step, rng
     cfg = self.config.kd
     images, labels = batch['image'], batch['label']
     logits, feats, new_stats = self.student_logits(

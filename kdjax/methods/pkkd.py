@@ -12,7 +12,9 @@ Our reconstruction (docs/pkkd.md); every unconfirmed choice is a knob in
   alpha, beta, temperature                    CE + alpha KD + beta feature loss
   kd_t_squared    whether the soft-label term carries Hinton's T^2
   ramp_steps      alpha and beta grow linearly from 0 over the first
-                  ramp_steps optimizer steps (0: constant from the start)
+                  ramp_steps optimizer steps (0: constant from the start);
+                  the ramp follows the trainer's step, so it resumes where
+                  it stopped
   teacher_kd_weight  w: a co-trained teacher's loss is
                   CE + w * soft-label term from the (stop-gradient) student
 
@@ -26,16 +28,12 @@ import jax
 import jax.numpy as jnp
 
 from kdjax import losses
+from kdjax.errors import ConfigError
+from kdjax.methods import base
 from kdjax.models import connectors
-from kdjax.train.methods import base
-from kdjax.train.methods.teachers import restore_frozen_weights
 
 FEATURE_KINDS = ('kernel', 'raw')
 TEACHER_MODES = ('cotrained', 'frozen')
-# The trainer hands a method no step number, so a ramp counts its own steps in
-# the batch_stats collection (threaded through the step, checkpointed, and left
-# as it was by a skipped non-finite step). Present only when ramp_steps > 0.
-RAMP_COUNTER = 'ramp_step'
 
 
 def _scale_free(raw):
@@ -47,39 +45,44 @@ def _scale_free(raw):
 class PKKD(base.Method):
   """Progressive kernel-based KD into an adder student."""
 
-  def __init__(self, config, **kwargs):
-    super().__init__(config, **kwargs)
+  @classmethod
+  def check_config(cls, config):
+    super().check_config(config)
     cfg = config.pkkd
     if cfg.features not in FEATURE_KINDS:
-      raise ValueError(
+      raise ConfigError(
         f'pkkd.features must be one of {FEATURE_KINDS}, got {cfg.features!r}'
       )
     if cfg.teacher_mode not in TEACHER_MODES:
-      raise ValueError(
+      raise ConfigError(
         f'pkkd.teacher_mode must be one of {TEACHER_MODES}, '
         f'got {cfg.teacher_mode!r}'
       )
-    self.cotrained = cfg.teacher_mode == 'cotrained'
     ramp_steps = cfg.get('ramp_steps', 0) or 0
     if int(ramp_steps) != ramp_steps or ramp_steps < 0:
-      raise ValueError(
+      raise ConfigError(
         f'pkkd.ramp_steps must be a non-negative integer (0: no ramp), got '
         f'{ramp_steps!r}'
       )
     teacher_kd_weight = float(cfg.get('teacher_kd_weight', 0.0) or 0.0)
     if teacher_kd_weight < 0:
-      raise ValueError(
+      raise ConfigError(
         f'pkkd.teacher_kd_weight must be >= 0, got {teacher_kd_weight!r}'
       )
-    if teacher_kd_weight and not self.cotrained:
-      raise ValueError(
+    if teacher_kd_weight and cfg.teacher_mode != 'cotrained':
+      raise ConfigError(
         "pkkd.teacher_kd_weight > 0 trains the teacher on the student's soft "
         "labels, so it needs teacher_mode='cotrained'; a frozen teacher is not "
         'trained. Set pkkd.teacher_kd_weight=0 or teacher_mode=cotrained.'
       )
+
+  def __init__(self, config, **kwargs):
+    self.check_config(config)  # Also for a method built without validation.
+    super().__init__(config, **kwargs)
+    self.cotrained = config.pkkd.teacher_mode == 'cotrained'
     self.groups = ('student', 'teacher') if self.cotrained else ('student',)
     # Co-trained or frozen, the teacher's definition comes from the config;
-    # a frozen one only gets its weights in load_frozen.
+    # a frozen one gets its weights from the trainer (prepare_frozen).
     self.teacher = base.build_zoo_model(
       config.teacher, self.num_classes, self.image_shape
     )
@@ -95,13 +98,15 @@ class PKKD(base.Method):
       return [config.teacher]
     return []
 
-  def load_frozen(self, images):
+  def frozen_teachers(self):
+    return () if self.cotrained else ((self.teacher, self.config.teacher),)
+
+  def prepare_frozen(self, teacher_weights, images):
+    del images
     if self.cotrained:
       return {}
-    params, batch_stats = restore_frozen_weights(
-      self.teacher, self.config.teacher, self.num_classes, self.image_shape
-    )
-    return {'teacher': {'params': params, 'batch_stats': batch_stats}}
+    (teacher,) = teacher_weights
+    return {'teacher': teacher}
 
   def _stages(self, feats):
     stages = feats['stages']
@@ -143,13 +148,12 @@ class PKKD(base.Method):
   def _ramp_steps(self):
     return int(self.config.pkkd.get('ramp_steps', 0) or 0)
 
-  def ramp_factor(self, batch_stats):
+  def ramp_factor(self, step):
     """min(1, t / ramp_steps) at step t (0-based); 1 when there is no ramp."""
     ramp_steps = self._ramp_steps()
     if not ramp_steps:
       return jnp.ones((), jnp.float32)
-    step = batch_stats['student'][RAMP_COUNTER]
-    return jnp.minimum(step / ramp_steps, 1.0)
+    return jnp.minimum(jnp.asarray(step, jnp.float32) / ramp_steps, 1.0)
 
   def init(self, rng, images):
     student_rng, teacher_rng, rho_rng = jax.random.split(rng, 3)
@@ -163,8 +167,6 @@ class PKKD(base.Method):
     )
     params = {'student': {'model': s_params, 'connectors': rho_params}}
     stats = {'student': {'model': s_stats, 'connectors': rho_stats}}
-    if self._ramp_steps():
-      stats['student'][RAMP_COUNTER] = jnp.zeros((), jnp.float32)
     if self.cotrained:
       params['teacher'], stats['teacher'] = base.init_model(
         self.teacher, teacher_rng, images
@@ -185,7 +187,7 @@ class PKKD(base.Method):
     )
     return logits, feats, None
 
-  def loss(self, params, batch_stats, frozen, batch, rng):
+  def loss(self, step, params, batch_stats, frozen, batch, rng):
     del rng
     cfg = self.config.pkkd
     images, labels = batch['image'], batch['label']
@@ -203,7 +205,7 @@ class PKKD(base.Method):
       train=True,
     )
     h = self._teacher_kernel_feats(t_feats)
-    ramp = self.ramp_factor(batch_stats)
+    ramp = self.ramp_factor(step)
     student_total, terms = losses.pkkd_total(
       s_logits,
       jax.lax.stop_gradient(t_logits),
@@ -223,9 +225,6 @@ class PKKD(base.Method):
     }
     new_stats = {'student': {'model': s_stats, 'connectors': rho_stats}}
     if self._ramp_steps():
-      new_stats['student'][RAMP_COUNTER] = (
-        batch_stats['student'][RAMP_COUNTER] + 1.0
-      )
       metrics['pkkd/ramp'] = ramp
     total = student_total
     if self.cotrained:

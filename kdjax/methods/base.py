@@ -1,16 +1,20 @@
 """What every distillation method provides to the trainer.
 
-A method decides which networks exist, which of them are trained (parameter
-groups, each with its own optimizer), which are frozen (restored teachers and
-constants derived from them), the training loss, and the heads reported at
-evaluation. The trainer owns everything else: mesh, data, optimizers,
-checkpoints, the loop.
+A method is an immutable object built once from its config. It decides which
+networks exist, which of them are trained (parameter groups, each with its own
+optimizer), which teachers are frozen, the training loss, and the heads
+reported at evaluation. It does no I/O: the trainer restores the frozen
+teachers it declares (``frozen_teachers``) and hands their weights to
+``prepare_frozen``. Its ``init``, ``loss`` and ``predict`` are pure functions
+of arrays, and ``loss`` receives the optimizer step, so a schedule (a ramp, a
+warm-up) follows the trainer's step. The trainer owns everything else: mesh,
+data, optimizers, checkpoints, the loop.
 """
 
 from __future__ import annotations
 
 import abc
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Dict, Mapping, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -110,15 +114,18 @@ class Method(abc.ABC):
     *,
     num_classes: int,
     image_shape: Tuple[int, ...],
+    steps_per_epoch: int = 1,
   ):
     self.config = config
     self.num_classes = num_classes
     self.image_shape = tuple(image_shape)
+    # The step passed to loss() over this gives the (fractional) epoch.
+    self.steps_per_epoch = max(int(steps_per_epoch), 1)
     self.student = build_zoo_model(config.model, num_classes, self.image_shape)
 
   def __setattr__(self, name, value):
     # Built once from the config: every submodule exists after __init__, and
-    # init / load_frozen / loss / predict (traced under jit) change nothing.
+    # init / prepare_frozen / loss / predict (traced under jit) change nothing.
     if getattr(self, '_sealed', False):
       raise AttributeError(
         f'{type(self).__name__} is immutable once built; set {name!r} in '
@@ -141,10 +148,27 @@ class Method(abc.ABC):
     return self
 
   @classmethod
+  def check_config(cls, config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError for settings this method cannot train with.
+
+    Called once, by kdjax.validation.validate, before any data or model is
+    built; a subclass extends it with its own section of the config.
+    """
+    del config
+
+  @classmethod
   def frozen_teacher_configs(cls, config: ml_collections.ConfigDict) -> list:
     """The model entries of the teachers this method restores, not trains."""
     del config
     return []
+
+  def frozen_teachers(self) -> Tuple[Tuple[nn.Module, Any], ...]:
+    """(model, config entry) of each frozen teacher, as frozen_teacher_configs.
+
+    The trainer restores each one's weights and passes them, in this order,
+    to ``prepare_frozen``.
+    """
+    return ()
 
   def abstract_outputs(self, model: nn.Module):
     """Shapes of model's (logits, features) for one image, computing nothing."""
@@ -160,9 +184,20 @@ class Method(abc.ABC):
   def init(self, rng: jax.Array, images: jax.Array) -> Tuple[PyTree, PyTree]:
     """Trainable (params, batch_stats), each a dict keyed by group."""
 
-  def load_frozen(self, images: jax.Array) -> PyTree:
-    """Frozen teachers and constants derived from them ({} when there are none)."""
-    del images
+  def prepare_frozen(
+    self, teacher_weights: Sequence[PyTree], images: jax.Array
+  ) -> PyTree:
+    """What ``loss`` and ``predict`` receive as ``frozen``.
+
+    Args:
+      teacher_weights: one {'params', 'batch_stats'} per ``frozen_teachers``
+        entry, restored by the trainer.
+      images: a sample batch, for constants computed from a forward pass.
+
+    Returns:
+      The frozen teachers and constants derived from them ({} without any).
+    """
+    del teacher_weights, images
     return {}
 
   def adder_masks(self, params: PyTree) -> Dict[str, PyTree]:
@@ -182,6 +217,7 @@ class Method(abc.ABC):
   @abc.abstractmethod
   def loss(
     self,
+    step: jax.Array,
     params: PyTree,
     batch_stats: PyTree,
     frozen: PyTree,
@@ -190,6 +226,8 @@ class Method(abc.ABC):
   ) -> Tuple[jax.Array, Tuple[PyTree, Metrics]]:
     """Total loss to differentiate, and (new batch_stats, named loss terms).
 
+    ``step`` is the optimizer step this update makes (0-based, an int32 array
+    under jit); ``step / self.steps_per_epoch`` is the epoch.
     Gradients of the total w.r.t. each group must be that group's own loss:
     a co-trained teacher gets only its CE, because everything the student
     learns from the teacher is under stop_gradient.
@@ -200,6 +238,10 @@ class Method(abc.ABC):
     self, params: PyTree, batch_stats: PyTree, frozen: PyTree, images: jax.Array
   ) -> Dict[str, jax.Array]:
     """Eval-mode logits per reported head, e.g. {'student': ..., 'teacher': ...}."""
+
+  def head_label(self, head: str) -> str:
+    """How the console names the eval head `head` (summary keys stay as they are)."""
+    return head
 
   def student_logits(self, params, batch_stats, images, train):
     return run_model(
@@ -229,22 +271,3 @@ def run_module(
     )
     return out, updates.get('batch_stats', {})
   return module.apply(variables, *args, train=False), batch_stats
-
-
-def __getattr__(name):
-  # StageConnectors moved to kdjax.models.connectors; served here, with a
-  # warning, for one release.
-  if name == 'StageConnectors':
-    import warnings  # pylint: disable=g-import-not-at-top
-
-    from kdjax.models import connectors  # pylint: disable=g-import-not-at-top
-
-    warnings.warn(
-      'kdjax.train.methods.base.StageConnectors moved to '
-      'kdjax.models.connectors.StageConnectors; import it from there. The old '
-      'path will be removed in the next release.',
-      DeprecationWarning,
-      stacklevel=2,
-    )
-    return connectors.StageConnectors
-  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -10,8 +10,7 @@ import jax.numpy as jnp
 
 from kdjax import losses
 from kdjax.models import connectors
-from kdjax.train.methods import base
-from kdjax.train.methods.teachers import restore_frozen_weights
+from kdjax.methods import base
 
 
 class EKD(base.Method):
@@ -32,15 +31,12 @@ class EKD(base.Method):
   def frozen_teacher_configs(cls, config):
     return list(config.teachers)
 
-  def load_frozen(self, images):
+  def frozen_teachers(self):
+    return tuple(zip(self.teachers, self.config.teachers))
+
+  def prepare_frozen(self, teacher_weights, images):
     del images
-    frozen = []
-    for model, teacher_config in zip(self.teachers, self.config.teachers):
-      params, batch_stats = restore_frozen_weights(
-        model, teacher_config, self.num_classes, self.image_shape
-      )
-      frozen.append({'params': params, 'batch_stats': batch_stats})
-    return {'teachers': tuple(frozen)}
+    return {'teachers': tuple(teacher_weights)}
 
   def _teacher_outputs(self, frozen, images):
     logits, pooled = [], []
@@ -68,8 +64,8 @@ class EKD(base.Method):
       {'student': {'model': batch_stats}},
     )
 
-  def loss(self, params, batch_stats, frozen, batch, rng):
-    del rng
+  def loss(self, step, params, batch_stats, frozen, batch, rng):
+    del step, rng
     cfg = self.config.ekd
     images, labels = batch['image'], batch['label']
     _, feats, new_stats = self.student_logits(params, batch_stats, images, True)
@@ -94,6 +90,10 @@ class EKD(base.Method):
       jnp.mean(feats['branch_logits'], 0), labels
     )
     return total, ({'student': {'model': new_stats}}, metrics)
+
+  def head_label(self, head):
+    # The student's logits are the mean of its branches: the ensemble.
+    return 'ensemble' if head == 'student' else head
 
   def predict(self, params, batch_stats, frozen, images):
     logits, feats, _ = self.student_logits(params, batch_stats, images, False)

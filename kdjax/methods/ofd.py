@@ -10,8 +10,7 @@ import jax
 
 from kdjax import losses
 from kdjax.models import connectors
-from kdjax.train.methods import base
-from kdjax.train.methods.teachers import restore_frozen_weights
+from kdjax.methods import base
 
 
 class OFD(base.Method):
@@ -39,20 +38,16 @@ class OFD(base.Method):
   def frozen_teacher_configs(cls, config):
     return [config.teacher]
 
-  def load_frozen(self, images):
-    params, batch_stats = restore_frozen_weights(
-      self.teacher, self.config.teacher, self.num_classes, self.image_shape
-    )
-    _, feats = self.teacher.apply(
-      {'params': params, 'batch_stats': batch_stats}, images, train=False
-    )
+  def frozen_teachers(self):
+    return ((self.teacher, self.config.teacher),)
+
+  def prepare_frozen(self, teacher_weights, images):
+    (teacher,) = teacher_weights
+    _, feats = self.teacher.apply(teacher, images, train=False)
     margins = tuple(
       losses.ofd_margin(s['bn_scale'], s['bn_bias']) for s in feats['stages']
     )
-    return {
-      'teacher': {'params': params, 'batch_stats': batch_stats},
-      'margins': margins,
-    }
+    return {'teacher': teacher, 'margins': margins}
 
   def init(self, rng, images):
     model_rng, connector_rng = jax.random.split(rng)
@@ -71,8 +66,8 @@ class OFD(base.Method):
       {'student': {'model': batch_stats, 'connectors': c_stats}},
     )
 
-  def loss(self, params, batch_stats, frozen, batch, rng):
-    del rng
+  def loss(self, step, params, batch_stats, frozen, batch, rng):
+    del step, rng
     images, labels = batch['image'], batch['label']
     logits, feats, new_stats = self.student_logits(
       params, batch_stats, images, True

@@ -1,0 +1,49 @@
+"""Distillation methods, by the name used in ``config.method``.
+
+Each is an immutable ``Method`` (base.py) built once from its config: it
+declares its parameter groups and frozen teachers and gives the trainer pure
+``init``, ``loss(step, ...)`` and ``predict``.
+"""
+
+from kdjax.errors import ConfigError
+from kdjax.methods.base import Method
+from kdjax.methods.ekd import EKD
+from kdjax.methods.kd import KnowledgeDistillation
+from kdjax.methods.ofd import OFD
+from kdjax.methods.pkkd import PKKD
+from kdjax.methods.supervised import Supervised
+
+METHODS = {
+  'supervised': Supervised,
+  'kd': KnowledgeDistillation,
+  'pkkd': PKKD,
+  'ofd': OFD,
+  'ekd': EKD,
+}
+
+
+def method_class(config) -> type:
+  if config.method not in METHODS:
+    raise ConfigError(
+      f'Unknown method {config.method!r} (--config.method); choose one of '
+      f'{sorted(METHODS)}.'
+    )
+  return METHODS[config.method]
+
+
+def frozen_teacher_configs(config) -> list:
+  """The model entries of the teachers `config.method` restores, not trains."""
+  return method_class(config).frozen_teacher_configs(config)
+
+
+def build_method(
+  config, *, num_classes, image_shape, steps_per_epoch: int = 1
+) -> Method:
+  """The sealed method of ``config``; ``steps_per_epoch`` turns steps into epochs."""
+  method = method_class(config)(
+    config,
+    num_classes=num_classes,
+    image_shape=image_shape,
+    steps_per_epoch=steps_per_epoch,
+  )
+  return method.seal()
