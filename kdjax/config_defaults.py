@@ -40,6 +40,9 @@ def base_config(method: str) -> ml_collections.ConfigDict:
   config.max_steps = -1  # > 0 stops early (smoke tests).
   config.log_every_steps = 50
   config.checkpoint_every_steps = 0  # 0: at the end of every epoch.
+  # Also save at the first log boundary this many minutes after the last
+  # checkpoint (0: off), so an interruption loses at most about this much.
+  config.checkpoint_every_minutes = 10.0
   config.keep_checkpoints = 3
   config.nonfinite = 'raise'  # or 'skip': drop a batch whose loss is NaN/Inf.
   # > 0: before each eval, BN running statistics are recomputed over this many
@@ -50,12 +53,27 @@ def base_config(method: str) -> ml_collections.ConfigDict:
   # checkpoint, eval and preemption boundaries an error.
   config.debug_disallow_host_sync = False
 
+  # The data (docs/your_data.md): a built-in name (cifar10, cifar100,
+  # imagenet2012, mnist5k), 'synthetic', any tfds dataset name, or your own
+  # images with image_folder=DIR (DIR/<split>/<class>/*.png; it wins over
+  # name). The keys left None come from the dataset's tfds info.
   config.dataset = ml_collections.ConfigDict()
   config.dataset.name = 'mnist5k'
   config.dataset.data_dir = ml_collections.config_dict.placeholder(str)
+  config.dataset.image_folder = ml_collections.config_dict.placeholder(str)
+  # A split missing from a dataset that is not built in: 'train' and 'test'
+  # fall back to the splits it has ('test' to 'validation').
   config.dataset.train_split = 'train'
   config.dataset.eval_split = 'test'
   config.dataset.image_size = ml_collections.config_dict.placeholder(int)
+  config.dataset.image_key = ml_collections.config_dict.placeholder(str)
+  config.dataset.label_key = ml_collections.config_dict.placeholder(str)
+  config.dataset.num_classes = ml_collections.config_dict.placeholder(int)
+  # Per-channel statistics of [0, 1] pixels, e.g. (0.5, 0.5, 0.5). Unset: the
+  # built-in values, or computed once from the train split and recorded in
+  # kdjax_normalization.json beside the data.
+  config.dataset.mean = ml_collections.config_dict.placeholder(tuple)
+  config.dataset.std = ml_collections.config_dict.placeholder(tuple)
   config.dataset.augment = (
     'default'  # or a recipe name: cifar, cifar_reflect, imagenet, mnist, none
   )
@@ -108,6 +126,9 @@ def model(
   if checkpoint_dir:
     config.checkpoint_dir = checkpoint_dir
   config.pretrain_epochs = pretrain_epochs
+  # A frozen teacher from a run that stopped before its last step is refused
+  # unless this is True.
+  config.allow_unfinished = False
   # Compute dtype of activations and conv/adder inputs: 'float32' or
   # 'bfloat16' (parameters, BN statistics and losses stay float32).
   config.dtype = 'float32'
@@ -129,6 +150,7 @@ def addernet_cifar_recipe(config: ml_collections.ConfigDict) -> None:
   """SGD 0.1, momentum 0.9, wd 5e-4, batch 256, cosine over 400 epochs (docs/recipes.md)."""
   config.batch_size = 256
   config.num_epochs = 400
+  config.optimizer.reference_batch_size = 256
   config.optimizer.update(
     learning_rate=0.1,
     momentum=0.9,
@@ -142,6 +164,7 @@ def addernet_imagenet_recipe(config: ml_collections.ConfigDict) -> None:
   """Cosine over 150 epochs, lr 0.1, wd 1e-4, batch 256 (docs/recipes.md)."""
   config.batch_size = 256
   config.num_epochs = 150
+  config.optimizer.reference_batch_size = 256
   config.optimizer.update(
     learning_rate=0.1,
     momentum=0.9,
@@ -155,6 +178,7 @@ def ofd_cifar_recipe(config: ml_collections.ConfigDict) -> None:
   """Nesterov 0.9, wd 5e-4, lr 0.1, 200 epochs, batch 128, x0.1 at 100/150 (docs/recipes.md)."""
   config.batch_size = 128
   config.num_epochs = 200
+  config.optimizer.reference_batch_size = 128
   config.optimizer.update(
     learning_rate=0.1,
     momentum=0.9,
@@ -171,6 +195,7 @@ def ofd_imagenet_recipe(config: ml_collections.ConfigDict) -> None:
   """Nesterov, wd 1e-4, lr 0.1 x0.1 every 30 epochs, 100 epochs, batch 256 (docs/recipes.md)."""
   config.batch_size = 256
   config.num_epochs = 100
+  config.optimizer.reference_batch_size = 256
   config.optimizer.update(
     learning_rate=0.1,
     momentum=0.9,
@@ -187,6 +212,7 @@ def repdistiller_recipe(config: ml_collections.ConfigDict) -> None:
   """SGD, batch 64, 240 epochs, lr 0.05 x0.1 at 150/180/210, wd 5e-4 (docs/recipes.md)."""
   config.batch_size = 64
   config.num_epochs = 240
+  config.optimizer.reference_batch_size = 64
   config.optimizer.update(
     learning_rate=0.05,
     momentum=0.9,
@@ -204,6 +230,7 @@ def demo_recipe(config: ml_collections.ConfigDict, epochs: int = 4) -> None:
   config.batch_size = 64
   config.num_epochs = epochs
   config.log_every_steps = 20
+  config.checkpoint_every_minutes = 0.0  # Minutes-long runs: epoch ends only.
   config.eval_bn_recalibration_batches = 10
   config.optimizer.update(
     learning_rate=0.1,

@@ -439,8 +439,12 @@ def test_argument_errors(mnist_dir):
       process_index=0,
       process_count=4,
     )
-  with pytest.raises(ValueError, match='Unknown dataset'):
-    kd.build_input('mnist', 'train', global_batch_size=8, train=True, seed=0)
+  with pytest.raises(
+    kd.UnknownDatasetError, match=r"Unknown dataset 'cifar1000'.*'synthetic'"
+  ):
+    kd.build_input(
+      'cifar1000', 'train', global_batch_size=8, train=True, seed=0
+    )
   with pytest.raises(ValueError, match='no split'):
     kd.build_input(
       'mnist5k',

@@ -28,7 +28,6 @@ from kdjax import errors
 from kdjax.data import in_memory
 from kdjax.train import reporting
 from kdjax.train import train
-from test_study import fake_train_and_evaluate, load_study
 
 # pylint: disable=unused-import
 from test_train import get_config
@@ -640,6 +639,12 @@ def test_a_config_error_fails_before_tensorflow_is_imported(tmp_path):
 
 
 def test_study_loader_flag_reaches_every_run(tmp_path, monkeypatch):
+  # The study and its test helpers moved to experiments/mnist5k_study.
+  from experiments.mnist5k_study.test_study import (  # pylint: disable=g-import-not-at-top
+    fake_train_and_evaluate,
+    load_study,
+  )
+
   study = load_study()
   loaders = []
 

@@ -28,14 +28,19 @@ DATASETS: dict[str, tuple[tuple[str, ...], SplitReader]] = {
 }
 
 
-def check_served(name: str) -> None:
-  """Raises ValueError unless the NumPy loader can serve dataset `name`."""
+def check_served(name: str, what: str | None = None) -> None:
+  """Raises ValueError unless the NumPy loader can serve dataset `name`.
+
+  `what`: the data in the message; default "dataset '<name>'".
+  """
   if name not in DATASETS:
+    what = what or f'dataset {name!r}'
     raise ValueError(
-      f"data.loader='numpy' cannot read dataset {name!r}: the numpy loader "
+      f"data.loader='numpy' cannot read {what}: the numpy loader "
       f'only serves the in-memory {", ".join(sorted(DATASETS))} digits. '
-      f"Use data.loader='tfds' (needs tensorflow and tensorflow_datasets) "
-      f'for {name!r}.'
+      'Read it with the tfds loader, which reads the built-in datasets, any '
+      'prepared tfds dataset and dataset.image_folder: '
+      '--config.data.loader=tfds (needs tensorflow and tensorflow_datasets).'
     )
 
 

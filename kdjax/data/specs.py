@@ -42,6 +42,14 @@ class DatasetSpec:
     shuffle_buffer: per-process shuffle buffer; None means the whole split.
     manual_download: tfds cannot fetch the source itself (ImageNet): the
       archives must be put in a `manual_dir` first.
+    image_key: the tfds feature holding the image.
+    label_key: the tfds feature holding the class label.
+    encoded_jpeg: variable-size images are JPEGs, decoded only inside the crop
+      window (ImageNet); otherwise any format, decoded whole.
+    eval_resize_ratio: variable-size images: evaluation resizes the short
+      side to this ratio of the image size, then center-crops (256/224 for
+      ImageNet; 1 for any other dataset).
+    stats_from: where `mean` and `std` come from, for the run's record.
   """
 
   num_classes: int
@@ -56,6 +64,11 @@ class DatasetSpec:
   cache: bool = True
   shuffle_buffer: int | None = None
   manual_download: bool = False
+  image_key: str = 'image'
+  label_key: str = 'label'
+  encoded_jpeg: bool = False
+  eval_resize_ratio: float = 1.0
+  stats_from: str = 'kdjax built-in values'
 
 
 _CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -95,6 +108,8 @@ DATASETS = {
     cache=False,
     shuffle_buffer=50_000,
     manual_download=True,
+    encoded_jpeg=True,
+    eval_resize_ratio=256 / 224,
   ),
   # Canonical full-MNIST statistics; measured on the 5,000 digits they are
   # 0.1313 / 0.3085, a difference that does not matter.
@@ -110,6 +125,35 @@ DATASETS = {
     fit='pad',
   ),
 }
+
+# The `dataset.name` of random batches (synthetic.py), accepted by every loader.
+SYNTHETIC = 'synthetic'
+
+
+class UnknownDatasetError(ValueError):
+  """A dataset name that is neither built in nor a tfds dataset."""
+
+
+def accepted_datasets() -> str:
+  """One sentence naming every accepted `dataset.name` and the folder key."""
+  names = ', '.join(repr(n) for n in sorted(DATASETS) + [SYNTHETIC])
+  return (
+    f'Accepted: the built-in datasets {names}; any tfds dataset name '
+    "(e.g. 'fashion_mnist', 'svhn_cropped', 'imagenette/320px-v2', "
+    'https://www.tensorflow.org/datasets/catalog/overview), prepared in '
+    'dataset.data_dir; or your own images with '
+    '--config.dataset.image_folder=DIR (DIR/<split>/<class>/*.png or '
+    '*.jpg; docs/your_data.md).'
+  )
+
+
+def unknown_dataset_message(name: str, close: tuple[str, ...] = ()) -> str:
+  """The one-paragraph error for a `dataset.name` nobody knows."""
+  hint = (
+    f' Did you mean {" or ".join(repr(c) for c in close)}?' if close else ''
+  )
+  return f'Unknown dataset {name!r}.{hint} {accepted_datasets()}'
+
 
 # Augmentation recipes --------------------------------------------------------
 
@@ -201,18 +245,21 @@ def check_input_args(
   train_fraction: float,
   process_index: int | None,
   process_count: int | None,
+  spec: DatasetSpec | None = None,
 ) -> tuple[DatasetSpec, Augment, int, int]:
   """Validates what `build_input` is given, before any data is touched.
+
+  `spec`: the dataset's spec where `name` is not a key of `DATASETS` (a tfds
+  dataset or an image folder, resolved by custom.py); None looks it up.
 
   Returns:
     (the dataset's spec, the training recipe (none for evaluation), process
     index, process count), the last two defaulting to jax's.
   """
-  if name not in DATASETS:
-    raise ValueError(
-      f'Unknown dataset {name!r}; expected one of {sorted(DATASETS)}.'
-    )
-  spec = DATASETS[name]
+  if spec is None:
+    if name not in DATASETS:
+      raise UnknownDatasetError(unknown_dataset_message(name))
+    spec = DATASETS[name]
   if process_index is None or process_count is None:
     import jax  # pylint: disable=g-import-not-at-top
 
@@ -237,7 +284,7 @@ def check_input_args(
   if augment == 'default':
     augment = spec.augment
   recipe = get_augment(augment if train else None)
-  if recipe.kind == PAD_CROP and spec.stored_shape is None:
+  if recipe.kind == PAD_CROP and spec.encoded_jpeg:
     raise ValueError(
       f'{name} images vary in size: pad_crop needs fixed-size '
       "images; use 'imagenet' (inception_crop)."
@@ -282,9 +329,19 @@ class SourceBase:
     self.augment = augment
     self.image_shape = (image_size, image_size, spec.image_shape[-1])
     self.num_classes = spec.num_classes
+    self._spec_stats = (spec.mean, spec.std, spec.stats_from)
     self.num_examples = 0
     self.steps_per_epoch = 0
     self._local_examples_per_epoch = 0
+
+  @property
+  def normalization(self) -> dict:
+    """{'mean', 'std', 'from'}: the statistics the images are normalized with."""
+    return {
+      'mean': [float(m) for m in self._spec_stats[0]],
+      'std': [float(s) for s in self._spec_stats[1]],
+      'from': self._spec_stats[2],
+    }
 
   def _set_num_examples(self, num_examples: int) -> None:
     self.num_examples = num_examples
