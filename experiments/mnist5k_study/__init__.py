@@ -111,6 +111,7 @@ from .plan import (
   collect_runs,
   config_key,
   run_job,
+  stored_summary,
 )
 from .report import rebuild, write_markdown, write_outputs
 from .settings import (
@@ -149,6 +150,7 @@ __all__ = [
   'collect_runs',
   'config_key',
   'run_job',
+  'stored_summary',
   'MIN_SEEDS',
   'REPO',
   'STUDIES',

@@ -20,7 +20,7 @@ import json
 import os
 import shutil
 import time
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .cells import Cell, Dep
 from .costs import CostModel
@@ -177,30 +177,43 @@ def check_teachers(cell: Cell, config, dep_dirs: Dict[str, str]) -> None:
       )
 
 
+def _same_key(job: Job) -> bool:
+  """Whether job.workdir was started for this job's key (study_key.json)."""
+  marker = os.path.join(job.workdir, 'study_key.json')
+  if not os.path.exists(marker):
+    return False
+  with open(marker) as f:
+    return json.load(f).get('key') == job.key
+
+
+def stored_summary(job: Job) -> Optional[Dict[str, Any]]:
+  """The finished summary that run_job would reuse for ``job``, or None."""
+  summary_file = os.path.join(job.workdir, 'summary.json')
+  if not (_same_key(job) and os.path.exists(summary_file)):
+    return None
+  with open(summary_file) as f:
+    summary = json.load(f)
+  if summary.get('eval_accuracy') and not summary.get('preempted'):
+    return summary
+  return None
+
+
 def run_job(job: Job, log) -> Dict[str, Any]:
   """Trains (or reuses) one job; returns the trainer's summary."""
   from kdjax import errors  # pylint: disable=g-import-not-at-top
   from kdjax.train import train as kd_train  # pylint: disable=g-import-not-at-top
 
-  marker = os.path.join(job.workdir, 'study_key.json')
-  summary_file = os.path.join(job.workdir, 'summary.json')
-  same = False
-  if os.path.exists(marker):
-    with open(marker) as f:
-      same = json.load(f).get('key') == job.key
-  if same and os.path.exists(summary_file):
-    with open(summary_file) as f:
-      summary = json.load(f)
-    if summary.get('eval_accuracy') and not summary.get('preempted'):
-      log(f'  reuse {job.group}/{job.label} seed {job.seed} ({job.workdir})')
-      return summary
-  if not same:  # Another config's run, or none: start afresh.
+  summary = stored_summary(job)
+  if summary is not None:
+    log(f'  reuse {job.group}/{job.label} seed {job.seed} ({job.workdir})')
+    return summary
+  if not _same_key(job):  # Another config's run, or none: start afresh.
     if os.path.exists(job.workdir):
       shutil.rmtree(job.workdir)
     os.makedirs(job.workdir)
     # Written first, so that a stopped run of this config resumes from its
     # checkpoint (the trainer's resume is bit-identical) instead of restarting.
-    with open(marker, 'w') as f:
+    with open(os.path.join(job.workdir, 'study_key.json'), 'w') as f:
       json.dump({'key': job.key, 'label': job.label, 'seed': job.seed}, f)
   started = time.time()
   summary = kd_train.train_and_evaluate(job.config, job.workdir)

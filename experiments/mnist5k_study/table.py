@@ -25,7 +25,7 @@ from typing import Dict, List, Tuple
 def load_column(pattern: str) -> Dict[str, dict]:
   paths = sorted(glob.glob(pattern))
   if not paths:
-    raise SystemExit(f'study_table: no file matches {pattern!r}')
+    raise SystemExit(f'mnist5k_study.table: no file matches {pattern!r}')
   cells: Dict[str, dict] = {}
   for path in paths:
     with open(path) as f:

@@ -1,23 +1,19 @@
-"""Rot check of benchmarks/pkkd_sweep.py: --quick runs every new PKKD knob end to end."""
+"""Rot check of experiments/pkkd_sweep/: --quick runs every new PKKD knob end to end."""
 
 import json
 import os
-import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
 
 
 @pytest.fixture(scope='module')
 def sweep_module():
-  sys.path.insert(0, os.path.join(REPO, 'benchmarks'))
-  try:
-    import pkkd_sweep  # pylint: disable=g-import-not-at-top
+  from experiments import pkkd_sweep  # pylint: disable=g-import-not-at-top
 
-    yield pkkd_sweep
-  finally:
-    sys.path.remove(os.path.join(REPO, 'benchmarks'))
+  return pkkd_sweep
 
 
 def test_variants_resolve_to_one_factor_changes(sweep_module):
@@ -184,9 +180,7 @@ def test_premise_grids_cover_the_issue_and_build_their_configs(
   # committed runs of this grid trained that many steps.
   total = int(4000 * fraction) // 32 * epochs
   assert sweep_module.premise_pkkd_total_steps(s, regime) == total
-  with open(
-    os.path.join(REPO, 'results', 'pkkd_sweep', 'premise_pkkd.json')
-  ) as f:
+  with open(os.path.join(HERE, 'results', 'premise_pkkd.json')) as f:
     assert {r['steps'] for r in json.load(f)['runs']} == {total}
   for run in runs:
     config = run.config
@@ -388,9 +382,7 @@ def test_premise_cells_table_has_only_the_cells_asked_for(
   # The committed full-width ResNet-8 runs (--cells on the premise grid): the
   # rebuilt table has that cell's row and no "not run" rows for the others,
   # and keeps the machine the runs ran on.
-  recorded = os.path.join(
-    REPO, 'results', 'pkkd_sweep', 'intel_xeon', 'premise_cells.json'
-  )
+  recorded = os.path.join(HERE, 'results', 'intel_xeon', 'premise_cells.json')
   cells = 'resnet8_full_e4_f100/ann,resnet8_full_e4_f100/cnn'
   document = sweep_module.main(
     ['--grid', 'premise', '--cells', cells, '--tables-from', recorded]
