@@ -7,6 +7,7 @@ declares its parameter groups and frozen teachers and gives the trainer pure
 
 from kdjax.errors import ConfigError
 from kdjax.methods.base import Method
+from kdjax.methods.distill import Distill
 from kdjax.methods.ekd import EKD
 from kdjax.methods.kd import KnowledgeDistillation
 from kdjax.methods.ofd import OFD
@@ -19,6 +20,7 @@ METHODS = {
   'pkkd': PKKD,
   'ofd': OFD,
   'ekd': EKD,
+  'distill': Distill,
 }
 
 

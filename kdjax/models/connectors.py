@@ -11,10 +11,14 @@ The caller applies them and passes their outputs to the pure losses
                     (docs/ekd.md).
   StageConnectors   one FeatureConnector or KernelTransform per distilled
                     stage, in one parameter subtree.
+  LinearEmbed       CC's embeddings (RepDistiller LinearEmbed).
+  VIDRegressor      VID's regressor and per-channel variance.
+  ReviewFusion      ReviewKD's attention-based fusion (AttentionFusion blocks).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import flax.linen as nn
@@ -183,3 +187,175 @@ class StageConnectors(nn.Module):
     raise ValueError(
       f"StageConnectors: kind must be 'feature' or 'kernel', got {self.kind!r}"
     )
+
+
+# -- baselines of issue 25 (kdjax.methods.distill) ---------------------------
+
+
+class LinearEmbed(nn.Module):
+  """CC's embedding: flatten, then a linear map (RepDistiller ``LinearEmbed``).
+
+  Attributes:
+    features: embedding width (RepDistiller's --feat_dim, 128).
+  """
+
+  features: int = 128
+  dtype: Optional[Dtype] = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    """(B, ...) -> (B, features)."""
+    return nn.Dense(
+      self.features,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name='linear',
+    )(x.reshape(x.shape[0], -1))
+
+
+def _softplus_inverse_init(value: float):
+  def init(key, shape, dtype=jnp.float32):
+    del key
+    return jnp.full(shape, value, dtype)
+
+  return init
+
+
+class VIDRegressor(nn.Module):
+  """VID's regressor and per-channel variance (RepDistiller ``VIDLoss``).
+
+  Three bias-free 1x1 convs with ReLUs between (C_s -> mid -> mid -> C_t) give
+  the predicted mean mu; ``log_scale`` (C_t,) is the pre-softplus variance,
+  initialised to log(exp(init_pred_var - eps) - 1) as in RepDistiller.
+
+  Attributes:
+    features: teacher channels C_t.
+    mid_features: hidden channels (RepDistiller: C_t).
+    init_pred_var, eps: the initial variance and its floor.
+  """
+
+  features: int
+  mid_features: int
+  init_pred_var: float = 5.0
+  eps: float = 1e-5
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Tuple[Array, Array]:
+    """(B, H, W, C_s) -> (mu (B, H, W, features), log_scale (features,))."""
+    widths = (self.mid_features, self.mid_features, self.features)
+    for i, width in enumerate(widths):
+      if i:
+        x = nn.relu(x)
+      x = nn.Conv(
+        width,
+        (1, 1),
+        use_bias=False,
+        param_dtype=self.param_dtype,
+        name=f'conv{i}',
+      )(x)
+    start = math.log(math.expm1(self.init_pred_var - self.eps))
+    log_scale = self.param(
+      'log_scale',
+      _softplus_inverse_init(start),
+      (self.features,),
+      self.param_dtype,
+    )
+    return x, log_scale
+
+
+def resize_nearest(x: Array, size: int) -> Array:
+  """torch's F.interpolate(mode='nearest') of NHWC to size x size.
+
+  Output row i reads input row floor(i * H / size), as in PyTorch.
+  """
+  h, w = x.shape[1], x.shape[2]
+  rows = (jnp.arange(size) * h) // size
+  cols = (jnp.arange(size) * w) // size
+  return x[:, rows][:, :, cols]
+
+
+# ReviewKD's ABF convs: kaiming_uniform_(a=1), i.e. U(+-sqrt(3 / fan_in)).
+_kaiming_uniform_a1 = nn.initializers.variance_scaling(1.0, 'fan_in', 'uniform')
+
+
+class AttentionFusion(nn.Module):
+  """ReviewKD's ABF block (mdistiller ``ABF``): 1x1 conv + BN, an attention
+  fusion with the deeper level's residual, then 3x3 conv + BN.
+
+  Attributes:
+    mid_features, features: the residual's and the output's channels.
+    fuse: False for the deepest level (no residual to fuse).
+  """
+
+  mid_features: int
+  features: int
+  fuse: bool
+
+  @nn.compact
+  def __call__(self, x, residual, out_size: int, *, train: bool):
+    """x (B, H, W, C_s), residual (B, h, w, mid) or None -> (out, new residual)."""
+
+    def bn(name):
+      return nn.BatchNorm(
+        use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name
+      )
+
+    x = nn.Conv(
+      self.mid_features,
+      (1, 1),
+      use_bias=False,
+      kernel_init=_kaiming_uniform_a1,
+      name='conv1',
+    )(x)
+    x = bn('bn1')(x)
+    if self.fuse:
+      residual = resize_nearest(residual, x.shape[1])
+      z = jnp.concatenate([x, residual], axis=-1)
+      z = nn.sigmoid(nn.Conv(2, (1, 1), name='att_conv')(z))
+      x = x * z[..., 0:1] + residual * z[..., 1:2]
+    if x.shape[1] != out_size:
+      x = resize_nearest(x, out_size)
+    out = nn.Conv(
+      self.features,
+      (3, 3),
+      padding=1,
+      use_bias=False,
+      kernel_init=_kaiming_uniform_a1,
+      name='conv2',
+    )(x)
+    return bn('bn2')(out), x
+
+
+class ReviewFusion(nn.Module):
+  """ReviewKD's review path: one ``AttentionFusion`` per level, deepest first.
+
+  Levels run shallow to deep, the last one the pooled feature as a 1x1 map
+  (mdistiller ``ReviewKD``); each level's output is compared with the
+  teacher's feature of the same level.
+
+  Attributes:
+    features: teacher channels per level.
+    out_sizes: teacher spatial size per level.
+    mid_features: residual width, min(512, the student's deepest channels).
+  """
+
+  features: Tuple[int, ...]
+  out_sizes: Tuple[int, ...]
+  mid_features: int
+
+  @nn.compact
+  def __call__(self, xs, *, train: bool):
+    """xs: student features shallow to deep -> fused outputs, same order."""
+    n = len(xs)
+    outs = [None] * n
+    residual = None
+    for i in reversed(range(n)):
+      outs[i], residual = AttentionFusion(
+        self.mid_features,
+        self.features[i],
+        fuse=i < n - 1,
+        name=f'abf{i}',
+      )(xs[i], residual, self.out_sizes[i], train=train)
+    return tuple(outs)
