@@ -168,7 +168,7 @@ def model_step_record(jax, methods, pallas_backend, batch, reps):
 def pkkd_step_record(jax, methods, pallas_backend, batch, reps):
   """images/s of kdjax's PKKD training step on ResNet-20, one dict per method.
 
-  The trainer's own step (kdjax.train.train.train_step) for the
+  The trainer's own step (kdjax.train.step.train_step) for the
   configs/pkkd.py:cifar10_resnet20 preset: CNN teacher and adder student
   co-trained, both updated, on random CIFAR-shaped arrays (no dataset needed).
   """
@@ -176,8 +176,9 @@ def pkkd_step_record(jax, methods, pallas_backend, batch, reps):
 
   from kdjax import config_defaults
   from kdjax.ops import adder_method
-  from kdjax.train import train as train_lib
-  from kdjax.train.methods import build_method
+  from kdjax.methods import build_method
+  from kdjax.train import setup as train_setup
+  from kdjax.train import step as train_step
 
   path = os.path.join(REPO, 'configs', 'pkkd.py')
   config = config_defaults.load_config_module(path).get_config(
@@ -190,16 +191,16 @@ def pkkd_step_record(jax, methods, pallas_backend, batch, reps):
     'image': jnp.asarray(rng.normal(size=(batch, 32, 32, 3)), jnp.float32),
     'label': jnp.asarray(rng.integers(0, 10, size=(batch,)), jnp.int32),
   }
-  frozen = method.load_frozen(arrays['image'][:2])
+  frozen = method.prepare_frozen([], arrays['image'][:2])  # Co-trained.
   params = jax.eval_shape(
     lambda: method.init(jax.random.key(0), arrays['image'])[0]
   )
   # 50,000 CIFAR images at this batch, for the LR schedule only.
-  optimizers = train_lib.build_optimizers(
+  optimizers = train_setup.build_optimizers(
     config, method, params, steps_per_epoch=-(-50000 // batch)
   )
-  state = train_lib.init_state(config, method, optimizers, arrays['image'])
-  step = functools.partial(train_lib.train_step, method, optimizers, False)
+  state = train_setup.init_state(config, method, optimizers, arrays['image'])
+  step = functools.partial(train_step.train_step, method, optimizers)
   records = []
   for name in methods:
     options = {'pallas_backend': pallas_backend} if name == 'pallas' else {}

@@ -168,7 +168,8 @@ def run(config, workdir: str, mode: str, allow_config_change: bool):
   )
   if mode == 'eval':
     return evaluation.evaluate(config, workdir), errors.EXIT_OK
-  epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # Also gs:// paths.
+  if not reporting.is_local(workdir):  # A local one: the run's lock makes it.
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   summary = train.run_plan(
     plan.build(config, workdir), allow_config_change=allow_config_change
   )

@@ -15,7 +15,6 @@ import numpy as np
 
 from kdjax import data as kd_data
 from kdjax import methods
-from kdjax.data import synthetic
 from kdjax.errors import ConfigError
 
 
@@ -78,10 +77,8 @@ def _check_sizes_and_optimizers(config: ml_collections.ConfigDict) -> None:
 
 
 def _check_data_loader(config: ml_collections.ConfigDict) -> None:
-  """Fails fast on a loader that cannot read the dataset, before any teacher trains."""
-  if config.dataset.name == synthetic.NAME:  # Any loader: nothing is read.
-    return
+  """Fails fast on a dataset or loader the run cannot read, reading nothing."""
   try:
-    kd_data.check_loader(kd_data.config_loader(config), config.dataset.name)
+    kd_data.check_config(config)
   except ValueError as e:
     raise ConfigError(str(e)) from None

@@ -50,3 +50,11 @@ def mnist_dir(shared_tmp_root):
   data_dir.mkdir(exist_ok=True)
   mnist5k.prepare(str(data_dir))
   return str(data_dir)
+
+
+@pytest.fixture(scope='session')
+def compile_cache(shared_tmp_root):
+  """A persistent XLA cache shared by the command-line runs of the tests."""
+  path = shared_tmp_root / 'kdjax_fault_tests_xla_cache'
+  path.mkdir(exist_ok=True)
+  return str(path)

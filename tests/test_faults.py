@@ -32,7 +32,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 import tensorflow as tf
 
@@ -44,129 +43,21 @@ from kdjax.train import checkpointing
 from kdjax.train import mesh as kd_mesh
 from kdjax.train import step as run_step
 from kdjax.train import train
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FAULT_CLI = os.path.join(REPO, 'tests', 'fault_injection.py')
-TIMEOUT = 300
-
-# The run every test starts from, as command-line overrides of
-# configs/supervised.py:demo and as the same config in-process.
-TINY = {
-  'model.name': 'resnet8',
-  'batch_size': 8,
-  'num_devices': 2,
-  'eval_bn_recalibration_batches': 0,
-  'dataset.train_split': 'train[:256]',  # 32 steps per epoch.
-  'dataset.eval_split': 'test[:64]',
-}
-REFERENCE_STEPS = 6
-
-
-@pytest.fixture(scope='module')
-def compile_cache(shared_tmp_root):
-  path = shared_tmp_root / 'kdjax_fault_tests_xla_cache'
-  path.mkdir(exist_ok=True)
-  return str(path)
-
-
-def tiny_config(mnist_dir, steps, **overrides):
-  """configs/supervised.py:demo with TINY, `steps` steps and dotted-key overrides."""
-  config = _load_config_module('supervised').get_config('demo')
-  for key, value in {
-    **TINY,
-    'max_steps': steps,
-    'dataset.data_dir': mnist_dir,
-    **overrides,
-  }.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = value
-  return config
-
-
-def _load_config_module(name):
-  """configs/<name>.py as a module (configs/ is not a package)."""
-  return config_defaults.load_config_module(
-    os.path.join(REPO, 'configs', f'{name}.py')
-  )
-
-
-def cli_command(workdir, mnist_dir, steps, *, faults=False, **overrides):
-  """The tiny_config run as a command line (through fault_injection.py if `faults`)."""
-  flags = {
-    **TINY,
-    'max_steps': steps,
-    'dataset.data_dir': mnist_dir,
-    **overrides,
-  }
-  entry = [FAULT_CLI] if faults else ['-m', 'kdjax.main']
-  return [
-    sys.executable,
-    *entry,
-    '--config=configs/supervised.py:demo',
-    f'--workdir={workdir}',
-  ] + [f'--config.{k}={v}' for k, v in flags.items()]
-
-
-def cli_env(compile_cache, **extra):
-  return dict(
-    os.environ,
-    JAX_PLATFORMS='cpu',
-    TF_CPP_MIN_LOG_LEVEL='3',
-    JAX_COMPILATION_CACHE_DIR=compile_cache,
-    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0',
-    **extra,
-  )
-
-
-def run_cli(command, env):
-  return subprocess.run(
-    command, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT
-  )
-
-
-def checkpoint_steps(workdir):
-  """Names in workdir/checkpoints (finished steps, and anything else left there)."""
-  directory = os.path.join(workdir, checkpointing.CHECKPOINT_SUBDIR)
-  return sorted(os.listdir(directory)) if os.path.isdir(directory) else []
-
-
-def restore_state(workdir, step):
-  """(meta, state) of checkpoint `step` of a run, as NumPy arrays, read with orbax alone."""
-  path = os.path.join(workdir, checkpointing.CHECKPOINT_SUBDIR, str(step))
-  with ocp.PyTreeCheckpointer() as checkpointer:
-    tree = checkpointer.metadata(os.path.join(path, 'state')).item_metadata.tree
-    restore_args = jax.tree.map(
-      lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree
-    )
-    state = checkpointer.restore(
-      os.path.join(path, 'state'),
-      args=ocp.args.PyTreeRestore(item=tree, restore_args=restore_args),
-    )
-  with open(os.path.join(path, 'meta', 'metadata')) as f:
-    meta = json.load(f)
-  return meta, state
-
-
-def assert_trees_equal(expected, actual):
-  """Bit for bit, leaf by leaf."""
-  flat_expected = jax.tree_util.tree_leaves_with_path(expected)
-  flat_actual = jax.tree_util.tree_leaves_with_path(actual)
-  assert [p for p, _ in flat_expected] == [p for p, _ in flat_actual]
-  for (path, a), (_, b) in zip(flat_expected, flat_actual):
-    a, b = np.asarray(a), np.asarray(b)
-    assert a.dtype == b.dtype and a.shape == b.shape, jax.tree_util.keystr(path)
-    np.testing.assert_array_equal(b, a, err_msg=jax.tree_util.keystr(path))
-
-
-def trees_differ(a, b):
-  return any(
-    not np.array_equal(np.asarray(x), np.asarray(y))
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
-  )
+from helpers import (
+  REFERENCE_STEPS,
+  REPO,
+  TIMEOUT,
+  assert_trees_equal,
+  checkpoint_steps,
+  cli_command,
+  cli_env,
+  load_config_module,
+  restore_state,
+  run_cli,
+  tiny_config,
+  trees_differ,
+  wait_for_line,
+)
 
 
 @pytest.fixture(scope='module')
@@ -184,22 +75,6 @@ def reference(tmp_path_factory, mnist_dir):
 
 # ----------------------------------------------------------------------------
 # 1. Preemption.
-
-
-def _wait_for_line(process, needle, timeout=TIMEOUT):
-  """Reads process.stdout until a line contains `needle`; returns the lines read."""
-  lines, deadline = [], time.time() + timeout
-  while time.time() < deadline:
-    line = process.stdout.readline()
-    if not line:
-      break
-    lines.append(line)
-    if needle in line:
-      return lines
-  process.kill()
-  raise AssertionError(
-    f'never printed {needle!r}; stdout:\n{"".join(lines)[-3000:]}'
-  )
 
 
 def test_sigterm_saves_at_step_boundary_and_resume_is_bit_identical(
@@ -230,7 +105,7 @@ def test_sigterm_saves_at_step_boundary_and_resume_is_bit_identical(
       text=True,
     )
     try:
-      _wait_for_line(process, 'KDJAX_FAULT batch 2 ')
+      wait_for_line(process, 'KDJAX_FAULT batch 2 ')
       process.send_signal(signal.SIGTERM)
       time.sleep(0.2)
       open(go, 'w').close()
@@ -277,7 +152,7 @@ def test_sigterm_while_pretraining_a_teacher_stops_the_whole_run(
   workdir = str(tmp_path)
   config = tiny_config(mnist_dir, 1)
   config.method = 'kd'
-  config.kd = _load_config_module('kd').get_config('demo').kd
+  config.kd = load_config_module('kd').get_config('demo').kd
   config.dataset.train_split = 'train[:32]'  # 4 steps per epoch.
   config.teacher = config_defaults.model(
     'resnet8', 'conv', pretrain_epochs=1, stage_widths=(4, 8, 8)
@@ -632,9 +507,9 @@ def test_label_out_of_range_in_mock_cifar10(tmp_path, monkeypatch, label):
   """Record 5 of a mocked CIFAR-10 train split gets a label outside [0, 10)."""
   read = pipeline._read  # pylint: disable=protected-access
 
-  def read_with_a_bad_label(builder, split):
+  def read_with_a_bad_label(builder, split, *args):
     return (
-      read(builder, split)
+      read(builder, split, *args)
       .enumerate()
       .map(
         lambda i, ex: {
@@ -695,7 +570,7 @@ def test_teacher_of_another_architecture(
 ):
   config = tiny_config(mnist_dir, 2)
   config.method = 'kd'
-  config.kd = _load_config_module('kd').get_config('demo').kd
+  config.kd = load_config_module('kd').get_config('demo').kd
   kwargs = dict(teacher_kwargs)
   config.teacher = config_defaults.model(
     kwargs.pop('name'),
@@ -714,7 +589,7 @@ def test_teacher_with_another_number_of_classes(reference, tmp_path):
     config, 'cifar100', train_split='train', eval_split='test'
   )
   config.method = 'kd'
-  config.kd = _load_config_module('kd').get_config('demo').kd
+  config.kd = load_config_module('kd').get_config('demo').kd
   config.teacher = config_defaults.model(
     'resnet8', 'conv', checkpoint_dir=reference
   )

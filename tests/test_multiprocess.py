@@ -1,7 +1,7 @@
 """Two processes x 4 CPU devices, through the command line, against 1 process x 8.
 
 The two processes (coordinator on 127.0.0.1, gloo CPU collectives) train the
-tiny supervised run of test_faults.py on all 8 devices; process 1 alone gets
+tiny supervised run of helpers.py on all 8 devices; process 1 alone gets
 SIGTERM after its first batch. Checked:
   * jax's preemption service makes both processes save the same step and exit 0;
   * each process fed a disjoint part of the epoch (hashes of the examples);
@@ -22,7 +22,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import jax
@@ -33,13 +32,8 @@ import kdjax.data as kd_data
 from kdjax import errors
 from kdjax.train import train
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import test_faults as faults  # pylint: disable=g-import-not-at-top,wrong-import-position
-import xla_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-# pylint: disable=unused-import
-from test_faults import compile_cache  # noqa: F401
-# pylint: enable=unused-import
+import helpers as faults
+import xla_flags
 
 REPO = faults.REPO
 STEPS = 6
@@ -120,7 +114,7 @@ def _digests(stdout):
 
 def test_two_processes_preempted_resume_in_one(
   mnist_dir,
-  compile_cache,  # noqa: F811
+  compile_cache,
   tmp_path,
   monkeypatch,
 ):

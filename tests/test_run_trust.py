@@ -32,11 +32,10 @@ from kdjax.train import run_config
 from kdjax.train import setup as run_setup
 from kdjax.train import step as run_step
 from kdjax.train import train
-from test_faults import (  # noqa: F401  (fixtures)
+from helpers import (
   checkpoint_steps,
   cli_command,
   cli_env,
-  compile_cache,
   restore_state,
   tiny_config,
 )

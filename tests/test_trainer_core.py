@@ -19,7 +19,7 @@ from kdjax import methods
 from kdjax.methods import base
 from kdjax.train import train
 from kdjax.methods import build_method
-from test_faults import tiny_config
+from helpers import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -220,11 +220,11 @@ def premise_pkkd_runs(
 def premise_pkkd_total_steps(s, regime) -> int:
   """The steps of a run in `regime`, as the trainer counts them (its input's
   steps per epoch and its run length), for a ramp over half the run."""
-  from kdjax.train import train as kd_train  # pylint: disable=g-import-not-at-top
+  from kdjax.train import setup as kd_setup  # pylint: disable=g-import-not-at-top
 
   config = alone(s, SELECT_SEEDS[0], regime, 'adder')
-  train_source, _ = kd_train.build_inputs(config)
-  return kd_train.run_length(config, train_source.steps_per_epoch)
+  train_source, _ = kd_setup.build_inputs(config)
+  return kd_setup.run_length(config, train_source.steps_per_epoch)
 
 
 @functools.lru_cache(maxsize=None)

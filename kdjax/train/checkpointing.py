@@ -64,13 +64,15 @@ def workdir_lock(workdir: str):
   ``<workdir>/.kdjax.lock``, which the kernel drops when the holder exits,
   however it exits, so a crashed run never leaves it stuck. Only process 0
   locks (all processes of one job share the workdir); gs:// workdirs are not
-  locked.
+  locked. A run that fails before writing anything leaves no debris: the
+  lock file goes, and so does the workdir if this lock created it.
   """
   if '://' in workdir or jax.process_index() != 0:
     yield
     return
   import fcntl  # pylint: disable=g-import-not-at-top
 
+  created = not os.path.exists(workdir)
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, LOCK_FILE)
   handle = open(path, 'a+')
@@ -88,7 +90,14 @@ def workdir_lock(workdir: str):
     handle.truncate()
     handle.write(f'{os.getpid()}\n')
     handle.flush()
-    yield
+    try:
+      yield
+    except BaseException:
+      if os.listdir(workdir) == [LOCK_FILE]:  # Nothing but the lock.
+        os.remove(path)
+        if created:
+          os.rmdir(workdir)
+      raise
   finally:
     handle.close()  # Closing drops the lock.
 

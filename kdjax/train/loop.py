@@ -435,6 +435,9 @@ def train_run(
     'wall_seconds': time.time() - started,
     'student_ops': ops,
     'throughput': _throughput(loop.windows, config.batch_size),
+    # The input normalization the run used (computed once per dataset when
+    # the config gives none); synthetic data has none.
+    'normalization': getattr(run.train_source, 'normalization', None),
     'devices': run.mesh.size,
     'processes': jax.process_count(),
     'config': config.to_dict(),

@@ -75,6 +75,8 @@ def diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> Dict[str, list]:
   changes = {}
   for key in sorted(set(old_flat) | set(new_flat)):
     a, b = old_flat.get(key, missing), new_flat.get(key, missing)
+    if a is missing and b is None:  # A key added since, left unset.
+      continue
     if a != b and not _neutral(key):
       changes[key] = [
         '<absent>' if a is missing else a,

@@ -19,7 +19,6 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from kdjax import data as kd_data
 from kdjax import optim
-from kdjax.data import synthetic
 from kdjax.errors import ConfigError
 from kdjax.methods import build_method
 from kdjax.train import mesh as kd_mesh
@@ -36,39 +35,12 @@ def run_length(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
 
 
 def build_inputs(config: ml_collections.ConfigDict):
-  ds = config.dataset
-  if ds.name == synthetic.NAME:
-    return synthetic.build_inputs(
-      ds,
-      global_batch_size=config.batch_size,
-      eval_batch_size=config.get('eval_batch_size') or config.batch_size,
-      seed=config.seed,
-      process_index=jax.process_index(),
-      process_count=jax.process_count(),
-    )
-  common = dict(
-    seed=config.seed,
-    data_dir=ds.get('data_dir'),
-    image_size=ds.get('image_size'),
-    loader=kd_data.config_loader(config),
+  """(train, eval) sources of `config` for this process (kdjax.data)."""
+  return kd_data.build_inputs(
+    config,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
   )
-  train = kd_data.build_input(
-    ds.name,
-    ds.train_split,
-    global_batch_size=config.batch_size,
-    train=True,
-    train_fraction=ds.get('train_fraction', 1.0),
-    augment=ds.get('augment', 'default'),
-    **common,
-  )
-  evaluation = kd_data.build_input(
-    ds.name,
-    ds.eval_split,
-    global_batch_size=config.get('eval_batch_size') or config.batch_size,
-    train=False,
-    **common,
-  )
-  return train, evaluation
 
 
 def optimizer_config(

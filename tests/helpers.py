@@ -1,0 +1,151 @@
+"""What the trainer's tests share: the tiny run, its command line, readers.
+
+The tiny run is configs/supervised.py:demo shrunk to a resnet8 on the first
+256 embedded mnist5k digits, batch 8 on 2 of the 8 fake CPU devices. Tests
+import these from here; no test module imports another.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from kdjax import config_defaults
+from kdjax.train import checkpointing
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAULT_CLI = os.path.join(REPO, 'tests', 'fault_injection.py')
+TIMEOUT = 300
+
+# The run every test starts from, as command-line overrides of
+# configs/supervised.py:demo and as the same config in-process.
+TINY = {
+  'model.name': 'resnet8',
+  'batch_size': 8,
+  'num_devices': 2,
+  'eval_bn_recalibration_batches': 0,
+  'dataset.train_split': 'train[:256]',  # 32 steps per epoch.
+  'dataset.eval_split': 'test[:64]',
+}
+REFERENCE_STEPS = 6
+
+
+def tiny_config(mnist_dir, steps, **overrides):
+  """configs/supervised.py:demo with TINY, `steps` steps and dotted-key overrides."""
+  config = load_config_module('supervised').get_config('demo')
+  for key, value in {
+    **TINY,
+    'max_steps': steps,
+    'dataset.data_dir': mnist_dir,
+    **overrides,
+  }.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  return config
+
+
+def load_config_module(name):
+  """configs/<name>.py as a module (configs/ is not a package)."""
+  return config_defaults.load_config_module(
+    os.path.join(REPO, 'configs', f'{name}.py')
+  )
+
+
+def cli_command(workdir, mnist_dir, steps, *, faults=False, **overrides):
+  """The tiny_config run as a command line (through fault_injection.py if `faults`)."""
+  flags = {
+    **TINY,
+    'max_steps': steps,
+    'dataset.data_dir': mnist_dir,
+    **overrides,
+  }
+  entry = [FAULT_CLI] if faults else ['-m', 'kdjax.main']
+  return [
+    sys.executable,
+    *entry,
+    '--config=configs/supervised.py:demo',
+    f'--workdir={workdir}',
+  ] + [f'--config.{k}={v}' for k, v in flags.items()]
+
+
+def cli_env(compile_cache, **extra):
+  return dict(
+    os.environ,
+    JAX_PLATFORMS='cpu',
+    TF_CPP_MIN_LOG_LEVEL='3',
+    JAX_COMPILATION_CACHE_DIR=compile_cache,
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0',
+    **extra,
+  )
+
+
+def run_cli(command, env):
+  return subprocess.run(
+    command, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT
+  )
+
+
+def checkpoint_steps(workdir):
+  """Names in workdir/checkpoints (finished steps, and anything else left there)."""
+  directory = os.path.join(workdir, checkpointing.CHECKPOINT_SUBDIR)
+  return sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+
+
+def restore_state(workdir, step):
+  """(meta, state) of checkpoint `step` of a run, as NumPy arrays, read with orbax alone."""
+  path = os.path.join(workdir, checkpointing.CHECKPOINT_SUBDIR, str(step))
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    tree = checkpointer.metadata(os.path.join(path, 'state')).item_metadata.tree
+    restore_args = jax.tree.map(
+      lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree
+    )
+    state = checkpointer.restore(
+      os.path.join(path, 'state'),
+      args=ocp.args.PyTreeRestore(item=tree, restore_args=restore_args),
+    )
+  with open(os.path.join(path, 'meta', 'metadata')) as f:
+    meta = json.load(f)
+  return meta, state
+
+
+def assert_trees_equal(expected, actual):
+  """Bit for bit, leaf by leaf."""
+  flat_expected = jax.tree_util.tree_leaves_with_path(expected)
+  flat_actual = jax.tree_util.tree_leaves_with_path(actual)
+  assert [p for p, _ in flat_expected] == [p for p, _ in flat_actual]
+  for (path, a), (_, b) in zip(flat_expected, flat_actual):
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.dtype == b.dtype and a.shape == b.shape, jax.tree_util.keystr(path)
+    np.testing.assert_array_equal(b, a, err_msg=jax.tree_util.keystr(path))
+
+
+def trees_differ(a, b):
+  return any(
+    not np.array_equal(np.asarray(x), np.asarray(y))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+  )
+
+
+def wait_for_line(process, needle, timeout=TIMEOUT):
+  """Reads process.stdout until a line contains `needle`; returns the lines read."""
+  lines, deadline = [], time.time() + timeout
+  while time.time() < deadline:
+    line = process.stdout.readline()
+    if not line:
+      break
+    lines.append(line)
+    if needle in line:
+      return lines
+  process.kill()
+  raise AssertionError(
+    f'never printed {needle!r}; stdout:\n{"".join(lines)[-3000:]}'
+  )
