@@ -52,6 +52,11 @@ def tiny_config(mnist_dir, steps, **overrides):
   return config
 
 
+def get_config(name, preset='demo'):
+  """configs/<name>.py's get_config(preset), as --config=configs/<name>.py:<preset>."""
+  return load_config_module(name).get_config(preset)
+
+
 def load_config_module(name):
   """configs/<name>.py as a module (configs/ is not a package)."""
   return config_defaults.load_config_module(

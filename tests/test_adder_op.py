@@ -16,155 +16,30 @@ import pytest
 from kdjax.ops import adder_conv
 from kdjax.ops import adder as adder_lib
 
-
-def reference_pads(in_hw, kernel_hw, strides, padding):
-  """XLA's rule for 'SAME': out = ceil(in / s), extra pixel on the high side."""
-  if padding == 'VALID':
-    return ((0, 0), (0, 0))
-  if padding == 'SAME':
-    pads = []
-    for size, k, s in zip(in_hw, kernel_hw, strides):
-      total = max((-(-size // s) - 1) * s + k - size, 0)
-      pads.append((total // 2, total - total // 2))
-    return tuple(pads)
-  if isinstance(padding, int):
-    return ((padding, padding), (padding, padding))
-  return tuple(tuple(p) for p in padding)
-
-
-def reference_adder(x, f, g, strides, padding):
-  """Returns (y, dL/dx, dL/dF) for L = sum(y * g), in float64."""
-  x, f, g = (np.asarray(a, np.float64) for a in (x, f, g))
-  sh, sw = (strides, strides) if isinstance(strides, int) else strides
-  kh, kw, _, out_c = f.shape
-  pads = reference_pads(x.shape[1:3], (kh, kw), (sh, sw), padding)
-  xp = np.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
-  ho = (xp.shape[1] - kh) // sh + 1
-  wo = (xp.shape[2] - kw) // sw + 1
-  y = np.zeros((x.shape[0], ho, wo, out_c))
-  df = np.zeros_like(f)
-  dxp = np.zeros_like(xp)
-  for h in range(ho):
-    for w in range(wo):
-      patch = xp[
-        :, h * sh : h * sh + kh, w * sw : w * sw + kw, :
-      ]  # (N, kh, kw, C)
-      diff = patch[..., None] - f[None]  # (N, kh, kw, C, O)
-      y[:, h, w, :] = -np.abs(diff).sum(axis=(1, 2, 3))
-      g_hw = g[:, h, w, :][:, None, None, None, :]
-      df += (g_hw * diff).sum(axis=0)
-      dxp[:, h * sh : h * sh + kh, w * sw : w * sw + kw, :] += (
-        g_hw * np.clip(-diff, -1.0, 1.0)
-      ).sum(axis=-1)
-  (top, _), (left, _) = pads
-  dx = dxp[:, top : top + x.shape[1], left : left + x.shape[2], :]
-  return y, dx, df
-
-
-# Eager calls dispatch op by op (one per kernel tap); jit keeps the file fast.
-_adder_jit = jax.jit(adder_conv, static_argnums=(2, 3))
-
-
-def _inputs(n, h, w, c, kh, kw, o, seed=0, scale=1.0):
-  rng = np.random.default_rng(seed)
-  x = (rng.normal(size=(n, h, w, c)) * scale).astype(np.float32)
-  f = rng.normal(size=(kh, kw, c, o)).astype(np.float32)
-  return x, f
-
-
-def _cotangent(y_shape, seed=1):
-  return np.random.default_rng(seed).normal(size=y_shape).astype(np.float32)
-
-
-def _value_and_grads_eager(
-  x,
-  f,
-  g,
-  strides,
-  padding,
-  memory_budget_bytes=adder_lib.DEFAULT_MEMORY_BUDGET_BYTES,
-  method='auto',
-):
-  def loss(x, f):
-    y = adder_conv(
-      x,
-      f,
-      strides,
-      padding,
-      memory_budget_bytes=memory_budget_bytes,
-      method=method,
-    )
-    return jnp.sum(y * g), y
-
-  (_, y), (dx, df) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
-    x, f
-  )
-  return y, dx, df
-
-
-_value_and_grads = jax.jit(
-  _value_and_grads_eager,
-  static_argnames=('strides', 'padding', 'memory_budget_bytes', 'method'),
+from adder_reference import (
+  REFERENCE_CASES,
+  adder_jit,
+  assert_matches_reference,
+  make_cotangent,
+  make_inputs,
+  reference_adder,
+  sharded_step,
+  value_and_grads_eager,
 )
-
-
-def _assert_matches_reference(
-  x,
-  f,
-  strides,
-  padding,
-  memory_budget_bytes=None,
-  seed=1,
-  method='auto',
-  value_and_grads=_value_and_grads,
-):
-  y_shape = jax.eval_shape(lambda: adder_conv(x, f, strides, padding)).shape
-  g = _cotangent(y_shape, seed)
-  want_y, want_dx, want_df = reference_adder(x, f, g, strides, padding)
-  kwargs = (
-    {}
-    if memory_budget_bytes is None
-    else dict(memory_budget_bytes=memory_budget_bytes)
-  )
-  y, dx, df = value_and_grads(
-    x, f, g, strides, padding, method=method, **kwargs
-  )
-  assert y.shape == want_y.shape
-  np.testing.assert_allclose(y, want_y, rtol=1e-5, atol=1e-4)
-  np.testing.assert_allclose(dx, want_dx, rtol=1e-5, atol=1e-4)
-  np.testing.assert_allclose(df, want_df, rtol=1e-5, atol=1e-4)
-  assert float(jnp.max(y)) <= 0.0
-
-
-# (input N, H, W, C), (kh, kw, C_out), strides, padding
-REFERENCE_CASES = {
-  '3x3_s1_same': ((2, 5, 5, 3), (3, 3, 4), 1, 'SAME'),
-  '3x3_s2_same_even': ((2, 6, 6, 3), (3, 3, 4), 2, 'SAME'),
-  '3x3_s2_same_odd_nonsquare': ((1, 7, 5, 2), (3, 3, 3), 2, 'SAME'),
-  '3x3_s1_valid_nonsquare': ((2, 6, 7, 2), (3, 3, 3), 1, 'VALID'),
-  '3x3_s2_valid_odd': ((1, 7, 7, 2), (3, 3, 2), 2, 'VALID'),
-  '1x1_s1_valid': ((2, 4, 3, 3), (1, 1, 5), 1, 'VALID'),
-  '1x1_s2_same_shortcut': ((2, 6, 6, 3), (1, 1, 4), 2, 'SAME'),
-  '7x7_s2_int_pad3': ((1, 9, 9, 2), (7, 7, 3), 2, 3),
-  '7x7_s1_same': ((1, 7, 8, 1), (7, 7, 2), 1, 'SAME'),
-  '3x3_s1_explicit_asym': ((2, 5, 4, 2), (3, 3, 3), 1, ((1, 0), (2, 1))),
-  '3x3_s12_int_pad1': ((1, 5, 6, 2), (3, 3, 2), (1, 2), 1),
-  '3x1_s21_same': ((1, 7, 4, 2), (3, 1, 3), (2, 1), 'SAME'),
-}
 
 
 @pytest.mark.parametrize('method', ['loop', 'fused'])
 @pytest.mark.parametrize('case', sorted(REFERENCE_CASES))
 def test_matches_numpy_reference(case, method):
   (n, h, w, c), (kh, kw, o), strides, padding = REFERENCE_CASES[case]
-  x, f = _inputs(n, h, w, c, kh, kw, o)
-  _assert_matches_reference(x, f, strides, padding, method=method)
+  x, f = make_inputs(n, h, w, c, kh, kw, o)
+  assert_matches_reference(x, f, strides, padding, method=method)
 
 
 def _fresh_value_and_grads():
   # A new jit, so that module constants patched by a test are read when tracing.
   return jax.jit(
-    _value_and_grads_eager,
+    value_and_grads_eager,
     static_argnames=('strides', 'padding', 'memory_budget_bytes', 'method'),
   )
 
@@ -186,8 +61,8 @@ def test_both_loop_input_gradients(case, max_channels, monkeypatch):
   # The loop method picks its input-gradient layout by channel count; run each on every case.
   monkeypatch.setattr(adder_lib, 'TAPS_FUSED_MAX_CHANNELS', max_channels)
   (n, h, w, c), (kh, kw, o), strides, padding = REFERENCE_CASES[case]
-  x, f = _inputs(n, h, w, c, kh, kw, o, seed=4)
-  _assert_matches_reference(
+  x, f = make_inputs(n, h, w, c, kh, kw, o, seed=4)
+  assert_matches_reference(
     x,
     f,
     strides,
@@ -204,8 +79,8 @@ def test_unknown_method_is_a_clear_error():
 
 def test_large_differences_hit_the_clip():
   # Inputs far from the filters put most of clip(F - X) at +-1; the rest stays linear.
-  x, f = _inputs(2, 5, 5, 2, 3, 3, 3, scale=3.0)
-  _assert_matches_reference(x, f, 1, 'SAME')
+  x, f = make_inputs(2, 5, 5, 2, 3, 3, 3, scale=3.0)
+  assert_matches_reference(x, f, 1, 'SAME')
 
 
 def test_xla_same_pads_high_side_at_stride_2():
@@ -272,9 +147,9 @@ def test_chunked_output_channels(chunk, monkeypatch):
   monkeypatch.setattr(adder_lib, 'TAPS_FUSED_MAX_CHANNELS', 0)
   value_and_grads = _fresh_value_and_grads()
   n, h, w, c, o = 2, 6, 5, 2, 7
-  x, f = _inputs(n, h, w, c, 3, 3, o, seed=3)
+  x, f = make_inputs(n, h, w, c, 3, 3, o, seed=3)
   budget = _budget_for_chunk(monkeypatch, x, f, 2, 'SAME', chunk)
-  _assert_matches_reference(
+  assert_matches_reference(
     x,
     f,
     2,
@@ -283,7 +158,7 @@ def test_chunked_output_channels(chunk, monkeypatch):
     method='loop',
     value_and_grads=value_and_grads,
   )
-  g = _cotangent((n, 3, 3, o))
+  g = make_cotangent((n, 3, 3, o))
   unchunked = value_and_grads(x, f, g, 2, 'SAME', method='loop')
   chunked = value_and_grads(
     x, f, g, 2, 'SAME', memory_budget_bytes=budget, method='loop'
@@ -293,9 +168,9 @@ def test_chunked_output_channels(chunk, monkeypatch):
 
 
 def test_eager_equals_jit():
-  x, f = _inputs(2, 5, 5, 3, 3, 3, 4)
+  x, f = make_inputs(2, 5, 5, 3, 3, 3, 4)
   eager = adder_conv(x, f, 2, 'SAME')
-  jitted = _adder_jit(x, f, 2, 'SAME')
+  jitted = adder_jit(x, f, 2, 'SAME')
   np.testing.assert_allclose(eager, jitted, rtol=1e-6)
 
 
@@ -331,17 +206,17 @@ def test_vmap_matches_loop():
     np.testing.assert_allclose(dfs[i], want_df, rtol=1e-5, atol=1e-4)
 
 
-def test_bfloat16_inputs():
-  x, f = _inputs(2, 6, 6, 4, 3, 3, 5, seed=7)
+def test_bfloat16make_inputs():
+  x, f = make_inputs(2, 6, 6, 4, 3, 3, 5, seed=7)
   xb, fb = jnp.asarray(x, jnp.bfloat16), jnp.asarray(f, jnp.bfloat16)
-  y = _adder_jit(xb, fb, 1, 'SAME')
+  y = adder_jit(xb, fb, 1, 'SAME')
   assert y.dtype == jnp.bfloat16
   # Same bf16-rounded inputs in float32: only the output rounding differs.
-  want = _adder_jit(xb.astype(jnp.float32), fb.astype(jnp.float32), 1, 'SAME')
+  want = adder_jit(xb.astype(jnp.float32), fb.astype(jnp.float32), 1, 'SAME')
   np.testing.assert_allclose(y.astype(np.float32), want, rtol=1e-2, atol=1e-2)
   # Against the unrounded float32 inputs too, at bf16 tolerance.
   np.testing.assert_allclose(
-    y.astype(np.float32), _adder_jit(x, f, 1, 'SAME'), rtol=2e-2, atol=0.1
+    y.astype(np.float32), adder_jit(x, f, 1, 'SAME'), rtol=2e-2, atol=0.1
   )
   assert float(jnp.max(y.astype(jnp.float32))) <= 0.0
   dx, df = jax.jit(
@@ -370,10 +245,10 @@ def test_output_never_positive():
   rng = np.random.default_rng(11)
   x = (rng.normal(size=(2, 6, 6, 3)) * 100).astype(np.float32)
   f = (rng.normal(size=(3, 3, 3, 4)) * 100).astype(np.float32)
-  assert float(jnp.max(_adder_jit(x, f, 1, 'SAME'))) <= 0.0
+  assert float(jnp.max(adder_jit(x, f, 1, 'SAME'))) <= 0.0
   # Exact match of input and filter gives exactly 0, the maximum.
   patch = rng.normal(size=(1, 3, 3, 2)).astype(np.float32)
-  y = _adder_jit(patch, patch[0][..., None], 1, 'VALID')
+  y = adder_jit(patch, patch[0][..., None], 1, 'VALID')
   assert float(y[0, 0, 0, 0]) == 0.0
 
 
@@ -413,42 +288,6 @@ def test_numpy_integer_strides_and_padding():
 def test_bad_padding_is_a_clear_error(padding):
   with pytest.raises(ValueError, match='adder_conv: .*padding'):
     adder_conv(jnp.zeros((1, 5, 5, 2)), jnp.zeros((3, 3, 2, 3)), 1, padding)
-
-
-def sharded_step(conv, x, f, r):
-  """grad of sum(conv(x, f) * r), jitted over an 8-device batch mesh.
-
-  Returns (compiled step, y, dL/dx, dL/dF); x and r are split over the batch.
-  """
-  if jax.device_count() < 8:
-    pytest.skip(
-      f'needs 8 devices (tests/conftest.py sets XLA_FLAGS); have {jax.device_count()}'
-    )
-  from jax.sharding import NamedSharding, PartitionSpec as P
-
-  mesh = jax.make_mesh(
-    (8,), ('data',), axis_types=(jax.sharding.AxisType.Auto,)
-  )
-  batch, replicated = NamedSharding(mesh, P('data')), NamedSharding(mesh, P())
-
-  def loss(x, f, r):
-    y = conv(x, f)
-    return jnp.sum(y * r), y
-
-  step = jax.jit(
-    jax.grad(loss, argnums=(0, 1), has_aux=True),
-    in_shardings=(batch, replicated, batch),
-  )
-  with jax.set_mesh(mesh):
-    args = (
-      jax.device_put(x, batch),
-      jax.device_put(f, replicated),
-      jax.device_put(r, batch),
-    )
-    compiled = step.lower(*args).compile()
-    (dx, df), y = compiled(*args)
-  assert dx.sharding.spec[0] == 'data'
-  return compiled, y, dx, df
 
 
 def test_inside_a_sharded_step_matches_one_device():

@@ -26,11 +26,11 @@ from kdjax.ops import adder_conv, adder_method
 from kdjax.ops import adder_pallas
 from kdjax.ops.adder_pallas import Blocks, KernelBlocks
 
-from test_adder_op import (  # pylint: disable=g-bad-import-order
+from adder_reference import (  # pylint: disable=g-bad-import-order
   REFERENCE_CASES,
-  _assert_matches_reference,
-  _cotangent,
-  _inputs,
+  assert_matches_reference,
+  make_cotangent,
+  make_inputs,
   reference_adder,
   sharded_step,
 )
@@ -74,8 +74,8 @@ def _value_and_grads(x, f, g, strides, padding, method, family):
 @pytest.mark.parametrize('case', sorted(REFERENCE_CASES))
 def test_matches_numpy_reference(case, family):
   (n, h, w, c), (kh, kw, o), strides, padding = REFERENCE_CASES[case]
-  x, f = _inputs(n, h, w, c, kh, kw, o)
-  _assert_matches_reference(
+  x, f = make_inputs(n, h, w, c, kh, kw, o)
+  assert_matches_reference(
     x,
     f,
     strides,
@@ -104,9 +104,9 @@ def _pallas_input_dtypes(fn, *args):
 def test_bfloat16_inputs_with_the_block_table(family):
   # The default (table) blocks: one tile per axis here, the rest padding.
   conv = _conv(family, blocks=None)
-  x, f = _inputs(2, 5, 6, 4, 3, 3, 5, seed=7)
+  x, f = make_inputs(2, 5, 6, 4, 3, 3, 5, seed=7)
   xb, fb = jnp.asarray(x, jnp.bfloat16), jnp.asarray(f, jnp.bfloat16)
-  g = _cotangent((2, 5, 6, 5), seed=8)
+  g = make_cotangent((2, 5, 6, 5), seed=8)
   xr, fr = (np.asarray(a.astype(jnp.float32)) for a in (xb, fb))
   want_y, want_dx, want_df = reference_adder(xr, fr, g, 1, 'SAME')
 
@@ -255,7 +255,7 @@ def _has_pallas_call(fn, *args):
 
 def test_auto_keeps_todays_choice():
   # No committed benchmark shows pallas faster: 'auto' must not contain it.
-  x, f = _inputs(1, 4, 4, 2, 3, 3, 2)
+  x, f = make_inputs(1, 4, 4, 2, 3, 3, 2)
   auto = lambda x, f: jnp.sum(adder_conv(x, f, method='auto'))
   assert not _has_pallas_call(jax.grad(auto, argnums=(0, 1)), x, f)
   pallas = lambda x, f: jnp.sum(adder_conv(x, f, method='pallas'))
@@ -275,7 +275,7 @@ def test_inside_a_users_shard_map():
   mesh = jax.make_mesh(
     (8,), ('data',), axis_types=(jax.sharding.AxisType.Auto,)
   )
-  x, f = _inputs(8, 4, 4, 2, 3, 3, 3, seed=9)
+  x, f = make_inputs(8, 4, 4, 2, 3, 3, 3, seed=9)
   want = reference_adder(x, f, np.zeros((8, 2, 2, 3)), 2, 1)[0]
   conv = lambda x, f: _conv('tpu')(x, f, 2, 1)
 

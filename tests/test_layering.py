@@ -123,3 +123,22 @@ def test_layers_point_one_way():
   assert 'methods' not in graph.get('losses', set())
   assert not {'train', 'main'} & graph.get('methods', set())
   assert 'main' not in graph.get('train', set())
+
+
+def test_no_test_module_imports_another():
+  """Shared test code lives in helper modules (helpers.py, loss_parity.py, ...)."""
+  repo = KDJAX.parent
+  offenders = []
+  for path in [*repo.glob('tests/**/*.py'), *repo.glob('experiments/**/*.py')]:
+    for node in ast.walk(ast.parse(path.read_text())):
+      names = []
+      if isinstance(node, ast.Import):
+        names = [a.name for a in node.names]
+      elif isinstance(node, ast.ImportFrom) and not node.level:
+        names = [node.module or '']
+      offenders += [
+        f'{path.relative_to(repo)}: {n}'
+        for n in names
+        if n.split('.')[-1].startswith('test_')
+      ]
+  assert not offenders, offenders

@@ -7,8 +7,6 @@ loss is compared in value and in its gradient with respect to the student;
 its gradient with respect to the teacher must be exactly zero.
 """
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,76 +16,15 @@ import torch.nn.functional as F
 
 from kdjax import losses
 
-RTOL = 1e-5
-
-
-def _normal(rng, *shape, scale=1.0):
-  return (rng.normal(size=shape) * scale).astype(np.float32)
-
-
-def _map_lists(rng, shapes):
-  """A student and a teacher list of N(0, 1) maps of the given shapes."""
-  return [[_normal(rng, *s) for s in shapes] for _ in range(2)]
-
-
-def _to_torch(x, grad=False):
-  """NHWC numpy -> NCHW float64 tensor (other ranks unchanged)."""
-  t = torch.tensor(np.asarray(x, np.float64))
-  if t.ndim == 4:
-    t = t.permute(0, 3, 1, 2).contiguous()
-  return t.requires_grad_(grad)
-
-
-def _from_torch_grad(t):
-  g = t.grad.numpy()
-  return g.transpose(0, 2, 3, 1) if g.ndim == 4 else g
-
-
-def _tree_torch(x, grad=False):
-  if isinstance(x, (list, tuple)):
-    return [_to_torch(a, grad) for a in x]
-  return _to_torch(x, grad)
-
-
-def _tree_grads(t):
-  if isinstance(t, list):
-    return [_from_torch_grad(a) for a in t]
-  return _from_torch_grad(t)
-
-
-def _assert_close(got, want, rtol=RTOL):
-  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-    g, w = np.asarray(g, np.float64), np.asarray(w, np.float64)
-    assert g.shape == w.shape
-    # Entries far below the largest are compared at the largest's scale.
-    atol = rtol * max(np.max(np.abs(w)), 1e-30) * 0.1
-    np.testing.assert_allclose(g, w, rtol=rtol, atol=atol)
-
-
-@functools.lru_cache(maxsize=None)
-def value_and_grads(loss_fn):
-  """Compiled value and gradients with respect to (student, teacher)."""
-  return jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1)))
-
-
-def check_parity(loss_fn, torch_fn, student, teacher, *rest, rtol=RTOL):
-  """Value and student gradient vs torch; teacher gradient exactly zero."""
-  value, (g_student, g_teacher) = value_and_grads(loss_fn)(
-    student, teacher, *rest
-  )
-  assert value.dtype == jnp.float32 and value.shape == ()
-  for g in jax.tree.leaves(g_teacher):
-    np.testing.assert_array_equal(g, 0.0)
-  ts = _tree_torch(student, grad=True)
-  ref = torch_fn(ts, _tree_torch(teacher), *rest)
-  ref.sum().backward()
-  _assert_close(value, ref.detach().numpy().reshape(()), rtol)
-  _assert_close(g_student, _tree_grads(ts), rtol)
-  assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(g_student))
-  return float(value)
-
-
-# ---------------------------------------------------------------- logits
+from loss_parity import (
+  RTOL,
+  assert_close,
+  check_parity,
+  map_lists,
+  normal,
+  to_torch,
+  value_and_grads,
+)
 
 
 def torch_dkd(zs, zt, y, alpha, beta, temperature):
@@ -118,7 +55,7 @@ def torch_dkd(zs, zt, y, alpha, beta, temperature):
 )
 def test_dkd_matches_mdistiller(alpha, beta, temperature):
   rng = np.random.default_rng(0)
-  zs, zt = _normal(rng, 6, 7, scale=3), _normal(rng, 6, 7, scale=3)
+  zs, zt = normal(rng, 6, 7, scale=3), normal(rng, 6, 7, scale=3)
   y = rng.integers(0, 7, 6)
   value = check_parity(
     lambda s, t, y: losses.dkd_loss(
@@ -134,7 +71,7 @@ def test_dkd_matches_mdistiller(alpha, beta, temperature):
 
 def test_dkd_defaults_and_large_logits():
   rng = np.random.default_rng(1)
-  zs, zt = _normal(rng, 4, 5, scale=30), _normal(rng, 4, 5, scale=30)
+  zs, zt = normal(rng, 4, 5, scale=30), normal(rng, 4, 5, scale=30)
   y = rng.integers(0, 5, 4)
   check_parity(
     losses.dkd_loss,
@@ -162,7 +99,7 @@ def torch_dist(zs, zt, beta, gamma, tau):
 @pytest.mark.parametrize('beta, gamma, tau', [(1.0, 1.0, 1.0), (2.0, 0.5, 4.0)])
 def test_dist_matches_torchdistill(beta, gamma, tau):
   rng = np.random.default_rng(2)
-  zs, zt = _normal(rng, 5, 8, scale=2), _normal(rng, 5, 8, scale=2)
+  zs, zt = normal(rng, 5, 8, scale=2), normal(rng, 5, 8, scale=2)
   check_parity(
     lambda s, t: losses.dist_loss(
       s, t, beta=beta, gamma=gamma, temperature=tau
@@ -190,7 +127,7 @@ def torch_logit_std(zs, zt, temperature):
 @pytest.mark.parametrize('temperature', [2.0, 1.0])
 def test_logit_std_kd_matches_torchdistill(temperature):
   rng = np.random.default_rng(3)
-  zs, zt = _normal(rng, 5, 6, scale=3), _normal(rng, 5, 6, scale=3)
+  zs, zt = normal(rng, 5, 6, scale=3), normal(rng, 5, 6, scale=3)
   check_parity(
     lambda s, t: losses.logit_std_kd_loss(s, t, temperature=temperature),
     lambda s, t: torch_logit_std(s, t, temperature),
@@ -230,8 +167,8 @@ def test_sp_matches_repdistiller():
   check_parity(
     losses.sp_loss,
     torch_sp,
-    _normal(rng, 5, 3, 3, 4),
-    _normal(rng, 5, 2, 2, 6),
+    normal(rng, 5, 3, 3, 4),
+    normal(rng, 5, 2, 2, 6),
   )
 
 
@@ -243,7 +180,7 @@ def torch_cc(es, et):
 
 def test_cc_matches_repdistiller():
   rng = np.random.default_rng(5)
-  es, et = _normal(rng, 6, 8), _normal(rng, 6, 8)
+  es, et = normal(rng, 6, 8), normal(rng, 6, 8)
   check_parity(losses.cc_loss, torch_cc, es, et)
   # The opt-in teacher gradient: |e_s - e_t| makes it minus the student's.
   gs, gt = jax.grad(
@@ -280,7 +217,7 @@ def test_rkd_matches_repdistiller_with_finite_diagonal_gradient(weights):
   # Every batch has zero-distance pairs on the diagonal (e_i - e_i): the
   # angle term normalises them, whose unguarded norm gradient is NaN in JAX.
   rng = np.random.default_rng(6)
-  es, et = _normal(rng, 5, 2, 2, 2), _normal(rng, 5, 7)
+  es, et = normal(rng, 5, 2, 2, 2), normal(rng, 5, 7)
   w_d, w_a = weights
   check_parity(
     lambda s, t: losses.rkd_loss(s, t, distance_weight=w_d, angle_weight=w_a),
@@ -294,7 +231,7 @@ def test_rkd_large_differences_use_the_linear_branch():
   # A teacher with a far outlier: normalised distances and angles then differ
   # from the student's by more than 1, the smooth L1's linear branch.
   rng = np.random.default_rng(7)
-  es, et = _normal(rng, 5, 3), _normal(rng, 5, 3)
+  es, et = normal(rng, 5, 3), normal(rng, 5, 3)
   et[0] *= 100.0
   d = lambda e: np.linalg.norm(e[:, None] - e[None], axis=-1)
   gap = np.abs(
@@ -319,16 +256,14 @@ def torch_pkt(es, et, eps=1e-7):
 
 def test_pkt_matches_repdistiller():
   rng = np.random.default_rng(8)
-  check_parity(
-    losses.pkt_loss, torch_pkt, _normal(rng, 6, 5), _normal(rng, 6, 3)
-  )
+  check_parity(losses.pkt_loss, torch_pkt, normal(rng, 6, 5), normal(rng, 6, 3))
 
 
 def test_pkt_replaces_nan_like_the_reference():
   # An inf entry makes inf / inf = NaN in the normalised row; the reference
   # sets it to 0 (the row's finite entries become 0 too: x / inf).
   rng = np.random.default_rng(9)
-  es, et = _normal(rng, 4, 5), _normal(rng, 4, 5)
+  es, et = normal(rng, 4, 5), normal(rng, 4, 5)
   et[1, 2] = np.inf
   value = check_parity(losses.pkt_loss, torch_pkt, es, et)
   assert np.isfinite(value)
@@ -337,10 +272,10 @@ def test_pkt_replaces_nan_like_the_reference():
 def test_pkt_zero_student_row_value_and_finite_gradient():
   # torch's gradient is NaN at a zero row (sqrt at 0); kdjax's is finite.
   rng = np.random.default_rng(10)
-  es, et = _normal(rng, 4, 5), _normal(rng, 4, 5)
+  es, et = normal(rng, 4, 5), normal(rng, 4, 5)
   es[2] = 0.0
   value, (grad, _) = value_and_grads(losses.pkt_loss)(es, et)
-  ref = torch_pkt(_to_torch(es), _to_torch(et))
+  ref = torch_pkt(to_torch(es), to_torch(et))
   np.testing.assert_allclose(value, ref.item(), rtol=RTOL)
   assert np.all(np.isfinite(grad))
 
@@ -362,10 +297,10 @@ def _pool_smaller(fs, ft):
   'size_in, size_out', [((4, 4), (2, 2)), ((5, 7), (3, 2)), ((3, 3), (1, 1))]
 )
 def test_adaptive_avg_pool_matches_torch(size_in, size_out):
-  x = _normal(np.random.default_rng(11), 2, *size_in, 3)
+  x = normal(np.random.default_rng(11), 2, *size_in, 3)
   got = losses.adaptive_avg_pool(x, size_out)
-  want = F.adaptive_avg_pool2d(_to_torch(x), size_out).permute(0, 2, 3, 1)
-  _assert_close(got, want.numpy())
+  want = F.adaptive_avg_pool2d(to_torch(x), size_out).permute(0, 2, 3, 1)
+  assert_close(got, want.numpy())
 
 
 def torch_nst(fs, ft):
@@ -386,8 +321,8 @@ def test_nst_matches_repdistiller_with_pooling(hs, ht):
   check_parity(
     losses.nst_loss,
     torch_nst,
-    _normal(rng, 3, hs, hs, 4),
-    _normal(rng, 3, ht, ht, 5),
+    normal(rng, 3, hs, hs, 4),
+    normal(rng, 3, ht, ht, 5),
   )
 
 
@@ -410,8 +345,8 @@ def test_factor_transfer_matches_repdistiller(hs, ht, p1, p2):
   check_parity(
     lambda s, t: losses.factor_transfer_loss(s, t, p1=p1, p2=p2),
     lambda s, t: torch_ft(s, t, p1, p2),
-    _normal(rng, 3, hs, hs, 4),
-    _normal(rng, 3, ht, ht, 6),
+    normal(rng, 3, hs, hs, 4),
+    normal(rng, 3, ht, ht, 6),
   )
 
 
@@ -436,7 +371,7 @@ def torch_fsp(g_s, g_t):
 def test_fsp_matches_repdistiller_across_sizes():
   rng = np.random.default_rng(14)
   shapes = [(2, 4, 4, 3), (2, 4, 4, 5), (2, 2, 2, 6)]
-  student, teacher = _map_lists(rng, shapes)
+  student, teacher = map_lists(rng, shapes)
   check_parity(losses.fsp_loss, torch_fsp, student, teacher)
   with pytest.raises(ValueError, match='channel'):
     losses.fsp_loss(student, [t[..., :2] for t in teacher])
@@ -457,8 +392,8 @@ def torch_ab(g_s, g_t, margin=1.0):
 @pytest.mark.parametrize('margin', [1.0, 0.5])
 def test_activation_boundary_matches_repdistiller(margin):
   rng = np.random.default_rng(15)
-  student = [_normal(rng, 2, 4, 4, 3, scale=2), _normal(rng, 2, 2, 2, 5)]
-  teacher = [_normal(rng, 2, 4, 4, 3), _normal(rng, 2, 2, 2, 5)]
+  student = [normal(rng, 2, 4, 4, 3, scale=2), normal(rng, 2, 2, 2, 5)]
+  teacher = [normal(rng, 2, 4, 4, 3), normal(rng, 2, 2, 2, 5)]
   check_parity(
     lambda s, t: losses.activation_boundary_loss(s, t, margin=margin),
     lambda s, t: torch_ab(s, t, margin),
@@ -478,8 +413,8 @@ def torch_vid(mu, log_scale, target, eps=1e-5):
 @pytest.mark.parametrize('ht', [3, 6])
 def test_vid_matches_repdistiller(ht):
   rng = np.random.default_rng(16)
-  mu, target = _normal(rng, 2, 3, 3, 4), _normal(rng, 2, ht, ht, 4)
-  log_scale = _normal(rng, 4) + np.log(np.exp(5.0 - 1e-5) - 1.0)
+  mu, target = normal(rng, 2, 3, 3, 4), normal(rng, 2, ht, ht, 4)
+  log_scale = normal(rng, 4) + np.log(np.exp(5.0 - 1e-5) - 1.0)
   # (mu, log_scale) are the student side: both gradients checked.
   check_parity(
     lambda s, t: losses.vid_loss(s[0], s[1], t),
@@ -517,5 +452,5 @@ def test_review_kd_hcl_matches_mdistiller():
   # 8x8: levels 4, 2, 1; 3x3: levels 2, 1; 1x1: none.
   rng = np.random.default_rng(17)
   shapes = [(2, 8, 8, 3), (2, 3, 3, 4), (2, 1, 1, 5)]
-  student, teacher = _map_lists(rng, shapes)
+  student, teacher = map_lists(rng, shapes)
   check_parity(losses.review_kd_hcl_loss, torch_hcl, student, teacher)

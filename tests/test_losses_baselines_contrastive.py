@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_losses_baselines import (
-  _assert_close,
-  _map_lists,
-  _normal,
+from loss_parity import (
+  assert_close,
   check_parity,
+  map_lists,
+  normal,
   value_and_grads,
 )
 
@@ -103,18 +103,18 @@ def test_crd_two_steps_match_repdistiller():
       momentum,
     )
     ref_loss.backward()
-    _assert_close(loss, ref_loss.item())
+    assert_close(loss, ref_loss.item())
     # Both heads learn from CRD: gradients reach both embeddings.
-    _assert_close(gs, ts.grad.numpy())
-    _assert_close(gt, tt.grad.numpy())
+    assert_close(gs, ts.grad.numpy())
+    assert_close(gt, tt.grad.numpy())
     assert np.any(gt != 0)
     for g in jax.tree.leaves(gm):
       np.testing.assert_array_equal(g, 0.0)
     # Z is set from the first batch and then kept.
     np.testing.assert_allclose(new_memory.z_student, ref['z1'], rtol=1e-5)
     np.testing.assert_allclose(new_memory.z_teacher, ref['z2'], rtol=1e-5)
-    _assert_close(new_memory.student, ref['mem_v1'].numpy())
-    _assert_close(new_memory.teacher, ref['mem_v2'].numpy())
+    assert_close(new_memory.student, ref['mem_v1'].numpy())
+    assert_close(new_memory.teacher, ref['mem_v2'].numpy())
     memory = new_memory
   untouched = np.setdiff1d(np.arange(n), y)
   assert np.any(np.asarray(memory.student)[untouched] != 0)
@@ -177,7 +177,7 @@ def torch_kdsvd(g_s, g_t):
 
 def test_kdsvd_matches_repdistiller():
   rng = np.random.default_rng(2)
-  student, teacher = _map_lists(rng, [(3, 4, 4, 3), (3, 2, 2, 5), (3, 2, 2, 6)])
+  student, teacher = map_lists(rng, [(3, 4, 4, 3), (3, 2, 2, 5), (3, 2, 2, 6)])
   value = check_parity(
     losses.kdsvd_loss, torch_kdsvd, student, teacher, rtol=1e-4
   )
@@ -195,9 +195,9 @@ def test_kdsvd_matches_repdistiller():
 
 def _net_params(rng):
   return {
-    'conv': _normal(rng, 3, 3, 2, 4, scale=0.5),  # HWIO
-    'dense': _normal(rng, 4, 5),
-    'bias': _normal(rng, 5),
+    'conv': normal(rng, 3, 3, 2, 4, scale=0.5),  # HWIO
+    'dense': normal(rng, 4, 5),
+    'bias': normal(rng, 5),
   }
 
 
@@ -239,7 +239,7 @@ def torch_jacobian_loss(ps, pt, x, y):
 
 def test_logit_input_gradients_match_autograd():
   rng = np.random.default_rng(3)
-  params, x = _net_params(rng), _normal(rng, 3, 4, 4, 2)
+  params, x = _net_params(rng), normal(rng, 3, 4, 4, 2)
   y = np.array([0, 4, 2])
   got = jax.jit(
     lambda p, x, y: losses.logit_input_gradients(lambda v: jax_net(p, v), x, y)
@@ -249,13 +249,13 @@ def test_logit_input_gradients_match_autograd():
   z = torch_net(_torch_params(params), tx)
   for b in range(3):  # Per example, one at a time.
     (g,) = torch.autograd.grad(z[b, y[b]], tx, retain_graph=True)
-    _assert_close(got[b], g[b].numpy().transpose(1, 2, 0))
+    assert_close(got[b], g[b].numpy().transpose(1, 2, 0))
 
 
 def test_jacobian_matching_double_backprop_matches_torch():
   rng = np.random.default_rng(4)
   student, teacher = _net_params(rng), _net_params(rng)
-  x, y = _normal(rng, 3, 4, 4, 2), np.array([1, 3, 0])
+  x, y = normal(rng, 3, 4, 4, 2), np.array([1, 3, 0])
 
   def loss(ps, pt, x, y):
     return losses.jacobian_matching_loss(
@@ -272,9 +272,9 @@ def test_jacobian_matching_double_backprop_matches_torch():
     ts, _torch_params(teacher, grad=True), tx, torch.tensor(y)
   )
   ref.backward()
-  _assert_close(value, ref.item())
+  assert_close(value, ref.item())
   for k in ('conv', 'dense'):
-    _assert_close(gs[k], ts[k].grad.numpy())
+    assert_close(gs[k], ts[k].grad.numpy())
     assert np.any(gs[k] != 0), k
   # The input-gradient does not depend on the bias (torch: no gradient).
   assert ts['bias'].grad is None
@@ -286,7 +286,7 @@ def test_jacobian_matching_double_backprop_matches_torch():
 @pytest.mark.parametrize('scale', [1.0, 1e-8])
 def test_jacobian_matching_is_scale_free_and_zero_safe(scale):
   rng = np.random.default_rng(5)
-  g = _normal(rng, 2, 3, 3, 2)
+  g = normal(rng, 2, 3, 3, 2)
   value_and_grad = value_and_grads(losses.jacobian_matching_loss)
   value, _ = value_and_grad(g * scale, g)
   np.testing.assert_allclose(value, 0.0, atol=1e-6)

@@ -29,9 +29,7 @@ from kdjax.data import in_memory
 from kdjax.train import reporting
 from kdjax.train import train
 
-# pylint: disable=unused-import
-from test_train import get_config
-# pylint: enable=unused-import
+from helpers import get_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MEAN, STD = 0.1307, 0.3081  # The normalization every mnist5k batch must have.
@@ -636,46 +634,3 @@ def test_a_config_error_fails_before_tensorflow_is_imported(tmp_path):
   assert process.returncode == errors.EXIT_USER_ERROR, process.stderr[-2000:]
   assert '--config.batch_size=0: must be a positive integer' in process.stderr
   assert 'TENSORFLOW False' in process.stdout
-
-
-def test_study_loader_flag_reaches_every_run(tmp_path, monkeypatch):
-  # The study and its test helpers moved to experiments/mnist5k_study.
-  from experiments.mnist5k_study.test_study import (  # pylint: disable=g-import-not-at-top
-    fake_train_and_evaluate,
-    load_study,
-  )
-
-  study = load_study()
-  loaders = []
-
-  def fake(config, workdir):
-    loaders.append(config.data.loader)
-    return fake_train_and_evaluate(config, workdir)
-
-  monkeypatch.setattr(train, 'train_and_evaluate', fake)
-  study.main(
-    [
-      '--quick',
-      '--studies',
-      'pkkd',
-      '--loader',
-      'numpy',
-      '--out',
-      str(tmp_path),
-      '--no-compile-cache',
-    ]
-  )
-  # 6 distinct runs: the frozen teacher is the CNN-alone run.
-  assert len(loaders) == 6 and set(loaders) == {'numpy'}
-  assert "loader='numpy'" in (tmp_path / 'study.md').read_text()
-  # With the default loader a run keeps the key it had before config.data
-  # existed (the hash of the config without it), so finished runs are reused.
-  config = study.supervised(study.quick_settings(), 0, ('resnet8', {}), 1)
-  without_data = config.to_dict()
-  del without_data['data']
-  old_key = hashlib.sha256(
-    json.dumps([without_data, []], sort_keys=True, default=str).encode()
-  ).hexdigest()[:16]
-  assert study.config_key(config) == old_key
-  config.data.loader = 'numpy'
-  assert study.config_key(config) != old_key

@@ -33,6 +33,7 @@ import tensorflow as tf
 
 from kdjax import config_defaults
 import tfds_mocks as data_testing
+from helpers import get_config
 from kdjax.train import checkpointing
 from kdjax.train import train
 
@@ -53,12 +54,6 @@ MNIST_PKKD_EVAL_EXAMPLES = 100
 
 # ----------------------------------------------------------------------------
 # Helpers.
-
-
-def get_config(name, preset='demo'):
-  """configs/<name>.py's get_config(preset), as --config=configs/<name>.py:<preset>."""
-  path = os.path.join(REPO, 'configs', f'{name}.py')
-  return config_defaults.load_config_module(path).get_config(preset)
 
 
 def tiny_config(name, dataset='cifar10', *, steps=2, devices=1, data_dir=None):

@@ -558,3 +558,37 @@ def test_a_stopped_run_stops_the_benchmark_and_resumes_on_rerun(
   monkeypatch.setattr(kd_train, 'train_and_evaluate', fresh)
   study.run_job(other, logged.append)
   assert calls[-1] == 'fresh'
+
+
+def test_study_loader_flag_reaches_every_run(tmp_path, monkeypatch):
+  study = load_study()
+  from kdjax.train import train as kd_train  # pylint: disable=g-import-not-at-top
+
+  loaders = []
+
+  def fake(config, workdir):
+    loaders.append(config.data.loader)
+    return fake_train_and_evaluate(config, workdir)
+
+  monkeypatch.setattr(kd_train, 'train_and_evaluate', fake)
+  study.main(
+    [
+      '--quick',
+      '--studies',
+      'pkkd',
+      '--loader',
+      'numpy',
+      '--out',
+      str(tmp_path),
+      '--no-compile-cache',
+    ]
+  )
+  # 6 distinct runs: the frozen teacher is the CNN-alone run.
+  assert len(loaders) == 6 and set(loaders) == {'numpy'}
+  assert "loader='numpy'" in (tmp_path / 'study.md').read_text()
+  # The loader is part of a run's identity (kdjax.train.run_config): a run
+  # made with the other loader is not reused.
+  config = study.supervised(study.quick_settings(), 0, ('resnet8', {}), 1)
+  tfds_key = study.config_key(config)
+  config.data.loader = 'numpy'
+  assert study.config_key(config) != tfds_key
