@@ -12,6 +12,10 @@ for 50/101/152. Shortcuts: identity, or 1x1 conv/adder (with the stride) + BN.
     3x3 runs at the reduced resolution. ResNet-50: ~3.86G MACs, the "3.9G"
     of the ResNet and AdderNet papers.
 Basic blocks have no 1x1 in the main path and ignore the option.
+
+``cifar_stem``: a conv3x3 64 stem (stride 1) -> BN -> ReLU and no max-pool,
+total stride 8: RepDistiller's CIFAR ``ResNet50`` (models/resnetv2.py,
+registered as resnet50_cifar), whose bottlenecks are the torchvision ones.
 """
 
 from __future__ import annotations
@@ -77,12 +81,16 @@ class ImageNetResNet(nn.Module):
   stage_sizes: Sequence[int]
   block: str = 'bottleneck'  # 'basic' or 'bottleneck'
   stride_in_1x1: bool = False
+  cifar_stem: bool = False
   num_classes: int = 1000
   conv_type: str = 'conv'
   dtype: Any = jnp.float32
 
-  total_stride = 32
   stage_widths = (64, 128, 256, 512)
+
+  @property
+  def total_stride(self) -> int:
+    return 8 if self.cifar_stem else 32
 
   @property
   def layout(self) -> str:
@@ -93,10 +101,14 @@ class ImageNetResNet(nn.Module):
       where = 'ResNet v1 layout: stride in the first 1x1 of each bottleneck'
     else:
       where = 'torchvision layout: stride in the 3x3 of each bottleneck'
+    stem = (
+      'stem conv3x3 64 (multiplicative), no maxpool'
+      if self.cifar_stem
+      else 'stem conv7x7/2 64 (multiplicative) + maxpool 3x3/2'
+    )
     return (
-      f'ImageNet ResNet-{depth} ({where}); stem conv7x7/2 64 (multiplicative) + maxpool '
-      f'3x3/2, stages {list(self.stage_sizes)}, 1x1 projection shortcuts, global avg pool, '
-      f'dense classifier'
+      f'ResNet-{depth} ({where}); {stem}, stages {list(self.stage_sizes)}, '
+      f'1x1 projection shortcuts, global avg pool, dense classifier'
     )
 
   @nn.compact
@@ -108,10 +120,16 @@ class ImageNetResNet(nn.Module):
       )
     layers.check_images(images, self.total_stride, type(self).__name__)
     x = layers.ConvOrAdder(
-      64, 7, 2, conv_type='conv', dtype=self.dtype, name='stem'
+      64,
+      3 if self.cifar_stem else 7,
+      1 if self.cifar_stem else 2,
+      conv_type='conv',
+      dtype=self.dtype,
+      name='stem',
     )(images)
     x = nn.relu(layers.batch_norm(train, self.dtype, name='stem_bn')(x))
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    if not self.cifar_stem:
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     stages = []
     for i, (num_blocks, width) in enumerate(
       zip(self.stage_sizes, self.stage_widths)

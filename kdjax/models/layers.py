@@ -219,6 +219,20 @@ def batch_norm(
   )
 
 
+def conv_and_norm(module: nn.Module, train: bool):
+  """(ConvOrAdder, batch_norm) factories with ``module``'s conv_type and dtype.
+
+  The BNs use the two-pass variance in adder mode (``after_adder``).
+  """
+  conv = functools.partial(
+    ConvOrAdder, conv_type=module.conv_type, dtype=module.dtype
+  )
+  norm = functools.partial(
+    batch_norm, train, module.dtype, after_adder=module.conv_type == 'adder'
+  )
+  return conv, norm
+
+
 def bn_scale_bias(bn: nn.BatchNorm) -> Tuple[jax.Array, jax.Array]:
   """The (scale, bias) params of a BatchNorm that has already been called."""
   params = bn.variables['params']
@@ -241,6 +255,30 @@ def stage_features(
     raw=raw,
     patch_energy=patch_energy,
     filter_sq_norm=filter_sq_norm,
+  )
+
+
+def stages_after(
+  entries: Sequence[Tuple[jax.Array, jax.Array, jax.Array]],
+  last_blocks: Sequence[Dict[str, jax.Array]],
+) -> Tuple[Dict[str, jax.Array], ...]:
+  """``features['stages']`` of pre-activation nets (WRN, PyramidNet).
+
+  Their pre-ReLU point of a stage is a BN after it: ``entries`` holds one
+  (preact, bn_scale, bn_bias) per stage; the PKKD entries come from the
+  stage's last block (``last_blocks``: dicts with 'raw', 'patch_energy',
+  'filter_sq_norm').
+  """
+  return tuple(
+    dict(
+      preact=preact,
+      bn_scale=scale,
+      bn_bias=bias,
+      raw=last['raw'],
+      patch_energy=last['patch_energy'],
+      filter_sq_norm=last['filter_sq_norm'],
+    )
+    for (preact, scale, bias), last in zip(entries, last_blocks, strict=True)
   )
 
 

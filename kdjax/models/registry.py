@@ -13,6 +13,10 @@ from kdjax.models.cifar_resnet import CifarResNet
 from kdjax.models.ekd_student import EKDStudent
 from kdjax.models.imagenet_resnet import ImageNetResNet
 from kdjax.models.mobilenet import MobileNetV1
+from kdjax.models.mobilenet_v2 import MobileNetV2
+from kdjax.models.pyramidnet import PyramidNet
+from kdjax.models.shufflenet import ShuffleNetV1, ShuffleNetV2
+from kdjax.models.vgg import VGG, VGGSmall
 from kdjax.models.wide_resnet import WideResNet
 
 
@@ -41,6 +45,10 @@ def _wrn(depth: int, widen_factor: int) -> ModelSpec:
   return ModelSpec(
     WideResNet, dict(depth=depth, widen_factor=widen_factor), 32, 100
   )
+
+
+def _cifar_model(constructor, **defaults) -> ModelSpec:
+  return ModelSpec(constructor, defaults, 32, 100)
 
 
 def _imagenet(stage_sizes: Sequence[int], block: str) -> ModelSpec:
@@ -73,9 +81,37 @@ _MODELS: Dict[str, ModelSpec] = {
   'resnet152': _imagenet((3, 8, 36, 3), 'bottleneck'),
   'mobilenet_v1': ModelSpec(MobileNetV1, {}, 224, 1000),
   'ekd_student': ModelSpec(EKDStudent, {}, 32, 10),
+  # RepDistiller's CIFAR zoo (models/__init__.py model_dict).
+  'vgg8': _cifar_model(VGG, depth=8),
+  'vgg11': _cifar_model(VGG, depth=11),
+  'vgg13': _cifar_model(VGG, depth=13),
+  'vgg16': _cifar_model(VGG, depth=16),
+  'vgg19': _cifar_model(VGG, depth=19),
+  'mobilenet_v2': _cifar_model(MobileNetV2),
+  'shufflenet_v1': _cifar_model(ShuffleNetV1),
+  'shufflenet_v2': _cifar_model(ShuffleNetV2),
+  'resnet50_cifar': _cifar_model(
+    ImageNetResNet,
+    stage_sizes=(3, 4, 6, 3),
+    block='bottleneck',
+    cifar_stem=True,
+  ),
+  # AdderNet / PKKD's CIFAR-10 network.
+  'vgg_small': ModelSpec(VGGSmall, {}, 32, 10),
+  # OFD's CIFAR-100 teacher and student.
+  'pyramidnet200_240': _cifar_model(
+    PyramidNet, depth=200, alpha=240, bottleneck=True
+  ),
+  'pyramidnet110_84': _cifar_model(
+    PyramidNet, depth=110, alpha=84, bottleneck=False
+  ),
 }
 
-# Spellings used by RepDistiller / OFD.
+# RepDistiller's spellings whose lower case means another model
+# ('ResNet50' is its CIFAR ResNet-50, 'resnet50' the ImageNet one).
+_EXACT_ALIASES = {'ResNet50': 'resnet50_cifar'}
+
+# Spellings used by RepDistiller / OFD (matched in lower case).
 _ALIASES = {
   'wrn_16_1': 'wrn16_1',
   'wrn_16_2': 'wrn16_2',
@@ -86,6 +122,17 @@ _ALIASES = {
   'wrn_40_2': 'wrn40_2',
   'mobilenet': 'mobilenet_v1',
   'mobilenetv1': 'mobilenet_v1',
+  'mobilenetv2': 'mobilenet_v2',
+  'mobile_half': 'mobilenet_v2',
+  'shufflev1': 'shufflenet_v1',
+  'shufflev2': 'shufflenet_v2',
+  'vgg8_bn': 'vgg8',
+  'vgg11_bn': 'vgg11',
+  'vgg13_bn': 'vgg13',
+  'vgg16_bn': 'vgg16',
+  'vgg19_bn': 'vgg19',
+  'pyramidnet200': 'pyramidnet200_240',
+  'pyramidnet110': 'pyramidnet110_84',
 }
 
 
@@ -94,7 +141,13 @@ def available_models() -> List[str]:
 
 
 def canonical_name(name: str) -> str:
-  """The zoo's own name for ``name`` ('wrn_40_2' -> 'wrn40_2')."""
+  """The zoo's own name for ``name`` ('wrn_40_2' -> 'wrn40_2').
+
+  Case-insensitive, except RepDistiller's 'ResNet50' (its CIFAR ResNet-50,
+  resnet50_cifar), which is not kdjax's ImageNet 'resnet50'.
+  """
+  if name in _EXACT_ALIASES:
+    return _EXACT_ALIASES[name]
   key = name.lower().replace('-', '_')
   key = _ALIASES.get(key, key)
   if key not in _MODELS:
@@ -120,13 +173,15 @@ def build_model(
 
   Args:
     name: one of ``available_models()`` (RepDistiller spellings such as
-      'wrn_40_2' are accepted too).
+      'wrn_40_2', 'MobileNetV2', 'ShuffleV1' or 'ResNet50' are accepted too;
+      ``canonical_name``).
     conv_type: 'conv' (CNN) or 'adder' (AdderNet, as in kdjax.models).
     num_classes: classifier outputs.
     dtype: computation dtype (params stay float32).
     **kwargs: family-specific options overriding the named configuration, e.g.
       ``stride_in_1x1=True`` (ImageNet ResNets), ``num_branches``, ``width``,
-      ``shared_stages`` (ekd_student), ``width_multiplier`` (mobilenet_v1).
+      ``shared_stages`` (ekd_student), ``width_multiplier`` (mobilenet_v1/v2),
+      ``depth``, ``alpha`` (PyramidNets).
 
   Returns:
     An unbound linen module whose ``apply(variables, images, train=...)``
@@ -164,7 +219,9 @@ def check_input_size(
 ) -> None:
   """Raises ValueError unless ``image_size`` (int or (H, W)) >= the total stride.
 
-  Every model ends in global average pooling, so any larger size works.
+  Every model but vgg_small ends in global average pooling, so any larger
+  size works; vgg_small's classifier takes the flattened last map, so its
+  parameters follow the image size.
   """
   # Smaller inputs would leave the last stride-2 layers only padding-dominated
   # 1x1 maps; the models check this too.

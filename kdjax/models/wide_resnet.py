@@ -138,15 +138,5 @@ class WideResNet(nn.Module):
       (b['input_preact'], b['input_bn_scale'], b['input_bn_bias'])
       for b in first_blocks[1:]
     ] + [(final_preact, final_scale, final_bias)]
-    stages = tuple(
-      dict(
-        preact=preact,
-        bn_scale=scale,
-        bn_bias=bias,
-        raw=last['raw'],
-        patch_energy=last['patch_energy'],
-        filter_sq_norm=last['filter_sq_norm'],
-      )
-      for (preact, scale, bias), last in zip(next_bns, last_blocks)
-    )
+    stages = layers.stages_after(next_bns, last_blocks)
     return logits, dict(stages=stages, pooled=pooled)
