@@ -58,3 +58,32 @@ def compile_cache(shared_tmp_root):
   path = shared_tmp_root / 'kdjax_fault_tests_xla_cache'
   path.mkdir(exist_ok=True)
   return str(path)
+
+
+@pytest.fixture(scope='session')
+def finished_run(shared_tmp_root, mnist_dir):
+  """(workdir, config, summary): the one finished tiny run the trainer's tests share.
+
+  helpers.tiny_config for FINISHED_RUN_STEPS steps, checkpoints at 2, 4 and
+  6, precise-BN evaluation (so its final checkpoint holds recalibrated
+  statistics). Trained once per session: the first pytest-xdist worker that
+  asks trains it under a file lock, the others read it. Tests read it; one
+  that changes it works on a copy.
+  """
+  import fcntl  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+
+  import helpers  # pylint: disable=g-import-not-at-top
+  from kdjax.train import train  # pylint: disable=g-import-not-at-top
+
+  config = helpers.finished_run_config(mnist_dir)
+  root = shared_tmp_root / 'kdjax_shared_runs'
+  root.mkdir(exist_ok=True)
+  workdir, result = root / 'finished_run', root / 'finished_run.json'
+  with open(root / 'finished_run.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not result.exists():
+      summary = train.train_and_evaluate(config, str(workdir))
+      assert summary['steps'] == helpers.FINISHED_RUN_STEPS
+      result.write_text(json.dumps(summary, default=str))
+  return str(workdir), config, json.loads(result.read_text())

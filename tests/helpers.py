@@ -33,6 +33,7 @@ TINY = {
   'dataset.eval_split': 'test[:64]',
 }
 REFERENCE_STEPS = 6
+FINISHED_RUN_STEPS = REFERENCE_STEPS
 
 
 def tiny_config(mnist_dir, steps, **overrides):
@@ -50,6 +51,17 @@ def tiny_config(mnist_dir, steps, **overrides):
       node = node[parent]
     node[leaf] = value
   return config
+
+
+def finished_run_config(mnist_dir):
+  """The config of conftest's shared `finished_run`."""
+  return tiny_config(
+    mnist_dir,
+    FINISHED_RUN_STEPS,
+    checkpoint_every_steps=2,
+    keep_checkpoints=10,
+    eval_bn_recalibration_batches=2,
+  )
 
 
 def get_config(name, preset='demo'):

@@ -45,6 +45,7 @@ from kdjax.train import step as run_step
 from kdjax.train import train
 from helpers import (
   REFERENCE_STEPS,
+  finished_run_config,
   REPO,
   TIMEOUT,
   assert_trees_equal,
@@ -60,17 +61,10 @@ from helpers import (
 )
 
 
-@pytest.fixture(scope='module')
-def reference(tmp_path_factory, mnist_dir):
-  """An uninterrupted in-process run of REFERENCE_STEPS steps, checkpoints at 2, 4, 6."""
-  workdir = str(tmp_path_factory.mktemp('reference'))
-  config = tiny_config(
-    mnist_dir, REFERENCE_STEPS, checkpoint_every_steps=2, keep_checkpoints=10
-  )
-  summary = train.train_and_evaluate(config, workdir)
-  assert summary['steps'] == REFERENCE_STEPS and not summary['preempted']
-  assert checkpoint_steps(workdir) == ['2', '4', '6']
-  return workdir
+@pytest.fixture
+def reference(finished_run):
+  """The shared finished run (conftest): checkpoints at 2, 4 and 6."""
+  return finished_run[0]
 
 
 # ----------------------------------------------------------------------------
@@ -97,6 +91,7 @@ def test_sigterm_saves_at_step_boundary_and_resume_is_bit_identical(
         REFERENCE_STEPS,
         faults=True,
         checkpoint_every_steps=0,
+        eval_bn_recalibration_batches=2,  # As the shared reference run.
       ),
       cwd=REPO,
       env=env,
@@ -130,7 +125,13 @@ def test_sigterm_saves_at_step_boundary_and_resume_is_bit_identical(
 
   # The same command again, without hooks, finishes the run.
   resumed = run_cli(
-    cli_command(workdir, mnist_dir, REFERENCE_STEPS, checkpoint_every_steps=0),
+    cli_command(
+      workdir,
+      mnist_dir,
+      REFERENCE_STEPS,
+      checkpoint_every_steps=0,
+      eval_bn_recalibration_batches=2,
+    ),
     cli_env(compile_cache),
   )
   assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -344,9 +345,7 @@ def test_corrupt_newest_checkpoints_resume_from_the_last_good_one(
   os.makedirs(
     os.path.join(workdir, 'checkpoints', '8.orbax-checkpoint-tmp-1234', 'state')
   )
-  config = tiny_config(
-    mnist_dir, REFERENCE_STEPS, checkpoint_every_steps=2, keep_checkpoints=10
-  )
+  config = finished_run_config(mnist_dir)  # The copied run's own config.
   with caplog.at_level(logging.WARNING):
     summary = train.train_and_evaluate(config, workdir)
   assert summary['steps'] == REFERENCE_STEPS

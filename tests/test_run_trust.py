@@ -33,6 +33,7 @@ from kdjax.train import setup as run_setup
 from kdjax.train import step as run_step
 from kdjax.train import train
 from helpers import (
+  FINISHED_RUN_STEPS,
   checkpoint_steps,
   cli_command,
   cli_env,
@@ -41,27 +42,11 @@ from helpers import (
 )
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEPS = 4
+STEPS = FINISHED_RUN_STEPS  # Of conftest's shared finished_run.
 
 
 def _all_finite(tree):
   return all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(tree))
-
-
-@pytest.fixture(scope='module')
-def finished_run(tmp_path_factory, mnist_dir):
-  """A finished 4-step run with checkpoints at 2 and 4 and precise-BN eval."""
-  workdir = str(tmp_path_factory.mktemp('finished'))
-  config = tiny_config(
-    mnist_dir,
-    STEPS,
-    checkpoint_every_steps=2,
-    keep_checkpoints=10,
-    eval_bn_recalibration_batches=2,
-  )
-  summary = train.train_and_evaluate(config, workdir)
-  assert summary['steps'] == STEPS and not summary['preempted']
-  return workdir, config, summary
 
 
 def _copy(run, tmp_path):
@@ -130,7 +115,7 @@ def test_neutral_keys_resume_and_a_finished_run_writes_nothing(
   out = capsys.readouterr().out
   assert again['already_finished'] and again['steps'] == STEPS
   assert again['eval_accuracy'] == summary['eval_accuracy']
-  assert 'already finished at step 4' in out and 'new --workdir' in out
+  assert f'already finished at step {STEPS}' in out and 'new --workdir' in out
   after = sorted(
     os.path.join(d, f) for d, _, fs in os.walk(workdir) for f in fs
   )
@@ -145,7 +130,7 @@ def test_allowed_config_change_is_recorded(finished_run, tmp_path, capsys):
   longer.optimizer.learning_rate = 0.05  # ...but this changes the result.
   capsys.readouterr()
   summary = train.train_and_evaluate(longer, workdir, allow_config_change=True)
-  assert 'Config changed at step 4' in capsys.readouterr().out
+  assert f'Config changed at step {STEPS}' in capsys.readouterr().out
   assert summary['steps'] == STEPS + 2
   assert summary['config_changes'] == [
     {'step': STEPS, 'changes': {'optimizer.learning_rate': [0.1, 0.05]}}
@@ -342,12 +327,13 @@ def test_restored_teacher_reports_and_scores_its_recorded_accuracy(
 def test_damaged_teacher_falls_back_to_an_older_step(finished_run, tmp_path):
   run, config, _ = finished_run
   workdir = _copy(run, tmp_path)
-  state_dir = os.path.join(workdir, 'checkpoints', '4', 'state')
-  for root, _, files in os.walk(state_dir):
-    for name in files:
-      if name != '_METADATA' and not name.startswith('_'):
-        with open(os.path.join(root, name), 'r+b') as f:
-          f.truncate(8)
+  for newer in (4, STEPS):  # Every step after 2 damaged.
+    state_dir = os.path.join(workdir, 'checkpoints', str(newer), 'state')
+    for root, _, files in os.walk(state_dir):
+      for name in files:
+        if name != '_METADATA' and not name.startswith('_'):
+          with open(os.path.join(root, name), 'r+b') as f:
+            f.truncate(8)
   _, saved = restore_state(run, 2)
   params = saved['params']['student']['model']
   stats = saved['batch_stats']['student']['model']
