@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kdjax.convert import layouts
-from kdjax.models import registry
+from kdjax.models import pyramidnet, registry
 
 PyTree = Any
 Report = Callable[[str], None]
@@ -104,10 +104,17 @@ def expected_tensors(
       )
     if layer.kind == 'bn':
       optional[f'{layer.torch}.{BATCHES_TRACKED}'] = ()
-    if layer.kind == 'conv_dense':
-      out = _lookup(abstract['params'], layer.flax)['kernel'].shape[1]
+    if layer.fold_into is not None:
+      out = _lookup(abstract['params'], layer.flax)['kernel'].shape[-1]
       optional[f'{layer.torch}.bias'] = (out,)
   return required, optional
+
+
+def head_prefixes(layers: List[layouts.Layer]) -> Tuple[str, ...]:
+  """PyTorch prefixes (with '.') of the classifier and a BN over the logits."""
+  heads = [x for x in layers if x.flax[0] in ('classifier', 'logit_bn')]
+  heads.sort(key=lambda x: x.flax[0] != 'classifier')  # The classifier first.
+  return tuple(f'{x.torch}.' for x in heads)
 
 
 def _listing(title: str, entries: List[str]) -> str:
@@ -160,10 +167,19 @@ def _stage_depths(keys) -> Tuple[int, ...]:
 
 
 def _model_stage_depths(name: str) -> Tuple[int, ...]:
-  defaults = registry.model_spec(name).defaults
-  if 'stage_sizes' in defaults:
-    return tuple(defaults['stage_sizes'])
-  return ((defaults['depth'] - 4) // 6,) * 3  # WideResNet
+  """What ``_stage_depths`` reads from the keys of ``name``'s layouts."""
+  model = registry.build_model(name, num_classes=1)
+  family = type(model).__name__
+  if family == 'WideResNet':
+    return ((model.depth - 4) // 6,) * 3
+  if family == 'PyramidNet':
+    return (
+      len(pyramidnet.block_widths(model.depth, model.alpha, model.bottleneck))
+      // 3,
+    ) * 3
+  if family == 'ShuffleNetV2':  # A down block before each stage's blocks.
+    return tuple(n + 1 for n in model.stage_sizes)
+  return tuple(getattr(model, 'stage_sizes', ()))  # VGG, MobileNets: none
 
 
 def _matching_models(
@@ -175,11 +191,8 @@ def _matching_models(
   not hide the right model.
   """
 
-  def without_classes(shapes):
-    return {
-      k: v[1:] if k.startswith(('fc.', 'bn2.')) else v
-      for k, v in shapes.items()
-    }
+  def without_classes(shapes, head):
+    return {k: v[1:] if k.startswith(head) else v for k, v in shapes.items()}
 
   depths = _stage_depths(have)
   matches = []
@@ -187,13 +200,13 @@ def _matching_models(
     if _model_stage_depths(name) != depths:
       continue  # Cheap: the key names already rule it out.
     abstract = _abstract_variables(name, layouts.CONV_TYPE[format], num_classes)
-    required, optional = expected_tensors(
-      layouts.layout(format, name, abstract['params']), abstract
-    )
+    layers = layouts.layout(format, name, abstract['params'])
+    required, optional = expected_tensors(layers, abstract)
     if not set(required) <= set(have) <= set(required) | set(optional):
       continue
-    expected = without_classes({**required, **optional})
-    if all(expected[k] == v for k, v in without_classes(have).items()):
+    head = head_prefixes(layers)
+    expected = without_classes({**required, **optional}, head)
+    if all(expected[k] == v for k, v in without_classes(have, head).items()):
       matches.append(name)
   return matches
 
@@ -205,8 +218,12 @@ def _check_tensors(
   have: Dict[str, tuple],
   required: Dict[str, tuple],
   optional: Dict[str, tuple],
+  head: Tuple[str, ...] = ('fc.', 'bn2.'),
 ) -> None:
-  """Raises one ConversionError listing every difference, or returns."""
+  """Raises one ConversionError listing every difference, or returns.
+
+  ``head``: the key prefixes of the classifier (first) and a BN after it.
+  """
   missing = sorted(set(required) - set(have))
   unexpected = sorted(set(have) - set(required) - set(optional))
   wrong = sorted(
@@ -222,8 +239,8 @@ def _check_tensors(
     f'--num-classes={num_classes}; nothing was converted.'
   ]
   # The classifier ('fc') and, in AdderNet, the BN over its logits ('bn2').
-  head = {k for k in expected if k.startswith(('fc.', 'bn2.'))}
-  classifier = 'fc.weight'
+  classifier = f'{head[0]}weight'
+  head = {k for k in expected if k.startswith(head)}
   if (
     not missing
     and not unexpected
@@ -338,10 +355,11 @@ def from_torch(
     {k: tuple(v.shape) for k, v in arrays.items()},
     required,
     optional,
+    head_prefixes(layers),
   )
 
   variables: Dict[str, Any] = {'params': {}, 'batch_stats': {}}
-  notes = []
+  notes, folded = [], []
   for layer in layers:
     for suffix, (collection, leaf) in layouts.tensor_suffixes(
       layer.kind
@@ -358,17 +376,25 @@ def from_torch(
       )
   for layer in layers:
     bias_key = f'{layer.torch}.bias'
-    if layer.kind == 'conv_dense' and bias_key in arrays:
+    if layer.fold_into is not None and bias_key in arrays:
       # BN(z + b) with running mean m is BN(z) with running mean m - b; in
       # train mode the batch mean absorbs b. The same function either way.
       bn = next(x for x in layers if x.torch == layer.fold_into)
       stats = _lookup(variables['batch_stats'], bn.flax)
       stats['mean'] = stats['mean'] - arrays[bias_key].astype(np.float32)
-      notes.append(
-        f'folded {bias_key} {tuple(arrays[bias_key].shape)} into '
-        f'{layer.fold_into}.running_mean (kdjax has no bias before that BN; '
-        'the same function)'
+      folded.append(
+        f'{bias_key} {tuple(arrays[bias_key].shape)} into '
+        f'{layer.fold_into}.running_mean'
       )
+  if len(folded) > 2:
+    folded = [
+      f'the biases of {len(folded)} convs ({folded[0]}, ...) into the '
+      'running means of the BNs after them'
+    ]
+  notes += [
+    f'folded {f} (kdjax has no bias before a BN; the same function)'
+    for f in folded
+  ]
   if input_std is not None:
     notes += _rescale_stem(variables['params'], input_std)
   counters = [k for k in arrays if k.endswith(f'.{BATCHES_TRACKED}')]
@@ -499,8 +525,9 @@ def to_torch(
       state[f'{layer.torch}.{suffix}'] = torch.from_numpy(
         np.ascontiguousarray(value)
       )
-    if layer.kind == 'conv_dense' and layer.export_bias:
-      state[f'{layer.torch}.bias'] = torch.zeros(num_classes)
+    if layer.export_bias:
+      out = state[f'{layer.torch}.weight'].shape[0]
+      state[f'{layer.torch}.bias'] = torch.zeros(out)
     if layer.kind == 'bn':
       state[f'{layer.torch}.{BATCHES_TRACKED}'] = torch.tensor(0)
   return state
