@@ -3,8 +3,12 @@ ResNet-50, PyramidNets): shapes, adder forms, parameter counts against the
 PyTorch references (tests/torch_reference_zoo.py) and the sources' published
 counts, RepDistiller's spellings.
 
-Logits and feature values against PyTorch: tests/test_convert_zoo.py.
+Logits and feature values against PyTorch: tests/test_convert_zoo.py; the
+other models: tests/unit/models/test_models.py.
 """
+
+import os
+import re
 
 import flax.linen as nn
 import jax
@@ -17,7 +21,7 @@ import torch_reference_models as ref
 import torch_reference_zoo as zoo
 from kdjax import models
 from kdjax.convert import convert as convert_lib
-from kdjax.models import pyramidnet, shufflenet
+from kdjax.models import pyramidnet, shufflenet, vgg
 
 VGG_STAGES = [(128, 16), (256, 8), (512, 4), (512, 4)]
 
@@ -52,6 +56,27 @@ def _one_torch_thread():
   torch.set_num_threads(1)
   yield
   torch.set_num_threads(threads)
+
+
+NEW_FAMILIES = (
+  models.VGG,
+  models.VGGSmall,
+  models.MobileNetV2,
+  models.ShuffleNetV1,
+  models.ShuffleNetV2,
+  models.PyramidNet,
+)
+
+
+def test_every_zoo_model_has_expected_shapes():
+  # The other models' shapes: tests/unit/models/test_models.py.
+  new = {
+    n
+    for n in models.available_models()
+    if models.model_spec(n).constructor in NEW_FAMILIES
+    or models.model_spec(n).defaults.get('cifar_stem')
+  }
+  assert new == set(EXPECTED)
 
 
 @pytest.mark.parametrize('conv_type', ['conv', 'adder'])
@@ -233,3 +258,29 @@ def test_pools_and_shuffle_match_pytorch(size):
       np.asarray(shufflenet.channel_shuffle(jnp.asarray(nhwc), groups)),
       zoo._shuffle(torch.from_numpy(x), groups).numpy().transpose(0, 2, 3, 1),
     )
+
+
+def _repo_root():
+  path = os.path.dirname(os.path.abspath(__file__))
+  while not os.path.exists(os.path.join(path, 'pyproject.toml')):
+    path = os.path.dirname(path)
+  return path
+
+
+def test_docs_models_page_lists_every_model_with_its_count():
+  with open(os.path.join(_repo_root(), 'docs', 'models.md')) as f:
+    rows = re.findall(
+      r'^\| `(\w+)` \|[^|]*\| ([\d.]+) \|\s*([\d.]*)\s*\|', f.read(), re.M
+    )
+  assert sorted(r[0] for r in rows) == models.available_models()
+  for name, listed, published in rows:
+    spec = models.model_spec(name)
+    abstract = convert_lib._abstract_variables(
+      name, 'conv', spec.default_num_classes
+    )
+    count = _count(abstract['params'])
+    if spec.constructor is models.VGG:  # The source's conv biases.
+      count += sum(map(sum, vgg.VGG_BLOCKS[spec.defaults['depth']]))
+    assert float(listed) == round(count / 1e6, 2), name
+    if published:  # Rounded, or cut as OFD's README writes WRN-28-2's.
+      assert float(published) in (round(count / 1e6, 2), count // 10**4 / 100)
