@@ -29,6 +29,18 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
+def pytest_collection_modifyitems(items):
+  """Marks every test under tests/integration (and experiments/) 'integration'.
+
+  `pytest -m "not integration"` is then the unit tier: ops, models, losses,
+  methods, data, optim, convert and the repository checks, no training run.
+  """
+  for item in items:
+    parts = item.path.parts
+    if 'integration' in parts or 'experiments' in parts:
+      item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture(scope='session')
 def shared_tmp_root(tmp_path_factory):
   """A temp directory common to all pytest-xdist workers of this session.

@@ -7,6 +7,7 @@ import these from here; no test module imports another.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -165,4 +166,33 @@ def wait_for_line(process, needle, timeout=TIMEOUT):
   process.kill()
   raise AssertionError(
     f'never printed {needle!r}; stdout:\n{"".join(lines)[-3000:]}'
+  )
+
+
+def all_finite(tree):
+  """Whether every leaf of `tree` is finite."""
+  return all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(tree))
+
+
+def copy_run(run, tmp_path):
+  """A copy of the run directory `run` in tmp_path/run, for a test to change."""
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(run, workdir)
+  return workdir
+
+
+def convert_repdistiller_resnet8(path, num_classes, out, *flags):
+  """python -m kdjax.convert on a RepDistiller resnet8 file; the exit code."""
+  from kdjax.convert import __main__ as convert_cli  # pylint: disable=g-import-not-at-top
+
+  return convert_cli.main(
+    [
+      '--format=repdistiller',
+      '--model=resnet8',
+      f'--checkpoint={path}',
+      f'--num-classes={num_classes}',
+      f'--out={out}',
+      '--dataset=cifar10',
+      *flags,
+    ]
   )

@@ -314,7 +314,11 @@ def test_option_errors():
 
 
 def _load_bench():
-  path = pathlib.Path(__file__).parents[1] / 'benchmarks' / 'adder_bench.py'
+  path = (
+    pathlib.Path(__file__).resolve().parents[3]
+    / 'benchmarks'
+    / 'adder_bench.py'
+  )
   spec = importlib.util.spec_from_file_location('adder_bench_under_test', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)

@@ -18,7 +18,7 @@ import pytest
 
 import kdjax.losses
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 LOSSES_PAGE = os.path.join(REPO, 'docs', 'losses.md')
 
 # A table cell that is one code span holding a call: `name(params)`.

@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 
 _SHEET = 'SP' + 'EC'
 OUTSIDE = re.compile(

@@ -31,7 +31,7 @@ from kdjax.train import train
 
 from helpers import get_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 MEAN, STD = 0.1307, 0.3081  # The normalization every mnist5k batch must have.
 
 

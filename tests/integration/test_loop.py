@@ -21,7 +21,7 @@ from kdjax.train import train
 from kdjax.methods import build_method
 from helpers import tiny_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 
 
 def _load(name):

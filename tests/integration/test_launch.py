@@ -21,7 +21,7 @@ import pytest
 
 from kdjax import config_defaults
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 LAUNCH = os.path.join(ROOT, 'launch')
 TPU_POD = os.path.join(LAUNCH, 'tpu_pod.sh')
 GPU_HOST = os.path.join(LAUNCH, 'gpu_host.sh')

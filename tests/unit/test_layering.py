@@ -9,7 +9,7 @@ function-level import counts too.
 import ast
 import pathlib
 
-KDJAX = pathlib.Path(__file__).resolve().parents[1] / 'kdjax'
+KDJAX = pathlib.Path(__file__).resolve().parents[2] / 'kdjax'
 
 
 def _unit(module: str) -> str:

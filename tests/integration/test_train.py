@@ -37,7 +37,7 @@ from helpers import get_config
 from kdjax.train import checkpointing
 from kdjax.train import train
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 
 # Split sizes of the mocked tfds datasets. The eval splits are not multiples of
 # the eval batch (8), so the last eval batch is padded.

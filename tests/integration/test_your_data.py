@@ -21,7 +21,7 @@ from kdjax.data import custom
 import cli_in_one_process
 import tfds_mocks
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 FASHION = {'train': 32, 'test': 12}
 CLASSES = ('cat', 'dog', 'emu')  # Written in this order, sorted already.
 

@@ -15,7 +15,7 @@ from kdjax import config_defaults
 from kdjax import data as kd_data
 from kdjax import models
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 METHODS = ('supervised', 'kd', 'pkkd', 'ofd', 'ekd')
 
 
