@@ -19,6 +19,7 @@ shapes as in those definitions, code of our own):
     the widths differ), final bn1, fc Linear.
 """
 
+import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -290,3 +291,19 @@ def randomize(net, images, seed=0):
         module.momentum = 0.1
         module.num_batches_tracked.fill_(1234)
   return net.eval()
+
+
+def random_images(shape, seed=0):
+  """N(0, 1) float32 images as a torch tensor (NCHW)."""
+  return torch.from_numpy(
+    np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+  )
+
+
+def assert_close_relative(actual, expected, rtol=1e-4):
+  """max |actual - expected| <= rtol * max |expected|, on non-trivial outputs."""
+  expected = np.asarray(expected)
+  scale = np.max(np.abs(expected))
+  # Logits that differ between images: a constant output would hide errors.
+  assert np.mean(np.std(expected, axis=0)) > 1e-3 * scale
+  assert np.max(np.abs(np.asarray(actual) - expected)) <= rtol * scale

@@ -26,6 +26,7 @@ import safetensors.torch
 import torch
 
 import torch_reference_models as ref
+from torch_reference_models import assert_close_relative, random_images
 from kdjax import convert, models
 from kdjax.convert import __main__ as convert_cli
 from kdjax.convert import convert as convert_lib
@@ -47,12 +48,6 @@ def _setup():
   torch.set_num_threads(threads)
 
 
-def random_images(shape, seed=0):
-  return torch.from_numpy(
-    np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
-  )
-
-
 def nhwc(images):
   return images.permute(0, 2, 3, 1).numpy()
 
@@ -63,15 +58,6 @@ def kdjax_logits(variables, fmt, name, images, num_classes=NUM_CLASSES):
   )
   forward = jax.jit(lambda v, x: model.apply(v, x, train=False)[0])
   return np.asarray(forward(variables, nhwc(images)))
-
-
-def assert_close_relative(actual, expected, rtol=1e-4):
-  """max |actual - expected| <= rtol * max |expected|, on non-trivial outputs."""
-  expected = np.asarray(expected)
-  scale = np.max(np.abs(expected))
-  # Logits that differ between images: a constant output would hide errors.
-  assert np.mean(np.std(expected, axis=0)) > 1e-3 * scale
-  assert np.max(np.abs(np.asarray(actual) - expected)) <= rtol * scale
 
 
 # (format, kdjax model, PyTorch reference, input size), one per family and

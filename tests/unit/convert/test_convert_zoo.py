@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import torch_reference_models as ref
+from torch_reference_models import assert_close_relative, random_images
 import torch_reference_zoo as zoo
 from kdjax import convert, models
 from kdjax.convert import convert as convert_lib
@@ -48,19 +49,6 @@ def shallow(monkeypatch):
 
   yield register
   convert_lib._abstract_variables.cache_clear()
-
-
-def random_images(shape, seed=0):
-  return torch.from_numpy(
-    np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
-  )
-
-
-def assert_close_relative(actual, expected, rtol=1e-4):
-  expected = np.asarray(expected)
-  scale = np.max(np.abs(expected))
-  assert np.mean(np.std(expected, axis=0)) > 1e-3 * scale  # Not constant.
-  assert np.max(np.abs(np.asarray(actual) - expected)) <= rtol * scale
 
 
 # (format, kdjax model, PyTorch reference, input size, shallow defaults).
