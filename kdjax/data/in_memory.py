@@ -232,7 +232,7 @@ def build_input(
       always shuffles the whole part), or bad arguments as the tfds loader.
   """
   # Same signature as pipeline.build_input so that the trainer can call either
-  # (tests/test_numpy_loader.py keeps the two in step).
+  # (tests/integration/test_numpy_loader.py keeps the two in step).
   del data_dir, cache
   check_served(name)
   spec, recipe, process_index, process_count = specs.check_input_args(

@@ -80,7 +80,7 @@ def tfds_record_order(rows: np.ndarray, split: str) -> np.ndarray:
   # tfds sorts a generated split by the md5 of (split name, example key), a
   # documented, versioned property (changing it bumps every dataset's major
   # version). The keys are the CSV rows, so the order follows from the rows;
-  # tests/test_numpy_loader.py checks it against tfds.
+  # tests/integration/test_numpy_loader.py checks it against tfds.
 
   def key_hash(row):
     return int(hashlib.md5(f'{split}{int(row)}'.encode()).hexdigest(), 16)
