@@ -8,6 +8,7 @@ declares its parameter groups and frozen teachers and gives the trainer pure
 from kdjax.errors import ConfigError
 from kdjax.methods.base import Method
 from kdjax.methods.distill import Distill
+from kdjax.methods.dml import DML
 from kdjax.methods.ekd import EKD
 from kdjax.methods.kd import KnowledgeDistillation
 from kdjax.methods.ofd import OFD
@@ -21,6 +22,7 @@ METHODS = {
   'ofd': OFD,
   'ekd': EKD,
   'distill': Distill,
+  'dml': DML,
 }
 
 
