@@ -118,22 +118,43 @@ def _expected_terms(method, params, stats, frozen, batch):
   return expected
 
 
-def test_each_term_is_the_pure_loss_it_wraps_and_the_total_their_sum(built):
+STEP = 4  # Epoch 2 of 3-step epochs: DKD's warm-up 2/4, ReviewKD's 2/3.
+
+
+@pytest.fixture(scope='module')
+def loss_and_grads(built):
+  """((total, (new_stats, metrics)), (d/d params, d/d frozen)) in one compile."""
   method, params, stats, frozen, batch = built
-  step = 4  # Epoch 2 of 3-step epochs.
-  total, (new_stats, metrics) = method.loss(
-    jnp.asarray(step), params, stats, frozen, batch, jax.random.key(1)
+
+  def loss(params, frozen):
+    return method.loss(
+      jnp.asarray(STEP), params, stats, frozen, batch, jax.random.key(1)
+    )
+
+  return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(
+    params, frozen
   )
+
+
+def test_each_term_is_the_pure_loss_it_wraps_and_the_total_their_sum(
+  built, loss_and_grads
+):
+  method, params, stats, frozen, batch = built
+  (total, (new_stats, metrics)), _ = loss_and_grads
   expected = _expected_terms(method, params, stats, frozen, batch)
   want = 0.7 * expected['ce']
   for i, name in enumerate(ALL_TERMS):
     np.testing.assert_allclose(
-      metrics[f'loss/{name}'], expected[name], rtol=2e-5, err_msg=name
+      metrics[f'loss/{name}'],
+      expected[name],
+      rtol=1e-4,
+      atol=1e-7,
+      err_msg=name,
     )
     factor = {'dkd': 2 / 4, 'review_kd': 2 / 3}.get(name, 1.0)
     want = want + (0.5 + 0.25 * i) * factor * expected[name]
   np.testing.assert_allclose(metrics['distill/dkd_warmup'], 0.5)
-  np.testing.assert_allclose(total, want, rtol=2e-5)
+  np.testing.assert_allclose(total, want, rtol=1e-4)
   assert set(new_stats['student']) == {'model', 'review_kd'}
 
 
@@ -146,15 +167,10 @@ def test_dkd_warmup_follows_the_step():
   np.testing.assert_allclose(distill.warmup_factor(0, 5, 0), 1.0)
 
 
-def test_the_frozen_teacher_gets_no_gradient_and_the_modules_do(built):
-  method, params, stats, frozen, batch = built
-
-  def total(params, frozen):
-    return method.loss(
-      jnp.asarray(100), params, stats, frozen, batch, jax.random.key(1)
-    )[0]
-
-  g_params, g_frozen = jax.jit(jax.grad(total, argnums=(0, 1)))(params, frozen)
+def test_the_frozen_teacher_gets_no_gradient_and_the_modules_do(
+  loss_and_grads,
+):
+  _, (g_params, g_frozen) = loss_and_grads
   for leaf in jax.tree.leaves(g_frozen):
     assert not np.any(np.asarray(leaf))
   student = g_params['student']
