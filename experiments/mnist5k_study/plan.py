@@ -10,54 +10,29 @@ SIGTERM, which stops the whole benchmark with exit code 75) resumes from its
 checkpoint. Frozen teachers are jobs of the plan (group 'teachers') that
 their students restore through ``checkpoint_dir``; the trainer's in-process
 pre-training (``pretrain_epochs``) is never used (see the package docstring).
+
+The jobs, keys, cache and runner are kdjax.reproduce.planner's, the planner of
+``python -m kdjax.reproduce`` (this study is its table ``mnist5k_study``,
+reproduce_table.py); this module adds the study's cells, teachers and
+wall-time estimates.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import os
-import shutil
-import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Tuple
+
+from kdjax.reproduce import planner as generic
+from kdjax.reproduce.planner import Job, config_key
 
 from .cells import Cell, Dep
 from .costs import CostModel
 from .settings import Settings
 
-
-def config_key(config, dep_keys: Sequence[str] = ()) -> str:
-  """A run's identity: what kdjax.train.run_config says changes its result.
-
-  That is every key of the config but the result-neutral ones (logging and
-  checkpoint frequency, eval batch size, data directory, ...: the keys a
-  resume may change), plus ``max_steps``: a resume may extend a run, but a
-  finished run of 2 steps is not the run of the whole schedule. A teacher's
-  key is part of its students' keys (``dep_keys``).
-  """
-  from kdjax.train import run_config  # pylint: disable=g-import-not-at-top
-
-  identity = {
-    key: new
-    for key, (_, new) in run_config.diff({}, run_config.record(config)).items()
-  }
-  identity['max_steps'] = config.get('max_steps', -1)
-  text = json.dumps([identity, sorted(dep_keys)], sort_keys=True, default=str)
-  return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-@dataclasses.dataclass
-class Job:
-  """One train_and_evaluate call of the plan."""
-
-  group: str
-  label: str
-  seed: int
-  config: Any
-  key: str
-  workdir: str
-  estimate_s: float
+# The study's runs are scratch: a workdir started for another key is
+# deleted (kdjax.reproduce.planner.run_job with a marker).
+MARKER = 'study_key.json'
 
 
 def _without(tree, names):
@@ -71,14 +46,14 @@ def _without(tree, names):
   return tree
 
 
-class Planner:
+class Planner(generic.Planner):
   """Turns (cells, deps, seeds) into jobs, one per distinct config."""
 
   def __init__(self, settings: Settings, runs_dir: str, cost: CostModel):
+    super().__init__()
     self.settings = settings
     self.runs_dir = runs_dir
     self.cost = cost
-    self.jobs: Dict[str, Job] = {}  # key -> job, in insertion order
     self.cell_jobs: Dict[
       Tuple[str, str, str, int], str
     ] = {}  # (study, regime, cell, seed)
@@ -129,8 +104,7 @@ class Planner:
       workdir,
       self.cost.run_seconds(config, compiled),
     )
-    self.jobs[key] = job
-    return job
+    return self.add(job)
 
   def add_cell(self, cell: Cell, deps: Dict[str, Dep], seed: int) -> None:
     dep_dirs, dep_keys = {}, []
@@ -148,9 +122,6 @@ class Planner:
     )
     job = self._add(group, cell.name, seed, config, dep_keys)
     self.cell_jobs[(cell.study, cell.regime, cell.name, seed)] = job.key
-
-  def seed_round(self, seed: int) -> List[Job]:
-    return [j for j in self.jobs.values() if j.seed == seed]
 
 
 def check_teachers(cell: Cell, config, dep_dirs: Dict[str, str]) -> None:
@@ -177,67 +148,14 @@ def check_teachers(cell: Cell, config, dep_dirs: Dict[str, str]) -> None:
       )
 
 
-def _same_key(job: Job) -> bool:
-  """Whether job.workdir was started for this job's key (study_key.json)."""
-  marker = os.path.join(job.workdir, 'study_key.json')
-  if not os.path.exists(marker):
-    return False
-  with open(marker) as f:
-    return json.load(f).get('key') == job.key
-
-
-def stored_summary(job: Job) -> Optional[Dict[str, Any]]:
+def stored_summary(job: Job):
   """The finished summary that run_job would reuse for ``job``, or None."""
-  summary_file = os.path.join(job.workdir, 'summary.json')
-  if not (_same_key(job) and os.path.exists(summary_file)):
-    return None
-  with open(summary_file) as f:
-    summary = json.load(f)
-  if summary.get('eval_accuracy') and not summary.get('preempted'):
-    return summary
-  return None
+  return generic.stored_summary(job, MARKER)
 
 
 def run_job(job: Job, log) -> Dict[str, Any]:
   """Trains (or reuses) one job; returns the trainer's summary."""
-  from kdjax import errors  # pylint: disable=g-import-not-at-top
-  from kdjax.train import train as kd_train  # pylint: disable=g-import-not-at-top
-
-  summary = stored_summary(job)
-  if summary is not None:
-    log(f'  reuse {job.group}/{job.label} seed {job.seed} ({job.workdir})')
-    return summary
-  if not _same_key(job):  # Another config's run, or none: start afresh.
-    if os.path.exists(job.workdir):
-      shutil.rmtree(job.workdir)
-    os.makedirs(job.workdir)
-    # Written first, so that a stopped run of this config resumes from its
-    # checkpoint (the trainer's resume is bit-identical) instead of restarting.
-    with open(os.path.join(job.workdir, 'study_key.json'), 'w') as f:
-      json.dump({'key': job.key, 'label': job.label, 'seed': job.seed}, f)
-  started = time.time()
-  summary = kd_train.train_and_evaluate(job.config, job.workdir)
-  if summary.get('preempted'):
-    # A stop request (SIGTERM) saved this run's checkpoint; going on with
-    # the next job would record this one without an accuracy and keep
-    # training after the user asked to stop.
-    log(
-      f'  stopped: {job.group}/{job.label} seed {job.seed} was preempted at '
-      f'step {summary["steps"]} (checkpoint in {job.workdir}). Runs finished '
-      'so far are kept; rerun the same command to go on (the stopped run '
-      'resumes from its checkpoint).'
-    )
-    raise SystemExit(errors.EXIT_PREEMPTED)
-  heads = ', '.join(
-    f'{k} {100 * v:.2f}'
-    for k, v in summary['eval_accuracy'].items()
-    if not k.startswith('teacher') or job.config.method == 'pkkd'
-  )
-  log(
-    f'  done {job.group}/{job.label} seed {job.seed}: {heads} '
-    f'({time.time() - started:.0f} s, estimated {job.estimate_s:.0f} s)'
-  )
-  return summary
+  return generic.run_job(job, log, MARKER)
 
 
 def collect_runs(planner: Planner, summaries) -> List[Dict[str, Any]]:
