@@ -226,5 +226,12 @@ def main(argv: Optional[List[str]] = None, out=None) -> Dict[str, Any]:
 
 
 def run(argv: Optional[List[str]] = None) -> int:
-  main(argv)
+  """The exit status: 0, 75 when a run was preempted, a user error's code."""
+  from kdjax import errors  # pylint: disable=g-import-not-at-top
+
+  try:
+    main(argv)
+  except errors.KdjaxError as e:  # e.g. ConfigChangedError: as kdjax.main.
+    print(f'{PROG}: {e}', file=sys.stderr)
+    return getattr(e, 'exit_code', errors.EXIT_USER_ERROR)
   return 0
