@@ -99,3 +99,9 @@ def finished_run(shared_tmp_root, mnist_dir):
       assert summary['steps'] == helpers.FINISHED_RUN_STEPS
       result.write_text(json.dumps(summary, default=str))
   return str(workdir), config, json.loads(result.read_text())
+
+
+@pytest.fixture
+def reference(finished_run):
+  """The shared finished run's workdir: checkpoints at 2, 4 and 6."""
+  return finished_run[0]

@@ -28,7 +28,7 @@ import jax
 import numpy as np
 import pytest
 
-import kdjax.data as kd_data
+from kdjax.data import loaders
 from kdjax import errors
 from kdjax.train import train
 
@@ -66,9 +66,15 @@ class _TwoProcessInput:
 
 
 def _read_as_two_processes(monkeypatch):
-  build_input = kd_data.build_input
+  """The trainer's loader reads each split as the two processes would."""
+  build_input = loaders.build_input
 
   def build(name, split, **kwargs):
+    kwargs = {
+      k: v
+      for k, v in kwargs.items()
+      if k not in ('process_index', 'process_count')
+    }
     return _TwoProcessInput(
       [
         build_input(name, split, process_index=p, process_count=2, **kwargs)
@@ -76,7 +82,7 @@ def _read_as_two_processes(monkeypatch):
       ]
     )
 
-  monkeypatch.setattr(kd_data, 'build_input', build)
+  monkeypatch.setattr(loaders, 'build_input', build)
 
 
 def _assert_close(expected, actual, *, atol_scale, parts=None):
