@@ -6,9 +6,13 @@ r"""One CNN or ANN trained alone: baselines, and the teachers of kd/ofd/ekd runs
 Presets:
   demo                     resnet20 CNN on the embedded MNIST-5k digits
   cifar10_resnet20 / cifar100_resnet20 / cifar10_resnet32 / cifar100_resnet32
+  cifar10_vgg_small / cifar100_vgg_small
                            AdderNet CIFAR recipe (docs/recipes.md); --config.model.conv_type=adder
                            gives the ANN baselines (paper CNN/ANN columns in configs/pkkd.py)
   cifar100_wrn28_4         OFD CIFAR-100 teacher (error 21.09 %), OFD recipe (docs/recipes.md)
+  cifar100_pyramidnet200_240 / cifar100_pyramidnet110_84
+                           OFD's teacher of setups (e) and (f), and (f)'s
+                           student alone (error 22.58 %), OFD recipe
   cifar100_wrn16_4 / cifar100_wrn28_2 / cifar100_wrn16_2 / cifar100_resnet56
                            OFD students alone (errors 22.72 / 24.88 / 27.32 / 27.68 %)
   cifar100_resnet32x4 / cifar100_wrn40_2
@@ -29,6 +33,10 @@ PRESETS = (
   'cifar100_resnet20',
   'cifar10_resnet32',
   'cifar100_resnet32',
+  'cifar10_vgg_small',
+  'cifar100_vgg_small',
+  'cifar100_pyramidnet200_240',
+  'cifar100_pyramidnet110_84',
   'cifar100_wrn28_4',
   'cifar100_wrn16_4',
   'cifar100_wrn28_2',
@@ -62,7 +70,7 @@ def get_config(preset: str = 'demo'):
     defaults.ofd_imagenet_recipe(config)
   else:
     defaults.set_dataset(config, dataset)
-  if arch in ('resnet20', 'resnet32'):
+  if arch in ('resnet20', 'resnet32', 'vgg_small'):
     defaults.addernet_cifar_recipe(config)
   elif arch in ('resnet32x4', 'wrn40_2', 'resnet8x4', 'wrn16_2_rd'):
     defaults.repdistiller_recipe(config)

@@ -271,8 +271,9 @@ def cell_config(cell: Cell, seed: int, teacher_dirs: Dict[str, str], repo: str):
       return None, f'{cell.config} does not exist'
     try:
       config = _config_module(path).get_config(cell.preset)
-    except ValueError:
-      return None, f'{cell.config} has no preset {cell.preset!r}'
+    except ValueError as e:  # The config says why: no such preset, or a
+      # cell kdjax cannot run yet (configs/benchmark.py names what is missing).
+      return None, f'{cell.config}:{cell.preset}: {e}'
     for key, value in cell.overrides.items():
       if not _set(config, key, value, create=False):
         return None, f'override {key}: no such key in {cell.source}'

@@ -219,9 +219,12 @@ def _ofd_cifar100() -> Table:
   cells = list(teachers.values())
   for row, (teacher, student, alone, ofd) in OFD_CIFAR.items():
     letter = row[1]
-    ofd_preset = f'cifar100_{teacher}_{student}'
     config = OFD if letter in 'abcd' else BENCH
-    preset = ofd_preset if letter in 'abcd' else f'{ofd_preset},ofd'
+    preset = (
+      f'cifar100_{teacher}_{student}'
+      if letter in 'abcd'
+      else f'ofd_{letter},ofd'
+    )
     cells += [
       Cell(
         row,
@@ -307,8 +310,8 @@ def _ofd_imagenet() -> Table:
     Cell(
       'ResNet50 -> MobileNet',
       'OFD',
-      OFD,
-      'imagenet_resnet50_mobilenet_v1',
+      BENCH,
+      'ofd_imagenet_b,ofd',
       teachers={'teacher.checkpoint_dir': r50.id},
       published=(P(28.75, f'{src}, MobileNet table "Proposed"'),),
       note='top-5 error 9.66',

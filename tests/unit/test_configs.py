@@ -16,7 +16,7 @@ from kdjax import data as kd_data
 from kdjax import models
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
-METHODS = ('supervised', 'kd', 'pkkd', 'ofd', 'ekd')
+METHODS = ('supervised', 'kd', 'pkkd', 'ofd', 'ekd', 'distill', 'dml')
 
 
 def load(name):
@@ -112,7 +112,7 @@ def test_pkkd_presets_follow_spec(preset):
   assert config.optimizer.adder_eta == pytest.approx(0.2)
   if preset.startswith('demo'):
     return
-  dataset, arch = preset.split('_')
+  dataset, arch = preset.split('_', 1)
   assert arch == config.model.name
   opt = config.optimizer
   assert (opt.learning_rate, opt.momentum, opt.schedule) == (0.1, 0.9, 'cosine')

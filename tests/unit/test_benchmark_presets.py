@@ -1,0 +1,85 @@
+"""configs/benchmark.py: every '<pair>,<method>' preset builds its method, or
+says in one sentence why it cannot; the tables' recipes reach the config."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from helpers import load_config_module
+from kdjax.methods import build_method
+
+BENCH = load_config_module('benchmark')
+
+
+def test_the_presets_are_the_pair_table_times_the_method_table():
+  pairs = {p.split(',')[0] for p in BENCH.PRESETS}
+  assert pairs == set(BENCH.PAIRS) and len(BENCH.REPDISTILLER) == 13
+  repdistiller = [p for p in BENCH.PRESETS if p.startswith('cifar100_')]
+  assert len(repdistiller) == 13 * len(BENCH.METHODS)
+  assert len(set(BENCH.PRESETS)) == len(BENCH.PRESETS)
+  ofd = [p for p in BENCH.PRESETS if p.startswith('ofd_')]
+  assert len(ofd) == 8 * 4  # (a)-(f) and two ImageNet setups x 4 methods.
+
+
+@pytest.mark.parametrize(
+  'preset, reason',
+  [
+    ('cifar100_resnet32x4_resnet8x4,crd', 'dataset index'),
+    ('cifar100_vgg13_vgg8,ab', 'initialization phase'),
+    ('cifar100_wrn40_2_shufflenet_v1,fsp', 'same channels'),
+    ('cifar100_resnet32x4_shufflenet_v2,at', 'does not resample'),
+    ('ofd_a,dkd', "'<pair>,<method>'"),
+  ],
+)
+def test_a_cell_kdjax_cannot_run_says_why(preset, reason):
+  with pytest.raises(ValueError, match=reason):
+    BENCH.get_config(preset)
+
+
+def test_recipes_and_methods_reach_the_config():
+  config = BENCH.get_config('cifar100_vgg13_mobilenet_v2,kd')
+  assert (config.batch_size, config.num_epochs) == (64, 240)
+  assert config.optimizer.learning_rate == 0.01  # RepDistiller's MobileNetV2.
+  assert config.kd.kd_weight == 0.9 and config.teacher.name == 'vgg13'
+  config = BENCH.get_config('ofd_e,ofd')
+  assert config.teacher.name == 'pyramidnet200_240' and config.ofd.alpha == 1e-3
+  assert config.batch_size == 128
+  config = BENCH.get_config('ofd_imagenet_b,ofd')
+  assert config.model.name == 'mobilenet_v1' and config.ofd.alpha == 1e-4
+  config = BENCH.get_config('cifar100_wrn40_2_wrn16_2,pkt')
+  assert config.method == 'distill' and config.distill.terms == ('pkt',)
+
+
+@pytest.mark.parametrize(
+  'preset',
+  [
+    'cifar100_vgg13_mobilenet_v2,fitnet',
+    'cifar100_resnet32x4_shufflenet_v1,review_kd',
+    'cifar100_resnet56_resnet20,at',
+    'ofd_f,ofd',
+  ],
+)
+def test_cross_architecture_cells_trace(preset):
+  """The loss of a cell that is offered traces: its shapes agree."""
+  config = BENCH.get_config(preset)
+  method = build_method(config, num_classes=100, image_shape=(32, 32, 3))
+  images = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+  params, stats = jax.eval_shape(method.init, jax.random.key(0), images)
+  weights = [
+    jax.eval_shape(
+      lambda m=model: m.init(
+        jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False
+      )
+    )
+    for model, _ in method.frozen_teachers()
+  ]
+  frozen = jax.eval_shape(method.prepare_frozen, weights, images)
+  batch = {'image': images, 'label': jax.ShapeDtypeStruct((2,), jnp.int32)}
+  total, _ = jax.eval_shape(
+    lambda p, s, f, b: method.loss(0, p, s, f, b, jax.random.key(1)),
+    params,
+    stats,
+    frozen,
+    batch,
+  )
+  assert total.shape == ()
