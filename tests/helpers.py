@@ -17,6 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from kdjax import config_defaults
+from kdjax.methods import distill
 from kdjax.train import checkpointing
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,6 +36,8 @@ TINY = {
 }
 REFERENCE_STEPS = 6
 FINISHED_RUN_STEPS = REFERENCE_STEPS
+# Every term of the 'distill' method (kdjax/methods/distill.py).
+ALL_DISTILL_TERMS = tuple(distill.TERMS)
 
 
 def tiny_config(mnist_dir, steps, **overrides):
@@ -196,3 +199,18 @@ def convert_repdistiller_resnet8(path, num_classes, out, *flags):
       *flags,
     ]
   )
+
+
+def distill_tiny_config(terms=None, preset='demo_kd'):
+  """A demo preset with 4-channel stages, every term at a distinct weight."""
+  terms = ALL_DISTILL_TERMS if terms is None else terms
+  config = load_config_module('distill').get_config(preset)
+  config.distill = distill.default_section(terms, ce_weight=0.7)
+  for i, name in enumerate(terms):
+    config.distill[name].weight = 0.5 + 0.25 * i
+  for entry in (config.model, config.teacher):
+    entry.kwargs.stage_widths = (4, 4, 4)
+  config.teacher.name = 'resnet8'
+  config.distill.dkd.warmup_epochs = 4
+  config.distill.review_kd.warmup_epochs = 3
+  return config

@@ -2,51 +2,32 @@
 
 Each term's value is recomputed here from the pure losses and the method's own
 modules; DKD's warm-up follows the step; the frozen teacher gets no gradient;
-one tiny training run with every term goes through the trainer.
+one tiny training run with every term goes through the trainer
+(tests/integration/test_distill_run.py).
 """
 
 import copy
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kdjax import config_defaults
 from kdjax import losses
 from kdjax import methods
 from kdjax.errors import ConfigError
 from kdjax.methods import distill
-from kdjax.train import train
+from helpers import ALL_DISTILL_TERMS, distill_tiny_config, load_config_module
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = config_defaults.load_config_module(
-  os.path.join(REPO, 'configs', 'distill.py')
-)
-ALL_TERMS = tuple(distill.TERMS)
+CONFIGS = load_config_module('distill')
 IMAGE_SHAPE = (16, 16, 1)
 NUM_CLASSES = 5
-
-
-def tiny_config(terms=ALL_TERMS, preset='demo_kd'):
-  """A demo preset with 4-channel stages, every term at a distinct weight."""
-  config = CONFIGS.get_config(preset)
-  config.distill = distill.default_section(terms, ce_weight=0.7)
-  for i, name in enumerate(terms):
-    config.distill[name].weight = 0.5 + 0.25 * i
-  for entry in (config.model, config.teacher):
-    entry.kwargs.stage_widths = (4, 4, 4)
-  config.teacher.name = 'resnet8'
-  config.distill.dkd.warmup_epochs = 4
-  config.distill.review_kd.warmup_epochs = 3
-  return config
 
 
 @pytest.fixture(scope='module')
 def built():
   """(method, params, batch_stats, frozen, batch) with every term."""
-  config = tiny_config()
+  config = distill_tiny_config()
   method = methods.build_method(
     config,
     num_classes=NUM_CLASSES,
@@ -143,7 +124,7 @@ def test_each_term_is_the_pure_loss_it_wraps_and_the_total_their_sum(
   (total, (new_stats, metrics)), _ = loss_and_grads
   expected = _expected_terms(method, params, stats, frozen, batch)
   want = 0.7 * expected['ce']
-  for i, name in enumerate(ALL_TERMS):
+  for i, name in enumerate(ALL_DISTILL_TERMS):
     np.testing.assert_allclose(
       metrics[f'loss/{name}'],
       expected[name],
@@ -185,7 +166,7 @@ def test_the_frozen_teacher_gets_no_gradient_and_the_modules_do(
 
 
 def test_check_config_names_the_bad_setting():
-  config = tiny_config(('kd',))
+  config = distill_tiny_config(('kd',))
   bad = copy.deepcopy(config)
   bad.distill.terms = ('kd', 'crd_typo')
   with pytest.raises(ConfigError, match='unknown.*crd_typo'):
@@ -227,18 +208,3 @@ def test_presets_come_from_the_tables():
   for method, numbers in CONFIGS.REFERENCE.items():
     quoted = ' / '.join('-' if n is None else f'{n:.2f}' for n in numbers)
     assert f'{method} {quoted}' in ' '.join(CONFIGS.__doc__.split()), method
-
-
-def test_every_term_trains_through_the_trainer(tmp_path):
-  """One run of 2 steps with every term: the trainer compiles it once."""
-  config = tiny_config()
-  config.dataset.name = 'synthetic'
-  config.dataset.synthetic.update(
-    train_examples=16, eval_examples=8, image_size=16, num_classes=5
-  )
-  config.teacher.pretrain_epochs = 1
-  config.batch_size, config.num_devices, config.num_epochs = 8, 1, 1
-  config.eval_bn_recalibration_batches = 0
-  summary = train.train_and_evaluate(config, str(tmp_path))
-  assert summary['steps'] == 2
-  assert set(summary['eval_accuracy']) == {'student', 'teacher'}
