@@ -2,7 +2,8 @@
 
 A frozen teacher with ``pretrain_epochs`` and no ``checkpoint_dir`` is an
 ordinary supervised run in ``<workdir>/teachers/<i>_<name>`` (so it resumes
-like any run); the student's run then reads that directory as the teacher's
+like any run), or a KD run from the entry's own ``distill_from`` teacher
+(TAKD's chain); the student's run then reads that directory as the teacher's
 ``checkpoint_dir``. Every run gets its own config: nothing is edited in place.
 """
 
@@ -52,15 +53,28 @@ def _pretrained_teachers(config: ml_collections.ConfigDict):
 
 
 def teacher_run_config(config, teacher) -> ml_collections.ConfigDict:
-  """The supervised run that pre-trains `teacher` for `config`."""
-  sub = ml_collections.ConfigDict(config.to_dict())
+  """The run that pre-trains `teacher` for `config`.
+
+  A supervised run of the teacher's model; or, when the entry names a
+  ``distill_from`` teacher of its own (TAKD's teacher assistant), a KD run
+  from that teacher with `config`'s KD settings (configs/takd.py).
+  """
+  sub = copy.deepcopy(config)
   # Only what the teacher's own training reads, so that changing a setting of
   # the distillation does not count as a change of the teacher run.
   for key in ('teacher', 'teachers', config.method):
     if key in sub:
       del sub[key]
-  sub.method = 'supervised'
-  sub.model = ml_collections.ConfigDict(teacher.to_dict())
+  model = ml_collections.ConfigDict(teacher.to_dict())
+  distill_from = model.get('distill_from')
+  if distill_from is None:
+    sub.method = 'supervised'
+  else:
+    del model['distill_from']
+    sub.method = 'kd'
+    sub.kd = ml_collections.ConfigDict(config.kd.to_dict())
+    sub.teacher = ml_collections.ConfigDict(distill_from.to_dict())
+  sub.model = model
   sub.num_epochs = teacher.pretrain_epochs
   sub.max_steps = -1
   return sub
@@ -76,22 +90,26 @@ def _student_config(config, workdir) -> ml_collections.ConfigDict:
   return student
 
 
-def build(config: ml_collections.ConfigDict, workdir: str) -> List[Run]:
-  """The runs of `config` in order: each pre-trained teacher, then the student."""
+def build(
+  config: ml_collections.ConfigDict, workdir: str, role: str = 'student'
+) -> List[Run]:
+  """The runs of `config` in order: each pre-trained teacher, then the student.
+
+  A pre-trained teacher that is itself distilled (``distill_from``) brings
+  its own teacher's runs first, in its own workdir's ``teachers/``: a chain
+  of any length, each link's checkpoint feeding the next.
+  """
   runs = []
   for i, teacher in _pretrained_teachers(config):
-    teacher_config = teacher_run_config(config, teacher)
-    runs.append(
-      Run(
-        role=f'teacher {i} ({teacher.name})',
-        config=teacher_config,
-        workdir=pretrained_teacher_dir(workdir, i, teacher),
-        record=run_config.record(teacher_config),
-      )
+    name = f'teacher {i} ({teacher.name})'
+    runs += build(
+      teacher_run_config(config, teacher),
+      pretrained_teacher_dir(workdir, i, teacher),
+      name if role == 'student' else f'{role}, {name}',
     )
   runs.append(
     Run(
-      role='student',
+      role=role,
       config=_student_config(config, workdir),
       workdir=workdir,
       record=run_config.record(config),
