@@ -8,6 +8,8 @@ Presets (RepDistiller recipe; CIFAR-100 top-1 %, KD / FitNet / AT, student alone
   cifar100_resnet32x4_resnet8x4   73.33 / 73.50 / 73.44 (72.50)
   cifar100_wrn40_2_wrn16_2        74.92 / 73.58 / 74.08 (73.26)
   demo   resnet20 teacher trained in-process for 2 epochs -> resnet8, MNIST-5k
+Several frozen teachers: set config.teachers (a list of model entries) and
+--config.kd.multi_teacher=mean_targets|sum_losses (docs/baselines.md).
 The fitnet / at presets are the same runs with the hint or AT term switched on:
   cifar100_resnet32x4_resnet8x4_fitnet, cifar100_resnet32x4_resnet8x4_at, and the wrn pair alike.
 """
@@ -36,6 +38,9 @@ def get_config(preset: str = 'demo'):
       fitnet_weight=0.0,
       fitnet_stage=1,
       at_weight=0.0,
+      # With config.teachers (several frozen teachers): 'mean_targets' or
+      # 'sum_losses' (kdjax/methods/kd.py).
+      multi_teacher='mean_targets',
     )
   )
   if preset == 'demo':

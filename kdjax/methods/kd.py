@@ -1,10 +1,20 @@
-"""Baselines from a frozen teacher: Hinton KD, optionally FitNets and AT (docs/baselines.md)."""
+"""Baselines from frozen teachers: Hinton KD, optionally FitNets and AT (docs/baselines.md)."""
 
 import jax
+import jax.numpy as jnp
 
 from kdjax import losses
-from kdjax.models import connectors
+from kdjax.errors import ConfigError
 from kdjax.methods import base
+from kdjax.models import connectors
+
+# How several teachers combine (config.kd.multi_teacher).
+MULTI_TEACHER = ('mean_targets', 'sum_losses')
+
+
+def _teacher_entries(config):
+  teachers = config.get('teachers')
+  return list(teachers) if teachers else [config.teacher]
 
 
 class KnowledgeDistillation(base.Method):
@@ -13,41 +23,62 @@ class KnowledgeDistillation(base.Method):
   config.kd: temperature, kd_weight (lambda), fitnet_weight and fitnet_stage
   (the stage whose pre-ReLU output is the hint), at_weight (0 disables;
   1000/2 per position in the paper).
+
+  One frozen teacher (config.teacher) or several (config.teachers, a list of
+  model entries). With several, config.kd.multi_teacher says how they
+  combine: 'mean_targets' (default) distils from the mean of the teachers'
+  softened predictions, T^2 KL(mean_t p_t^T || p_s^T); 'sum_losses' adds one
+  KD term per teacher, T^2 sum_t KL(p_t^T || p_s^T). The FitNets and AT
+  terms always add one term per teacher (a hint connector each).
   """
 
+  @classmethod
+  def check_config(cls, config):
+    super().check_config(config)
+    mode = config.kd.get('multi_teacher', 'mean_targets')
+    if mode not in MULTI_TEACHER:
+      raise ConfigError(
+        f'--config.kd.multi_teacher={mode!r}: use one of {MULTI_TEACHER}.'
+      )
+
   def __init__(self, config, **kwargs):
+    self.check_config(config)  # Also for a method built without validation.
     super().__init__(config, **kwargs)
     self.hint_stage = config.kd.get('fitnet_stage', -1)
-    self.teacher = base.build_zoo_model(
-      config.teacher, self.num_classes, self.image_shape
+    self.teachers = tuple(
+      base.build_zoo_model(entry, self.num_classes, self.image_shape)
+      for entry in _teacher_entries(config)
     )
     self.connectors = None
     if self._uses_hint():
-      _, teacher_feats = self.abstract_outputs(self.teacher)
-      hint = teacher_feats['stages'][self.hint_stage]['preact']
-      self.connectors = connectors.StageConnectors('feature', (hint.shape[-1],))
+      hint_channels = tuple(
+        self.abstract_outputs(t)[1]['stages'][self.hint_stage]['preact'].shape[
+          -1
+        ]
+        for t in self.teachers
+      )
+      self.connectors = connectors.StageConnectors('feature', hint_channels)
 
   @classmethod
   def frozen_teacher_configs(cls, config):
-    return [config.teacher]
-
-  def _teacher_features(self, frozen, images):
-    logits, feats, _ = base.run_model(
-      self.teacher,
-      frozen['teacher']['params'],
-      frozen['teacher']['batch_stats'],
-      images,
-      False,
-    )
-    return jax.lax.stop_gradient(logits), jax.lax.stop_gradient(feats)
+    return _teacher_entries(config)
 
   def frozen_teachers(self):
-    return ((self.teacher, self.config.teacher),)
+    return tuple(zip(self.teachers, _teacher_entries(self.config)))
 
   def prepare_frozen(self, teacher_weights, images):
     del images
-    (teacher,) = teacher_weights
-    return {'teacher': teacher}
+    return {'teachers': tuple(teacher_weights)}
+
+  def _teacher_outputs(self, frozen, images):
+    """[(logits, features)] per teacher, eval mode, under stop_gradient."""
+    out = []
+    for model, weights in zip(self.teachers, frozen['teachers']):
+      logits, feats, _ = base.run_model(
+        model, weights['params'], weights['batch_stats'], images, False
+      )
+      out.append(jax.lax.stop_gradient((logits, feats)))
+    return out
 
   def _uses_hint(self):
     return self.config.kd.get('fitnet_weight', 0.0) > 0
@@ -61,13 +92,24 @@ class KnowledgeDistillation(base.Method):
       _, student_feats = self.student.apply(
         {'params': params, 'batch_stats': batch_stats}, images, train=False
       )
+      hint = student_feats['stages'][self.hint_stage]['preact']
       student['connectors'], stats['connectors'] = base.init_module(
         self.connectors,
         connector_rng,
-        (student_feats['stages'][self.hint_stage]['preact'],),
+        (hint,) * len(self.teachers),
         train=False,
       )
     return {'student': student}, {'student': stats}
+
+  def _soft_targets_logits(self, teacher_logits):
+    """Logits whose softmax at T is the mean of the teachers' at T."""
+    temperature = self.config.kd.temperature
+    if len(teacher_logits) == 1:
+      return teacher_logits[0]
+    probs = jnp.mean(
+      jnp.stack([jax.nn.softmax(z / temperature) for z in teacher_logits]), 0
+    )
+    return temperature * jnp.log(probs)
 
   def loss(self, step, params, batch_stats, frozen, batch, rng):
     del step, rng
@@ -76,34 +118,47 @@ class KnowledgeDistillation(base.Method):
     logits, feats, new_stats = self.student_logits(
       params, batch_stats, images, True
     )
-    teacher_logits, teacher_feats = self._teacher_features(frozen, images)
-    total, terms = losses.hinton_kd_total(
-      logits,
-      teacher_logits,
-      labels,
-      temperature=cfg.temperature,
-      kd_weight=cfg.kd_weight,
-    )
+    teachers = self._teacher_outputs(frozen, images)
+    teacher_logits = [z for z, _ in teachers]
+    if cfg.get('multi_teacher', 'mean_targets') == 'sum_losses':
+      ce = losses.cross_entropy(logits, labels)
+      kd = sum(
+        losses.kd_loss(logits, z, cfg.temperature) for z in teacher_logits
+      )
+      total = (1.0 - cfg.kd_weight) * ce + cfg.kd_weight * kd
+      terms = {'ce': ce, 'kd': kd}
+    else:
+      total, terms = losses.hinton_kd_total(
+        logits,
+        self._soft_targets_logits(teacher_logits),
+        labels,
+        temperature=cfg.temperature,
+        kd_weight=cfg.kd_weight,
+      )
     metrics = {'loss/ce': terms['ce'], 'loss/kd': terms['kd']}
     new_batch_stats = {'model': new_stats}
     if self._uses_hint():
-      (hint,), new_batch_stats['connectors'] = base.run_module(
+      hints, new_batch_stats['connectors'] = base.run_module(
         self.connectors,
         params['student']['connectors'],
         batch_stats['student']['connectors'],
-        (feats['stages'][self.hint_stage]['preact'],),
+        (feats['stages'][self.hint_stage]['preact'],) * len(teachers),
         train=True,
       )
-      fitnet = losses.fitnet_loss(
-        hint, teacher_feats['stages'][self.hint_stage]['preact']
+      fitnet = sum(
+        losses.fitnet_loss(hint, t_feats['stages'][self.hint_stage]['preact'])
+        for hint, (_, t_feats) in zip(hints, teachers)
       )
       total = total + cfg.fitnet_weight * fitnet
       metrics['loss/fitnet'] = fitnet
     if cfg.get('at_weight', 0.0) > 0:
-      at, _ = losses.attention_transfer_total(
-        [s['preact'] for s in feats['stages']],
-        [t['preact'] for t in teacher_feats['stages']],
-        weight=cfg.at_weight,
+      at = sum(
+        losses.attention_transfer_total(
+          [s['preact'] for s in feats['stages']],
+          [t['preact'] for t in t_feats['stages']],
+          weight=cfg.at_weight,
+        )[0]
+        for _, t_feats in teachers
       )
       total = total + at
       metrics['loss/at'] = at
@@ -111,7 +166,12 @@ class KnowledgeDistillation(base.Method):
     return total, ({'student': new_batch_stats}, metrics)
 
   def predict(self, params, batch_stats, frozen, images):
-    return {
-      'student': self.student_logits(params, batch_stats, images, False)[0],
-      'teacher': self._teacher_features(frozen, images)[0],
+    heads = {
+      'student': self.student_logits(params, batch_stats, images, False)[0]
     }
+    teachers = self._teacher_outputs(frozen, images)
+    if len(teachers) == 1:
+      heads['teacher'] = teachers[0][0]
+    else:
+      heads.update({f'teacher{i}': z for i, (z, _) in enumerate(teachers)})
+    return heads
