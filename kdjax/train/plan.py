@@ -60,6 +60,7 @@ def teacher_run_config(config, teacher) -> ml_collections.ConfigDict:
   from that teacher with `config`'s KD settings (configs/takd.py).
   """
   sub = copy.deepcopy(config)
+  sub.unlock()  # The command line's config is locked; this copy is ours.
   # Only what the teacher's own training reads, so that changing a setting of
   # the distillation does not count as a change of the teacher run.
   for key in ('teacher', 'teachers', config.method):

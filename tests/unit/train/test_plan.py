@@ -42,3 +42,11 @@ def test_takd_is_a_chain_of_runs_each_feeding_the_next():
   assert 'distill_from' not in assistant.config.model
   assert teacher.role == 'teacher 0 (resnet14), teacher 0 (resnet20)'
   assert config.to_dict() == before
+
+
+def test_the_command_lines_locked_config_plans_too():
+  """python -m kdjax.main locks its config; the plan works on copies."""
+  config = load_config_module('takd').get_config('demo')
+  config.lock()
+  runs = plan.build(config, '/w')
+  assert len(runs) == 3 and config.is_locked
