@@ -32,8 +32,8 @@ Methods (METHODS below; weights as RepDistiller's README / each paper):
   dkd dist logit_std sp cc rkd pkt nst fsp vid review_kd
                                 configs/distill.py's rows (docs/baselines.md)
   ab ft crd                     not in kdjax yet: the preset says why (so do
-                                fsp on pairs of other widths, and fitnet, at
-                                and ofd on pairs whose maps differ in size)
+                                fsp on pairs of other widths, and ofd on
+                                pairs whose maps differ in size)
 The numbers each cell targets are in kdjax.reproduce's tables (repdistiller
 and ofd), each with its source; the student alone is the supervised preset of
 the student (configs/supervised.py).
@@ -91,16 +91,20 @@ KD_TERMS = {
 # 0.00 for wrn40_2 -> wrn40_1, whose widths differ).
 FSP_PAIRS = tuple(f'cifar100_{t}_{s}' for t, s in REPDISTILLER[:7])
 FSP_PAIRS = tuple(p for p in FSP_PAIRS if p != 'cifar100_wrn40_2_wrn40_1')
-# Where the stage maps of teacher and student differ in size, kdjax's FitNet,
-# AT and OFD terms refuse to compare them (RepDistiller's ConvReg and at_loss
-# resample them first; kdjax does not yet).
+# Where the stage maps of teacher and student differ in size, FitNets
+# resamples in its regressor and AT pools the larger map (as RepDistiller's
+# ConvReg and at_loss); OFD's partial L2 compares maps of one size (its
+# official code distils between same-size stages only).
 RESAMPLING_NEEDED = {
-  'cifar100_vgg13_mobilenet_v2': ('at', 'ofd'),
-  'cifar100_resnet50_cifar_mobilenet_v2': ('fitnet', 'at', 'ofd'),
-  'cifar100_resnet50_cifar_vgg8': ('fitnet', 'at', 'ofd'),
-  'cifar100_resnet32x4_shufflenet_v1': ('fitnet', 'at', 'ofd'),
-  'cifar100_resnet32x4_shufflenet_v2': ('fitnet', 'at', 'ofd'),
-  'cifar100_wrn40_2_shufflenet_v1': ('fitnet', 'at', 'ofd'),
+  pair: ('ofd',)
+  for pair in (
+    'cifar100_vgg13_mobilenet_v2',
+    'cifar100_resnet50_cifar_mobilenet_v2',
+    'cifar100_resnet50_cifar_vgg8',
+    'cifar100_resnet32x4_shufflenet_v1',
+    'cifar100_resnet32x4_shufflenet_v2',
+    'cifar100_wrn40_2_shufflenet_v1',
+  )
 }
 # Baselines kdjax does not have yet, and what they need.
 MISSING = {
@@ -150,8 +154,8 @@ def get_config(preset: str = 'cifar100_resnet32x4_resnet8x4,kd'):
   if method in RESAMPLING_NEEDED.get(pair, ()):
     raise ValueError(
       f"benchmark preset {preset!r}: the teacher's and the student's stage "
-      f"maps differ in size, and kdjax's {method} does not resample them yet "
-      "(RepDistiller's ConvReg and at_loss do)."
+      'maps differ in size, and OFD compares maps of one size (its official '
+      'code distils between same-size stages only).'
     )
   if method == 'fsp' and pair in PAIRS and pair not in FSP_PAIRS:
     raise ValueError(

@@ -12,6 +12,25 @@ from kdjax.models import connectors
 MULTI_TEACHER = ('mean_targets', 'sum_losses')
 
 
+def _pooled_to_common_sizes(student_maps, teacher_maps):
+  """Each pair's larger map average-pooled to the smaller's size.
+
+  As RepDistiller's attention transfer between architectures (its at_loss
+  pools the larger feature map before the attention map); maps of equal
+  size are left as they are.
+  """
+  pooled_s, pooled_t = [], []
+  for s, t in zip(student_maps, teacher_maps):
+    size = (min(s.shape[1], t.shape[1]), min(s.shape[2], t.shape[2]))
+    pooled_s.append(
+      s if s.shape[1:3] == size else losses.adaptive_avg_pool(s, size)
+    )
+    pooled_t.append(
+      t if t.shape[1:3] == size else losses.adaptive_avg_pool(t, size)
+    )
+  return pooled_s, pooled_t
+
+
 def _teacher_entries(config):
   teachers = config.get('teachers')
   return list(teachers) if teachers else [config.teacher]
@@ -51,13 +70,18 @@ class KnowledgeDistillation(base.Method):
     )
     self.connectors = None
     if self._uses_hint():
-      hint_channels = tuple(
-        self.abstract_outputs(t)[1]['stages'][self.hint_stage]['preact'].shape[
-          -1
-        ]
+      hints = [
+        self.abstract_outputs(t)[1]['stages'][self.hint_stage]['preact']
         for t in self.teachers
+      ]
+      # Where the teacher's hint map has another size than the student's,
+      # the regressor resamples it (FeatureConnector, after RepDistiller's
+      # ConvReg).
+      self.connectors = connectors.StageConnectors(
+        'feature',
+        tuple(h.shape[-1] for h in hints),
+        tuple(tuple(h.shape[1:3]) for h in hints),
       )
-      self.connectors = connectors.StageConnectors('feature', hint_channels)
 
   @classmethod
   def frozen_teacher_configs(cls, config):
@@ -154,8 +178,10 @@ class KnowledgeDistillation(base.Method):
     if cfg.get('at_weight', 0.0) > 0:
       at = sum(
         losses.attention_transfer_total(
-          [s['preact'] for s in feats['stages']],
-          [t['preact'] for t in t_feats['stages']],
+          *_pooled_to_common_sizes(
+            [s['preact'] for s in feats['stages']],
+            [t['preact'] for t in t_feats['stages']],
+          ),
           weight=cfg.at_weight,
         )[0]
         for _, t_feats in teachers

@@ -59,9 +59,16 @@ class FeatureConnector(nn.Module):
     axis_name: BN cross-device axis under ``shard_map``; None under plain jit.
     dtype: computation dtype (None: from the input); parameters stay float32.
     kernel_init: initializer of the conv kernel.
+    in_hw, out_hw: the student's and the teacher's spatial size, where they
+      differ (FitNets between architectures). The conv then resamples as
+      RepDistiller's ``ConvReg`` does: 3x3 stride 2 when the student's map is
+      twice the teacher's, a 4x4 stride-2 transposed conv when it is half,
+      a VALID conv of kernel 1 + (in - out) when it is larger otherwise.
   """
 
   features: int
+  in_hw: Optional[Tuple[int, int]] = None
+  out_hw: Optional[Tuple[int, int]] = None
   momentum: float = 0.9
   epsilon: float = 1e-5
   # Under plain jit batch statistics are already global: no axis needed.
@@ -72,16 +79,30 @@ class FeatureConnector(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
-    """(B, H, W, C_s) -> (B, H, W, features); BN uses batch statistics when ``train``."""
-    x = nn.Conv(
-      self.features,
-      (1, 1),
+    """(B, H, W, C_s) -> (B, H', W', features); BN uses batch statistics when ``train``."""
+    conv = dict(
       use_bias=False,
       kernel_init=self.kernel_init,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
       name='conv',
-    )(x)
+    )
+    (ih, iw), (oh, ow) = self.in_hw or (0, 0), self.out_hw or (0, 0)
+    if (ih, iw) == (oh, ow):
+      x = nn.Conv(self.features, (1, 1), **conv)(x)
+    elif (ih, iw) == (2 * oh, 2 * ow):
+      x = nn.Conv(self.features, (3, 3), 2, ((1, 1), (1, 1)), **conv)(x)
+    elif (2 * ih, 2 * iw) == (oh, ow):
+      x = nn.ConvTranspose(self.features, (4, 4), (2, 2), 'SAME', **conv)(x)
+    elif ih >= oh and iw >= ow:
+      x = nn.Conv(
+        self.features, (1 + ih - oh, 1 + iw - ow), 1, 'VALID', **conv
+      )(x)
+    else:
+      raise ValueError(
+        f'FeatureConnector: cannot map a {ih}x{iw} student map onto a '
+        f"{oh}x{ow} teacher map (RepDistiller's ConvReg cannot either)."
+      )
     return nn.BatchNorm(
       use_running_average=not train,
       momentum=self.momentum,
@@ -170,14 +191,20 @@ class StageConnectors(nn.Module):
 
   kind: str
   features: Tuple[int, ...]
+  # 'feature' only: the teacher's spatial size per connector, where the
+  # student's may differ (FeatureConnector's out_hw); () keeps every size.
+  out_hws: Tuple[Tuple[int, int], ...] = ()
 
   @nn.compact
   def __call__(self, xs, train: bool):
     """xs: one feature per connector -> tuple of the connectors' outputs."""
     if self.kind == 'feature':
+      out_hws = self.out_hws or tuple(tuple(x.shape[1:3]) for x in xs)
       return tuple(
-        FeatureConnector(f, name=f'connector{i}')(x, train=train)
-        for i, (f, x) in enumerate(zip(self.features, xs))
+        FeatureConnector(
+          f, tuple(x.shape[1:3]), tuple(hw), name=f'connector{i}'
+        )(x, train=train)
+        for i, (f, x, hw) in enumerate(zip(self.features, xs, out_hws))
       )
     if self.kind == 'kernel':
       return tuple(

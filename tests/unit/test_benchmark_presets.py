@@ -27,7 +27,7 @@ def test_the_presets_are_the_pair_table_times_the_method_table():
     ('cifar100_resnet32x4_resnet8x4,crd', 'dataset index'),
     ('cifar100_vgg13_vgg8,ab', 'initialization phase'),
     ('cifar100_wrn40_2_shufflenet_v1,fsp', 'same channels'),
-    ('cifar100_resnet32x4_shufflenet_v2,at', 'does not resample'),
+    ('cifar100_resnet32x4_shufflenet_v2,ofd', 'maps of one size'),
     ('ofd_a,dkd', "'<pair>,<method>'"),
   ],
 )
@@ -54,6 +54,8 @@ def test_recipes_and_methods_reach_the_config():
   'preset',
   [
     'cifar100_vgg13_mobilenet_v2,fitnet',
+    'cifar100_resnet50_cifar_mobilenet_v2,fitnet',
+    'cifar100_resnet32x4_shufflenet_v1,at',
     'cifar100_resnet32x4_shufflenet_v1,review_kd',
     'cifar100_resnet56_resnet20,at',
     'ofd_f,ofd',
