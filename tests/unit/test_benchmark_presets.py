@@ -58,7 +58,7 @@ def test_recipes_and_methods_reach_the_config():
     'cifar100_resnet32x4_shufflenet_v1,at',
     'cifar100_resnet32x4_shufflenet_v1,review_kd',
     'cifar100_resnet56_resnet20,at',
-    'ofd_f,ofd',
+    'ofd_d,ofd',
   ],
 )
 def test_cross_architecture_cells_trace(preset):
