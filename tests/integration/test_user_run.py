@@ -196,3 +196,31 @@ def test_console_names_and_rates():
   method = ekd.EKD(demo, num_classes=10, image_shape=(28, 28, 1))
   assert method.head_label('student') == 'ensemble'
   assert method.head_label('branch0') == 'branch0'
+
+
+@pytest.mark.parametrize(
+  'minutes, expected', [(0.0, ['6']), (0.001, ['1', '6'])]
+)
+def test_checkpoints_by_time_as_well_as_by_step(
+  tmp_path, mnist_dir, minutes, expected
+):
+  """With checkpoint_every_minutes the first log boundary past the interval saves.
+
+  No step interval falls inside the run (32 steps an epoch, 6 steps), so
+  without the time policy only the final step is saved. With it, orbax's
+  ContinuousCheckpointingPolicy saves at the first log boundary (there is
+  no earlier checkpoint), then at any later one at least 1 s (0.001 minutes,
+  raised to the policy's whole-second floor) after the previous save.
+  """
+  config = tiny_config(
+    mnist_dir,
+    6,
+    log_every_steps=1,
+    checkpoint_every_minutes=minutes,
+    keep_checkpoints=10,
+  )
+  train.train_and_evaluate(config, str(tmp_path))
+  saved = checkpoint_steps(str(tmp_path))
+  assert saved[0] == expected[0] and saved[-1] == '6'
+  if minutes == 0.0:
+    assert saved == expected
