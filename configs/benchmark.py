@@ -172,16 +172,7 @@ def get_config(preset: str = 'cifar100_resnet32x4_resnet8x4,kd'):
   teacher, student, recipe = PAIRS[pair]
   if method in KD_TERMS:
     config = defaults.base_config('kd')
-    config.kd = ml_collections.ConfigDict(
-      dict(
-        temperature=4.0,
-        kd_weight=0.0,
-        fitnet_weight=0.0,
-        fitnet_stage=1,
-        at_weight=0.0,
-      )
-    )
-    config.kd.update(KD_TERMS[method])
+    config.kd = defaults.kd_section(**{'kd_weight': 0.0, **KD_TERMS[method]})
   elif method == 'ofd':
     config = defaults.base_config('ofd')
     alpha = 1e-4 if recipe == 'ofd_imagenet' else 1e-3

@@ -14,8 +14,6 @@ The fitnet / at presets are the same runs with the hint or AT term switched on:
   cifar100_resnet32x4_resnet8x4_fitnet, cifar100_resnet32x4_resnet8x4_at, and the wrn pair alike.
 """
 
-import ml_collections
-
 from kdjax import config_defaults as defaults
 
 PAIRS = {
@@ -31,18 +29,7 @@ def get_config(preset: str = 'demo'):
   if preset not in PRESETS:
     raise ValueError(f'Unknown kd preset {preset!r}; choose one of {PRESETS}')
   config = defaults.base_config('kd')
-  config.kd = ml_collections.ConfigDict(
-    dict(
-      temperature=4.0,
-      kd_weight=0.9,
-      fitnet_weight=0.0,
-      fitnet_stage=1,
-      at_weight=0.0,
-      # With config.teachers (several frozen teachers): 'mean_targets' or
-      # 'sum_losses' (kdjax/methods/kd.py).
-      multi_teacher='mean_targets',
-    )
-  )
+  config.kd = defaults.kd_section()
   if preset == 'demo':
     defaults.demo_recipe(config, epochs=3)
     config.teacher = defaults.model('resnet20', 'conv', pretrain_epochs=2)

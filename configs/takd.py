@@ -27,8 +27,6 @@ Presets:
                                        are not stated; ours, as configs/ekd.py)
 """
 
-import ml_collections
-
 from kdjax import config_defaults as defaults
 
 PRESETS = (
@@ -42,15 +40,7 @@ def get_config(preset: str = 'demo'):
   if preset not in PRESETS:
     raise ValueError(f'Unknown takd preset {preset!r}; choose one of {PRESETS}')
   config = defaults.base_config('kd')
-  config.kd = ml_collections.ConfigDict(
-    dict(
-      temperature=4.0,
-      kd_weight=0.9,
-      fitnet_weight=0.0,
-      fitnet_stage=1,
-      at_weight=0.0,
-    )
-  )
+  config.kd = defaults.kd_section()
   if preset == 'demo':
     defaults.demo_recipe(config, epochs=3)
     teacher, assistant, student = 'resnet20', 'resnet14', 'resnet8'

@@ -105,6 +105,27 @@ def base_config(method: str) -> ml_collections.ConfigDict:
   return config
 
 
+def kd_section(**overrides) -> ml_collections.ConfigDict:
+  """``config.kd`` of the 'kd' method: Hinton KD (T 4, lambda 0.9), no hint, no AT.
+
+  fitnet_stage is the stage whose pre-ReLU output is the FitNets hint;
+  multi_teacher says how several frozen teachers (config.teachers) combine:
+  'mean_targets' or 'sum_losses' (kdjax/methods/kd.py).
+  """
+  section = ml_collections.ConfigDict(
+    dict(
+      temperature=4.0,
+      kd_weight=0.9,
+      fitnet_weight=0.0,
+      fitnet_stage=1,
+      at_weight=0.0,
+      multi_teacher='mean_targets',
+    )
+  )
+  section.update(overrides)
+  return section
+
+
 def model(
   name: str,
   conv_type: str = 'conv',
