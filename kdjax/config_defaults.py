@@ -1,7 +1,7 @@
 """Building blocks shared by the files in configs/ (recipes: docs/recipes.md).
 
 `load_config_module` imports one of those files by path, as --config does, for
-code that builds configs in Python (tests, benchmarks/study.py).
+code that builds configs in Python (tests, experiments/mnist5k_study).
 """
 
 import importlib.util
