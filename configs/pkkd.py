@@ -27,7 +27,7 @@ Loss weights, which preset uses which, and why (the one place this is said):
                paper's weights put the student below the ANN trained alone.
 Recipes follow AdderNet (docs/recipes.md); the kernel features are our
 reconstruction (docs/pkkd.md). Either weighting is one override away, e.g.
-  --config.pkkd.alpha=5 --config.pkkd.beta=5 --config.pkkd.ramp_steps=0 \
+  --config.pkkd.alpha=5 --config.pkkd.beta=5 --config.pkkd.ramp_fraction=0 \
   --config.pkkd.kd_t_squared=True
 """
 
@@ -54,6 +54,7 @@ PAPER_KNOBS = dict(
   beta=5.0,
   temperature=4.0,
   kd_t_squared=True,
+  ramp_fraction=0.0,
   ramp_steps=0,
   teacher_kd_weight=0.0,
 )
@@ -75,7 +76,7 @@ DEMO_KNOBS = dict(
   alpha=0.5,
   beta=0.5,
   kd_t_squared=False,
-  ramp_steps=DEMO_EPOCHS * DEMO_STEPS_PER_EPOCH // 2,
+  ramp_fraction=0.5,
 )
 
 

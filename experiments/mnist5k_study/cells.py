@@ -81,6 +81,9 @@ def pkkd_config(
   config.teacher = model_entry(s.pkkd_model, 'conv')
   if knobs.get('teacher_mode') == 'frozen':
     config.teacher.checkpoint_dir = teacher_dir
+  if 'ramp_steps' in knobs and 'ramp_fraction' not in knobs:
+    # A ramp given in steps replaces the preset's share of the run.
+    config.pkkd.ramp_fraction = 0.0
   config.pkkd.update(knobs)
   return finish(config, s, seed, s.pkkd_epochs)
 

@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Tuple
 from experiments import mnist5k_study as study
 
 from . import __doc__ as package_doc
+from . import deep
 from .grids import (
   PAPER,
   PREMISE_CELL_KEYS,
@@ -60,14 +61,14 @@ def parse_args(argv):
   )
   parser.add_argument(
     '--grid',
-    choices=('sweep', 'premise', 'premise_pkkd', 'demo'),
+    choices=('sweep', 'premise', 'premise_pkkd', 'demo', 'deep'),
     default='sweep',
   )
   parser.add_argument(
     '--phase',
     choices=('all', 'select', 'confirm'),
     default='all',
-    help='--grid demo / premise_pkkd: selection seeds, confirmation seeds, '
+    help='--grid demo / premise_pkkd / deep: selection seeds, confirmation seeds, '
     'or both',
   )
   parser.add_argument('--out', default=RESULTS)
@@ -114,10 +115,11 @@ def parse_args(argv):
       v[0] for v in PREMISE_PKKD_VARIANTS + PREMISE_PKKD_LATE_VARIANTS
     ],
     'demo': demo_variant_names(),
+    'deep': list(deep.arm_names()),
   }
   if args.winner and args.winner not in names.get(args.grid, ()):
     parser.error(
-      f'--winner {args.winner}: only --grid premise_pkkd and --grid demo '
+      f'--winner {args.winner}: only --grid premise_pkkd, demo and deep '
       'take it, each with one of its variants: '
       + '; '.join(f'{g}: {", ".join(n)}' for g, n in names.items())
     )
@@ -142,6 +144,10 @@ def grid_runs(args) -> Tuple[List[Run], Any, Dict[str, Any]]:
         batch_size=64,
         **module.DEMO_SETTINGS,
       )
+  elif args.grid == 'deep':
+    runs = deep.deep_runs(args.quick, args.phase, args.winner, args.cells)
+    regime = deep.regime_text()
+    return runs, s, regime
   elif args.grid == 'premise_pkkd':
     regime = premise_pkkd_regime(args.quick)
     s = settings_for(regime, args.loader)
@@ -174,6 +180,13 @@ def summarize(args, records, s, regime, runs):
       records, demo_changes_text, lambda name: demo_knobs(name, total)
     )
     return summary, lines, 'PKKD sweep in the demo regime'
+  if args.grid == 'deep':
+    summary, lines = deep.summarize_deep(records)
+    return (
+      summary,
+      lines,
+      'PKKD where its premise holds strongly (ResNet-20, 10 % of the digits)',
+    )
   if args.grid == 'premise_pkkd':
     total = premise_pkkd_total_steps(s, regime)
     knobs = lambda name: (
@@ -254,6 +267,7 @@ def winner_lines(args, summary) -> Tuple[Any, List[str]]:
     'sweep': WINNER,
     'demo': args.winner or DEMO_WINNER,
     'premise_pkkd': args.winner or PREMISE_PKKD_WINNER,
+    'deep': args.winner or deep.WINNER,
   }.get(args.grid)
   # The selection's own leader: which variant a --winner confirmation of
   # this table would take (the default winner was chosen on earlier runs).

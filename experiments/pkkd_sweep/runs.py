@@ -259,7 +259,7 @@ def demo_knobs(name: str, total_steps: int) -> Dict[str, Any]:
   return knobs
 
 
-def _demo_common(config, seed: int, quick: bool, epochs: int):
+def demo_common(config, seed: int, quick: bool, epochs: int):
   """The demo preset's settings (and the quick rot check's cuts)."""
   config.seed = seed
   config.num_epochs = epochs
@@ -303,8 +303,10 @@ def demo_pkkd(
     if teacher_dir is None:
       raise ValueError(f'demo variant {name!r} needs a teacher_dir')
     config.teacher.checkpoint_dir = teacher_dir
+  # The grid's ramps are step counts (resolved above), not the preset's share.
+  config.pkkd.ramp_fraction = 0.0
   config.pkkd.update(knobs)
-  return _demo_common(config, seed, quick, module.DEMO_EPOCHS)
+  return demo_common(config, seed, quick, module.DEMO_EPOCHS)
 
 
 def demo_alone(conv_type: str, seed: int, quick: bool = False):
@@ -317,7 +319,7 @@ def demo_alone(conv_type: str, seed: int, quick: bool = False):
   ).get_config('demo')
   config.model.name = 'resnet8'
   config.model.conv_type = conv_type
-  return _demo_common(config, seed, quick, module.DEMO_EPOCHS)
+  return demo_common(config, seed, quick, module.DEMO_EPOCHS)
 
 
 def demo_runs(

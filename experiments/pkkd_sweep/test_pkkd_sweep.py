@@ -395,3 +395,59 @@ def test_premise_cells_table_has_only_the_cells_asked_for(
   with open(recorded) as f:
     assert json.load(f)['machine'] in table
   assert not (tmp_path / 'runs').exists()
+
+
+def test_deep_grid_builds_the_issue_cell_and_runs_quick(sweep_module, tmp_path):
+  from experiments.pkkd_sweep import deep  # pylint: disable=g-import-not-at-top
+
+  # Every arm of the full plan: the issue's cell (ResNet-20 student and
+  # teacher, 10 % of the digits, 10 epochs) with the demo's run settings.
+  runs = deep.deep_runs(quick=False, phase='select')
+  assert {r.seed for r in runs} == set(deep.SELECT_SEEDS)
+  assert not set(deep.SELECT_SEEDS) & set(deep.CONFIRM_SEEDS)
+  names = [r.cell.split('/')[1] for r in runs]
+  assert names[: 2 * len(deep.SELECT_SEEDS)] == ['ann'] * 5 + ['cnn'] * 5
+  assert set(names) == set(deep.arm_names())
+  for run in runs:
+    config = run.config
+    if callable(config):  # KD from this seed's CNN alone, run before it.
+      assert run.deps == (run.cell.split('/')[0] + '/cnn',)
+      assert (run.deps[0], run.seed) in [
+        (r.cell, r.seed) for r in runs[: runs.index(run)]
+      ]
+      config = config(teacher_dir='/runs/cnn')
+      assert config.teacher.checkpoint_dir == '/runs/cnn'
+      assert config.teacher.conv_type == 'conv'
+    assert config.seed == run.seed
+    assert config.dataset.train_fraction == 0.1
+    assert config.model.name == 'resnet20' and not config.model.kwargs.to_dict()
+    assert (config.data.loader, config.eval_batch_size) == ('numpy', 512)
+    assert config.eval_bn_recalibration_batches == 4
+    assert config.batch_size == 64
+    label = run.cell.split('/')[0]
+    assert config.num_epochs == {c[0]: c[2] for c in deep.CELLS}[label]
+    if config.method == 'pkkd':
+      assert config.teacher.name == 'resnet20'
+      if run.cell.endswith('/today'):  # The issue's fixed 62-step ramp.
+        assert (config.pkkd.ramp_steps, config.pkkd.ramp_fraction) == (62, 0)
+      if run.cell.endswith('/paper'):
+        assert (config.pkkd.alpha, config.pkkd.beta) == (5.0, 5.0)
+  # No winner chosen yet: the confirmation runs only once one is named.
+  confirm = deep.deep_runs(quick=False, phase='confirm', winner='beta0')
+  assert {r.seed for r in confirm} == set(deep.CONFIRM_SEEDS)
+  assert {r.cell.split('/')[1] for r in confirm if '_e10_' in r.cell} == {
+    'ann',
+    'cnn',
+    'today',
+    'ramp_half',
+    'beta0',
+  }
+  out = str(tmp_path / 'deep')
+  document = sweep_module.main(['--grid', 'deep', '--quick', '--out', out])
+  arms = [r['cell'].split('/')[1] for r in document['runs']]
+  assert arms == ['ann', 'cnn', 'ramp_half', 'kd_frozen']
+  assert all(r['steps'] == 2 for r in document['runs'])
+  table = document['summary']['resnet20_e10_f10']['select']
+  assert set(table) >= {'ann', 'cnn', 'ramp_half', 'kd_frozen', 'leader'}
+  with open(os.path.join(out, 'deep.md')) as f:
+    assert '| kd_frozen |' in f.read()

@@ -11,10 +11,13 @@ Our reconstruction (docs/pkkd.md); every unconfirmed choice is a knob in
   sigma_scale_teacher / sigma_scale_student   bandwidth scale knobs
   alpha, beta, temperature                    CE + alpha KD + beta feature loss
   kd_t_squared    whether the soft-label term carries Hinton's T^2
-  ramp_steps      alpha and beta grow linearly from 0 over the first
-                  ramp_steps optimizer steps (0: constant from the start);
-                  the ramp follows the trainer's step, so it resumes where
-                  it stopped
+  ramp_fraction   alpha and beta grow linearly from 0 over this fraction
+                  of the run (num_epochs x steps per epoch; 0: constant from
+                  the start); the ramp follows the trainer's step, so it
+                  resumes where it stopped
+  ramp_steps      the same ramp as a fixed number of optimizer steps, for
+                  runs that need one whatever their length; at most one of
+                  the two may be non-zero
   teacher_kd_weight  w: a co-trained teacher's loss is
                   CE + w * soft-label term from the (stop-gradient) student
 
@@ -63,6 +66,18 @@ class PKKD(base.Method):
       raise ConfigError(
         f'pkkd.ramp_steps must be a non-negative integer (0: no ramp), got '
         f'{ramp_steps!r}'
+      )
+    ramp_fraction = cfg.get('ramp_fraction', 0.0) or 0.0
+    if not 0.0 <= float(ramp_fraction) <= 1.0:
+      raise ConfigError(
+        'pkkd.ramp_fraction is the fraction of the run over which alpha and '
+        f'beta ramp up, from 0 (no ramp) to 1, got {ramp_fraction!r}'
+      )
+    if ramp_steps and ramp_fraction:
+      raise ConfigError(
+        f'pkkd.ramp_steps={ramp_steps} and pkkd.ramp_fraction={ramp_fraction} '
+        'both set a ramp; set one of them to 0 (the presets use '
+        'ramp_fraction, a share of the run that follows num_epochs).'
       )
     teacher_kd_weight = float(cfg.get('teacher_kd_weight', 0.0) or 0.0)
     if teacher_kd_weight < 0:
@@ -146,7 +161,14 @@ class PKKD(base.Method):
     return tuple(out)
 
   def _ramp_steps(self):
-    return int(self.config.pkkd.get('ramp_steps', 0) or 0)
+    """The ramp's length in optimizer steps (0: no ramp)."""
+    cfg = self.config.pkkd
+    fraction = float(cfg.get('ramp_fraction', 0.0) or 0.0)
+    if fraction:
+      # The run as the schedules see it: a max_steps cut does not move it.
+      run_steps = self.config.num_epochs * self.steps_per_epoch
+      return max(1, int(round(fraction * run_steps)))
+    return int(cfg.get('ramp_steps', 0) or 0)
 
   def ramp_factor(self, step):
     """min(1, t / ramp_steps) at step t (0-based); 1 when there is no ramp."""

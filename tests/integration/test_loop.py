@@ -156,6 +156,7 @@ def _pkkd_ramp_config(ramp_steps):
   config.eval_bn_recalibration_batches = 2  # Precise-BN at every eval.
   config.log_every_steps = 1
   config.pkkd.ramp_steps = ramp_steps
+  config.pkkd.ramp_fraction = 0.0  # The preset's share of the run, replaced.
   return config
 
 

@@ -102,7 +102,10 @@ def test_pkkd_presets_follow_spec(preset):
     config.pkkd.temperature,
     config.pkkd.kd_t_squared,
     config.pkkd.ramp_steps,
-  ) == ((0.5, 0.5, 4.0, False, 62) if demo else (5.0, 5.0, 4.0, True, 0))
+    config.pkkd.ramp_fraction,
+  ) == (
+    (0.5, 0.5, 4.0, False, 0, 0.5) if demo else (5.0, 5.0, 4.0, True, 0, 0.0)
+  )
   assert config.pkkd.teacher_mode == 'cotrained'
   assert config.pkkd.teacher_kd_weight == 0.0
   assert (config.model.conv_type, config.teacher.conv_type) == ('adder', 'conv')

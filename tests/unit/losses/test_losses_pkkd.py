@@ -336,7 +336,12 @@ def _method(**knobs):
   config.teacher = config_defaults.model('resnet8', 'conv', **tiny)
   # Explicit weights, whatever the preset's defaults are.
   config.pkkd.update(
-    {**dict(alpha=5.0, beta=5.0, ramp_steps=0, kd_t_squared=True), **knobs}
+    {
+      **dict(
+        alpha=5.0, beta=5.0, ramp_steps=0, ramp_fraction=0.0, kd_t_squared=True
+      ),
+      **knobs,
+    }
   )
   return build_method(config, num_classes=10, image_shape=(8, 8, 1))
 
@@ -429,9 +434,42 @@ def test_teacher_kd_weight_trains_only_the_teacher(tiny_batch):
   assert max(jax.tree.leaves(diff)) > 1e-4
 
 
+def test_ramp_fraction_is_a_share_of_the_run_whatever_its_length():
+  from kdjax import config_defaults  # pylint: disable=g-import-not-at-top
+  from kdjax.methods import build_method  # pylint: disable=g-import-not-at-top
+
+  config = config_defaults.load_config_module('configs/pkkd.py').get_config()
+  assert config.pkkd.ramp_fraction == 0.5  # The demo's half-run ramp.
+  tiny = dict(stem_width=4, stage_widths=(4, 4, 8))
+  config.model = config_defaults.model('resnet8', 'adder', **tiny)
+  config.teacher = config_defaults.model('resnet8', 'conv', **tiny)
+  # num_epochs x steps per epoch x 0.5, rounded: 10 x 6 / 2 = 30, 3 x 7 / 2
+  # = 10.5 -> 10 (round half to even), and never below one step.
+  for epochs, steps_per_epoch, ramp_steps in (
+    (10, 6, 30),
+    (3, 7, 10),
+    (1, 1, 1),
+  ):
+    config.num_epochs = epochs
+    method = build_method(
+      config,
+      num_classes=10,
+      image_shape=(8, 8, 1),
+      steps_per_epoch=steps_per_epoch,
+    )
+    for step in (0, ramp_steps // 2, ramp_steps, 2 * ramp_steps + 5):
+      np.testing.assert_allclose(
+        method.ramp_factor(step), min(1.0, step / ramp_steps), rtol=1e-6
+      )
+
+
 def test_new_knobs_reject_bad_values():
   with pytest.raises(ValueError, match='ramp_steps'):
     _method(ramp_steps=-1)
+  with pytest.raises(ValueError, match='ramp_fraction'):
+    _method(ramp_fraction=1.5)
+  with pytest.raises(ValueError, match='both set a ramp'):
+    _method(ramp_steps=10, ramp_fraction=0.5)
   with pytest.raises(ValueError, match="teacher_mode='cotrained'"):
     _method(teacher_kd_weight=1.0, teacher_mode='frozen')
   with pytest.raises(ValueError, match='teacher_kd_weight'):
