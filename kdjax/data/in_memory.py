@@ -7,9 +7,9 @@
 CSV. The contract is the tfds loader's, argument for argument: the same
 examples in the same order (mnist5k_csv.py's split in tfds record order, so
 'test[:64]' selects the same digits), the same batches, per-process shares,
-example indices (`splits.process_share`) and determinism (docs/trainer.md,
-"Data"). Only the random draws differ; only the 'pad_crop' and 'none' recipes
-(with or without flips) exist here.
+example indices, the rows batches carry as 'index' (`splits.process_share`)
+and determinism (docs/trainer.md, "Data"). Only the random draws differ; only
+the 'pad_crop' and 'none' recipes (with or without flips) exist here.
 """
 
 from typing import Callable, Iterator
@@ -131,6 +131,7 @@ class InMemorySource(specs.SourceBase):
     images: np.ndarray,
     labels: np.ndarray,
     indices: np.ndarray,
+    rows: np.ndarray,
     num_examples: int,
     spec: specs.DatasetSpec,
     image_size: int,
@@ -139,7 +140,8 @@ class InMemorySource(specs.SourceBase):
     super().__init__(spec=spec, image_size=image_size, **common)
     self._images = fit_to_size(images, image_size, spec.fit)
     self._labels = np.asarray(labels, np.int32)
-    self._indices = np.asarray(indices, np.int64)
+    self._indices = np.asarray(indices, np.int64)  # Keys the augmentation.
+    self._rows = np.asarray(rows, np.int32)  # batch['index'].
     # In float32 like the tfds loader's `augment.normalize`, so the two give
     # the same values.
     self._mean = np.asarray(spec.mean, np.float32) * np.float32(255.0)
@@ -184,6 +186,7 @@ class InMemorySource(specs.SourceBase):
         'image': self._normalize(images),
         'label': self._labels[chosen],
         'mask': np.ones(batch, np.float32),
+        'index': self._rows[chosen],
       }
 
   def _eval_batches(self, start_step):
@@ -197,10 +200,12 @@ class InMemorySource(specs.SourceBase):
       image = np.zeros((batch,) + self.image_shape, np.float32)
       label = np.zeros(batch, np.int32)
       mask = np.zeros(batch, np.float32)
+      index = np.full(batch, -1, np.int32)
       image[:real] = self._normalize(self._images[chosen])
       label[:real] = self._labels[chosen]
       mask[:real] = 1.0
-      yield {'image': image, 'label': label, 'mask': mask}
+      index[:real] = self._rows[chosen]
+      yield {'image': image, 'label': label, 'mask': mask, 'index': index}
 
 
 def build_input(
@@ -281,5 +286,6 @@ def build_input(
     images=column(share.read_ranges, 1)[kept],
     labels=column(share.read_ranges, 2)[kept],
     indices=share.indices,
+    rows=share.rows,
     num_examples=share.num_examples,
   )

@@ -6,6 +6,9 @@ process's batches of epoch e as dicts of NumPy arrays:
   image  float32 (local_batch, H, W, C), normalized per dataset
   label  int32 (local_batch,)
   mask   float32 (local_batch,): 1 for real examples, 0 for eval padding
+  index  int32 (local_batch,): the example's row, its stable place among the
+         split's `num_examples` examples (`splits.ProcessShare.rows`); -1 for
+         eval padding
 
 The default loader (`--config.data.loader=tfds`). Which examples each process
 reads, their indices, train_fraction and the determinism contract
@@ -235,6 +238,7 @@ class InputSource(specs.SourceBase):
     self._read_split = share.read_split
     self._local_num_examples = share.local_num_examples
     self._index_offset = share.index_offset
+    self._row_offset = share.row_offset
     self._keep = None
     if share.keep is not None:
       self._keep = np.zeros(share.num_read, bool)
@@ -280,7 +284,10 @@ class InputSource(specs.SourceBase):
       return tf.ensure_shape(image, expected)
 
   def _base(self) -> tf.data.Dataset:
-    """This process's examples {'index', 'image', 'label'} in read order.
+    """This process's examples {'index', 'row', 'image', 'label'} in read order.
+
+    'index' is the example index (it keys the augmentation), 'row' what the
+    batches carry as 'index' (`splits.ProcessShare`).
 
     Built once: for cached datasets the decoded examples stay in memory and
     every epoch's pipeline reads them from there.
@@ -303,6 +310,8 @@ class InputSource(specs.SourceBase):
     if self._keep is not None:
       keep = tf.constant(self._keep)
       ds = ds.filter(lambda ex: tf.gather(keep, ex['index']))
+    row_offset = self._row_offset
+    ds = ds.enumerate().map(lambda r, ex: {**ex, 'row': r + row_offset})
     if self._spec.stored_shape is not None:
       ds = ds.map(
         lambda ex: {**ex, 'image': self._decode_fixed_size(ex['image'])},
@@ -314,7 +323,7 @@ class InputSource(specs.SourceBase):
     return ds
 
   def _preprocess(self, example, augment_seed: int | None):
-    """Decoded/encoded example -> {'image' normalized, 'label', 'mask'}."""
+    """Decoded/encoded example -> {'image' normalized, 'label', 'mask', 'index'}."""
     spec, size, image = self._spec, self._image_size, example['image']
     if spec.stored_shape is not None:
       image = augment_lib.fit_to_size(image, size, spec.fit)
@@ -342,6 +351,7 @@ class InputSource(specs.SourceBase):
       'image': augment_lib.normalize(image, spec.mean, spec.std),
       'label': example['label'],
       'mask': tf.constant(1.0, tf.float32),
+      'index': tf.cast(example['row'], tf.int32),
     }
 
   def dataset(self, epoch_index: int, start_step: int = 0) -> tf.data.Dataset:
@@ -372,6 +382,7 @@ class InputSource(specs.SourceBase):
           'image': tf.zeros(self.image_shape, tf.float32),
           'label': tf.constant(0, tf.int32),
           'mask': tf.constant(0.0, tf.float32),
+          'index': tf.constant(-1, tf.int32),
         }
       ).repeat()
       ds = ds.concatenate(padding).take(self._local_examples_per_epoch)
@@ -403,7 +414,8 @@ class InputSource(specs.SourceBase):
 
     Yields:
       {'image': float32 (local_batch, H, W, C), 'label': int32 (local_batch,),
-       'mask': float32 (local_batch,)}.
+       'mask': float32 (local_batch,), 'index': int32 (local_batch,)}; 'index'
+      is each example's row (the module docstring), the same every epoch.
     """
     return _iterate(
       self.dataset(epoch_index, start_step), f'{self.name}/{self.split}'

@@ -302,6 +302,10 @@ class SourceBase:
       cover the split, the last padded with mask 0.
     local_batch_size: global_batch_size // process_count.
     image_shape: (H, W, C) of the batches.
+
+  Batches are {'image', 'label', 'mask', 'index'}; 'index' (int32) is each
+  example's row in [0, num_examples), stable across epochs and unique over
+  processes (`splits.ProcessShare.rows`), -1 for eval padding.
   """
 
   def __init__(

@@ -121,12 +121,14 @@ class ProcessShare:
       are unique over processes and key the augmentation.
     num_examples: examples of the split over all processes (after
       train_fraction).
+    row_offset: the row (`rows`) of this process's first kept example.
   """
 
   read_ranges: Ranges
   keep: np.ndarray | None
   index_offset: int
   num_examples: int
+  row_offset: int
 
   @property
   def read_split(self) -> str:
@@ -147,6 +149,18 @@ class ProcessShare:
   def indices(self) -> np.ndarray:
     """Example index of every kept example, in read order."""
     return self.index_offset + self.positions
+
+  @property
+  def rows(self) -> np.ndarray:
+    """Each kept example's row, in read order: what batches carry as 'index'.
+
+    The example's rank among the split's `num_examples` examples, processes
+    in order: with train_fraction 1 its example index (`indices`: its
+    position in the split); below 1 its rank in the sorted class-balanced
+    subset. A permutation of range(num_examples) over the processes, the same
+    every epoch (a memory bank's row, e.g. CRD's).
+    """
+    return self.row_offset + np.arange(self.local_num_examples, dtype=np.int64)
 
   @property
   def local_num_examples(self) -> int:
@@ -191,16 +205,18 @@ def process_share(
       keep=None,
       index_offset=offset,
       num_examples=sum(end - begin for _, begin, end in ranges),
+      row_offset=offset,
     )
   if labels is None:
     raise ValueError('process_share: train_fraction < 1 needs the labels.')
   subset = class_balanced_subset(labels(), train_fraction, fraction_seed)
-  local = np.array_split(subset, process_count)[process_index]
+  parts = np.array_split(subset, process_count)
   return ProcessShare(
     read_ranges=ranges,
-    keep=local.astype(np.int64),
+    keep=parts[process_index].astype(np.int64),
     index_offset=0,
     num_examples=len(subset),
+    row_offset=sum(len(part) for part in parts[:process_index]),
   )
 
 

@@ -10,6 +10,12 @@ where its data is not available:
 
 The batches are a small pool drawn once per process and cycled, so producing
 them costs the host nothing; accuracy on them is chance by construction.
+Each batch's 'index' numbers its rows as the real loaders do: row b of
+process p at step s is example s * global_batch + p * local_batch + b, so a
+train epoch's indices are a permutation of range(steps_per_epoch *
+global_batch), the same every epoch (a pool batch comes back every
+POOL_BATCHES steps under other indices; eval padding carries -1, as in the
+real loaders).
 """
 
 from __future__ import annotations
@@ -81,13 +87,19 @@ class SyntheticSource:
     del epoch_index
     for step in range(start_step, self.steps_per_epoch):
       k = step % POOL_BATCHES
+      first = step * self.global_batch_size
+      first += self._process_index * self.local_batch_size
+      index = np.arange(first, first + self.local_batch_size, dtype=np.int32)
       mask = np.ones((self.local_batch_size,), np.float32)
       if not self.train:  # The last eval batch is padded past the split.
-        first = step * self.global_batch_size
-        first += self._process_index * self.local_batch_size
-        valid = np.arange(first, first + self.local_batch_size)
-        mask = (valid < self.num_examples).astype(np.float32)
-      yield {'image': self._images[k], 'label': self._labels[k], 'mask': mask}
+        mask = (index < self.num_examples).astype(np.float32)
+        index = np.where(mask > 0, index, -1).astype(np.int32)
+      yield {
+        'image': self._images[k],
+        'label': self._labels[k],
+        'mask': mask,
+        'index': index,
+      }
 
 
 def build_inputs(

@@ -58,6 +58,7 @@ class _TwoProcessInput:
     self.num_classes = parts[0].num_classes
     self.image_shape = parts[0].image_shape
     self.steps_per_epoch = parts[0].steps_per_epoch
+    self.num_examples = parts[0].num_examples
     assert all(p.steps_per_epoch == self.steps_per_epoch for p in parts)
 
   def epoch(self, epoch_index, start_step=0):
