@@ -31,7 +31,9 @@ Methods (METHODS below; weights as RepDistiller's README / each paper):
   ofd                           alpha 1e-3 on CIFAR, 1e-4 on ImageNet
   dkd dist logit_std sp cc rkd pkt nst fsp vid review_kd
                                 configs/distill.py's rows (docs/baselines.md)
-  ab ft crd                     not in kdjax yet: the preset says why (so do
+  crd                           configs/crd.py's method: CE 1, CRD 0.8, 16384
+                                negatives (RepDistiller -r 1 -a 0 -b 0.8)
+  ab ft                         not in kdjax yet: the preset says why (so do
                                 fsp on pairs of other widths, and ofd on
                                 pairs whose maps differ in size)
 The numbers each cell targets are in kdjax.reproduce's tables (repdistiller
@@ -44,6 +46,7 @@ import os
 import ml_collections
 
 from kdjax import config_defaults as defaults
+from kdjax.methods import crd
 
 # (teacher, student), in the README's order.
 REPDISTILLER = (
@@ -110,8 +113,6 @@ RESAMPLING_NEEDED = {
 MISSING = {
   'ab': 'AB needs an initialization phase of its connectors (not in kdjax yet)',
   'ft': "FT needs its paraphraser's initialization phase (not in kdjax yet)",
-  'crd': "CRD needs each example's dataset index from the loaders and a "
-  'memory bank in the state (not in kdjax yet)',
 }
 
 
@@ -123,7 +124,9 @@ def _distill_module():
 
 # configs/distill.py's rows; its 'kd' row is configs/kd.py's KD, above.
 DISTILL_METHODS = tuple(m for m in _distill_module().METHODS if m != 'kd')
-METHODS = tuple(KD_TERMS) + ('ofd',) + DISTILL_METHODS + tuple(MISSING)
+METHODS = (
+  tuple(KD_TERMS) + ('ofd',) + DISTILL_METHODS + ('crd',) + tuple(MISSING)
+)
 PRESETS = tuple(
   f'{pair},{method}'
   for pair, (_, _, recipe) in PAIRS.items()
@@ -173,6 +176,9 @@ def get_config(preset: str = 'cifar100_resnet32x4_resnet8x4,kd'):
   if method in KD_TERMS:
     config = defaults.base_config('kd')
     config.kd = defaults.kd_section(**{'kd_weight': 0.0, **KD_TERMS[method]})
+  elif method == 'crd':
+    config = defaults.base_config('crd')
+    config.crd = crd.default_section()
   elif method == 'ofd':
     config = defaults.base_config('ofd')
     alpha = 1e-4 if recipe == 'ofd_imagenet' else 1e-3

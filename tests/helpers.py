@@ -214,3 +214,13 @@ def distill_tiny_config(terms=None, preset='demo_kd'):
   config.distill.dkd.warmup_epochs = 4
   config.distill.review_kd.warmup_epochs = 3
   return config
+
+
+def crd_tiny_config(num_negatives=5, feat_dim=8):
+  """configs/crd.py:demo with 4-channel resnet8s and a small bank setting."""
+  config = load_config_module('crd').get_config('demo')
+  for entry in (config.model, config.teacher):
+    entry.kwargs.stage_widths = (4, 4, 4)
+  config.teacher.name = 'resnet8'
+  config.crd.update(num_negatives=num_negatives, feat_dim=feat_dim)
+  return config

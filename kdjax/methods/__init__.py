@@ -7,6 +7,7 @@ declares its parameter groups and frozen teachers and gives the trainer pure
 
 from kdjax.errors import ConfigError
 from kdjax.methods.base import Method
+from kdjax.methods.crd import CRD
 from kdjax.methods.distill import Distill
 from kdjax.methods.dml import DML
 from kdjax.methods.ekd import EKD
@@ -23,6 +24,7 @@ METHODS = {
   'ekd': EKD,
   'distill': Distill,
   'dml': DML,
+  'crd': CRD,
 }
 
 
@@ -41,13 +43,24 @@ def frozen_teacher_configs(config) -> list:
 
 
 def build_method(
-  config, *, num_classes, image_shape, steps_per_epoch: int = 1
+  config,
+  *,
+  num_classes,
+  image_shape,
+  steps_per_epoch: int = 1,
+  num_train_examples=None,
 ) -> Method:
-  """The sealed method of ``config``; ``steps_per_epoch`` turns steps into epochs."""
+  """The sealed method of ``config``.
+
+  ``steps_per_epoch`` turns steps into epochs; ``num_train_examples`` is the
+  size of the train split over all processes (the range of the batches'
+  'index'), which CRD's memory bank needs and other methods ignore.
+  """
   method = method_class(config)(
     config,
     num_classes=num_classes,
     image_shape=image_shape,
     steps_per_epoch=steps_per_epoch,
+    num_train_examples=num_train_examples,
   )
   return method.seal()

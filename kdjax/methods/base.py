@@ -14,7 +14,7 @@ data, optimizers, checkpoints, the loop.
 from __future__ import annotations
 
 import abc
-from typing import Any, Dict, Mapping, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -115,12 +115,18 @@ class Method(abc.ABC):
     num_classes: int,
     image_shape: Tuple[int, ...],
     steps_per_epoch: int = 1,
+    num_train_examples: Optional[int] = None,
   ):
     self.config = config
     self.num_classes = num_classes
     self.image_shape = tuple(image_shape)
     # The step passed to loss() over this gives the (fractional) epoch.
     self.steps_per_epoch = max(int(steps_per_epoch), 1)
+    # Examples of the train split over all processes (None: not known); the
+    # batches' 'index' lies in [0, num_train_examples) (kdjax.data).
+    self.num_train_examples = (
+      None if num_train_examples is None else int(num_train_examples)
+    )
     self.student = build_zoo_model(config.model, num_classes, self.image_shape)
 
   def __setattr__(self, name, value):

@@ -12,6 +12,8 @@ The caller applies them and passes their outputs to the pure losses
   StageConnectors   one FeatureConnector or KernelTransform per distilled
                     stage, in one parameter subtree.
   LinearEmbed       CC's embeddings (RepDistiller LinearEmbed).
+  NormalizedEmbed   CRD's embeddings: linear + L2 normalisation (RepDistiller
+                    crd/criterion.py Embed).
   VIDRegressor      VID's regressor and per-channel variance.
   ReviewFusion      ReviewKD's attention-based fusion (AttentionFusion blocks).
 """
@@ -24,6 +26,8 @@ from typing import Any, Callable, Optional, Sequence, Tuple, Union
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from kdjax.models.layers import DENSE_KERNEL_INIT
 
 Array = jax.Array
 Dtype = Any
@@ -239,6 +243,36 @@ class LinearEmbed(nn.Module):
       param_dtype=self.param_dtype,
       name='linear',
     )(x.reshape(x.shape[0], -1))
+
+
+class NormalizedEmbed(nn.Module):
+  """CRD's embedding head: flatten, linear, L2-normalise each row.
+
+  RepDistiller crd/criterion.py ``Embed`` (``nn.Linear`` then ``Normalize(2)``):
+  the kernel has torch's Linear init U(+-1 / sqrt(fan_in)), the bias is zero
+  (as kdjax's classifiers). The norm is floored at 1e-12 (torch's
+  ``F.normalize`` eps; RepDistiller divides by the bare norm), so a zero row
+  keeps a finite gradient; any other row is unchanged.
+
+  Attributes:
+    features: embedding width (RepDistiller's --feat_dim, 128).
+  """
+
+  features: int = 128
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    """(B, ...) -> (B, features), unit L2 norm per row, float32."""
+    x = nn.Dense(
+      self.features,
+      kernel_init=DENSE_KERNEL_INIT,
+      param_dtype=self.param_dtype,
+      name='linear',
+    )(x.reshape(x.shape[0], -1).astype(jnp.float32))
+    # max before sqrt: the gradient of sqrt at 0 would be NaN.
+    squared = jnp.sum(jnp.square(x), axis=-1, keepdims=True)
+    return x / jnp.sqrt(jnp.maximum(squared, 1e-24))
 
 
 def _softplus_inverse_init(value: float):

@@ -26,7 +26,8 @@ def recalibrate_batch_stats(
 
   "Precise BN": with the current weights, instead of an average over weights
   that kept changing. It matters for short runs of adder nets, whose BN inputs
-  move fast; the training state itself is left untouched.
+  move fast; the training state itself is left untouched. Leaves other than
+  BN statistics (CRD's memory bank) are kept bit for bit.
   """
   total, count = None, 0
   for batch in train_source.epoch(0):
@@ -35,7 +36,15 @@ def recalibrate_batch_stats(
     count += 1
     if count == num_batches:
       break
-  return state.replace(batch_stats=jax.tree.map(lambda t: t / count, total))
+
+  def mean(path, summed, old):
+    if getattr(path[-1], 'key', None) in run_step.BN_STATISTICS:
+      return summed / count
+    return old
+
+  return state.replace(
+    batch_stats=jax.tree.map_with_path(mean, total, state.batch_stats)
+  )
 
 
 def evaluate_heads(

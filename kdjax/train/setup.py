@@ -164,6 +164,7 @@ def setup(config: ml_collections.ConfigDict) -> RunSetup:
     num_classes=train_source.num_classes,
     image_shape=train_source.image_shape,
     steps_per_epoch=steps_per_epoch,
+    num_train_examples=train_source.num_examples,
   )
   sample = jnp.zeros((2,) + tuple(train_source.image_shape), jnp.float32)
   teacher_weights = [

@@ -24,7 +24,6 @@ def test_the_presets_are_the_pair_table_times_the_method_table():
 @pytest.mark.parametrize(
   'preset, reason',
   [
-    ('cifar100_resnet32x4_resnet8x4,crd', 'dataset index'),
     ('cifar100_vgg13_vgg8,ab', 'initialization phase'),
     ('cifar100_wrn40_2_shufflenet_v1,fsp', 'same channels'),
     ('cifar100_resnet32x4_shufflenet_v2,ofd', 'maps of one size'),
@@ -48,6 +47,10 @@ def test_recipes_and_methods_reach_the_config():
   assert config.model.name == 'mobilenet_v1' and config.ofd.alpha == 1e-4
   config = BENCH.get_config('cifar100_wrn40_2_wrn16_2,pkt')
   assert config.method == 'distill' and config.distill.terms == ('pkt',)
+  config = BENCH.get_config('cifar100_vgg13_mobilenet_v2,crd')
+  assert config.method == 'crd' and config.crd.weight == 0.8
+  assert config.crd.num_negatives == 16384
+  assert config.optimizer.learning_rate == 0.01
 
 
 @pytest.mark.parametrize(
@@ -58,13 +61,19 @@ def test_recipes_and_methods_reach_the_config():
     'cifar100_resnet32x4_shufflenet_v1,at',
     'cifar100_resnet32x4_shufflenet_v1,review_kd',
     'cifar100_resnet56_resnet20,at',
+    'cifar100_resnet32x4_shufflenet_v2,crd',
     'ofd_d,ofd',
   ],
 )
 def test_cross_architecture_cells_trace(preset):
   """The loss of a cell that is offered traces: its shapes agree."""
   config = BENCH.get_config(preset)
-  method = build_method(config, num_classes=100, image_shape=(32, 32, 3))
+  method = build_method(
+    config,
+    num_classes=100,
+    image_shape=(32, 32, 3),
+    num_train_examples=50000,
+  )
   images = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
   params, stats = jax.eval_shape(method.init, jax.random.key(0), images)
   weights = [
@@ -76,7 +85,8 @@ def test_cross_architecture_cells_trace(preset):
     for model, _ in method.frozen_teachers()
   ]
   frozen = jax.eval_shape(method.prepare_frozen, weights, images)
-  batch = {'image': images, 'label': jax.ShapeDtypeStruct((2,), jnp.int32)}
+  labels = jax.ShapeDtypeStruct((2,), jnp.int32)
+  batch = {'image': images, 'label': labels, 'index': labels}
   total, _ = jax.eval_shape(
     lambda p, s, f, b: method.loss(0, p, s, f, b, jax.random.key(1)),
     params,

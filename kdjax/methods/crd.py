@@ -1,0 +1,229 @@
+"""Contrastive representation distillation (CRD; Tian et al., ICLR 2020).
+
+RepDistiller's ``--distill crd`` (train_student.py, crd/criterion.py,
+crd/memory.py) with one frozen teacher (eval mode, under stop_gradient):
+
+    L = ce_weight * CE + kd_weight * KD(T) + weight * CRD
+
+CRD = NCE(P^s) + NCE(P^t) (``kdjax.losses.crd_loss``) on the pooled
+penultimate features (RepDistiller's feat[-1]) through two trainable heads,
+``connectors.NormalizedEmbed`` (linear + L2 normalisation), one per side;
+both train with the student's optimizer under ``params['student']['crd']``
+(the teacher-side head learns from the loss, as in RepDistiller).
+
+The memory bank (the ``CRDMemory`` tables of the student's and the teacher's
+running embeddings, one row per training example, and the two normalisation
+constants Z) lives in the training state, ``batch_stats['student']
+['crd_memory']``: ``loss`` returns it updated for the batch's rows
+(``batch['index']``) with the no-grad momentum update, so orbax checkpoints
+and restores it with the rest of the state. Its leaves are not named
+'mean'/'var', so precise-BN passes them through. The K negatives of each
+example are ``crd_sample_indices(rng, batch['index'], N, K)`` with the
+step's rng: uniform over the N rows, with replacement (RepDistiller's CIFAR
+loader draws them from the other classes only; docs/baselines.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from kdjax import losses
+from kdjax.errors import ConfigError
+from kdjax.methods import base
+from kdjax.losses import crd as crd_losses
+from kdjax.models import connectors
+
+# config.crd's keys and defaults: RepDistiller's CIFAR-100 setting
+# (-r 1 -a 0 -b 0.8, --kd_T 4, --feat_dim 128, --nce_k 16384, --nce_t 0.07,
+# --nce_m 0.5).
+DEFAULTS: Dict[str, Any] = dict(
+  ce_weight=1.0,
+  kd_weight=0.0,
+  kd_temperature=4.0,
+  weight=0.8,
+  feat_dim=128,
+  num_negatives=crd_losses.DEFAULT_CRD_NEGATIVES,
+  temperature=crd_losses.DEFAULT_CRD_TEMPERATURE,
+  momentum=crd_losses.DEFAULT_CRD_MOMENTUM,
+)
+# The bank's leaves in batch_stats['student']['crd_memory'] (CRDMemory's
+# fields; none is 'mean' or 'var').
+MEMORY_KEY = 'crd_memory'
+
+
+def default_section(**overrides) -> ml_collections.ConfigDict:
+  """``config.crd`` with RepDistiller's CIFAR-100 defaults, then ``overrides``."""
+  section = ml_collections.ConfigDict(dict(DEFAULTS))
+  section.update(overrides)
+  return section
+
+
+def _options(config) -> Dict[str, Any]:
+  options = dict(DEFAULTS)
+  options.update(dict(config.get('crd', None) or {}))
+  return options
+
+
+def _is_number(value, minimum, *, strict):
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    return False
+  return value > minimum if strict else value >= minimum
+
+
+class CRD(base.Method):
+  """gamma CE + alpha KD + beta CRD from one frozen teacher (module docstring)."""
+
+  @classmethod
+  def check_config(cls, config):
+    super().check_config(config)
+    if 'teacher' not in config:
+      raise ConfigError(
+        "method 'crd' needs config.teacher (the frozen teacher's entry)."
+      )
+    if config.get('crd', None) is None:
+      raise ConfigError(
+        "method 'crd' needs config.crd (configs/crd.py builds it)."
+      )
+    options = _options(config)
+    unknown = sorted(set(options) - set(DEFAULTS))
+    if unknown:
+      raise ConfigError(
+        f'--config.crd: unknown option(s) {unknown}; crd takes '
+        f'{sorted(DEFAULTS)} (docs/baselines.md).'
+      )
+    for key in ('ce_weight', 'kd_weight', 'weight'):
+      if not _is_number(options[key], 0, strict=False):
+        raise ConfigError(
+          f'--config.crd.{key}={options[key]!r}: must be a number >= 0.'
+        )
+    for key in ('kd_temperature', 'temperature'):
+      if not _is_number(options[key], 0, strict=True):
+        raise ConfigError(
+          f'--config.crd.{key}={options[key]!r}: must be a number > 0.'
+        )
+    for key in ('feat_dim', 'num_negatives'):
+      value = options[key]
+      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(
+          f'--config.crd.{key}={value!r}: must be a positive integer.'
+        )
+    momentum = options['momentum']
+    if not _is_number(momentum, 0, strict=False) or momentum >= 1:
+      raise ConfigError(
+        f'--config.crd.momentum={momentum!r}: must be in [0, 1) (the '
+        "bank's share kept at each update; RepDistiller's --nce_m 0.5)."
+      )
+
+  def __init__(self, config, **kwargs):
+    self.check_config(config)  # Also for a method built without validation.
+    super().__init__(config, **kwargs)
+    self.options = _options(config)
+    num_data = self.num_train_examples
+    if num_data is None:
+      raise ConfigError(
+        "method 'crd' needs the number of training examples for its memory "
+        'bank (one row per example): build it with '
+        'build_method(..., num_train_examples=N), as the trainer does.'
+      )
+    negatives = self.options['num_negatives']
+    if negatives >= num_data:
+      raise ConfigError(
+        f'--config.crd.num_negatives={negatives} must be below the '
+        f"{num_data} training examples (the memory bank's rows); "
+        "RepDistiller's 16384 is for CIFAR's 50,000. Lower it, e.g. "
+        f'--config.crd.num_negatives={max(1, num_data // 4)}.'
+      )
+    self.teacher = base.build_zoo_model(
+      config.teacher, self.num_classes, self.image_shape
+    )
+    self.embed = connectors.NormalizedEmbed(int(self.options['feat_dim']))
+
+  @classmethod
+  def frozen_teacher_configs(cls, config):
+    return [config.teacher]
+
+  def frozen_teachers(self):
+    return ((self.teacher, self.config.teacher),)
+
+  def prepare_frozen(self, teacher_weights, images):
+    del images
+    (teacher,) = teacher_weights
+    return {'teacher': teacher}
+
+  def init(self, rng, images):
+    model_rng, s_rng, t_rng, memory_rng = jax.random.split(rng, 4)
+    params, batch_stats = base.init_model(self.student, model_rng, images)
+    # Shapes only: the teacher's weights are not known yet.
+    s_pooled = self.abstract_outputs(self.student)[1]['pooled']
+    t_pooled = self.abstract_outputs(self.teacher)[1]['pooled']
+    heads = {
+      'student_embed': base.init_module(
+        self.embed, s_rng, jnp.zeros(s_pooled.shape, s_pooled.dtype)
+      )[0],
+      'teacher_embed': base.init_module(
+        self.embed, t_rng, jnp.zeros(t_pooled.shape, t_pooled.dtype)
+      )[0],
+    }
+    memory = losses.crd_memory_init(
+      memory_rng, self.num_train_examples, int(self.options['feat_dim'])
+    )
+    return (
+      {'student': {'model': params, 'crd': heads}},
+      {'student': {'model': batch_stats, MEMORY_KEY: memory._asdict()}},
+    )
+
+  def _teacher(self, frozen, images):
+    logits, feats, _ = base.run_model(
+      self.teacher,
+      frozen['teacher']['params'],
+      frozen['teacher']['batch_stats'],
+      images,
+      False,
+    )
+    return jax.lax.stop_gradient(logits), jax.lax.stop_gradient(feats)
+
+  def loss(self, step, params, batch_stats, frozen, batch, rng):
+    del step
+    o = self.options
+    images, labels = batch['image'], batch['label']
+    s_logits, s_feats, s_stats = self.student_logits(
+      params, batch_stats, images, True
+    )
+    t_logits, t_feats = self._teacher(frozen, images)
+    smoothing = self.config.get('loss', {}).get('label_smoothing', 0.0)
+    ce = losses.cross_entropy(s_logits, labels, label_smoothing=smoothing)
+    heads = params['student']['crd']
+    es = self.embed.apply({'params': heads['student_embed']}, s_feats['pooled'])
+    et = self.embed.apply({'params': heads['teacher_embed']}, t_feats['pooled'])
+    memory = losses.CRDMemory(**batch_stats['student'][MEMORY_KEY])
+    contrast = losses.crd_sample_indices(
+      rng, batch['index'], self.num_train_examples, o['num_negatives']
+    )
+    crd, memory = losses.crd_loss(
+      es,
+      et,
+      memory,
+      batch['index'],
+      contrast,
+      temperature=o['temperature'],
+      momentum=o['momentum'],
+    )
+    total = o['ce_weight'] * ce + o['weight'] * crd
+    metrics = {'loss/ce': ce, 'loss/crd': crd}
+    if o['kd_weight'] > 0:
+      kd = losses.kd_loss(s_logits, t_logits, o['kd_temperature'])
+      total = total + o['kd_weight'] * kd
+      metrics['loss/kd'] = kd
+    metrics['train_accuracy/student'] = base.accuracy(s_logits, labels)
+    new_stats = {'model': s_stats, MEMORY_KEY: memory._asdict()}
+    return total, ({'student': new_stats}, metrics)
+
+  def predict(self, params, batch_stats, frozen, images):
+    return {
+      'student': self.student_logits(params, batch_stats, images, False)[0],
+      'teacher': self._teacher(frozen, images)[0],
+    }
