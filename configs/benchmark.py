@@ -29,13 +29,14 @@ Methods (METHODS below; weights as RepDistiller's README / each paper):
   kd fitnet at                  configs/kd.py's terms: KD (CE 0.1, KD 0.9,
                                 T 4), FitNet hint 100, AT 1000
   ofd                           alpha 1e-3 on CIFAR, 1e-4 on ImageNet
-  dkd dist logit_std sp cc rkd pkt nst fsp vid review_kd
-                                configs/distill.py's rows (docs/baselines.md)
+  dkd dist logit_std sp cc rkd pkt nst fsp vid review_kd ab ft
+                                configs/distill.py's rows (docs/baselines.md);
+                                fsp, ab and ft train an initialization phase
+                                first (a run of its own in the plan)
   crd                           configs/crd.py's method: CE 1, CRD 0.8, 16384
                                 negatives (RepDistiller -r 1 -a 0 -b 0.8)
-  ab ft                         not in kdjax yet: the preset says why (so do
-                                fsp on pairs of other widths, and ofd on
-                                pairs whose maps differ in size)
+A cell kdjax cannot run says why: fsp on pairs of other widths, and ofd on
+pairs whose maps differ in size.
 The numbers each cell targets are in kdjax.reproduce's tables (repdistiller
 and ofd), each with its source; the student alone is the supervised preset of
 the student (configs/supervised.py).
@@ -110,10 +111,7 @@ RESAMPLING_NEEDED = {
   )
 }
 # Baselines kdjax does not have yet, and what they need.
-MISSING = {
-  'ab': 'AB needs an initialization phase of its connectors (not in kdjax yet)',
-  'ft': "FT needs its paraphraser's initialization phase (not in kdjax yet)",
-}
+MISSING = {}
 
 
 def _distill_module():

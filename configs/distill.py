@@ -20,8 +20,12 @@ students alone 72.50 / 73.26):
   rkd        71.90 / 73.35   RepDistiller README, weight 1
   pkt        73.64 / 74.54   RepDistiller README, weight 30000
   nst        73.30 / 73.68   RepDistiller README, weight 50
-  fsp        72.62 / 72.91   RepDistiller README (its FSP is an init phase;
-                             here an in-loop term, weight 50: not comparable)
+  fsp        72.62 / 72.91   RepDistiller README: an initialization phase of
+                             30 epochs, then CE alone (-b 50 is unused)
+  ab         73.17 / 72.50   RepDistiller README: an initialization phase of
+                             30 epochs, then CE alone (-b 1 is unused)
+  ft         72.86 / 73.25   RepDistiller README: the paraphraser's
+                             initialization phase of 30 epochs, weight 200
   dkd        76.32 / 76.23   mdistiller README (CE 1, alpha 1, beta 8 / 6,
                              T 4, warm-up 20 epochs)
   dist       76.31 / -       hunto/DIST_KD README (dist_cifar.yaml: CE 1,
@@ -30,7 +34,8 @@ students alone 72.50 / 73.26):
                              (KD+LS: CE 0.1, weight 9, T 2)
   review_kd  75.63 / 76.12   ReviewKD paper, Table 1 (mdistiller reviewkd.yaml:
                              CE 1, weight 5, warm-up 20 epochs)
-FitNets, AT: configs/kd.py. AB, FT, CRD: not yet (docs/baselines.md).
+The demos' initialization phase is 1 epoch. FitNets, AT: configs/kd.py.
+CRD: configs/crd.py.
 """
 
 from kdjax import config_defaults as defaults
@@ -51,7 +56,9 @@ METHODS = {
   'rkd': (1.0, {'rkd': {}}),
   'pkt': (1.0, {'pkt': {}}),
   'nst': (1.0, {'nst': {}}),
-  'fsp': (1.0, {'fsp': {}}),
+  'fsp': (1.0, {'fsp': dict(init_phase=True)}),
+  'ab': (1.0, {'ab': {}}),
+  'ft': (1.0, {'ft': {}}),
   'vid': (1.0, {'vid': {}}),
   'review_kd': (1.0, {'review_kd': {}}),
 }
@@ -64,6 +71,8 @@ DEMO_OVERRIDES = {
   'dkd': dict(warmup_epochs=1),
   'review_kd': dict(warmup_epochs=1),
 }
+# The demos' initialization phase (AB, FT, FSP): 1 epoch of their 3.
+DEMO_INIT_EPOCHS = 1
 # CIFAR-100 top-1 % the pair presets target, in PAIRS order (None: none
 # published); sources in the docstring.
 REFERENCE = {
@@ -75,6 +84,8 @@ REFERENCE = {
   'pkt': (73.64, 74.54),
   'nst': (73.30, 73.68),
   'fsp': (72.62, 72.91),
+  'ab': (73.17, 72.50),
+  'ft': (72.86, 73.25),
   'dkd': (76.32, 76.23),
   'dist': (76.31, None),
   'logit_std': (76.62, 76.11),
@@ -118,6 +129,7 @@ def get_config(preset: str = 'demo'):
     config.model = defaults.model('resnet8', 'conv')
     for name in terms:
       terms[name].update(DEMO_OVERRIDES.get(name, {}))
+    init_epochs = DEMO_INIT_EPOCHS
   else:
     teacher, student = PAIRS[prefix]
     defaults.set_dataset(config, 'cifar100')
@@ -126,5 +138,7 @@ def get_config(preset: str = 'demo'):
     config.model = defaults.model(student, 'conv')
     for name, options in PAIR_OVERRIDES.get((prefix, method), {}).items():
       terms[name].update(options)
+    init_epochs = distill.INIT_EPOCHS
   _apply(config, ce_weight, terms)
+  config.distill.init_epochs = init_epochs
   return config

@@ -8,7 +8,7 @@ declares its parameter groups and frozen teachers and gives the trainer pure
 from kdjax.errors import ConfigError
 from kdjax.methods.base import Method
 from kdjax.methods.crd import CRD
-from kdjax.methods.distill import Distill
+from kdjax.methods.distill import Distill, DistillInit
 from kdjax.methods.dml import DML
 from kdjax.methods.ekd import EKD
 from kdjax.methods.kd import KnowledgeDistillation
@@ -23,6 +23,7 @@ METHODS = {
   'ofd': OFD,
   'ekd': EKD,
   'distill': Distill,
+  'distill_init': DistillInit,
   'dml': DML,
   'crd': CRD,
 }
@@ -35,6 +36,11 @@ def method_class(config) -> type:
       f'{sorted(METHODS)}.'
     )
   return METHODS[config.method]
+
+
+def init_phase_config(config):
+  """The config of the run that `config`'s initialization phase trains, or None."""
+  return method_class(config).init_phase_config(config)
 
 
 def frozen_teacher_configs(config) -> list:

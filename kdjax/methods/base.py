@@ -97,6 +97,46 @@ def build_zoo_model(
   return model
 
 
+def teacher_entries(config: ml_collections.ConfigDict) -> list:
+  """The frozen teachers' model entries: config.teachers, or [config.teacher]."""
+  teachers = config.get('teachers')
+  return list(teachers) if teachers else [config.teacher]
+
+
+def mean_soft_target_logits(teacher_logits, temperature: float) -> jax.Array:
+  """Logits whose softmax at ``temperature`` T is the teachers' mean one:
+
+  z = T log(mean_t softmax(z_t / T))      (one teacher: z_1 itself)
+  """
+  if len(teacher_logits) == 1:
+    return teacher_logits[0]
+  probs = jnp.mean(
+    jnp.stack([jax.nn.softmax(z / temperature) for z in teacher_logits]), 0
+  )
+  return temperature * jnp.log(probs)
+
+
+def frozen_teacher_outputs(models, weights, images) -> list:
+  """[(logits, features)] of each frozen teacher, eval mode, under stop_gradient.
+
+  ``weights``: one {'params', 'batch_stats'} per model, as prepare_frozen got.
+  """
+  out = []
+  for model, w in zip(models, weights):
+    logits, feats, _ = run_model(
+      model, w['params'], w['batch_stats'], images, False
+    )
+    out.append(jax.lax.stop_gradient((logits, feats)))
+  return out
+
+
+def teacher_heads(teacher_logits) -> Dict[str, jax.Array]:
+  """Eval heads: 'teacher' for one teacher, 'teacher0', 'teacher1', ... else."""
+  if len(teacher_logits) == 1:
+    return {'teacher': teacher_logits[0]}
+  return {f'teacher{i}': z for i, z in enumerate(teacher_logits)}
+
+
 def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
 
@@ -167,6 +207,40 @@ class Method(abc.ABC):
     """The model entries of the teachers this method restores, not trains."""
     del config
     return []
+
+  @classmethod
+  def init_phase_config(cls, config: ml_collections.ConfigDict):
+    """The config of a run that must train first (an initialization phase).
+
+    None: none. The trainer's plan runs it before this one, in its own
+    workdir, and this run restores ``warm_start_parts`` from it.
+    """
+    del config
+    return None
+
+  def warm_start_parts(self) -> Tuple[str, ...]:
+    """Which subtrees of the initialization run's params['student'] (and
+    batch_stats['student']) this run restores, from ``warm_start_dir``; the
+    trainer passes them to ``warm_start`` and in ``frozen['init_phase']``."""
+    return ()
+
+  def warm_start_dir(self):
+    """The finished initialization run's workdir (``warm_start_parts``)."""
+    return None
+
+  def warm_start(
+    self, params: PyTree, batch_stats: PyTree, frozen: PyTree
+  ) -> Tuple[PyTree, PyTree]:
+    """The fresh (params, batch_stats) with what the initialization run
+    trained put in; called once, when a run starts from scratch."""
+    del frozen
+    return params, batch_stats
+
+  def trainable_mask(self, params: PyTree):
+    """Per group, a pytree of bools over params: False leaves are not updated
+    (no gradient step, no weight decay). None: every leaf trains."""
+    del params
+    return None
 
   def frozen_teachers(self) -> Tuple[Tuple[nn.Module, Any], ...]:
     """(model, config entry) of each frozen teacher, as frozen_teacher_configs.
@@ -263,7 +337,8 @@ def init_module(
   module: nn.Module, rng: jax.Array, *args, **kwargs
 ) -> Tuple[PyTree, PyTree]:
   variables = module.init(rng, *args, **kwargs)
-  return variables['params'], variables.get('batch_stats', {})
+  # A module of identities only (AB's connectors between equal maps) has none.
+  return variables.get('params', {}), variables.get('batch_stats', {})
 
 
 def run_module(

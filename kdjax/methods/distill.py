@@ -20,11 +20,36 @@ the trainer's step, e = step // steps_per_epoch + 1 the 1-based epoch
 Learnable modules (kdjax.models.connectors) train with the student, under
 ``params['student'][term]``: CC's two embeddings (the teacher-side one learns
 from the loss, as in RepDistiller), VID's regressors and variances,
-ReviewKD's fusion.
+ReviewKD's fusion, FT's translator.
+
+Several frozen teachers (``config.teachers``, a list of model entries, as
+the kd method's) combine as ``distill.multi_teacher`` says: 'mean_targets'
+gives the logit terms kd, dkd and dist the mean of the teachers' softened
+predictions at the term's temperature, 'sum_losses' adds every term once per
+teacher (every term without a learnable module or an initialization phase).
+
+Initialization phase (RepDistiller's ``init``): AB, FT, and FSP with
+``fsp.init_phase`` train something first, in a run of their own that the
+trainer's plan puts before this one (``init_phase_config``; method
+``distill_init``, ``<workdir>/init_phase``), checkpointed and resumable like
+any run: ``distill.init_epochs`` epochs of SGD at a constant
+``distill.init_learning_rate`` (None: the run's rate; for FT with a ResNet or
+WRN student 0.01, RepDistiller's rule), the run's momentum and weight decay.
+  ab   the student's feature layers (not its classifier) and AB's connectors,
+       on the AB loss between the connected student and the teacher pre-ReLU
+       stage maps; this run then starts from that student, loss CE (+ KD)
+  fsp  the student's feature layers on the FSP loss; this run starts from it
+  ft   the paraphraser, reconstructing the teacher's last stage map (MSE);
+       this run keeps it frozen and trains the translator with the student
+As in RepDistiller, AB and an initialized FSP add nothing to this run's loss
+(its ``loss_kd`` is 0 for them); their ``weight`` is RepDistiller's ``-b``,
+unused. ``distill.init_dir`` is the initialization run's workdir: the plan
+fills it in (set it to reuse a finished one).
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 from typing import Any, Dict, NamedTuple
 
@@ -56,10 +81,38 @@ TERMS: Dict[str, Dict[str, Any]] = {
   'fsp': dict(weight=50.0),
   'vid': dict(weight=1.0, init_pred_var=5.0, eps=1e-5),
   'review_kd': dict(weight=5.0, warmup_epochs=20, max_mid_channels=512),
+  # Two-stage (initialization phase first; module docstring).
+  'ab': dict(weight=1.0, margin=1.0),
+  'ft': dict(weight=200.0, p1=2, p2=1, rate=0.5),
 }
+TERMS['fsp']['init_phase'] = False  # True: RepDistiller's FSP (init only).
+# Terms that always train an initialization phase first.
+TWO_STAGE_TERMS = ('ab', 'ft')
+# How several teachers combine (distill.multi_teacher), and which terms each
+# mode takes: the mean soft targets only mean something to the terms that
+# read the teacher through softmax(z_t / T).
+MULTI_TEACHER = ('mean_targets', 'sum_losses')
+MEAN_TARGET_TERMS = ('kd', 'dkd', 'dist')
 # Terms with a learnable module under params['student'][term].
-MODULE_TERMS = ('cc', 'vid', 'review_kd')
+MODULE_TERMS = ('cc', 'vid', 'review_kd', 'ft')
 WARMUP_TERMS = ('dkd', 'review_kd')
+# RepDistiller's init phase: epochs and, for FT with these students, its rate.
+INIT_EPOCHS = 30
+FT_LOW_INIT_LR_STUDENTS = (
+  'resnet8',
+  'resnet14',
+  'resnet20',
+  'resnet32',
+  'resnet44',
+  'resnet56',
+  'resnet110',
+  'resnet8x4',
+  'resnet32x4',
+  'wrn16_1',
+  'wrn16_2',
+  'wrn40_1',
+  'wrn40_2',
+)
 
 
 def default_section(
@@ -69,6 +122,10 @@ def default_section(
   section = ml_collections.ConfigDict()
   section.ce_weight = ce_weight
   section.terms = tuple(terms)
+  section.init_epochs = INIT_EPOCHS
+  section.init_learning_rate = ml_collections.config_dict.placeholder(float)
+  section.init_dir = ml_collections.config_dict.placeholder(str)
+  section.multi_teacher = 'mean_targets'
   for name, defaults in TERMS.items():
     section[name] = ml_collections.ConfigDict(dict(defaults))
   return section
@@ -79,6 +136,28 @@ def term_options(config, name: str) -> Dict[str, Any]:
   options = dict(TERMS[name])
   options.update(dict(config.distill.get(name, None) or {}))
   return options
+
+
+def init_phase_terms(config) -> tuple:
+  """The configured terms that train in an initialization phase first."""
+  terms = tuple(config.distill.get('terms', ()) or ())
+  return tuple(
+    t
+    for t in terms
+    if t in ('ab', 'ft')
+    or (t == 'fsp' and term_options(config, t)['init_phase'])
+  )
+
+
+def init_learning_rate(config) -> float:
+  """The initialization phase's constant rate (module docstring)."""
+  rate = config.distill.get('init_learning_rate', None)
+  if rate is not None:
+    return float(rate)
+  terms = init_phase_terms(config)
+  if 'ft' in terms and config.model.name in FT_LOW_INIT_LR_STUDENTS:
+    return 0.01
+  return float(config.optimizer.learning_rate)
 
 
 def warmup_factor(step, steps_per_epoch: int, warmup_epochs) -> jax.Array:
@@ -116,9 +195,10 @@ class Distill(base.Method):
   @classmethod
   def check_config(cls, config):
     super().check_config(config)
-    if 'teacher' not in config:
+    if 'teacher' not in config and not config.get('teachers'):
       raise ConfigError(
-        "method 'distill' needs config.teacher (the frozen teacher's entry)."
+        "method 'distill' needs config.teacher (the frozen teacher's entry) "
+        'or config.teachers (a list of them).'
       )
     cfg = config.get('distill', None)
     if cfg is None:
@@ -156,15 +236,63 @@ class Distill(base.Method):
         raise ConfigError(
           f'--config.distill.{name}.warmup_epochs must be >= 0 (0: none).'
         )
+    init_terms = init_phase_terms(config)
+    mode = cfg.get('multi_teacher', 'mean_targets')
+    if mode not in MULTI_TEACHER:
+      raise ConfigError(
+        f'--config.distill.multi_teacher={mode!r}: use one of {MULTI_TEACHER}.'
+      )
+    if len(base.teacher_entries(config)) > 1:
+      if mode == 'mean_targets':
+        unfit = [t for t in terms if t not in MEAN_TARGET_TERMS]
+        why = (
+          "'mean_targets' distils from the mean of the teachers' softened "
+          f'predictions, which only {MEAN_TARGET_TERMS} read'
+        )
+      else:
+        unfit = [t for t in terms if t in MODULE_TERMS or t in init_terms]
+        why = (
+          "'sum_losses' adds each term once per teacher, which terms with a "
+          'learnable module or an initialization phase do not support yet'
+        )
+      if unfit:
+        raise ConfigError(
+          f'--config.distill.terms: {unfit} with {len(base.teacher_entries(config))} '
+          f'teachers and multi_teacher={mode!r}: {why}. Use one teacher, or '
+          "the other multi_teacher mode ('sum_losses' for feature terms)."
+        )
+    epochs = cfg.get('init_epochs', INIT_EPOCHS)
+    if init_terms and (not isinstance(epochs, int) or epochs < 1):
+      raise ConfigError(
+        f'--config.distill.init_epochs={epochs!r}: {list(init_terms)} train in '
+        'an initialization phase first (RepDistiller: 30 epochs), so it must '
+        'be a whole number >= 1.'
+      )
+    rate = cfg.get('init_learning_rate', None)
+    if rate is not None and (not isinstance(rate, (int, float)) or rate <= 0):
+      raise ConfigError(
+        f'--config.distill.init_learning_rate={rate!r}: must be > 0 (or None: '
+        "the run's learning rate; 0.01 for FT with a ResNet or WRN student)."
+      )
 
   def __init__(self, config, **kwargs):
     self.check_config(config)  # Also for a method built without validation.
     super().__init__(config, **kwargs)
     self.terms = tuple(config.distill.terms)
     self.options = {t: term_options(config, t) for t in self.terms}
-    self.teacher = base.build_zoo_model(
-      config.teacher, self.num_classes, self.image_shape
+    self.init_terms = init_phase_terms(config)
+    # AB and an initialized FSP train only in the initialization phase.
+    self.loop_terms = tuple(
+      t
+      for t in self.terms
+      if t != 'ab' and not (t == 'fsp' and 'fsp' in self.init_terms)
     )
+    self.teachers = tuple(
+      base.build_zoo_model(entry, self.num_classes, self.image_shape)
+      for entry in base.teacher_entries(config)
+    )
+    # The modules are built for the first (with modules: the only) teacher.
+    self.teacher = self.teachers[0]
     _, s_feats = self.abstract_outputs(self.student)
     _, t_feats = self.abstract_outputs(self.teacher)
     s_stages = [s['preact'].shape for s in s_feats['stages']]
@@ -195,6 +323,21 @@ class Distill(base.Method):
         )
         for t in t_stages
       )
+    s_maps = [tuple(s['preact'].shape[1:]) for s in s_feats['stages']]
+    t_maps = [tuple(s['preact'].shape[1:]) for s in t_feats['stages']]
+    if 'ab' in self.terms:
+      if len(s_maps) != len(t_maps):
+        raise ConfigError(
+          f'ab pairs stages one to one: the student has {len(s_maps)}, the '
+          f'teacher {len(t_maps)}.'
+        )
+      self.ab_connectors = connectors.ABConnectors(tuple(s_maps), tuple(t_maps))
+    if 'ft' in self.terms:  # factor_transfer_loss pools the larger map.
+      rate = float(self.options['ft']['rate'])
+      self.paraphraser = connectors.Paraphraser(t_maps[-1][2], rate)
+      self.modules['ft'] = connectors.Translator(
+        s_maps[-1][2], int(t_maps[-1][2] * rate)
+      )
     if 'review_kd' in self.terms:
       s_pooled = s_feats['pooled'].shape[-1]
       self.modules['review_kd'] = connectors.ReviewFusion(
@@ -208,15 +351,59 @@ class Distill(base.Method):
 
   @classmethod
   def frozen_teacher_configs(cls, config):
-    return [config.teacher]
+    return base.teacher_entries(config)
 
   def frozen_teachers(self):
-    return ((self.teacher, self.config.teacher),)
+    return tuple(zip(self.teachers, base.teacher_entries(self.config)))
 
   def prepare_frozen(self, teacher_weights, images):
     del images
-    (teacher,) = teacher_weights
-    return {'teacher': teacher}
+    return {'teachers': tuple(teacher_weights)}
+
+  # -- the initialization phase ---------------------------------------------
+
+  @classmethod
+  def init_phase_config(cls, config):
+    """The config of the run that trains the initialization phase, or None.
+
+    Its workdir is the plan's; this run then reads it as distill.init_dir.
+    """
+    if not init_phase_terms(config):
+      return None
+    init = copy.deepcopy(config)
+    init.unlock()  # The command line's config is locked; this copy is ours.
+    init.method = 'distill_init'
+    init.num_epochs = int(config.distill.get('init_epochs', INIT_EPOCHS))
+    init.max_steps = -1
+    init.optimizer.update(
+      learning_rate=init_learning_rate(config),
+      schedule='constant',
+      warmup_epochs=0,
+    )
+    init.distill.init_dir = None
+    return init
+
+  def warm_start_parts(self):
+    parts = ()
+    if {'ab', 'fsp'} & set(self.init_terms):
+      parts += ('model',)
+    if 'ft' in self.init_terms:
+      parts += ('paraphraser',)
+    return parts
+
+  def warm_start_dir(self):
+    return self.config.distill.get('init_dir', None)
+
+  def warm_start(self, params, batch_stats, frozen):
+    """The student as the initialization phase left it (AB, FSP)."""
+    if 'model' not in self.warm_start_parts():
+      return params, batch_stats
+    restored = frozen['init_phase']
+    params = dict(params, student=dict(params['student']))
+    batch_stats = dict(batch_stats, student=dict(batch_stats['student']))
+    params['student']['model'] = restored['params']['model']
+    batch_stats['student']['model'] = restored['batch_stats']['model']
+    return params, batch_stats
 
   # -- modules -------------------------------------------------------------
 
@@ -228,6 +415,8 @@ class Distill(base.Method):
       return tuple(_vid_input(x, y) for x, y in zip(s.stages, t.stages))
     if name == 'review_kd':
       return s.stages + (s.pooled[:, None, None, :],)
+    if name == 'ft':  # RepDistiller's feat[-2]: the last stage's output.
+      return (s.stages[-1],)
     raise KeyError(name)
 
   def _init_module(self, name, rng, s: _Views, t: _Views):
@@ -245,6 +434,8 @@ class Distill(base.Method):
         for i, (m, r, x) in enumerate(zip(module, rngs, inputs))
       }
       return params, {}
+    if name == 'ft':
+      return base.init_module(module, rng, inputs[0], train=False)
     return base.init_module(module, rng, inputs, train=False)
 
   def init(self, rng, images):
@@ -278,17 +469,32 @@ class Distill(base.Method):
 
   # -- the step ------------------------------------------------------------
 
-  def _teacher(self, frozen, images):
-    logits, feats, _ = base.run_model(
-      self.teacher,
-      frozen['teacher']['params'],
-      frozen['teacher']['batch_stats'],
-      images,
-      False,
+  def _teacher_outputs(self, frozen, images):
+    return base.frozen_teacher_outputs(
+      self.teachers, frozen['teachers'], images
     )
-    return jax.lax.stop_gradient(logits), jax.lax.stop_gradient(feats)
 
-  def _term(self, name, step, params, batch_stats, s, t, labels):
+  def _teacher(self, frozen, images):
+    """The first teacher's (logits, features)."""
+    return self._teacher_outputs(frozen, images)[0]
+
+  def _teacher_term(self, name, params, batch_stats, frozen, s, ts, labels):
+    """A term against the teachers' views ``ts``, combined as configured."""
+    if len(ts) == 1:
+      return self._term(name, params, batch_stats, frozen, s, ts[0], labels)
+    if self.config.distill.get('multi_teacher', 'mean_targets') == 'sum_losses':
+      values = [
+        self._term(name, params, batch_stats, frozen, s, t, labels)[0]
+        for t in ts
+      ]
+      return _sum(values), None
+    temperature = self.options[name]['temperature']
+    mean = base.mean_soft_target_logits([t.logits for t in ts], temperature)
+    return self._term(
+      name, params, batch_stats, frozen, s, ts[0]._replace(logits=mean), labels
+    )
+
+  def _term(self, name, params, batch_stats, frozen, s, t, labels):
     """(unweighted value, new batch_stats of its module or None)."""
     o = self.options[name]
     if name == 'kd':
@@ -354,6 +560,18 @@ class Distill(base.Method):
       )
       targets = t.preacts + (t.pooled[:, None, None, :],)
       return losses.review_kd_hcl_loss(fused, targets), new_stats
+    if name == 'ft':
+      factor_s, new_stats = base.run_module(
+        self.modules['ft'], p, batch_stats['student'][name], *inputs, train=True
+      )
+      factor_t = self.paraphraser.apply(
+        {'params': frozen['init_phase']['params']['paraphraser']},
+        t.stages[-1],
+        method=connectors.Paraphraser.encode,
+      )
+      return losses.factor_transfer_loss(
+        factor_s, jax.lax.stop_gradient(factor_t), p1=o['p1'], p2=o['p2']
+      ), new_stats
     raise KeyError(name)
 
   def loss(self, step, params, batch_stats, frozen, batch, rng):
@@ -364,15 +582,15 @@ class Distill(base.Method):
       params, batch_stats, images, True
     )
     s = _views(s_logits, s_feats)
-    t = _views(*self._teacher(frozen, images))
+    ts = [_views(*out) for out in self._teacher_outputs(frozen, images)]
     smoothing = self.config.get('loss', {}).get('label_smoothing', 0.0)
     ce = losses.cross_entropy(s_logits, labels, label_smoothing=smoothing)
     total = cfg.get('ce_weight', 1.0) * ce
     metrics = {'loss/ce': ce}
     new_stats = {'model': s_stats}
-    for name in self.terms:
-      value, module_stats = self._term(
-        name, step, params, batch_stats, s, t, labels
+    for name in self.loop_terms:
+      value, module_stats = self._teacher_term(
+        name, params, batch_stats, frozen, s, ts, labels
       )
       weight = self.options[name]['weight']
       if name in WARMUP_TERMS:
@@ -389,9 +607,10 @@ class Distill(base.Method):
     return total, ({'student': new_stats}, metrics)
 
   def predict(self, params, batch_stats, frozen, images):
+    teachers = [z for z, _ in self._teacher_outputs(frozen, images)]
     return {
       'student': self.student_logits(params, batch_stats, images, False)[0],
-      'teacher': self._teacher(frozen, images)[0],
+      **base.teacher_heads(teachers),
     }
 
 
@@ -406,3 +625,102 @@ def _sum(values):
   return functools.reduce(
     lambda a, b: a + b, values, jnp.zeros((), jnp.float32)
   )
+
+
+class DistillInit(Distill):
+  """The initialization phase of a distill config (method 'distill_init').
+
+  Trains what ``init_phase_terms`` name, nothing else (module docstring):
+  ``trainable_mask`` keeps every other leaf as it was, weight decay included,
+  as RepDistiller's init optimizer covers only those modules. The student's
+  BN statistics follow its batches where its feature layers train.
+  """
+
+  @classmethod
+  def init_phase_config(cls, config):
+    return None  # This is that phase.
+
+  def warm_start_parts(self):
+    return ()
+
+  def _trains_student(self) -> bool:
+    return bool({'ab', 'fsp'} & set(self.init_terms))
+
+  def init(self, rng, images):
+    model_rng, ab_rng, ft_rng = jax.random.split(rng, 3)
+    params, batch_stats = base.init_model(self.student, model_rng, images)
+    student, stats = {'model': params}, {'model': batch_stats}
+    shapes = self.abstract_outputs(self.teacher)[1]['stages']
+    teacher_maps = [jnp.zeros(s['preact'].shape, jnp.float32) for s in shapes]
+    if 'ab' in self.init_terms:
+      _, s_feats = self.student.apply(
+        {'params': params, 'batch_stats': batch_stats}, images, train=False
+      )
+      preacts = tuple(s['preact'] for s in s_feats['stages'])
+      student['ab'], ab_stats = base.init_module(
+        self.ab_connectors, ab_rng, preacts, train=False
+      )
+      if ab_stats:
+        stats['ab'] = ab_stats
+    if 'ft' in self.init_terms:
+      student['paraphraser'], _ = base.init_module(
+        self.paraphraser, ft_rng, teacher_maps[-1]
+      )
+    return {'student': student}, {'student': stats}
+
+  def trainable_mask(self, params):
+    trains_student = self._trains_student()
+
+    def model_leaf(path, _):
+      # RepDistiller's get_feat_modules(): every layer but the classifier.
+      keys = {getattr(k, 'key', None) for k in path}
+      return trains_student and not keys & {'classifier', 'logit_bn'}
+
+    student = {
+      part: (
+        jax.tree.map_with_path(model_leaf, tree)
+        if part == 'model'
+        else jax.tree.map(lambda _: True, tree)
+      )
+      for part, tree in params['student'].items()
+    }
+    return {'student': student}
+
+  def loss(self, step, params, batch_stats, frozen, batch, rng):
+    del step, rng
+    images = batch['image']
+    t = _views(*self._teacher(frozen, images))
+    student = params['student']
+    new_stats = dict(batch_stats['student'])
+    metrics, total = {}, jnp.zeros((), jnp.float32)
+    if self._trains_student():
+      s_logits, s_feats, new_stats['model'] = self.student_logits(
+        params, batch_stats, images, True
+      )
+      s = _views(s_logits, s_feats)
+      metrics['train_accuracy/student'] = base.accuracy(
+        s_logits, batch['label']
+      )
+    if 'ab' in self.init_terms:
+      connected, new_stats['ab'] = base.run_module(
+        self.ab_connectors,
+        student['ab'],
+        batch_stats['student'].get('ab', {}),
+        s.preacts,
+        train=True,
+      )
+      metrics['loss/init_ab'] = losses.activation_boundary_loss(
+        connected, t.preacts, margin=self.options['ab']['margin']
+      )
+    if 'fsp' in self.init_terms:
+      metrics['loss/init_fsp'] = losses.fsp_loss(s.stages, t.stages)
+    if 'ft' in self.init_terms:
+      _, rebuilt = self.paraphraser.apply(
+        {'params': student['paraphraser']}, t.stages[-1]
+      )
+      metrics['loss/init_ft'] = jnp.mean(jnp.square(rebuilt - t.stages[-1]))
+    for name in ('ab', 'fsp', 'ft'):  # RepDistiller: their unweighted sum.
+      total = total + metrics.get(f'loss/init_{name}', 0.0)
+    if 'ab' in new_stats and not new_stats['ab']:
+      del new_stats['ab']
+    return total, ({'student': new_stats}, metrics)

@@ -1,7 +1,6 @@
 """Baselines from frozen teachers: Hinton KD, optionally FitNets and AT (docs/baselines.md)."""
 
 import jax
-import jax.numpy as jnp
 
 from kdjax import losses
 from kdjax.errors import ConfigError
@@ -29,11 +28,6 @@ def _pooled_to_common_sizes(student_maps, teacher_maps):
       t if t.shape[1:3] == size else losses.adaptive_avg_pool(t, size)
     )
   return pooled_s, pooled_t
-
-
-def _teacher_entries(config):
-  teachers = config.get('teachers')
-  return list(teachers) if teachers else [config.teacher]
 
 
 class KnowledgeDistillation(base.Method):
@@ -66,7 +60,7 @@ class KnowledgeDistillation(base.Method):
     self.hint_stage = config.kd.get('fitnet_stage', -1)
     self.teachers = tuple(
       base.build_zoo_model(entry, self.num_classes, self.image_shape)
-      for entry in _teacher_entries(config)
+      for entry in base.teacher_entries(config)
     )
     self.connectors = None
     if self._uses_hint():
@@ -85,24 +79,19 @@ class KnowledgeDistillation(base.Method):
 
   @classmethod
   def frozen_teacher_configs(cls, config):
-    return _teacher_entries(config)
+    return base.teacher_entries(config)
 
   def frozen_teachers(self):
-    return tuple(zip(self.teachers, _teacher_entries(self.config)))
+    return tuple(zip(self.teachers, base.teacher_entries(self.config)))
 
   def prepare_frozen(self, teacher_weights, images):
     del images
     return {'teachers': tuple(teacher_weights)}
 
   def _teacher_outputs(self, frozen, images):
-    """[(logits, features)] per teacher, eval mode, under stop_gradient."""
-    out = []
-    for model, weights in zip(self.teachers, frozen['teachers']):
-      logits, feats, _ = base.run_model(
-        model, weights['params'], weights['batch_stats'], images, False
-      )
-      out.append(jax.lax.stop_gradient((logits, feats)))
-    return out
+    return base.frozen_teacher_outputs(
+      self.teachers, frozen['teachers'], images
+    )
 
   def _uses_hint(self):
     return self.config.kd.get('fitnet_weight', 0.0) > 0
@@ -127,13 +116,9 @@ class KnowledgeDistillation(base.Method):
 
   def _soft_targets_logits(self, teacher_logits):
     """Logits whose softmax at T is the mean of the teachers' at T."""
-    temperature = self.config.kd.temperature
-    if len(teacher_logits) == 1:
-      return teacher_logits[0]
-    probs = jnp.mean(
-      jnp.stack([jax.nn.softmax(z / temperature) for z in teacher_logits]), 0
+    return base.mean_soft_target_logits(
+      teacher_logits, self.config.kd.temperature
     )
-    return temperature * jnp.log(probs)
 
   def loss(self, step, params, batch_stats, frozen, batch, rng):
     del step, rng
@@ -196,8 +181,5 @@ class KnowledgeDistillation(base.Method):
       'student': self.student_logits(params, batch_stats, images, False)[0]
     }
     teachers = self._teacher_outputs(frozen, images)
-    if len(teachers) == 1:
-      heads['teacher'] = teachers[0][0]
-    else:
-      heads.update({f'teacher{i}': z for i, (z, _) in enumerate(teachers)})
+    heads.update(base.teacher_heads([z for z, _ in teachers]))
     return heads

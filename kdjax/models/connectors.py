@@ -16,6 +16,9 @@ The caller applies them and passes their outputs to the pure losses
                     crd/criterion.py Embed).
   VIDRegressor      VID's regressor and per-channel variance.
   ReviewFusion      ReviewKD's attention-based fusion (AttentionFusion blocks).
+  ABConnectors      AB's per-stage connectors (RepDistiller ``Connector``).
+  Paraphraser       FT's teacher-side autoencoder (RepDistiller ``Paraphraser``).
+  Translator        FT's student-side encoder (RepDistiller ``Translator``).
 """
 
 from __future__ import annotations
@@ -420,3 +423,117 @@ class ReviewFusion(nn.Module):
         name=f'abf{i}',
       )(xs[i], residual, self.out_sizes[i], train=train)
     return tuple(outs)
+
+
+class ABConnectors(nn.Module):
+  """AB's connectors, one per stage (RepDistiller ``Connector``).
+
+  Where a student map has the teacher's channels and height the connector is
+  the identity; otherwise a FeatureConnector (conv + BN, no ReLU, resampling
+  as RepDistiller's ``ConvReg(use_relu=False)``). RepDistiller's conv has a
+  bias and PyTorch's default init; here it is bias-free (BN follows, so a
+  bias only shifts the running mean) with He-normal fan-out init.
+
+  Attributes:
+    student_shapes / teacher_shapes: (H, W, C) of each stage's map.
+  """
+
+  student_shapes: Tuple[Tuple[int, int, int], ...]
+  teacher_shapes: Tuple[Tuple[int, int, int], ...]
+
+  @nn.compact
+  def __call__(
+    self, maps: Sequence[Array], *, train: bool
+  ) -> Tuple[Array, ...]:
+    out = []
+    for i, (x, s, t) in enumerate(
+      zip(maps, self.student_shapes, self.teacher_shapes)
+    ):
+      if s[2] == t[2] and s[0] == t[0]:
+        out.append(x)
+        continue
+      out.append(
+        FeatureConnector(
+          t[2], in_hw=tuple(s[:2]), out_hw=tuple(t[:2]), name=f'stage{i}'
+        )(x, train=train)
+      )
+    return tuple(out)
+
+
+def _ft_conv(features: int, name: str, transpose: bool = False):
+  # PyTorch's Conv2d / ConvTranspose2d(k=3, stride 1, padding 1), with bias.
+  layer = nn.ConvTranspose if transpose else nn.Conv
+  return layer(features, (3, 3), padding='SAME', name=name)
+
+
+class Paraphraser(nn.Module):
+  """FT's paraphraser (Kim et al., NeurIPS 2018; RepDistiller ``Paraphraser``).
+
+  Encoder: three 3x3 convs C -> C -> kC -> kC, decoder three 3x3 transposed
+  convs kC -> kC -> C -> C, each followed by LeakyReLU(0.1); no BN
+  (RepDistiller's default use_bn=False). Trained to reconstruct the teacher's
+  map in FT's initialization phase, then frozen: its encoder gives the
+  teacher factor.
+
+  Attributes:
+    features: the teacher map's channels C.
+    rate: k, the factor's share of C (RepDistiller 0.5).
+  """
+
+  features: int
+  rate: float = 0.5
+
+  def setup(self):
+    inner = int(self.features * self.rate)
+    self.encoder = (
+      _ft_conv(self.features, 'enc0'),
+      _ft_conv(inner, 'enc1'),
+      _ft_conv(inner, 'enc2'),
+    )
+    self.decoder = (
+      _ft_conv(inner, 'dec0', transpose=True),
+      _ft_conv(self.features, 'dec1', transpose=True),
+      _ft_conv(self.features, 'dec2', transpose=True),
+    )
+
+  def encode(self, x: Array) -> Array:
+    """The factor: (B, H, W, C) -> (B, H, W, kC)."""
+    for conv in self.encoder:
+      x = nn.leaky_relu(conv(x), 0.1)
+    return x
+
+  def __call__(self, x: Array) -> Tuple[Array, Array]:
+    """(factor, reconstruction of x)."""
+    factor = self.encode(x)
+    y = factor
+    for conv in self.decoder:
+      y = nn.leaky_relu(conv(y), 0.1)
+    return factor, y
+
+
+class Translator(nn.Module):
+  """FT's translator (RepDistiller ``Translator``, use_bn=True).
+
+  Three 3x3 convs C_s -> C_s -> kC_t -> kC_t, each conv + BN + LeakyReLU(0.1):
+  the student's factor, trained with the student.
+
+  Attributes:
+    student_features: C_s; factor_features: kC_t (int(C_t * k)).
+  """
+
+  student_features: int
+  factor_features: int
+
+  @nn.compact
+  def __call__(self, x: Array, *, train: bool) -> Array:
+    widths = (self.student_features, self.factor_features, self.factor_features)
+    for i, width in enumerate(widths):
+      x = _ft_conv(width, f'conv{i}')(x)
+      x = nn.BatchNorm(
+        use_running_average=not train,
+        momentum=0.9,
+        epsilon=1e-5,
+        name=f'bn{i}',
+      )(x)
+      x = nn.leaky_relu(x, 0.1)
+    return x

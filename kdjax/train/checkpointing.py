@@ -376,10 +376,12 @@ class RestoredTeacher(NamedTuple):
   meta: Dict[str, Any]
 
 
-def _student_subtree(tree):
+def _student_subtree(tree, part: str = 'model'):
+  # A part without BN statistics (FT's paraphraser) has no batch_stats entry.
+  stats = (tree.get('batch_stats') or {}).get('student') or {}
   return {
-    'params': tree['params']['student']['model'],
-    'batch_stats': tree['batch_stats']['student']['model'],
+    'params': tree['params']['student'][part],
+    'batch_stats': stats.get(part, {}),
   }
 
 
@@ -390,8 +392,12 @@ def restore_teacher_checkpoint(
   abstract_batch_stats: PyTree,
   *,
   name: str = 'teacher',
+  part: str = 'model',
 ) -> RestoredTeacher:
   """Restores the student of an earlier run to serve as a frozen teacher.
+
+  ``part`` picks another subtree of that run's params['student'] (an
+  initialization run's connectors or paraphraser; Method.warm_start_parts).
 
   Args:
     path: the earlier run's workdir (or its checkpoints/ directory).
@@ -436,10 +442,9 @@ def restore_teacher_checkpoint(
     'num_classes': expected['num_classes'],
   }
   want = {'params': abstract_params, 'batch_stats': abstract_batch_stats}
-  item = {
-    'params': {'student': {'model': abstract_params}},
-    'batch_stats': {'student': {'model': abstract_batch_stats}},
-  }
+  item = {'params': {'student': {part: abstract_params}}}
+  if jax.tree.leaves(abstract_batch_stats):
+    item['batch_stats'] = {'student': {part: abstract_batch_stats}}
   steps = sorted(manager.all_steps(), reverse=True)
   failures = []
   try:
@@ -467,7 +472,7 @@ def restore_teacher_checkpoint(
         failures.append(f'step {step}: state metadata unreadable ({e!s:.200})')
         continue
       try:
-        saved = _student_subtree(tree)
+        saved = _student_subtree(tree, part)
       except (KeyError, TypeError) as e:
         raise CheckpointError(
           f'The {name} checkpoint {str(directory)!r} has no student model to '
@@ -505,7 +510,7 @@ def restore_teacher_checkpoint(
           e,
         )
         continue
-      restored = _student_subtree(restored)
+      restored = _student_subtree(restored, part)
       return RestoredTeacher(
         restored['params'],
         restored['batch_stats'],

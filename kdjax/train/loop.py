@@ -81,7 +81,7 @@ def restore_or_init(
   if restored is None:
     state = jax.jit(
       functools.partial(
-        run_setup.init_state, config, run.method, run.optimizers
+        run_setup.init_state, config, run.method, run.optimizers, run.frozen
       ),
       out_shardings=run.replicated,
     )(run.sample)

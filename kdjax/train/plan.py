@@ -4,7 +4,11 @@ A frozen teacher with ``pretrain_epochs`` and no ``checkpoint_dir`` is an
 ordinary supervised run in ``<workdir>/teachers/<i>_<name>`` (so it resumes
 like any run), or a KD run from the entry's own ``distill_from`` teacher
 (TAKD's chain); the student's run then reads that directory as the teacher's
-``checkpoint_dir``. Every run gets its own config: nothing is edited in place.
+``checkpoint_dir``. A method with an initialization phase
+(``Method.init_phase_config``: AB, FT, FSP's init) gets a run of it in
+``<workdir>/init_phase`` before its own, which then reads it as
+``distill.init_dir``. Every run gets its own config: nothing is edited in
+place.
 """
 
 from __future__ import annotations
@@ -81,6 +85,10 @@ def teacher_run_config(config, teacher) -> ml_collections.ConfigDict:
   return sub
 
 
+def init_phase_dir(workdir: str) -> str:
+  return os.path.join(workdir, 'init_phase')
+
+
 def _student_config(config, workdir) -> ml_collections.ConfigDict:
   """A copy of `config` whose pre-trained teachers point at their runs."""
   # A deep copy: ConfigDict(config.to_dict()) would share the entries of a
@@ -89,6 +97,25 @@ def _student_config(config, workdir) -> ml_collections.ConfigDict:
   for i, teacher in _pretrained_teachers(student):
     teacher.checkpoint_dir = pretrained_teacher_dir(workdir, i, teacher)
   return student
+
+
+def _init_phase_run(student, workdir, role) -> List[Run]:
+  """The initialization run `student` needs (none when its dir is given)."""
+  init = methods.init_phase_config(student)
+  if init is None or student[student.method].get('init_dir'):
+    return []
+  with student.unlocked():
+    student[student.method].init_dir = init_phase_dir(workdir)
+  return [
+    Run(
+      role='initialization phase'
+      if role == 'student'
+      else f'{role}, initialization phase',
+      config=init,
+      workdir=init_phase_dir(workdir),
+      record=run_config.record(init),
+    )
+  ]
 
 
 def build(
@@ -108,10 +135,12 @@ def build(
       pretrained_teacher_dir(workdir, i, teacher),
       name if role == 'student' else f'{role}, {name}',
     )
+  student = _student_config(config, workdir)
+  runs += _init_phase_run(student, workdir, role)
   runs.append(
     Run(
       role=role,
-      config=_student_config(config, workdir),
+      config=student,
       workdir=workdir,
       record=run_config.record(config),
     )

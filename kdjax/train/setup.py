@@ -15,10 +15,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from kdjax import data as kd_data
-from kdjax import optim
+from kdjax import methods, optim
 from kdjax.errors import ConfigError
 from kdjax.methods import build_method
 from kdjax.train import mesh as kd_mesh
@@ -80,21 +81,30 @@ def batch_note(config: ml_collections.ConfigDict) -> str:
 
 def build_optimizers(config, method, params, steps_per_epoch):
   masks = method.adder_masks(params)
-  return {
-    g: optim.build_optimizer(
+  trainable = method.trainable_mask(params) or {}
+  optimizers = {}
+  for g in method.groups:
+    tx = optim.build_optimizer(
       optimizer_config(config, g),
       params[g],
       steps_per_epoch=steps_per_epoch,
       adder_mask=masks[g],
     )
-    for g in method.groups
-  }
+    if trainable.get(g) is not None:
+      # Leaves that do not train get no update at all (no weight decay).
+      labels = jax.tree.map(lambda t: 'train' if t else 'frozen', trainable[g])
+      tx = optax.multi_transform(
+        {'train': tx, 'frozen': optax.set_to_zero()}, labels
+      )
+    optimizers[g] = tx
+  return optimizers
 
 
-def init_state(config, method, optimizers, sample_images) -> TrainState:
+def init_state(config, method, optimizers, frozen, sample_images) -> TrainState:
   rng = jax.random.key(config.seed)
   init_rng, step_rng = jax.random.split(rng)
   params, batch_stats = method.init(init_rng, sample_images)
+  params, batch_stats = method.warm_start(params, batch_stats, frozen)
   opt_state = {g: optimizers[g].init(params[g]) for g in method.groups}
   return TrainState(
     step=jnp.zeros((), jnp.int32),
@@ -174,6 +184,20 @@ def setup(config: ml_collections.ConfigDict) -> RunSetup:
     for model, entry in method.frozen_teachers()
   ]
   frozen = method.prepare_frozen(teacher_weights, sample)
+  if method.warm_start_parts():
+    init_config = methods.init_phase_config(config)
+    init_method = build_method(
+      init_config,
+      num_classes=train_source.num_classes,
+      image_shape=train_source.image_shape,
+      steps_per_epoch=steps_per_epoch,
+    )
+    frozen = dict(
+      frozen,
+      init_phase=teachers.restore_init_phase(
+        method, init_method, train_source.num_classes
+      ),
+    )
   with jax.set_mesh(mesh):
     abstract_params = jax.eval_shape(
       lambda: method.init(jax.random.key(0), sample)[0]
@@ -186,7 +210,8 @@ def setup(config: ml_collections.ConfigDict) -> RunSetup:
     abstract_state = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
       jax.eval_shape(
-        functools.partial(init_state, config, method, optimizers), sample
+        functools.partial(init_state, config, method, optimizers, frozen),
+        sample,
       ),
     )
   return RunSetup(

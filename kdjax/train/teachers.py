@@ -74,3 +74,52 @@ def restore_frozen_weights(
     )
   )
   return {'params': restored.params, 'batch_stats': restored.batch_stats}
+
+
+def restore_init_phase(method, init_method, num_classes: int) -> Dict[str, Any]:
+  """{'params', 'batch_stats'} of ``method.warm_start_parts()``, each keyed by
+  part, from its finished initialization run (``method.warm_start_dir()``).
+
+  ``init_method`` is that run's method (built from init_phase_config), whose
+  abstract init gives the shapes to restore.
+  """
+  directory = method.warm_start_dir()
+  if not directory:
+    raise checkpointing.CheckpointError(
+      'This run starts from an initialization phase, but its directory is '
+      'not set (the plan sets distill.init_dir; set it to the workdir of a '
+      'finished initialization run).'
+    )
+  sample = jnp.zeros((1,) + tuple(init_method.image_shape), jnp.float32)
+  params, stats = jax.eval_shape(
+    lambda: init_method.init(jax.random.key(0), sample)
+  )
+  entry = method.config.model
+  out = {'params': {}, 'batch_stats': {}}
+  for part in method.warm_start_parts():
+    restored = checkpointing.restore_teacher_checkpoint(
+      directory,
+      {
+        'model': entry.name,
+        'conv_type': entry.get('conv_type', 'conv'),
+        'num_classes': num_classes,
+      },
+      params['student'][part],
+      stats['student'].get(part, {}),
+      name=f'initialization phase ({part})',
+      part=part,
+    )
+    meta = restored.meta
+    if 'total_steps' in meta and not meta.get('finished'):
+      raise checkpointing.CheckpointError(
+        f'The initialization run in {restored.directory} did not finish: its '
+        f'newest checkpoint is step {restored.step} of {meta["total_steps"]}. '
+        'Rerun the same command: the plan finishes it first.'
+      )
+    out['params'][part] = restored.params
+    out['batch_stats'][part] = restored.batch_stats
+  reporting.console(
+    f'Restored {", ".join(method.warm_start_parts())} from the '
+    f'initialization run {directory}'
+  )
+  return out

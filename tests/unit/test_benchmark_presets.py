@@ -24,7 +24,6 @@ def test_the_presets_are_the_pair_table_times_the_method_table():
 @pytest.mark.parametrize(
   'preset, reason',
   [
-    ('cifar100_vgg13_vgg8,ab', 'initialization phase'),
     ('cifar100_wrn40_2_shufflenet_v1,fsp', 'same channels'),
     ('cifar100_resnet32x4_shufflenet_v2,ofd', 'maps of one size'),
     ('ofd_a,dkd', "'<pair>,<method>'"),
@@ -95,3 +94,19 @@ def test_cross_architecture_cells_trace(preset):
     batch,
   )
   assert total.shape == ()
+
+
+def test_two_stage_cells_plan_their_initialization_phase():
+  """AB, FT and FSP cells run RepDistiller's 30-epoch init phase first."""
+  from kdjax.train import plan  # pylint: disable=g-import-not-at-top
+
+  for method in ('ab', 'ft', 'fsp'):
+    config = BENCH.get_config(f'cifar100_resnet32x4_resnet8x4,{method}')
+    config.teacher.checkpoint_dir = '/teacher'
+    runs = plan.build(config, '/work')
+    assert [r.role for r in runs] == ['initialization phase', 'student']
+    init = runs[0].config
+    assert (init.method, init.num_epochs) == ('distill_init', 30)
+    assert init.optimizer.schedule == 'constant'
+    # FT with a ResNet student initializes at 0.01, the others at the run's.
+    assert init.optimizer.learning_rate == (0.01 if method == 'ft' else 0.05)

@@ -92,3 +92,91 @@ def test_one_teacher_is_one_frozen_teacher():
   config = load_config_module('kd').get_config('demo')
   method = build_method(config, num_classes=10, image_shape=(28, 28, 1))
   assert len(method.frozen_teachers()) == 1
+
+
+def _distill_method(mode, terms):
+  config = load_config_module('distill').get_config('demo_kd')
+  config.model = config_defaults.model('resnet8', 'conv', **TINY)
+  config.teachers = [
+    config_defaults.model('resnet8', 'conv', stem_width=4, stage_widths=w)
+    for w in [(4, 4, 8), (8, 8, 8)]
+  ]
+  config.distill.terms = terms
+  config.distill.multi_teacher = mode
+  config.distill.kd.temperature = 3.0
+  return build_method(config, num_classes=10, image_shape=(8, 8, 1))
+
+
+@pytest.mark.parametrize(
+  'mode, terms',
+  [('mean_targets', ('kd', 'dkd')), ('sum_losses', ('kd', 'pkt'))],
+)
+def test_distill_terms_take_several_teachers(mode, terms):
+  from kdjax import losses  # pylint: disable=g-import-not-at-top
+
+  method = _distill_method(mode, terms)
+  rng = np.random.default_rng(1)
+  batch = {
+    'image': jnp.asarray(rng.normal(size=(4, 8, 8, 1)), jnp.float32),
+    'label': jnp.asarray([0, 1, 2, 3], jnp.int32),
+  }
+  weights = [
+    model.init(jax.random.key(i + 7), batch['image'], train=False)
+    for i, (model, _) in enumerate(method.frozen_teachers())
+  ]
+  assert len(weights) == 2
+  frozen = method.prepare_frozen(weights, batch['image'])
+  params, stats = method.init(jax.random.key(0), batch['image'])
+  _, (_, metrics) = method.loss(
+    0, params, stats, frozen, batch, jax.random.key(1)
+  )
+  s_logits, s_feats, _ = base.run_model(
+    method.student,
+    params['student']['model'],
+    stats['student']['model'],
+    batch['image'],
+    True,
+  )
+  outs = [
+    model.apply(w, batch['image'], train=False)
+    for (model, _), w in zip(method.frozen_teachers(), weights)
+  ]
+  temperature = 3.0
+  log_q = np.log(_np_softmax(np.asarray(s_logits, np.float64) / temperature))
+  probs = [
+    _np_softmax(np.asarray(z, np.float64) / temperature) for z, _ in outs
+  ]
+
+  def kl(p):
+    return np.mean(np.sum(p * (np.log(p) - log_q), -1))
+
+  if mode == 'mean_targets':
+    expected = temperature**2 * kl(np.mean(probs, 0))
+    # DKD reads the teachers as the logits of their mean soft targets at its
+    # own temperature (4).
+    t4 = [jax.nn.softmax(z / 4.0) for z, _ in outs]
+    mean_logits = 4.0 * jnp.log(jnp.mean(jnp.stack(t4), 0))
+    np.testing.assert_allclose(
+      metrics['loss/dkd'],
+      losses.dkd_loss(s_logits, mean_logits, batch['label']),
+      rtol=1e-4,
+    )
+  else:
+    expected = temperature**2 * sum(kl(p) for p in probs)
+    np.testing.assert_allclose(
+      metrics['loss/pkt'],
+      sum(losses.pkt_loss(s_feats['pooled'], f['pooled']) for _, f in outs),
+      rtol=1e-4,
+    )
+  np.testing.assert_allclose(metrics['loss/kd'], expected, rtol=1e-4)
+  heads = method.predict(params, stats, frozen, batch['image'])
+  assert set(heads) == {'student', 'teacher0', 'teacher1'}
+
+
+def test_distill_refuses_terms_its_teacher_mode_cannot_combine():
+  with pytest.raises(ConfigError, match="'sp'.*mean_targets"):
+    _distill_method('mean_targets', ('kd', 'sp'))
+  with pytest.raises(ConfigError, match="'cc'.*sum_losses"):
+    _distill_method('sum_losses', ('kd', 'cc'))
+  with pytest.raises(ConfigError, match='multi_teacher'):
+    _distill_method('vote', ('kd',))

@@ -56,7 +56,7 @@ def _expected_terms(method, params, stats, frozen, batch):
     train=True,
     mutable=['batch_stats'],
   )[0]
-  t_logits, t_feats = method.teacher.apply(frozen['teacher'], images)
+  t_logits, t_feats = method.teacher.apply(frozen['teachers'][0], images)
   s_stage = [jax.nn.relu(s['preact']) for s in s_feats['stages']]
   t_stage = [jax.nn.relu(s['preact']) for s in t_feats['stages']]
   s_pool, t_pool = s_feats['pooled'], t_feats['pooled']

@@ -111,7 +111,10 @@ def test_unavailable_cells_name_what_is_missing():
   assert 'CIFAR-10, all data/mutual learning' not in plan.unavailable
   # A cell that configs/benchmark.py cannot run says why.
   rd = planner.plan_table(tables.get('repdistiller_cifar100'), '/tmp/r', 1)
-  assert 'initialization phase' in rd.unavailable['wrn40_2 -> wrn16_2/AB']
+  assert 'same channels' in rd.unavailable['wrn40_2 -> wrn40_1/FSP']
+  # AB, FT (initialization phase) and CRD (memory bank) run now.
+  for method in ('AB', 'FT', 'CRD'):
+    assert f'wrn40_2 -> wrn16_2/{method}' not in rd.unavailable
   ofd = planner.plan_table(tables.get('ofd_cifar100'), '/tmp/r', 1)
   assert not ofd.unavailable  # PyramidNet setups (e) and (f) included.
   # A method or model kdjax lacks is named.

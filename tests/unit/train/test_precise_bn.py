@@ -25,7 +25,7 @@ def test_batch_stat_estimates_equal_the_stem_bn_inputs_statistics():
     jax.eval_shape(lambda: method.init(jax.random.key(0), images)[0]),
     1,
   )
-  state = run_setup.init_state(config, method, optimizers, images)
+  state = run_setup.init_state(config, method, optimizers, {}, images)
   # Running stats that are far from the truth, to see them replaced, not averaged.
   state = state.replace(
     batch_stats=jax.tree.map(lambda s: s + 7.0, state.batch_stats)
