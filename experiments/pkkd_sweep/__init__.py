@@ -6,6 +6,7 @@ From the repository root:
     python -m experiments.pkkd_sweep --quick --out /tmp/sweep  # rot check: 2 steps a run
     python -m experiments.pkkd_sweep --grid premise            # CNN vs ANN alone, no PKKD
     nice -n 10 python -m experiments.pkkd_sweep --grid demo    # the demo regime
+    nice -n 10 python -m experiments.pkkd_sweep --grid deep --phase select
 
 Every run is an in-process ``train_and_evaluate`` of a config built by
 experiments.mnist5k_study's builders (``supervised``, ``pkkd_config``) from the
@@ -64,8 +65,14 @@ outputs are ``<grid>[_<phase>]_cells.json`` and ``.md``.
 runs a JSON recorded (the runs directory is not committed).
 
 Modules: grids.py (the grids as data: regimes, seeds, variants as config
-overrides), runs.py (each grid's runs in order, executed by the study's
+overrides, and each grid's run order as blocks of phase, seeds and arms),
+deep.py (``--grid deep``: its cells, arms and plan), runs.py (the configs of
+each grid's runs, expanded from its order and executed by the study's
 runner), tables.py (statistics and Markdown tables), cli.py (the command).
+
+PKKD where its premise holds strongly (``--grid deep``): ResNet-20 student
+and teacher on 10 % of the digits, every ingredient as an arm (deep.py),
+selected on seeds 0-4 and confirmed on fresh seeds 5-9 (``--winner``).
 """
 
 # The names the tests and other code use.

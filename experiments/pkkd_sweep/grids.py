@@ -177,6 +177,49 @@ PREMISE_PKKD_LATE_VARIANTS: Tuple[Tuple[str, Dict[str, Any]], ...] = (
 PREMISE_PKKD_WINNER = 'measured'
 
 
+# Each grid's run order, as data: blocks of (phase, seeds, arms, by), run in
+# turn (runs.expand). seeds: 'select' or 'confirm', the seed sets above
+# (--quick: the first selection seed, no confirmation seed). arms: names, or
+# a group in braces that the grid fills in ('{variants}': its variants in
+# table order; 'winner': --winner or its default). by: 'arm' runs each arm
+# over all the seeds in turn (a stopped grid leaves whole arms), 'seed' every
+# arm of a seed before the next seed (whole pairs). --phase keeps the blocks
+# of that phase; a repeated arm runs once per block.
+Block = Tuple[str, str, Tuple[str, ...], str]
+SWEEP_ORDER: Tuple[Block, ...] = (
+  ('select', 'select', ('ann', 'cnn'), 'seed'),
+  ('select', 'select', ('{variants}',), 'arm'),
+  # The confirmation, the most telling comparison first.
+  ('confirm', 'confirm', ('ann', 'winner', 'paper', 'cnn'), 'arm'),
+  ('select', 'select', ('{late}',), 'arm'),
+)
+PREMISE_ORDER: Tuple[Block, ...] = (  # Per cell of PREMISE_GRID, in order.
+  ('select', 'select', ('ann', 'cnn'), 'seed'),
+)
+PREMISE_PKKD_ORDER: Tuple[Block, ...] = (
+  ('select', 'select', ('ann', 'cnn'), 'seed'),
+  ('select', 'select', ('{variants}',), 'arm'),
+  ('confirm', 'confirm', ('ann', 'cnn', 'winner'), 'seed'),
+  ('confirm', 'confirm', ('paper',), 'arm'),
+  # Chosen after the confirmation: the late variants, on the selection seeds.
+  ('select', 'select', ('{late}',), 'arm'),
+)
+PREMISE_PKKD_QUICK_ORDER: Tuple[Block, ...] = (
+  ('select', 'select', ('ann', 'cnn'), 'seed'),
+  ('select', 'select', ('quick',), 'arm'),
+)
+DEMO_ORDER: Tuple[Block, ...] = (
+  ('select', 'select', ('ann', 'cnn'), 'arm'),
+  ('select', 'select', ('{variants}',), 'arm'),
+  ('confirm', 'confirm', ('ann', 'cnn', 'winner'), 'seed'),
+  # The default (when another variant is confirmed) and the paper beside it.
+  ('confirm', 'confirm', ('{others}',), 'arm'),
+)
+DEMO_QUICK_ORDER: Tuple[Block, ...] = (
+  ('select', 'select', ('ann', '{first}', 'cnn'), 'seed'),
+)
+
+
 def knobs_of(name: str) -> Dict[str, Any]:
   """The full config.pkkd of a variant, resolved through its bases."""
   table = {v[0]: v for v in VARIANTS + LATE_VARIANTS + (QUICK_VARIANT,)}

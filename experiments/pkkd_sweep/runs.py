@@ -35,6 +35,12 @@ from .grids import (
   PREMISE_PKKD_VARIANTS,
   PREMISE_PKKD_LATE_VARIANTS,
   PREMISE_PKKD_WINNER,
+  SWEEP_ORDER,
+  PREMISE_ORDER,
+  PREMISE_PKKD_ORDER,
+  PREMISE_PKKD_QUICK_ORDER,
+  DEMO_ORDER,
+  DEMO_QUICK_ORDER,
 )
 
 REPO = study.REPO
@@ -89,33 +95,51 @@ def pkkd_run(s, seed, regime, knobs, teacher_dir=None):
   return study.finish(config, s, seed, regime['epochs'], regime['fraction'])
 
 
+def expand(
+  order, seeds: Dict[str, Tuple[int, ...]], groups, make_run, phase='all'
+) -> List[Run]:
+  """The runs of a grid's ``order`` (grids.py: blocks of (phase, seeds, arms,
+  by)), each made by ``make_run(arm, seed)``; ``groups`` fills in the arm
+  groups ('{variants}', 'winner', ...), ``phase`` keeps that phase's blocks."""
+  runs = []
+  for block_phase, seed_set, arms, by in order:
+    if phase not in ('all', block_phase):
+      continue
+    names = [n for arm in arms for n in groups.get(arm, (arm,))]
+    names = list(dict.fromkeys(names))
+    chosen = seeds[seed_set]
+    pairs = (
+      [(n, seed) for n in names for seed in chosen]
+      if by == 'arm'
+      else [(n, seed) for seed in chosen for n in names]
+    )
+    runs += [make_run(n, seed) for n, seed in pairs]
+  return runs
+
+
+def _seeds(quick: bool) -> Dict[str, Tuple[int, ...]]:
+  if quick:
+    return {'select': SELECT_SEEDS[:1], 'confirm': ()}
+  return {'select': SELECT_SEEDS, 'confirm': CONFIRM_SEEDS}
+
+
 def sweep_runs(s, regime, quick: bool) -> List[Run]:
-  """Baselines first, then each variant on all its seeds (a stopped sweep
-  leaves whole cells), then the confirmation seeds."""
+  """SWEEP_ORDER's runs: baselines, variants, confirmation, late variants."""
   if _frozen(WINNER) or _frozen('paper'):
     raise ValueError('confirmation of a frozen-teacher cell is not wired')
-  select = SELECT_SEEDS[:1] if quick else SELECT_SEEDS
-  confirm = () if quick else CONFIRM_SEEDS
-  variants = QUICK_VARIANTS if quick else [v[0] for v in VARIANTS]
-  runs = []
-  for seed in select:
-    runs.append(Run('ann', seed, alone(s, seed, regime, 'adder')))
-    runs.append(Run('cnn', seed, alone(s, seed, regime, 'conv')))
-  for name in variants:
-    for seed in select:
-      runs.append(Run(name, seed, None, ('cnn',) if _frozen(name) else ()))
-  # Confirmation cell by cell, the most telling comparison first.
-  for name in dict.fromkeys(('ann', WINNER, 'paper', 'cnn')):
-    for seed in confirm:
-      if name in ('ann', 'cnn'):
-        conv_type = 'adder' if name == 'ann' else 'conv'
-        runs.append(Run(name, seed, alone(s, seed, regime, conv_type)))
-      else:
-        runs.append(Run(name, seed, None))
-  for name in () if quick else [v[0] for v in LATE_VARIANTS]:
-    for seed in select:
-      runs.append(Run(name, seed, None, ('cnn',) if _frozen(name) else ()))
-  return runs
+
+  def make_run(name, seed):
+    if name in ('ann', 'cnn'):
+      conv_type = 'adder' if name == 'ann' else 'conv'
+      return Run(name, seed, alone(s, seed, regime, conv_type))
+    return Run(name, seed, None, ('cnn',) if _frozen(name) else ())
+
+  groups = {
+    '{variants}': QUICK_VARIANTS if quick else [v[0] for v in VARIANTS],
+    '{late}': () if quick else [v[0] for v in LATE_VARIANTS],
+    'winner': (WINNER,),
+  }
+  return expand(SWEEP_ORDER, _seeds(quick), groups, make_run)
 
 
 def variant_run(name: str, seed: int, knobs: Dict[str, Any], build) -> Run:
@@ -133,18 +157,21 @@ def _frozen(name: str) -> bool:
 
 
 def premise_runs(s, quick: bool) -> List[Run]:
+  """PREMISE_ORDER's runs for each cell of PREMISE_GRID, cell by cell."""
   runs = []
   grid = PREMISE_GRID[:1] if quick else PREMISE_GRID
-  seeds = SELECT_SEEDS[:1] if quick else SELECT_SEEDS
   for label, entry, epochs, fraction in grid:
     if quick:
       entry, epochs, fraction = QUICK_REGIME['model'], 1, 0.1
-    for seed in seeds:
-      for kind, conv_type in (('ann', 'adder'), ('cnn', 'conv')):
-        config = alone(s, seed, None, conv_type, entry, epochs, fraction)
-        # Quick: the --grid sweep --quick runs of the same configs.
-        name = kind if quick else None
-        runs.append(Run(f'{label}/{kind}', seed, config, workdir_name=name))
+
+    def make_run(kind, seed, entry=entry, epochs=epochs, fraction=fraction):
+      conv_type = 'adder' if kind == 'ann' else 'conv'
+      config = alone(s, seed, None, conv_type, entry, epochs, fraction)
+      # Quick: the --grid sweep --quick runs of the same configs.
+      name = kind if quick else None
+      return Run(f'{label}/{kind}', seed, config, workdir_name=name)
+
+    runs += expand(PREMISE_ORDER, _seeds(quick), {}, make_run)
   return runs
 
 
@@ -167,54 +194,40 @@ def premise_pkkd_knobs(name: str, total_steps: int) -> Dict[str, Any]:
 def premise_pkkd_runs(
   s, regime, quick: bool, phase: str = 'all', winner: Optional[str] = None
 ) -> List[Run]:
-  """Selection: the ANN and the CNN alone (the premise grid's runs), then
-  PREMISE_PKKD_VARIANTS, on SELECT_SEEDS; confirmation: the ANN alone, the
-  CNN alone and ``winner`` (default PREMISE_PKKD_WINNER; any variant's name,
-  e.g. a late variant chosen on SELECT_SEEDS) seed by seed on CONFIRM_SEEDS,
-  then the paper-literal setting there; then PREMISE_PKKD_LATE_VARIANTS on
-  SELECT_SEEDS. ``phase``: 'select' (both selections), 'confirm' or 'all'."""
-  seeds = SELECT_SEEDS[:1] if quick else SELECT_SEEDS
-  winner = winner or PREMISE_PKKD_WINNER
+  """PREMISE_PKKD_ORDER's runs (--quick: PREMISE_PKKD_QUICK_ORDER's, every
+  phase): the ANN and the CNN alone (the premise grid's runs of this cell),
+  PREMISE_PKKD_VARIANTS, the confirmation of ``winner`` (default
+  PREMISE_PKKD_WINNER; any variant's name, e.g. a late variant chosen on
+  SELECT_SEEDS) and of the paper-literal setting, then
+  PREMISE_PKKD_LATE_VARIANTS. ``phase``: 'select' (both selections),
+  'confirm' or 'all'."""
+  total = None if quick else premise_pkkd_total_steps(s, regime)
 
-  def baselines(seed):
-    # The premise grid's runs of this cell (quick: the --grid sweep --quick
-    # runs of the same configs).
-    return [
-      Run(
-        kind,
+  def make_run(name, seed):
+    if name in ('ann', 'cnn'):
+      # The premise grid's runs of this cell (quick: the --grid sweep
+      # --quick runs of the same configs).
+      conv_type = 'adder' if name == 'ann' else 'conv'
+      return Run(
+        name,
         seed,
         alone(s, seed, regime, conv_type),
-        workdir_name=kind if quick else f'{PREMISE_PKKD_CELL}/{kind}',
+        workdir_name=name if quick else f'{PREMISE_PKKD_CELL}/{name}',
       )
-      for kind, conv_type in (('ann', 'adder'), ('cnn', 'conv'))
-    ]
-
-  selection = [run for seed in seeds for run in baselines(seed)]
-  if quick:  # The sweep's quick variant, whose run --grid sweep --quick made.
-    return selection + [Run('quick', seeds[0], None)]
-  total = premise_pkkd_total_steps(s, regime)
-
-  def variant(name, seed):
+    if name == 'quick':  # The sweep's quick variant (--grid sweep --quick).
+      return Run('quick', seed, None)
     knobs = premise_pkkd_knobs(name, total)
     build = functools.partial(pkkd_run, s, seed, regime, knobs)
     return variant_run(name, seed, knobs, build)
 
-  for name, _ in PREMISE_PKKD_VARIANTS:
-    selection += [variant(name, seed) for seed in seeds]
-  late = [
-    variant(name, seed)
-    for name, _ in PREMISE_PKKD_LATE_VARIANTS
-    for seed in seeds
-  ]
-  confirm = []
-  for seed in CONFIRM_SEEDS:
-    confirm += baselines(seed) + [variant(winner, seed)]
-  confirm += [variant('paper', seed) for seed in CONFIRM_SEEDS]
-  if phase == 'select':
-    return selection + late
-  if phase == 'confirm':
-    return confirm
-  return selection + confirm + late
+  if quick:
+    return expand(PREMISE_PKKD_QUICK_ORDER, _seeds(True), {}, make_run)
+  groups = {
+    '{variants}': [v[0] for v in PREMISE_PKKD_VARIANTS],
+    '{late}': [v[0] for v in PREMISE_PKKD_LATE_VARIANTS],
+    'winner': (winner or PREMISE_PKKD_WINNER,),
+  }
+  return expand(PREMISE_PKKD_ORDER, _seeds(False), groups, make_run, phase)
 
 
 def premise_pkkd_total_steps(s, regime) -> int:
@@ -325,43 +338,30 @@ def demo_alone(conv_type: str, seed: int, quick: bool = False):
 def demo_runs(
   quick: bool, phase: str = 'all', winner: Optional[str] = None
 ) -> List[Run]:
-  """Selection: the ANN and the CNN alone, then each variant (DEMO_VARIANTS,
-  then DEMO_LATE_VARIANTS) on all seeds; confirmation on the fresh seeds:
-  the ANN alone, the CNN alone and ``winner`` (default DEMO_WINNER) seed by
-  seed, then DEMO_WINNER (when ``winner`` is another variant) and the
-  paper-literal setting."""
-  select = SELECT_SEEDS[:1] if quick else SELECT_SEEDS
+  """DEMO_ORDER's runs (--quick: DEMO_QUICK_ORDER's, every phase): the ANN
+  and the CNN alone, each variant (DEMO_VARIANTS, then DEMO_LATE_VARIANTS);
+  on the fresh seeds the ANN alone, the CNN alone and ``winner`` (default
+  DEMO_WINNER) seed by seed, then DEMO_WINNER (when ``winner`` is another
+  variant) and the paper-literal setting."""
   winner = winner or DEMO_WINNER
 
-  def variant(name, seed):
+  def make_run(name, seed):
+    if name in ('ann', 'cnn'):
+      conv_type = 'adder' if name == 'ann' else 'conv'
+      return Run(name, seed, demo_alone(conv_type, seed, quick))
     knobs = demo_knobs(name, demo_total_steps())
     build = functools.partial(demo_pkkd, name, seed, quick)
     return variant_run(name, seed, knobs, build)
 
-  runs = []
   if quick:
-    runs.append(Run('ann', select[0], demo_alone('adder', select[0], quick)))
-    runs.append(variant(DEMO_VARIANTS[0][0], select[0]))
-    runs.append(Run('cnn', select[0], demo_alone('conv', select[0], quick)))
-    return runs
-  if phase in ('all', 'select'):
-    for kind, conv_type in (('ann', 'adder'), ('cnn', 'conv')):
-      for seed in select:
-        runs.append(Run(kind, seed, demo_alone(conv_type, seed)))
-    for name in demo_variant_names():
-      runs += [variant(name, seed) for seed in select]
-  if phase in ('all', 'confirm'):
-    # Seed by seed, so that a sweep stopped early leaves complete pairs.
-    for seed in CONFIRM_SEEDS:
-      runs.append(Run('ann', seed, demo_alone('adder', seed)))
-      runs.append(Run('cnn', seed, demo_alone('conv', seed)))
-      runs.append(variant(winner, seed))
-    # The current default (when another variant is confirmed) and the
-    # paper-literal setting beside it, on the same fresh seeds.
-    for name in dict.fromkeys((DEMO_WINNER, 'paper')):
-      if name != winner:
-        runs += [variant(name, seed) for seed in CONFIRM_SEEDS]
-  return runs
+    groups = {'{first}': (DEMO_VARIANTS[0][0],)}
+    return expand(DEMO_QUICK_ORDER, _seeds(True), groups, make_run)
+  groups = {
+    '{variants}': demo_variant_names(),
+    'winner': (winner,),
+    '{others}': [n for n in (DEMO_WINNER, 'paper') if n != winner],
+  }
+  return expand(DEMO_ORDER, _seeds(False), groups, make_run, phase)
 
 
 def execute(

@@ -305,7 +305,13 @@ def test_demo_grid_runs_the_demo_presets(sweep_module, tmp_path):
   total = demo.DEMO_EPOCHS * demo.DEMO_STEPS_PER_EPOCH
   knobs = sweep_module.demo_knobs(winner, total)
   for key, value in demo.DEMO_KNOBS.items():
+    if key.startswith('ramp_'):
+      continue
     assert preset.pkkd[key] == value == knobs[key], key
+  # The grid's ramp is a step count (half of the demo's steps), the preset's
+  # the same ramp as a share of the run.
+  assert knobs['ramp_steps'] == demo.DEMO_KNOBS['ramp_fraction'] * total == 62
+  assert preset.pkkd.ramp_steps == 0
   # Each late variant changes only the knobs it names from the winner's, and
   # the paper cell is the demo_paper preset's weights.
   for name, changes in sweep_module.DEMO_LATE_VARIANTS:
