@@ -451,9 +451,45 @@ def test_deep_grid_builds_the_issue_cell_and_runs_quick(sweep_module, tmp_path):
   out = str(tmp_path / 'deep')
   document = sweep_module.main(['--grid', 'deep', '--quick', '--out', out])
   arms = [r['cell'].split('/')[1] for r in document['runs']]
-  assert arms == ['ann', 'cnn', 'ramp_half', 'kd_frozen']
+  assert arms == ['cnn', 'ramp_half', 'kd_frozen']
   assert all(r['steps'] == 2 for r in document['runs'])
   table = document['summary']['resnet20_e10_f10']['select']
-  assert set(table) >= {'ann', 'cnn', 'ramp_half', 'kd_frozen', 'leader'}
+  assert set(table) == {'cnn', 'ramp_half', 'kd_frozen'}
   with open(os.path.join(out, 'deep.md')) as f:
     assert '| kd_frozen |' in f.read()
+
+
+def test_deep_tables_pair_each_arm_with_the_ann_of_its_seed():
+  from experiments.pkkd_sweep import deep  # pylint: disable=g-import-not-at-top
+
+  def record(arm, seed, student, teacher=None):
+    accuracy = {'student': student}
+    if teacher is not None:
+      accuracy['teacher'] = teacher
+    return dict(
+      cell=f'resnet20_e10_f10/{arm}',
+      seed=seed,
+      accuracy=accuracy,
+      wall_seconds=10.0,
+    )
+
+  ann = {0: 0.60, 1: 0.70, 2: 0.50, 5: 0.80, 6: 0.90}
+  beta0 = {0: 0.70, 1: 0.65, 2: 0.62, 5: 0.83, 6: 0.88}
+  records = [record('ann', s, a) for s, a in ann.items()]
+  records += [record('beta0', s, a, 0.9) for s, a in beta0.items()]
+  records += [record('paper', s, ann[s] - 0.2, 0.9) for s in (0, 1, 2)]
+  summary, lines = deep.summarize_deep(records)
+  select = summary['resnet20_e10_f10']['select']
+  gains = [0.10, -0.05, 0.12]  # beta0 - ann on seeds 0, 1, 2
+  mean = sum(gains) / 3
+  std = (sum((g - mean) ** 2 for g in gains) / 2) ** 0.5
+  assert select['beta0']['gain_vs_ann']['mean'] == pytest.approx(mean)
+  assert select['beta0']['gain_vs_ann']['std'] == pytest.approx(std)
+  assert select['beta0']['misses'] == 1
+  assert select['paper']['misses'] == 3
+  assert select['leader'] == 'beta0'
+  confirm = summary['resnet20_e10_f10']['confirm']
+  assert confirm['beta0']['gain_vs_ann']['values'] == pytest.approx(
+    [0.03, -0.02]
+  )
+  assert '| beta0 |' in '\n'.join(lines)
