@@ -26,7 +26,8 @@ Several frozen teachers (``config.teachers``, a list of model entries, as
 the kd method's) combine as ``distill.multi_teacher`` says: 'mean_targets'
 gives the logit terms kd, dkd and dist the mean of the teachers' softened
 predictions at the term's temperature, 'sum_losses' adds every term once per
-teacher (every term without a learnable module or an initialization phase).
+teacher, each with its own learnable module (params['student'] key
+'<term>_teacher<i>'); the two-stage terms take one teacher.
 
 Initialization phase (RepDistiller's ``init``): AB, FT, and FSP with
 ``fsp.init_phase`` train something first, in a run of their own that the
@@ -250,10 +251,10 @@ class Distill(base.Method):
           f'predictions, which only {MEAN_TARGET_TERMS} read'
         )
       else:
-        unfit = [t for t in terms if t in MODULE_TERMS or t in init_terms]
+        unfit = [t for t in terms if t in init_terms]
         why = (
-          "'sum_losses' adds each term once per teacher, which terms with a "
-          'learnable module or an initialization phase do not support yet'
+          "'sum_losses' adds each term once per teacher (a module each), but "
+          'an initialization phase trains against one teacher'
         )
       if unfit:
         raise ConfigError(
@@ -291,40 +292,18 @@ class Distill(base.Method):
       base.build_zoo_model(entry, self.num_classes, self.image_shape)
       for entry in base.teacher_entries(config)
     )
-    # The modules are built for the first (with modules: the only) teacher.
     self.teacher = self.teachers[0]
     _, s_feats = self.abstract_outputs(self.student)
-    _, t_feats = self.abstract_outputs(self.teacher)
-    s_stages = [s['preact'].shape for s in s_feats['stages']]
-    t_stages = [s['preact'].shape for s in t_feats['stages']]
+    t_feats_all = [self.abstract_outputs(t)[1] for t in self.teachers]
+    # One module per term and teacher: key = the term, or with several
+    # teachers (sum_losses) '<term>_teacher<i>'.
     self.modules = {}
-    if any(t in self.terms for t in ('nst', 'fsp', 'vid', 'review_kd')):
-      if len(s_stages) != len(t_stages):
-        raise ConfigError(
-          f'{sorted(set(self.terms) & {"nst", "fsp", "vid", "review_kd"})} '
-          f'pair stages one to one: the student has {len(s_stages)}, the '
-          f'teacher {len(t_stages)}.'
-        )
-    if 'fsp' in self.terms and [s[-1] for s in s_stages] != [
-      t[-1] for t in t_stages
-    ]:
-      raise ConfigError(
-        'fsp needs equal channels stage by stage: student '
-        f'{[s[-1] for s in s_stages]}, teacher {[t[-1] for t in t_stages]}.'
-      )
-    if 'cc' in self.terms:
-      dim = int(self.options['cc']['feat_dim'])
-      self.modules['cc'] = connectors.LinearEmbed(dim)
-    if 'vid' in self.terms:
-      opts = self.options['vid']
-      self.modules['vid'] = tuple(
-        connectors.VIDRegressor(
-          t[-1], t[-1], float(opts['init_pred_var']), float(opts['eps'])
-        )
-        for t in t_stages
-      )
+    for i, t_feats in enumerate(t_feats_all):
+      for name, module in self._term_modules(s_feats, t_feats).items():
+        self.modules[self.module_key(name, i)] = module
     s_maps = [tuple(s['preact'].shape[1:]) for s in s_feats['stages']]
-    t_maps = [tuple(s['preact'].shape[1:]) for s in t_feats['stages']]
+    t_maps = [tuple(s['preact'].shape[1:]) for s in t_feats_all[0]['stages']]
+    # The two-stage terms take one teacher (check_config).
     if 'ab' in self.terms:
       if len(s_maps) != len(t_maps):
         raise ConfigError(
@@ -338,9 +317,46 @@ class Distill(base.Method):
       self.modules['ft'] = connectors.Translator(
         s_maps[-1][2], int(t_maps[-1][2] * rate)
       )
+
+  def module_key(self, name: str, teacher: int) -> str:
+    """Where term ``name``'s module for teacher ``teacher`` lives in
+    params['student'] (and batch_stats['student'])."""
+    return name if len(self.teachers) == 1 else f'{name}_teacher{teacher}'
+
+  def _term_modules(self, s_feats, t_feats) -> Dict[str, Any]:
+    """The learnable modules of cc, vid and review_kd for one teacher, after
+    the checks of the terms that pair stages."""
+    s_stages = [s['preact'].shape for s in s_feats['stages']]
+    t_stages = [s['preact'].shape for s in t_feats['stages']]
+    paired = sorted(set(self.terms) & {'nst', 'fsp', 'vid', 'review_kd'})
+    if paired and len(s_stages) != len(t_stages):
+      raise ConfigError(
+        f'{paired} pair stages one to one: the student has {len(s_stages)}, '
+        f'the teacher {len(t_stages)}.'
+      )
+    if 'fsp' in self.terms and [s[-1] for s in s_stages] != [
+      t[-1] for t in t_stages
+    ]:
+      raise ConfigError(
+        'fsp needs equal channels stage by stage: student '
+        f'{[s[-1] for s in s_stages]}, teacher {[t[-1] for t in t_stages]}.'
+      )
+    modules = {}
+    if 'cc' in self.terms:
+      modules['cc'] = connectors.LinearEmbed(
+        int(self.options['cc']['feat_dim'])
+      )
+    if 'vid' in self.terms:
+      opts = self.options['vid']
+      modules['vid'] = tuple(
+        connectors.VIDRegressor(
+          t[-1], t[-1], float(opts['init_pred_var']), float(opts['eps'])
+        )
+        for t in t_stages
+      )
     if 'review_kd' in self.terms:
       s_pooled = s_feats['pooled'].shape[-1]
-      self.modules['review_kd'] = connectors.ReviewFusion(
+      modules['review_kd'] = connectors.ReviewFusion(
         features=tuple(t[-1] for t in t_stages)
         + (t_feats['pooled'].shape[-1],),
         out_sizes=tuple(t[1] for t in t_stages) + (1,),
@@ -348,6 +364,7 @@ class Distill(base.Method):
           int(self.options['review_kd']['max_mid_channels']), s_pooled
         ),
       )
+    return modules
 
   @classmethod
   def frozen_teacher_configs(cls, config):
@@ -419,9 +436,9 @@ class Distill(base.Method):
       return (s.stages[-1],)
     raise KeyError(name)
 
-  def _init_module(self, name, rng, s: _Views, t: _Views):
+  def _init_module(self, name, key, rng, s: _Views, t: _Views):
     inputs = self._module_inputs(name, s, t)
-    module = self.modules[name]
+    module = self.modules[key]
     if name == 'cc':
       rs, rt = jax.random.split(rng)
       ps, _ = base.init_module(module, rs, inputs[0])
@@ -448,23 +465,24 @@ class Distill(base.Method):
         {'params': params, 'batch_stats': batch_stats}, images, train=False
       )
       s = _views(s_logits, s_feats)
-      # Shapes only: the teacher's weights are not known yet.
-      t_logits, t_feats = jax.eval_shape(
-        functools.partial(self.teacher.init_with_output, train=False),
-        jax.random.key(0),
-        images,
-      )[0]
-      t = jax.tree.map(
-        lambda x: jnp.zeros(x.shape, x.dtype), (t_logits, t_feats)
-      )
-      t = _views(*t)
-      for name, r in zip(
-        sorted(self.modules), jax.random.split(module_rng, len(self.modules))
-      ):
-        p, bs = self._init_module(name, r, s, t)
-        student[name] = p
+      # Shapes only: the teachers' weights are not known yet.
+      ts = []
+      for teacher in self.teachers:
+        outputs = jax.eval_shape(
+          functools.partial(teacher.init_with_output, train=False),
+          jax.random.key(0),
+          images,
+        )[0]
+        ts.append(
+          _views(*jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), outputs))
+        )
+      keys = sorted(self.modules)
+      for key, r in zip(keys, jax.random.split(module_rng, len(keys))):
+        name, _, index = key.partition('_teacher')
+        p, bs = self._init_module(name, key, r, s, ts[int(index or 0)])
+        student[key] = p
         if bs:
-          stats[name] = bs
+          stats[key] = bs
     return {'student': student}, {'student': stats}
 
   # -- the step ------------------------------------------------------------
@@ -479,22 +497,30 @@ class Distill(base.Method):
     return self._teacher_outputs(frozen, images)[0]
 
   def _teacher_term(self, name, params, batch_stats, frozen, s, ts, labels):
-    """A term against the teachers' views ``ts``, combined as configured."""
-    if len(ts) == 1:
-      return self._term(name, params, batch_stats, frozen, s, ts[0], labels)
-    if self.config.distill.get('multi_teacher', 'mean_targets') == 'sum_losses':
-      values = [
-        self._term(name, params, batch_stats, frozen, s, t, labels)[0]
-        for t in ts
-      ]
-      return _sum(values), None
+    """A term against the teachers' views ``ts``, combined as configured.
+
+    Returns (value, {module key: its new batch_stats}).
+    """
+    mode = self.config.distill.get('multi_teacher', 'mean_targets')
+    if len(ts) == 1 or mode == 'sum_losses':
+      values, stats = [], {}
+      for i, t in enumerate(ts):
+        key = self.module_key(name, i)
+        value, new = self._term(
+          name, key, params, batch_stats, frozen, s, t, labels
+        )
+        values.append(value)
+        if new is not None:
+          stats[key] = new
+      return _sum(values), stats
     temperature = self.options[name]['temperature']
     mean = base.mean_soft_target_logits([t.logits for t in ts], temperature)
-    return self._term(
-      name, params, batch_stats, frozen, s, ts[0]._replace(logits=mean), labels
-    )
+    t = ts[0]._replace(logits=mean)
+    return self._term(name, name, params, batch_stats, frozen, s, t, labels)[
+      0
+    ], {}
 
-  def _term(self, name, params, batch_stats, frozen, s, t, labels):
+  def _term(self, name, key, params, batch_stats, frozen, s, t, labels):
     """(unweighted value, new batch_stats of its module or None)."""
     o = self.options[name]
     if name == 'kd':
@@ -537,24 +563,24 @@ class Distill(base.Method):
       return _sum(map(losses.nst_loss, s.stages, t.stages)), None
     if name == 'fsp':
       return losses.fsp_loss(s.stages, t.stages), None
-    p = params['student'][name]
+    p = params['student'][key]
     inputs = self._module_inputs(name, s, t)
     if name == 'cc':
-      module = self.modules['cc']
+      module = self.modules[key]
       es = module.apply({'params': p['student_embed']}, inputs[0])
       et = module.apply({'params': p['teacher_embed']}, inputs[1])
       return losses.cc_loss(es, et, train_teacher_embedding=True), None
     if name == 'vid':
       total = []
-      for i, (module, x) in enumerate(zip(self.modules['vid'], inputs)):
+      for i, (module, x) in enumerate(zip(self.modules[key], inputs)):
         mu, log_scale = module.apply({'params': p[f'stage{i}']}, x)
         total.append(losses.vid_loss(mu, log_scale, t.stages[i], eps=o['eps']))
       return _sum(total), None
     if name == 'review_kd':
       fused, new_stats = base.run_module(
-        self.modules['review_kd'],
+        self.modules[key],
         p,
-        batch_stats['student'][name],
+        batch_stats['student'][key],
         inputs,
         train=True,
       )
@@ -562,7 +588,7 @@ class Distill(base.Method):
       return losses.review_kd_hcl_loss(fused, targets), new_stats
     if name == 'ft':
       factor_s, new_stats = base.run_module(
-        self.modules['ft'], p, batch_stats['student'][name], *inputs, train=True
+        self.modules[key], p, batch_stats['student'][key], *inputs, train=True
       )
       factor_t = self.paraphraser.apply(
         {'params': frozen['init_phase']['params']['paraphraser']},
@@ -601,8 +627,7 @@ class Distill(base.Method):
         weight = weight * factor
       total = total + weight * value
       metrics[f'loss/{name}'] = value
-      if module_stats is not None:
-        new_stats[name] = module_stats
+      new_stats.update(module_stats)
     metrics['train_accuracy/student'] = base.accuracy(s_logits, labels)
     return total, ({'student': new_stats}, metrics)
 

@@ -176,7 +176,57 @@ def test_distill_terms_take_several_teachers(mode, terms):
 def test_distill_refuses_terms_its_teacher_mode_cannot_combine():
   with pytest.raises(ConfigError, match="'sp'.*mean_targets"):
     _distill_method('mean_targets', ('kd', 'sp'))
-  with pytest.raises(ConfigError, match="'cc'.*sum_losses"):
-    _distill_method('sum_losses', ('kd', 'cc'))
+  with pytest.raises(ConfigError, match="'ab'.*sum_losses"):
+    _distill_method('sum_losses', ('kd', 'ab'))
   with pytest.raises(ConfigError, match='multi_teacher'):
     _distill_method('vote', ('kd',))
+
+
+def test_distill_module_terms_get_one_module_per_teacher():
+  """sum_losses with CC and VID: each teacher has its own embeddings and
+  regressors, and each term is the sum of its per-teacher losses."""
+  from kdjax import losses  # pylint: disable=g-import-not-at-top
+
+  method = _distill_method('sum_losses', ('cc', 'vid'))
+  rng = np.random.default_rng(2)
+  images = jnp.asarray(rng.normal(size=(4, 8, 8, 1)), jnp.float32)
+  batch = {'image': images, 'label': jnp.asarray([0, 1, 2, 3], jnp.int32)}
+  weights = [
+    model.init(jax.random.key(i + 3), images, train=False)
+    for i, (model, _) in enumerate(method.frozen_teachers())
+  ]
+  frozen = method.prepare_frozen(weights, images)
+  params, stats = method.init(jax.random.key(0), images)
+  keys = {'cc_teacher0', 'cc_teacher1', 'vid_teacher0', 'vid_teacher1'}
+  assert set(params['student']) == {'model'} | keys
+  # The second teacher's stages are 8 wide: its regressors map onto 8.
+  assert params['student']['vid_teacher1']['stage0']['log_scale'].shape[-1] == 8
+  _, (_, metrics) = method.loss(0, params, stats, frozen, batch, None)
+  _, s_feats, _ = base.run_model(
+    method.student,
+    params['student']['model'],
+    stats['student']['model'],
+    images,
+    True,
+  )
+  s_stages = [jax.nn.relu(x['preact']) for x in s_feats['stages']]
+  cc, vid = 0.0, 0.0
+  for i, ((model, _), w) in enumerate(zip(method.frozen_teachers(), weights)):
+    _, t_feats = model.apply(w, images, train=False)
+    p = params['student'][f'cc_teacher{i}']
+    embed = method.modules[f'cc_teacher{i}']
+    cc += losses.cc_loss(
+      embed.apply({'params': p['student_embed']}, s_feats['pooled']),
+      embed.apply({'params': p['teacher_embed']}, t_feats['pooled']),
+      train_teacher_embedding=True,
+    )
+    for j, regressor in enumerate(method.modules[f'vid_teacher{i}']):
+      mu, log_scale = regressor.apply(
+        {'params': params['student'][f'vid_teacher{i}'][f'stage{j}']},
+        s_stages[j],
+      )
+      vid += losses.vid_loss(
+        mu, log_scale, jax.nn.relu(t_feats['stages'][j]['preact'])
+      )
+  np.testing.assert_allclose(metrics['loss/cc'], cc, rtol=1e-5)
+  np.testing.assert_allclose(metrics['loss/vid'], vid, rtol=1e-5)
