@@ -21,6 +21,13 @@ and restores it with the rest of the state. Its leaves are not named
 example are ``crd_sample_indices(rng, batch['index'], N, K)`` with the
 step's rng: uniform over the N rows, with replacement (RepDistiller's CIFAR
 loader draws them from the other classes only; docs/baselines.md).
+
+Several frozen teachers (``config.teachers``): one CRD term per teacher,
+summed, each with its own teacher-side head, student-side head and memory
+bank (``params['student']['crd_teacher<i>']``, ``batch_stats['student']
+['crd_memory_teacher<i>']``), as the ``sum_losses`` of the distill method;
+the KD term combines them as ``crd.multi_teacher`` says ('mean_targets':
+the mean softened prediction; 'sum_losses': one KD term per teacher).
 """
 
 from __future__ import annotations
@@ -49,7 +56,9 @@ DEFAULTS: Dict[str, Any] = dict(
   num_negatives=crd_losses.DEFAULT_CRD_NEGATIVES,
   temperature=crd_losses.DEFAULT_CRD_TEMPERATURE,
   momentum=crd_losses.DEFAULT_CRD_MOMENTUM,
+  multi_teacher='mean_targets',
 )
+MULTI_TEACHER = ('mean_targets', 'sum_losses')
 # The bank's leaves in batch_stats['student']['crd_memory'] (CRDMemory's
 # fields; none is 'mean' or 'var').
 MEMORY_KEY = 'crd_memory'
@@ -80,9 +89,10 @@ class CRD(base.Method):
   @classmethod
   def check_config(cls, config):
     super().check_config(config)
-    if 'teacher' not in config:
+    if 'teacher' not in config and not config.get('teachers'):
       raise ConfigError(
-        "method 'crd' needs config.teacher (the frozen teacher's entry)."
+        "method 'crd' needs config.teacher (the frozen teacher's entry) or "
+        'config.teachers (a list of them).'
       )
     if config.get('crd', None) is None:
       raise ConfigError(
@@ -111,6 +121,11 @@ class CRD(base.Method):
         raise ConfigError(
           f'--config.crd.{key}={value!r}: must be a positive integer.'
         )
+    if options['multi_teacher'] not in MULTI_TEACHER:
+      raise ConfigError(
+        f'--config.crd.multi_teacher={options["multi_teacher"]!r}: use one '
+        f'of {MULTI_TEACHER}.'
+      )
     momentum = options['momentum']
     if not _is_number(momentum, 0, strict=False) or momentum >= 1:
       raise ConfigError(
@@ -137,54 +152,58 @@ class CRD(base.Method):
         "RepDistiller's 16384 is for CIFAR's 50,000. Lower it, e.g. "
         f'--config.crd.num_negatives={max(1, num_data // 4)}.'
       )
-    self.teacher = base.build_zoo_model(
-      config.teacher, self.num_classes, self.image_shape
+    self.teachers = tuple(
+      base.build_zoo_model(entry, self.num_classes, self.image_shape)
+      for entry in base.teacher_entries(config)
     )
+    self.teacher = self.teachers[0]
     self.embed = connectors.NormalizedEmbed(int(self.options['feat_dim']))
+
+  def keys(self, teacher: int):
+    """(heads key, bank key) of teacher ``teacher`` under params['student']
+    and batch_stats['student']."""
+    if len(self.teachers) == 1:
+      return 'crd', MEMORY_KEY
+    return f'crd_teacher{teacher}', f'{MEMORY_KEY}_teacher{teacher}'
 
   @classmethod
   def frozen_teacher_configs(cls, config):
-    return [config.teacher]
+    return base.teacher_entries(config)
 
   def frozen_teachers(self):
-    return ((self.teacher, self.config.teacher),)
+    return tuple(zip(self.teachers, base.teacher_entries(self.config)))
 
   def prepare_frozen(self, teacher_weights, images):
     del images
-    (teacher,) = teacher_weights
-    return {'teacher': teacher}
+    return {'teachers': tuple(teacher_weights)}
 
   def init(self, rng, images):
-    model_rng, s_rng, t_rng, memory_rng = jax.random.split(rng, 4)
+    model_rng, *rngs = jax.random.split(rng, 1 + 3 * len(self.teachers))
     params, batch_stats = base.init_model(self.student, model_rng, images)
-    # Shapes only: the teacher's weights are not known yet.
+    student, stats = {'model': params}, {'model': batch_stats}
+    # Shapes only: the teachers' weights are not known yet.
     s_pooled = self.abstract_outputs(self.student)[1]['pooled']
-    t_pooled = self.abstract_outputs(self.teacher)[1]['pooled']
-    heads = {
-      'student_embed': base.init_module(
-        self.embed, s_rng, jnp.zeros(s_pooled.shape, s_pooled.dtype)
-      )[0],
-      'teacher_embed': base.init_module(
-        self.embed, t_rng, jnp.zeros(t_pooled.shape, t_pooled.dtype)
-      )[0],
-    }
-    memory = losses.crd_memory_init(
-      memory_rng, self.num_train_examples, int(self.options['feat_dim'])
-    )
-    return (
-      {'student': {'model': params, 'crd': heads}},
-      {'student': {'model': batch_stats, MEMORY_KEY: memory._asdict()}},
-    )
+    for i, teacher in enumerate(self.teachers):
+      s_rng, t_rng, memory_rng = rngs[3 * i : 3 * i + 3]
+      t_pooled = self.abstract_outputs(teacher)[1]['pooled']
+      heads_key, memory_key = self.keys(i)
+      student[heads_key] = {
+        'student_embed': base.init_module(
+          self.embed, s_rng, jnp.zeros(s_pooled.shape, s_pooled.dtype)
+        )[0],
+        'teacher_embed': base.init_module(
+          self.embed, t_rng, jnp.zeros(t_pooled.shape, t_pooled.dtype)
+        )[0],
+      }
+      stats[memory_key] = losses.crd_memory_init(
+        memory_rng, self.num_train_examples, int(self.options['feat_dim'])
+      )._asdict()
+    return {'student': student}, {'student': stats}
 
-  def _teacher(self, frozen, images):
-    logits, feats, _ = base.run_model(
-      self.teacher,
-      frozen['teacher']['params'],
-      frozen['teacher']['batch_stats'],
-      images,
-      False,
+  def _teacher_outputs(self, frozen, images):
+    return base.frozen_teacher_outputs(
+      self.teachers, frozen['teachers'], images
     )
-    return jax.lax.stop_gradient(logits), jax.lax.stop_gradient(feats)
 
   def loss(self, step, params, batch_stats, frozen, batch, rng):
     del step
@@ -193,37 +212,55 @@ class CRD(base.Method):
     s_logits, s_feats, s_stats = self.student_logits(
       params, batch_stats, images, True
     )
-    t_logits, t_feats = self._teacher(frozen, images)
+    teachers = self._teacher_outputs(frozen, images)
     smoothing = self.config.get('loss', {}).get('label_smoothing', 0.0)
     ce = losses.cross_entropy(s_logits, labels, label_smoothing=smoothing)
-    heads = params['student']['crd']
-    es = self.embed.apply({'params': heads['student_embed']}, s_feats['pooled'])
-    et = self.embed.apply({'params': heads['teacher_embed']}, t_feats['pooled'])
-    memory = losses.CRDMemory(**batch_stats['student'][MEMORY_KEY])
+    # The same negatives for every teacher's bank (one draw a step).
     contrast = losses.crd_sample_indices(
       rng, batch['index'], self.num_train_examples, o['num_negatives']
     )
-    crd, memory = losses.crd_loss(
-      es,
-      et,
-      memory,
-      batch['index'],
-      contrast,
-      temperature=o['temperature'],
-      momentum=o['momentum'],
-    )
+    new_stats = {'model': s_stats}
+    crd = jnp.zeros((), jnp.float32)
+    for i, (_, t_feats) in enumerate(teachers):
+      heads_key, memory_key = self.keys(i)
+      heads = params['student'][heads_key]
+      es = self.embed.apply(
+        {'params': heads['student_embed']}, s_feats['pooled']
+      )
+      et = self.embed.apply(
+        {'params': heads['teacher_embed']}, t_feats['pooled']
+      )
+      value, memory = losses.crd_loss(
+        es,
+        et,
+        losses.CRDMemory(**batch_stats['student'][memory_key]),
+        batch['index'],
+        contrast,
+        temperature=o['temperature'],
+        momentum=o['momentum'],
+      )
+      crd = crd + value
+      new_stats[memory_key] = memory._asdict()
     total = o['ce_weight'] * ce + o['weight'] * crd
     metrics = {'loss/ce': ce, 'loss/crd': crd}
     if o['kd_weight'] > 0:
-      kd = losses.kd_loss(s_logits, t_logits, o['kd_temperature'])
+      teacher_logits = [z for z, _ in teachers]
+      if o['multi_teacher'] == 'sum_losses':
+        kd = sum(
+          losses.kd_loss(s_logits, z, o['kd_temperature'])
+          for z in teacher_logits
+        )
+      else:
+        mean = base.mean_soft_target_logits(teacher_logits, o['kd_temperature'])
+        kd = losses.kd_loss(s_logits, mean, o['kd_temperature'])
       total = total + o['kd_weight'] * kd
       metrics['loss/kd'] = kd
     metrics['train_accuracy/student'] = base.accuracy(s_logits, labels)
-    new_stats = {'model': s_stats, MEMORY_KEY: memory._asdict()}
     return total, ({'student': new_stats}, metrics)
 
   def predict(self, params, batch_stats, frozen, images):
+    teachers = [z for z, _ in self._teacher_outputs(frozen, images)]
     return {
       'student': self.student_logits(params, batch_stats, images, False)[0],
-      'teacher': self._teacher(frozen, images)[0],
+      **base.teacher_heads(teachers),
     }

@@ -88,7 +88,7 @@ def _repdistiller_step(method, params, stats, frozen, batch, rng):
   (s_logits, s_feats), _ = method.student.apply(
     s_vars, batch['image'], train=True, mutable=['batch_stats']
   )
-  _, t_feats = method.teacher.apply(frozen['teacher'], batch['image'])
+  _, t_feats = method.teacher.apply(frozen['teachers'][0], batch['image'])
   heads = _np(params['student']['crd'])
 
   def embed(head, x):  # Embed: Linear, then Normalize(2).
@@ -279,18 +279,105 @@ def test_presets_are_repdistillers_setting():
     assert config.dataset.name == 'cifar100' and config.batch_size == 64
     assert config.num_epochs == 240 and config.optimizer.learning_rate == 0.05
     # train_student.py --distill crd -r 1 -a 0 -b 0.8 and its defaults.
-    assert dict(config.crd) == dict(
-      ce_weight=1.0,
-      kd_weight=0.0,
-      kd_temperature=4.0,
-      weight=0.8,
-      feat_dim=128,
-      num_negatives=16384,
-      temperature=0.07,
-      momentum=0.5,
+    assert (
+      dict(config.crd)
+      == dict(
+        ce_weight=1.0,
+        kd_weight=0.0,
+        kd_temperature=4.0,
+        weight=0.8,
+        feat_dim=128,
+        num_negatives=16384,
+        temperature=0.07,
+        momentum=0.5,
+        multi_teacher='mean_targets',  # kdjax's: how several teachers' KD combines.
+      )
     )
     number = f'{preset} {CONFIGS.REFERENCE[preset]:.2f}'
     assert number in ' '.join(CONFIGS.__doc__.split())
   with pytest.raises(ValueError, match='Unknown crd preset'):
     CONFIGS.get_config('nope')
   assert copy.deepcopy(demo) == demo
+
+
+@pytest.mark.parametrize('mode', ['mean_targets', 'sum_losses'])
+def test_several_teachers_each_have_their_heads_and_bank(mode):
+  """One CRD term per teacher, summed, each with its own heads and bank; the
+  KD term combines the teachers as crd.multi_teacher says."""
+  from kdjax import config_defaults  # pylint: disable=g-import-not-at-top
+  from kdjax import losses  # pylint: disable=g-import-not-at-top
+  from kdjax.methods import base  # pylint: disable=g-import-not-at-top
+
+  config = crd_tiny_config(num_negatives=K, feat_dim=D)
+  config.teachers = [
+    config_defaults.model('resnet8', 'conv', stage_widths=w)
+    for w in ((4, 4, 4), (8, 8, 8))
+  ]
+  config.crd.update(kd_weight=0.5, multi_teacher=mode)
+  method = methods.build_method(
+    config,
+    num_classes=NUM_CLASSES,
+    image_shape=IMAGE_SHAPE,
+    num_train_examples=N,
+  )
+  keys = jax.random.split(jax.random.key(4), 4)
+  images = jax.random.normal(keys[0], (B,) + IMAGE_SHAPE)
+  params, stats = method.init(keys[1], images)
+  assert set(params['student']) == {'model', 'crd_teacher0', 'crd_teacher1'}
+  assert set(stats['student']) == {
+    'model',
+    'crd_memory_teacher0',
+    'crd_memory_teacher1',
+  }
+  weights = [
+    dict(model.init(k, images, train=False))
+    for (model, _), k in zip(method.frozen_teachers(), keys[2:])
+  ]
+  frozen = method.prepare_frozen(weights, images)
+  batch = {
+    'image': images,
+    'label': jnp.arange(B) % NUM_CLASSES,
+    'index': jnp.asarray(INDEX),
+  }
+  rng = jax.random.key(9)
+  _, (new_stats, metrics) = method.loss(0, params, stats, frozen, batch, rng)
+  s_logits, s_feats, _ = base.run_model(
+    method.student,
+    params['student']['model'],
+    stats['student']['model'],
+    images,
+    True,
+  )
+  contrast = losses.crd_sample_indices(rng, batch['index'], N, K)
+  want_crd, t_logits = 0.0, []
+  for i, ((model, _), w) in enumerate(zip(method.frozen_teachers(), weights)):
+    z, t_feats = model.apply(w, images, train=False)
+    t_logits.append(z)
+    heads = params['student'][f'crd_teacher{i}']
+    value, memory = losses.crd_loss(
+      method.embed.apply({'params': heads['student_embed']}, s_feats['pooled']),
+      method.embed.apply({'params': heads['teacher_embed']}, t_feats['pooled']),
+      losses.CRDMemory(**stats['student'][f'crd_memory_teacher{i}']),
+      batch['index'],
+      contrast,
+    )
+    want_crd += value
+    for got, want in zip(
+      jax.tree.leaves(new_stats['student'][f'crd_memory_teacher{i}']),
+      jax.tree.leaves(memory._asdict()),
+    ):
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(metrics['loss/crd'], want_crd, rtol=1e-5)
+  # KD at T 4, written out: mean of the softened predictions, or a sum.
+  log_q = jax.nn.log_softmax(s_logits / 4.0)
+  probs = [jax.nn.softmax(z / 4.0) for z in t_logits]
+  kl = lambda p: 16.0 * jnp.mean(jnp.sum(p * (jnp.log(p) - log_q), -1))
+  want_kd = (
+    kl(sum(probs) / 2) if mode == 'mean_targets' else sum(map(kl, probs))
+  )
+  np.testing.assert_allclose(metrics['loss/kd'], want_kd, rtol=1e-4)
+  assert set(method.predict(params, stats, frozen, images)) == {
+    'student',
+    'teacher0',
+    'teacher1',
+  }
