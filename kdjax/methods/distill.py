@@ -27,7 +27,8 @@ the kd method's) combine as ``distill.multi_teacher`` says: 'mean_targets'
 gives the logit terms kd, dkd and dist the mean of the teachers' softened
 predictions at the term's temperature, 'sum_losses' adds every term once per
 teacher, each with its own learnable module (params['student'] key
-'<term>_teacher<i>'); the two-stage terms take one teacher.
+'<term>_teacher<i>'), the initialization phase's included (AB's connectors
+and FT's paraphraser per teacher, their init losses summed over teachers).
 
 Initialization phase (RepDistiller's ``init``): AB, FT, and FSP with
 ``fsp.init_phase`` train something first, in a run of their own that the
@@ -251,11 +252,8 @@ class Distill(base.Method):
           f'predictions, which only {MEAN_TARGET_TERMS} read'
         )
       else:
-        unfit = [t for t in terms if t in init_terms]
-        why = (
-          "'sum_losses' adds each term once per teacher (a module each), but "
-          'an initialization phase trains against one teacher'
-        )
+        unfit = []
+        why = ''  # Every term adds once per teacher, a module each.
       if unfit:
         raise ConfigError(
           f'--config.distill.terms: {unfit} with {len(base.teacher_entries(config))} '
@@ -301,22 +299,26 @@ class Distill(base.Method):
     for i, t_feats in enumerate(t_feats_all):
       for name, module in self._term_modules(s_feats, t_feats).items():
         self.modules[self.module_key(name, i)] = module
+    # The two-stage terms: per teacher, AB's connectors, FT's paraphraser
+    # (trained in the initialization phase) and translator (a module above).
     s_maps = [tuple(s['preact'].shape[1:]) for s in s_feats['stages']]
-    t_maps = [tuple(s['preact'].shape[1:]) for s in t_feats_all[0]['stages']]
-    # The two-stage terms take one teacher (check_config).
-    if 'ab' in self.terms:
-      if len(s_maps) != len(t_maps):
-        raise ConfigError(
-          f'ab pairs stages one to one: the student has {len(s_maps)}, the '
-          f'teacher {len(t_maps)}.'
+    self.ab_connectors, self.paraphrasers = [], []
+    for t_feats in t_feats_all:
+      t_maps = [tuple(s['preact'].shape[1:]) for s in t_feats['stages']]
+      if 'ab' in self.terms:
+        if len(s_maps) != len(t_maps):
+          raise ConfigError(
+            f'ab pairs stages one to one: the student has {len(s_maps)}, the '
+            f'teacher {len(t_maps)}.'
+          )
+        self.ab_connectors.append(
+          connectors.ABConnectors(tuple(s_maps), tuple(t_maps))
         )
-      self.ab_connectors = connectors.ABConnectors(tuple(s_maps), tuple(t_maps))
-    if 'ft' in self.terms:  # factor_transfer_loss pools the larger map.
-      rate = float(self.options['ft']['rate'])
-      self.paraphraser = connectors.Paraphraser(t_maps[-1][2], rate)
-      self.modules['ft'] = connectors.Translator(
-        s_maps[-1][2], int(t_maps[-1][2] * rate)
-      )
+      if 'ft' in self.terms:
+        rate = float(self.options['ft']['rate'])
+        self.paraphrasers.append(connectors.Paraphraser(t_maps[-1][2], rate))
+    self.ab_connectors = tuple(self.ab_connectors)
+    self.paraphrasers = tuple(self.paraphrasers)
 
   def module_key(self, name: str, teacher: int) -> str:
     """Where term ``name``'s module for teacher ``teacher`` lives in
@@ -353,6 +355,11 @@ class Distill(base.Method):
           t[-1], t[-1], float(opts['init_pred_var']), float(opts['eps'])
         )
         for t in t_stages
+      )
+    if 'ft' in self.terms:  # factor_transfer_loss pools the larger map.
+      rate = float(self.options['ft']['rate'])
+      modules['ft'] = connectors.Translator(
+        s_stages[-1][-1], int(t_stages[-1][-1] * rate)
       )
     if 'review_kd' in self.terms:
       s_pooled = s_feats['pooled'].shape[-1]
@@ -405,7 +412,9 @@ class Distill(base.Method):
     if {'ab', 'fsp'} & set(self.init_terms):
       parts += ('model',)
     if 'ft' in self.init_terms:
-      parts += ('paraphraser',)
+      parts += tuple(
+        self.module_key('paraphraser', i) for i in range(len(self.teachers))
+      )
     return parts
 
   def warm_start_dir(self):
@@ -491,10 +500,6 @@ class Distill(base.Method):
     return base.frozen_teacher_outputs(
       self.teachers, frozen['teachers'], images
     )
-
-  def _teacher(self, frozen, images):
-    """The first teacher's (logits, features)."""
-    return self._teacher_outputs(frozen, images)[0]
 
   def _teacher_term(self, name, params, batch_stats, frozen, s, ts, labels):
     """A term against the teachers' views ``ts``, combined as configured.
@@ -590,8 +595,13 @@ class Distill(base.Method):
       factor_s, new_stats = base.run_module(
         self.modules[key], p, batch_stats['student'][key], *inputs, train=True
       )
-      factor_t = self.paraphraser.apply(
-        {'params': frozen['init_phase']['params']['paraphraser']},
+      _, _, index = key.partition('_teacher')
+      factor_t = self.paraphrasers[int(index or 0)].apply(
+        {
+          'params': frozen['init_phase']['params'][
+            key.replace('ft', 'paraphraser', 1)
+          ]
+        },
         t.stages[-1],
         method=connectors.Paraphraser.encode,
       )
@@ -672,25 +682,27 @@ class DistillInit(Distill):
     return bool({'ab', 'fsp'} & set(self.init_terms))
 
   def init(self, rng, images):
-    model_rng, ab_rng, ft_rng = jax.random.split(rng, 3)
+    model_rng, *rngs = jax.random.split(rng, 1 + 2 * len(self.teachers))
     params, batch_stats = base.init_model(self.student, model_rng, images)
     student, stats = {'model': params}, {'model': batch_stats}
-    shapes = self.abstract_outputs(self.teacher)[1]['stages']
-    teacher_maps = [jnp.zeros(s['preact'].shape, jnp.float32) for s in shapes]
-    if 'ab' in self.init_terms:
-      _, s_feats = self.student.apply(
-        {'params': params, 'batch_stats': batch_stats}, images, train=False
-      )
-      preacts = tuple(s['preact'] for s in s_feats['stages'])
-      student['ab'], ab_stats = base.init_module(
-        self.ab_connectors, ab_rng, preacts, train=False
-      )
-      if ab_stats:
-        stats['ab'] = ab_stats
-    if 'ft' in self.init_terms:
-      student['paraphraser'], _ = base.init_module(
-        self.paraphraser, ft_rng, teacher_maps[-1]
-      )
+    _, s_feats = self.student.apply(
+      {'params': params, 'batch_stats': batch_stats}, images, train=False
+    )
+    preacts = tuple(s['preact'] for s in s_feats['stages'])
+    for i, teacher in enumerate(self.teachers):
+      ab_rng, ft_rng = rngs[2 * i : 2 * i + 2]
+      if 'ab' in self.init_terms:
+        key = self.module_key('ab', i)
+        student[key], ab_stats = base.init_module(
+          self.ab_connectors[i], ab_rng, preacts, train=False
+        )
+        if ab_stats:
+          stats[key] = ab_stats
+      if 'ft' in self.init_terms:
+        last = self.abstract_outputs(teacher)[1]['stages'][-1]['preact']
+        student[self.module_key('paraphraser', i)], _ = base.init_module(
+          self.paraphrasers[i], ft_rng, jnp.zeros(last.shape, jnp.float32)
+        )
     return {'student': student}, {'student': stats}
 
   def trainable_mask(self, params):
@@ -712,12 +724,14 @@ class DistillInit(Distill):
     return {'student': student}
 
   def loss(self, step, params, batch_stats, frozen, batch, rng):
+    """RepDistiller's unweighted sum of the init losses, each summed over
+    the teachers (one connector set and paraphraser each)."""
     del step, rng
     images = batch['image']
-    t = _views(*self._teacher(frozen, images))
+    ts = [_views(*out) for out in self._teacher_outputs(frozen, images)]
     student = params['student']
     new_stats = dict(batch_stats['student'])
-    metrics, total = {}, jnp.zeros((), jnp.float32)
+    metrics = {}
     if self._trains_student():
       s_logits, s_feats, new_stats['model'] = self.student_logits(
         params, batch_stats, images, True
@@ -726,26 +740,35 @@ class DistillInit(Distill):
       metrics['train_accuracy/student'] = base.accuracy(
         s_logits, batch['label']
       )
-    if 'ab' in self.init_terms:
-      connected, new_stats['ab'] = base.run_module(
-        self.ab_connectors,
-        student['ab'],
-        batch_stats['student'].get('ab', {}),
-        s.preacts,
-        train=True,
-      )
-      metrics['loss/init_ab'] = losses.activation_boundary_loss(
-        connected, t.preacts, margin=self.options['ab']['margin']
-      )
-    if 'fsp' in self.init_terms:
-      metrics['loss/init_fsp'] = losses.fsp_loss(s.stages, t.stages)
-    if 'ft' in self.init_terms:
-      _, rebuilt = self.paraphraser.apply(
-        {'params': student['paraphraser']}, t.stages[-1]
-      )
-      metrics['loss/init_ft'] = jnp.mean(jnp.square(rebuilt - t.stages[-1]))
-    for name in ('ab', 'fsp', 'ft'):  # RepDistiller: their unweighted sum.
-      total = total + metrics.get(f'loss/init_{name}', 0.0)
-    if 'ab' in new_stats and not new_stats['ab']:
-      del new_stats['ab']
+    terms = {
+      name: [] for name in ('ab', 'fsp', 'ft') if name in self.init_terms
+    }
+    for i, t in enumerate(ts):
+      if 'ab' in terms:
+        key = self.module_key('ab', i)
+        connected, ab_stats = base.run_module(
+          self.ab_connectors[i],
+          student[key],
+          batch_stats['student'].get(key, {}),
+          s.preacts,
+          train=True,
+        )
+        if ab_stats:
+          new_stats[key] = ab_stats
+        terms['ab'].append(
+          losses.activation_boundary_loss(
+            connected, t.preacts, margin=self.options['ab']['margin']
+          )
+        )
+      if 'fsp' in terms:
+        terms['fsp'].append(losses.fsp_loss(s.stages, t.stages))
+      if 'ft' in terms:
+        _, rebuilt = self.paraphrasers[i].apply(
+          {'params': student[self.module_key('paraphraser', i)]}, t.stages[-1]
+        )
+        terms['ft'].append(jnp.mean(jnp.square(rebuilt - t.stages[-1])))
+    total = jnp.zeros((), jnp.float32)
+    for name, values in terms.items():
+      metrics[f'loss/init_{name}'] = _sum(values)
+      total = total + metrics[f'loss/init_{name}']
     return total, ({'student': new_stats}, metrics)

@@ -209,3 +209,77 @@ def test_the_plan_runs_the_init_phase_between_teacher_and_student(tmp_path):
     'teacher 0 (resnet8)',
     'student',
   ]
+
+
+def test_several_teachers_get_their_own_init_modules():
+  """sum_losses: AB's connectors and FT's paraphraser per teacher, each init
+  loss the sum of its per-teacher losses; the student run restores every
+  paraphraser."""
+  from kdjax import config_defaults  # pylint: disable=g-import-not-at-top
+  from kdjax import losses  # pylint: disable=g-import-not-at-top
+  from kdjax.methods import base  # pylint: disable=g-import-not-at-top
+
+  config = distill_tiny_config(('ab', 'ft'))
+  config.teachers = [
+    config_defaults.model('resnet8', 'conv', stage_widths=w)
+    for w in ((4, 4, 4), (8, 8, 8))
+  ]
+  config.distill.multi_teacher = 'sum_losses'
+  main = methods.build_method(
+    config, num_classes=NUM_CLASSES, image_shape=IMAGE_SHAPE
+  )
+  assert main.warm_start_parts() == (
+    'model',
+    'paraphraser_teacher0',
+    'paraphraser_teacher1',
+  )
+  init = distill.Distill.init_phase_config(config)
+  method = methods.build_method(
+    init, num_classes=NUM_CLASSES, image_shape=IMAGE_SHAPE
+  )
+  keys = jax.random.split(jax.random.key(5), 4)
+  images = jax.random.normal(keys[0], (6,) + IMAGE_SHAPE)
+  params, stats = method.init(keys[1], images)
+  assert set(params['student']) == {
+    'model',
+    'ab_teacher0',
+    'ab_teacher1',
+    'paraphraser_teacher0',
+    'paraphraser_teacher1',
+  }
+  weights = [
+    dict(model.init(k, images, train=False))
+    for (model, _), k in zip(method.frozen_teachers(), keys[2:])
+  ]
+  frozen = method.prepare_frozen(weights, images)
+  batch = {'image': images, 'label': jnp.arange(6) % NUM_CLASSES}
+  _, (_, metrics) = method.loss(0, params, stats, frozen, batch, None)
+  _, s_feats, _ = base.run_model(
+    method.student,
+    params['student']['model'],
+    stats['student']['model'],
+    images,
+    True,
+  )
+  s_preacts = tuple(x['preact'] for x in s_feats['stages'])
+  ab, ft = 0.0, 0.0
+  for i, ((model, _), w) in enumerate(zip(method.frozen_teachers(), weights)):
+    _, t_feats = model.apply(w, images, train=False)
+    t_preacts = [x['preact'] for x in t_feats['stages']]
+    connected = method.ab_connectors[i].apply(
+      {
+        'params': params['student'][f'ab_teacher{i}'],
+        'batch_stats': stats['student'].get(f'ab_teacher{i}', {}),
+      },
+      s_preacts,
+      train=True,
+      mutable=['batch_stats'],
+    )[0]
+    ab += losses.activation_boundary_loss(connected, t_preacts)
+    last = jax.nn.relu(t_preacts[-1])
+    _, rebuilt = method.paraphrasers[i].apply(
+      {'params': params['student'][f'paraphraser_teacher{i}']}, last
+    )
+    ft += jnp.mean(jnp.square(rebuilt - last))
+  np.testing.assert_allclose(metrics['loss/init_ab'], ab, rtol=1e-5)
+  np.testing.assert_allclose(metrics['loss/init_ft'], ft, rtol=1e-5)
