@@ -352,3 +352,45 @@ def run_module(
     )
     return out, updates.get('batch_stats', {})
   return module.apply(variables, *args, train=False), batch_stats
+
+
+class FrozenTeachers(Method):
+  """A Method whose teachers are all frozen: ``config.teacher``, or several
+  in ``config.teachers`` (kd, distill, crd). Builds them in ``__init__``
+  (``self.teachers``; ``self.teacher`` is the first) and gives the trainer
+  their entries; ``teacher_outputs`` runs them in eval mode."""
+
+  # How check_config's error names the method.
+  method_name = 'this method'
+
+  @classmethod
+  def check_config(cls, config):
+    super().check_config(config)
+    if 'teacher' not in config and not config.get('teachers'):
+      raise ConfigError(
+        f'method {cls.method_name!r} needs config.teacher (the frozen '
+        "teacher's entry) or config.teachers (a list of them)."
+      )
+
+  def __init__(self, config, **kwargs):
+    super().__init__(config, **kwargs)
+    self.teachers = tuple(
+      build_zoo_model(entry, self.num_classes, self.image_shape)
+      for entry in teacher_entries(config)
+    )
+    self.teacher = self.teachers[0]
+
+  @classmethod
+  def frozen_teacher_configs(cls, config):
+    return teacher_entries(config)
+
+  def frozen_teachers(self):
+    return tuple(zip(self.teachers, teacher_entries(self.config)))
+
+  def prepare_frozen(self, teacher_weights, images):
+    del images
+    return {'teachers': tuple(teacher_weights)}
+
+  def teacher_outputs(self, frozen, images) -> list:
+    """[(logits, features)] per teacher, eval mode, under stop_gradient."""
+    return frozen_teacher_outputs(self.teachers, frozen['teachers'], images)

@@ -83,17 +83,14 @@ def _is_number(value, minimum, *, strict):
   return value > minimum if strict else value >= minimum
 
 
-class CRD(base.Method):
-  """gamma CE + alpha KD + beta CRD from one frozen teacher (module docstring)."""
+class CRD(base.FrozenTeachers):
+  """gamma CE + alpha KD + beta CRD from frozen teachers (module docstring)."""
+
+  method_name = 'crd'
 
   @classmethod
   def check_config(cls, config):
     super().check_config(config)
-    if 'teacher' not in config and not config.get('teachers'):
-      raise ConfigError(
-        "method 'crd' needs config.teacher (the frozen teacher's entry) or "
-        'config.teachers (a list of them).'
-      )
     if config.get('crd', None) is None:
       raise ConfigError(
         "method 'crd' needs config.crd (configs/crd.py builds it)."
@@ -152,11 +149,6 @@ class CRD(base.Method):
         "RepDistiller's 16384 is for CIFAR's 50,000. Lower it, e.g. "
         f'--config.crd.num_negatives={max(1, num_data // 4)}.'
       )
-    self.teachers = tuple(
-      base.build_zoo_model(entry, self.num_classes, self.image_shape)
-      for entry in base.teacher_entries(config)
-    )
-    self.teacher = self.teachers[0]
     self.embed = connectors.NormalizedEmbed(int(self.options['feat_dim']))
 
   def keys(self, teacher: int):
@@ -165,17 +157,6 @@ class CRD(base.Method):
     if len(self.teachers) == 1:
       return 'crd', MEMORY_KEY
     return f'crd_teacher{teacher}', f'{MEMORY_KEY}_teacher{teacher}'
-
-  @classmethod
-  def frozen_teacher_configs(cls, config):
-    return base.teacher_entries(config)
-
-  def frozen_teachers(self):
-    return tuple(zip(self.teachers, base.teacher_entries(self.config)))
-
-  def prepare_frozen(self, teacher_weights, images):
-    del images
-    return {'teachers': tuple(teacher_weights)}
 
   def init(self, rng, images):
     model_rng, *rngs = jax.random.split(rng, 1 + 3 * len(self.teachers))
@@ -200,11 +181,6 @@ class CRD(base.Method):
       )._asdict()
     return {'student': student}, {'student': stats}
 
-  def _teacher_outputs(self, frozen, images):
-    return base.frozen_teacher_outputs(
-      self.teachers, frozen['teachers'], images
-    )
-
   def loss(self, step, params, batch_stats, frozen, batch, rng):
     del step
     o = self.options
@@ -212,7 +188,7 @@ class CRD(base.Method):
     s_logits, s_feats, s_stats = self.student_logits(
       params, batch_stats, images, True
     )
-    teachers = self._teacher_outputs(frozen, images)
+    teachers = self.teacher_outputs(frozen, images)
     smoothing = self.config.get('loss', {}).get('label_smoothing', 0.0)
     ce = losses.cross_entropy(s_logits, labels, label_smoothing=smoothing)
     # The same negatives for every teacher's bank (one draw a step).
@@ -259,7 +235,7 @@ class CRD(base.Method):
     return total, ({'student': new_stats}, metrics)
 
   def predict(self, params, batch_stats, frozen, images):
-    teachers = [z for z, _ in self._teacher_outputs(frozen, images)]
+    teachers = [z for z, _ in self.teacher_outputs(frozen, images)]
     return {
       'student': self.student_logits(params, batch_stats, images, False)[0],
       **base.teacher_heads(teachers),

@@ -191,17 +191,14 @@ def _views(logits, feats) -> _Views:
   )
 
 
-class Distill(base.Method):
+class Distill(base.FrozenTeachers):
+  method_name = 'distill'
+
   """CE plus the configured baseline terms from one frozen teacher."""
 
   @classmethod
   def check_config(cls, config):
     super().check_config(config)
-    if 'teacher' not in config and not config.get('teachers'):
-      raise ConfigError(
-        "method 'distill' needs config.teacher (the frozen teacher's entry) "
-        'or config.teachers (a list of them).'
-      )
     cfg = config.get('distill', None)
     if cfg is None:
       raise ConfigError(
@@ -286,11 +283,6 @@ class Distill(base.Method):
       for t in self.terms
       if t != 'ab' and not (t == 'fsp' and 'fsp' in self.init_terms)
     )
-    self.teachers = tuple(
-      base.build_zoo_model(entry, self.num_classes, self.image_shape)
-      for entry in base.teacher_entries(config)
-    )
-    self.teacher = self.teachers[0]
     _, s_feats = self.abstract_outputs(self.student)
     t_feats_all = [self.abstract_outputs(t)[1] for t in self.teachers]
     # One module per term and teacher: key = the term, or with several
@@ -372,17 +364,6 @@ class Distill(base.Method):
         ),
       )
     return modules
-
-  @classmethod
-  def frozen_teacher_configs(cls, config):
-    return base.teacher_entries(config)
-
-  def frozen_teachers(self):
-    return tuple(zip(self.teachers, base.teacher_entries(self.config)))
-
-  def prepare_frozen(self, teacher_weights, images):
-    del images
-    return {'teachers': tuple(teacher_weights)}
 
   # -- the initialization phase ---------------------------------------------
 
@@ -495,11 +476,6 @@ class Distill(base.Method):
     return {'student': student}, {'student': stats}
 
   # -- the step ------------------------------------------------------------
-
-  def _teacher_outputs(self, frozen, images):
-    return base.frozen_teacher_outputs(
-      self.teachers, frozen['teachers'], images
-    )
 
   def _teacher_term(self, name, params, batch_stats, frozen, s, ts, labels):
     """A term against the teachers' views ``ts``, combined as configured.
@@ -618,7 +594,7 @@ class Distill(base.Method):
       params, batch_stats, images, True
     )
     s = _views(s_logits, s_feats)
-    ts = [_views(*out) for out in self._teacher_outputs(frozen, images)]
+    ts = [_views(*out) for out in self.teacher_outputs(frozen, images)]
     smoothing = self.config.get('loss', {}).get('label_smoothing', 0.0)
     ce = losses.cross_entropy(s_logits, labels, label_smoothing=smoothing)
     total = cfg.get('ce_weight', 1.0) * ce
@@ -642,7 +618,7 @@ class Distill(base.Method):
     return total, ({'student': new_stats}, metrics)
 
   def predict(self, params, batch_stats, frozen, images):
-    teachers = [z for z, _ in self._teacher_outputs(frozen, images)]
+    teachers = [z for z, _ in self.teacher_outputs(frozen, images)]
     return {
       'student': self.student_logits(params, batch_stats, images, False)[0],
       **base.teacher_heads(teachers),
@@ -728,7 +704,7 @@ class DistillInit(Distill):
     the teachers (one connector set and paraphraser each)."""
     del step, rng
     images = batch['image']
-    ts = [_views(*out) for out in self._teacher_outputs(frozen, images)]
+    ts = [_views(*out) for out in self.teacher_outputs(frozen, images)]
     student = params['student']
     new_stats = dict(batch_stats['student'])
     metrics = {}

@@ -30,7 +30,7 @@ def _pooled_to_common_sizes(student_maps, teacher_maps):
   return pooled_s, pooled_t
 
 
-class KnowledgeDistillation(base.Method):
+class KnowledgeDistillation(base.FrozenTeachers):
   """(1 - lambda) CE + lambda T^2 KL, plus optional hint (FitNets) and AT terms.
 
   config.kd: temperature, kd_weight (lambda), fitnet_weight and fitnet_stage
@@ -45,6 +45,8 @@ class KnowledgeDistillation(base.Method):
   terms always add one term per teacher (a hint connector each).
   """
 
+  method_name = 'kd'
+
   @classmethod
   def check_config(cls, config):
     super().check_config(config)
@@ -58,10 +60,6 @@ class KnowledgeDistillation(base.Method):
     self.check_config(config)  # Also for a method built without validation.
     super().__init__(config, **kwargs)
     self.hint_stage = config.kd.get('fitnet_stage', -1)
-    self.teachers = tuple(
-      base.build_zoo_model(entry, self.num_classes, self.image_shape)
-      for entry in base.teacher_entries(config)
-    )
     self.connectors = None
     if self._uses_hint():
       hints = [
@@ -76,22 +74,6 @@ class KnowledgeDistillation(base.Method):
         tuple(h.shape[-1] for h in hints),
         tuple(tuple(h.shape[1:3]) for h in hints),
       )
-
-  @classmethod
-  def frozen_teacher_configs(cls, config):
-    return base.teacher_entries(config)
-
-  def frozen_teachers(self):
-    return tuple(zip(self.teachers, base.teacher_entries(self.config)))
-
-  def prepare_frozen(self, teacher_weights, images):
-    del images
-    return {'teachers': tuple(teacher_weights)}
-
-  def _teacher_outputs(self, frozen, images):
-    return base.frozen_teacher_outputs(
-      self.teachers, frozen['teachers'], images
-    )
 
   def _uses_hint(self):
     return self.config.kd.get('fitnet_weight', 0.0) > 0
@@ -127,7 +109,7 @@ class KnowledgeDistillation(base.Method):
     logits, feats, new_stats = self.student_logits(
       params, batch_stats, images, True
     )
-    teachers = self._teacher_outputs(frozen, images)
+    teachers = self.teacher_outputs(frozen, images)
     teacher_logits = [z for z, _ in teachers]
     if cfg.get('multi_teacher', 'mean_targets') == 'sum_losses':
       ce = losses.cross_entropy(logits, labels)
@@ -180,6 +162,6 @@ class KnowledgeDistillation(base.Method):
     heads = {
       'student': self.student_logits(params, batch_stats, images, False)[0]
     }
-    teachers = self._teacher_outputs(frozen, images)
+    teachers = self.teacher_outputs(frozen, images)
     heads.update(base.teacher_heads([z for z, _ in teachers]))
     return heads
