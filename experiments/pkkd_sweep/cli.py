@@ -255,7 +255,7 @@ def header_lines(args, title, records, total_s, machine, regime, backend):
     )
     + (
       ', optimizer of the demo presets.'
-      if args.grid == 'demo'
+      if args.grid in ('demo', 'deep')
       else f', loader={args.loader}, optimizer of the demo presets.'
     ),
   ]

@@ -89,12 +89,13 @@ ARMS: Tuple[Tuple[str, str, Dict[str, Any], str], ...] = (
 _ARM_NAMES = tuple(a[0] for a in ARMS)
 
 # The arm confirmed on CONFIRM_SEEDS: chosen on SELECT_SEEDS only (the largest
-# mean paired gain over the ANN alone in the selection table).
-WINNER: Optional[str] = None
+# mean paired gain over the ANN alone in the selection table,
+# results/deep_select.md).
+WINNER: Optional[str] = 'alpha0'
 
 # (phase, cell label, seeds, arms), in run order. Confirmation: the ANN and
-# the CNN alone, the issue's defaults and the preset's, and the winner.
-_CONFIRM_ARMS = ('ann', 'cnn', 'today', 'ramp_half')
+# the CNN alone, the demo knobs as the issue ran them, and the winner.
+_CONFIRM_ARMS = ('ann', 'cnn', 'today')
 PLAN: Tuple[Tuple[str, str, Tuple[int, ...], Tuple[str, ...]], ...] = (
   ('select', 'resnet20_e10_f10', SELECT_SEEDS, _ARM_NAMES),
   ('confirm', 'resnet20_e10_f10', CONFIRM_SEEDS, _CONFIRM_ARMS + ('winner',)),

@@ -438,16 +438,17 @@ def test_deep_grid_builds_the_issue_cell_and_runs_quick(sweep_module, tmp_path):
         assert (config.pkkd.ramp_steps, config.pkkd.ramp_fraction) == (62, 0)
       if run.cell.endswith('/paper'):
         assert (config.pkkd.alpha, config.pkkd.beta) == (5.0, 5.0)
-  # No winner chosen yet: the confirmation runs only once one is named.
-  confirm = deep.deep_runs(quick=False, phase='confirm', winner='beta0')
-  assert {r.seed for r in confirm} == set(deep.CONFIRM_SEEDS)
-  assert {r.cell.split('/')[1] for r in confirm if '_e10_' in r.cell} == {
-    'ann',
-    'cnn',
-    'today',
-    'ramp_half',
-    'beta0',
-  }
+  # The confirmation: the baselines, the issue's knobs and the winner (the
+  # selection's leader, or --winner), on the fresh seeds only.
+  for winner in (None, 'beta0'):
+    confirm = deep.deep_runs(quick=False, phase='confirm', winner=winner)
+    assert {r.seed for r in confirm} == set(deep.CONFIRM_SEEDS)
+    assert {r.cell.split('/')[1] for r in confirm if '_e10_' in r.cell} == {
+      'ann',
+      'cnn',
+      'today',
+      winner or deep.WINNER,
+    }
   out = str(tmp_path / 'deep')
   document = sweep_module.main(['--grid', 'deep', '--quick', '--out', out])
   arms = [r['cell'].split('/')[1] for r in document['runs']]
