@@ -199,7 +199,9 @@ def pkkd_step_record(jax, methods, pallas_backend, batch, reps):
   optimizers = train_setup.build_optimizers(
     config, method, params, steps_per_epoch=-(-50000 // batch)
   )
-  state = train_setup.init_state(config, method, optimizers, {}, arrays['image'])
+  state = train_setup.init_state(
+    config, method, optimizers, {}, arrays['image']
+  )
   step = functools.partial(train_step.train_step, method, optimizers)
   records = []
   for name in methods:
