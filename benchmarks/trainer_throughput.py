@@ -96,7 +96,9 @@ def main():
   step = fns.step
 
   init = jax.jit(
-    functools.partial(setup.init_state, config, run.method, run.optimizers),
+    functools.partial(
+      setup.init_state, config, run.method, run.optimizers, run.frozen
+    ),
     out_shardings=run.replicated,
   )
 
