@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from kdjax import models
+from kdjax import losses, models
 from kdjax.errors import ConfigError
 
 PyTree = Any
@@ -128,6 +128,31 @@ def frozen_teacher_outputs(models, weights, images) -> list:
     )
     out.append(jax.lax.stop_gradient((logits, feats)))
   return out
+
+
+# How several frozen teachers combine (config.<method>.multi_teacher).
+MULTI_TEACHER = ('mean_targets', 'sum_losses')
+
+
+def check_multi_teacher(section: str, mode) -> None:
+  """ConfigError unless ``mode`` is one of MULTI_TEACHER."""
+  if mode not in MULTI_TEACHER:
+    raise ConfigError(
+      f'--config.{section}.multi_teacher={mode!r}: use one of {MULTI_TEACHER}.'
+    )
+
+
+def multi_teacher_kd_loss(
+  student_logits, teacher_logits, temperature: float, mode: str
+) -> jax.Array:
+  """Hinton KD from several teachers: from their mean softened prediction
+  ('mean_targets') or one term per teacher, summed ('sum_losses')."""
+  if mode == 'sum_losses':
+    return sum(
+      losses.kd_loss(student_logits, z, temperature) for z in teacher_logits
+    )
+  mean = mean_soft_target_logits(teacher_logits, temperature)
+  return losses.kd_loss(student_logits, mean, temperature)
 
 
 def teacher_heads(teacher_logits) -> Dict[str, jax.Array]:

@@ -58,7 +58,6 @@ DEFAULTS: Dict[str, Any] = dict(
   momentum=crd_losses.DEFAULT_CRD_MOMENTUM,
   multi_teacher='mean_targets',
 )
-MULTI_TEACHER = ('mean_targets', 'sum_losses')
 # The bank's leaves in batch_stats['student']['crd_memory'] (CRDMemory's
 # fields; none is 'mean' or 'var').
 MEMORY_KEY = 'crd_memory'
@@ -118,11 +117,7 @@ class CRD(base.FrozenTeachers):
         raise ConfigError(
           f'--config.crd.{key}={value!r}: must be a positive integer.'
         )
-    if options['multi_teacher'] not in MULTI_TEACHER:
-      raise ConfigError(
-        f'--config.crd.multi_teacher={options["multi_teacher"]!r}: use one '
-        f'of {MULTI_TEACHER}.'
-      )
+    base.check_multi_teacher('crd', options['multi_teacher'])
     momentum = options['momentum']
     if not _is_number(momentum, 0, strict=False) or momentum >= 1:
       raise ConfigError(
@@ -220,15 +215,12 @@ class CRD(base.FrozenTeachers):
     total = o['ce_weight'] * ce + o['weight'] * crd
     metrics = {'loss/ce': ce, 'loss/crd': crd}
     if o['kd_weight'] > 0:
-      teacher_logits = [z for z, _ in teachers]
-      if o['multi_teacher'] == 'sum_losses':
-        kd = sum(
-          losses.kd_loss(s_logits, z, o['kd_temperature'])
-          for z in teacher_logits
-        )
-      else:
-        mean = base.mean_soft_target_logits(teacher_logits, o['kd_temperature'])
-        kd = losses.kd_loss(s_logits, mean, o['kd_temperature'])
+      kd = base.multi_teacher_kd_loss(
+        s_logits,
+        [z for z, _ in teachers],
+        o['kd_temperature'],
+        o['multi_teacher'],
+      )
       total = total + o['kd_weight'] * kd
       metrics['loss/kd'] = kd
     metrics['train_accuracy/student'] = base.accuracy(s_logits, labels)

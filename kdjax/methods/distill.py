@@ -93,7 +93,6 @@ TWO_STAGE_TERMS = ('ab', 'ft')
 # How several teachers combine (distill.multi_teacher), and which terms each
 # mode takes: the mean soft targets only mean something to the terms that
 # read the teacher through softmax(z_t / T).
-MULTI_TEACHER = ('mean_targets', 'sum_losses')
 MEAN_TARGET_TERMS = ('kd', 'dkd', 'dist')
 # Terms with a learnable module under params['student'][term].
 MODULE_TERMS = ('cc', 'vid', 'review_kd', 'ft')
@@ -237,10 +236,7 @@ class Distill(base.FrozenTeachers):
         )
     init_terms = init_phase_terms(config)
     mode = cfg.get('multi_teacher', 'mean_targets')
-    if mode not in MULTI_TEACHER:
-      raise ConfigError(
-        f'--config.distill.multi_teacher={mode!r}: use one of {MULTI_TEACHER}.'
-      )
+    base.check_multi_teacher('distill', mode)
     if len(base.teacher_entries(config)) > 1:
       if mode == 'mean_targets':
         unfit = [t for t in terms if t not in MEAN_TARGET_TERMS]

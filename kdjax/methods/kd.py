@@ -3,12 +3,8 @@
 import jax
 
 from kdjax import losses
-from kdjax.errors import ConfigError
 from kdjax.methods import base
 from kdjax.models import connectors
-
-# How several teachers combine (config.kd.multi_teacher).
-MULTI_TEACHER = ('mean_targets', 'sum_losses')
 
 
 def _pooled_to_common_sizes(student_maps, teacher_maps):
@@ -50,11 +46,9 @@ class KnowledgeDistillation(base.FrozenTeachers):
   @classmethod
   def check_config(cls, config):
     super().check_config(config)
-    mode = config.kd.get('multi_teacher', 'mean_targets')
-    if mode not in MULTI_TEACHER:
-      raise ConfigError(
-        f'--config.kd.multi_teacher={mode!r}: use one of {MULTI_TEACHER}.'
-      )
+    base.check_multi_teacher(
+      'kd', config.kd.get('multi_teacher', 'mean_targets')
+    )
 
   def __init__(self, config, **kwargs):
     self.check_config(config)  # Also for a method built without validation.
@@ -113,8 +107,8 @@ class KnowledgeDistillation(base.FrozenTeachers):
     teacher_logits = [z for z, _ in teachers]
     if cfg.get('multi_teacher', 'mean_targets') == 'sum_losses':
       ce = losses.cross_entropy(logits, labels)
-      kd = sum(
-        losses.kd_loss(logits, z, cfg.temperature) for z in teacher_logits
+      kd = base.multi_teacher_kd_loss(
+        logits, teacher_logits, cfg.temperature, 'sum_losses'
       )
       total = (1.0 - cfg.kd_weight) * ce + cfg.kd_weight * kd
       terms = {'ce': ce, 'kd': kd}
