@@ -456,6 +456,9 @@ def test_wrong_format_hints_at_addernet():
     ('addernet', 'resnet32x4', 'Models of --format=addernet: resnet8'),
     ('caffe', 'resnet50', 'unknown format'),
     ('torchvision', 'resnet99', 'unknown model'),
+    ('repdistiller', 'vgg_small', 'AdderNet code publishes ResNets only'),
+    ('ofd', 'vgg13', 'use --format=repdistiller'),
+    ('repdistiller', 'pyramidnet110_84', 'use --format=ofd'),
   ],
 )
 def test_unsupported_pairs(fmt, name, message):

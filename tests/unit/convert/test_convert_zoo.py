@@ -274,17 +274,3 @@ def test_mismatches_name_the_zoo_heads_and_models():
       state, format='repdistiller', model='vgg11', num_classes=10
     )
   assert '--format=repdistiller --model=vgg13 --num-classes=10' in str(e.value)
-
-
-@pytest.mark.parametrize(
-  'fmt,name,message',
-  [
-    ('repdistiller', 'vgg_small', 'AdderNet code publishes ResNets only'),
-    ('torchvision', 'mobilenet_v1', 'use --format=ofd'),
-    ('ofd', 'vgg13', 'use --format=repdistiller'),
-    ('repdistiller', 'pyramidnet110_84', 'use --format=ofd'),
-  ],
-)
-def test_unsupported_pairs(fmt, name, message):
-  with pytest.raises(convert.ConversionError, match=message):
-    convert.from_torch({}, format=fmt, model=name, num_classes=10)
