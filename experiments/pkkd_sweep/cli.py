@@ -95,6 +95,14 @@ def parse_args(argv):
     'the table format when the runs directory is gone',
   )
   parser.add_argument(
+    '--with-recorded',
+    default=None,
+    metavar='JSON',
+    help='take the runs this document of the same grid and regime already '
+    'records (by cell and seed) instead of training them again; the tables '
+    'written hold both',
+  )
+  parser.add_argument(
     '--cells',
     default=None,
     metavar='NAME,...',
@@ -157,16 +165,33 @@ def grid_runs(args) -> Tuple[List[Run], Any, Dict[str, Any]]:
   return only_cells(runs, args.cells), s, regime
 
 
-def recorded_runs(args) -> Dict[str, Any]:
-  """``--tables-from``'s document, checked to be of ``args.grid``."""
-  with open(args.tables_from) as f:
+def recorded_runs(args, path=None, flag='--tables-from') -> Dict[str, Any]:
+  """``--tables-from``'s (or ``path``'s) document, checked to be of
+  ``args.grid``."""
+  path = path or args.tables_from
+  with open(path) as f:
     recorded = json.load(f)
   if recorded.get('grid') != args.grid:
     raise SystemExit(
-      f'--tables-from={args.tables_from} holds --grid '
+      f'{flag}={path} holds --grid '
       f'{recorded.get("grid")!r} runs, not --grid {args.grid!r}.'
     )
   return recorded
+
+
+def runs_to_take(args, regime) -> Dict[Tuple[str, int], Dict[str, Any]]:
+  """``--with-recorded``'s runs by (cell, seed), if its regime is this one."""
+  if not args.with_recorded:
+    return {}
+  recorded = recorded_runs(args, args.with_recorded, '--with-recorded')
+  ours = json.loads(json.dumps(regime, default=str))
+  if recorded['regime'] != ours:
+    raise SystemExit(
+      f'--with-recorded={args.with_recorded} was run under another regime '
+      f'({recorded["regime"]}), not this one ({ours}): its runs are not '
+      'these runs. Train them again (leave the flag out).'
+    )
+  return {(r['cell'], r['seed']): r for r in recorded['runs']}
 
 
 def summarize(args, records, s, regime, runs):
@@ -235,6 +260,12 @@ def header_lines(args, title, records, total_s, machine, regime, backend):
       f'invocation that wrote it took {total_s / 60:.1f} min) '
       if args.tables_from
       else f'{len(records)} runs, {total_s / 60:.1f} min this invocation '
+    )
+    + (
+      f'({sum(bool(r.get("recorded_earlier")) for r in records)} of them taken '
+      f'from {os.path.relpath(args.with_recorded, REPO)}, `--with-recorded`) '
+      if args.with_recorded
+      else ''
     )
     + '(reused runs cost ~0; "wall s" is each run\'s own). Accuracy on the 1,000 mnist5k test digits in %, '
     'mean ± sample std (seeds); "paired" differences are per seed.',
@@ -317,7 +348,15 @@ def main(argv=None) -> Dict[str, Any]:
     machine = recorded['machine']
   else:
     log = lambda text: print(text, flush=True)
-    records = execute(runs, s, regime, runs_dir, log, args.reuse_only)
+    records = execute(
+      runs,
+      s,
+      regime,
+      runs_dir,
+      log,
+      args.reuse_only,
+      recorded=runs_to_take(args, regime),
+    )
     total_s = time.time() - started
     # The CPU model matters: XLA's CPU code differs between CPU families, and
     # so do a run's numbers (e.g. the demo: 94.9 % on one machine kind, 94.5 %

@@ -159,17 +159,24 @@ def deep_runs(
 ) -> List[sweep_runs.Run]:
   """PLAN (QUICK_PLAN) expanded into runs, in order; ``phase`` 'select',
   'confirm' or 'all'; ``arms`` (comma-separated) keeps only those arms, with
-  the ANN and the CNN alone."""
+  the ANN and the CNN alone, and only the cells it names (CELLS labels), if
+  it names any."""
   winner = winner or WINNER
-  wanted = set(arms.split(',')) | {'ann', 'cnn'} if arms else None
+  labels = {c[0] for c in CELLS}
+  asked = set(arms.split(',')) if arms else set()
+  only_labels = asked & labels
+  wanted = (asked - labels) | {'ann', 'cnn'} if arms else None
   if wanted and wanted - set(_ARM_NAMES):
     raise SystemExit(
       f'--cells: {", ".join(sorted(wanted - set(_ARM_NAMES)))} not in this '
-      f'grid; its arms: {", ".join(_ARM_NAMES)}.'
+      f'grid; its arms: {", ".join(_ARM_NAMES)}; its cells: '
+      f'{", ".join(sorted(labels))}.'
     )
   out = []
   for entry_phase, label, seeds, names in QUICK_PLAN if quick else PLAN:
     if phase not in ('all', entry_phase):
+      continue
+    if only_labels and label not in only_labels:
       continue
     names = [winner if n == 'winner' else n for n in names]
     if None in names:  # No winner chosen yet: the confirmation waits.

@@ -365,19 +365,40 @@ def demo_runs(
 
 
 def execute(
-  runs: List[Run], s, regime, runs_dir: str, log, reuse_only: bool = False
+  runs: List[Run],
+  s,
+  regime,
+  runs_dir: str,
+  log,
+  reuse_only: bool = False,
+  recorded: Optional[Dict[Tuple[str, int], Dict[str, Any]]] = None,
 ) -> List[Dict[str, Any]]:
   """Trains (or reuses) every run in order; returns one record per run.
 
-  With ``reuse_only`` a run not already stored is left out (and logged)."""
+  With ``reuse_only`` a run not already stored is left out (and logged).
+  A run in ``recorded`` (by cell and seed: records of an earlier invocation
+  under the same regime) is not trained; its record is taken as it is."""
+  recorded = recorded or {}
   done: Dict[Tuple[str, int], study.Job] = {}
   records = []
   for run in runs:
+    if (run.cell, run.seed) in recorded:
+      log(f'  {run.cell} seed {run.seed}: taken from the recorded runs')
+      records.append(
+        dict(recorded[(run.cell, run.seed)], recorded_earlier=True)
+      )
+      continue
     config = run.config
     dep_keys = []
     if config is None or callable(config):
       teacher_dir = None
       if run.deps:
+        if (run.deps[0], run.seed) not in done:
+          raise SystemExit(
+            f'{run.cell} seed {run.seed} trains from the run of '
+            f'{run.deps[0]} seed {run.seed}, which was taken from the '
+            'recorded runs (no run directory here): train that run too.'
+          )
         teacher_job = done[(run.deps[0], run.seed)]
         teacher_dir, dep_keys = teacher_job.workdir, [teacher_job.key]
       if config is None:

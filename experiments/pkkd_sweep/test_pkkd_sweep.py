@@ -458,6 +458,47 @@ def test_deep_grid_builds_the_issue_cell_and_runs_quick(sweep_module, tmp_path):
   assert set(table) == {'cnn', 'ramp_half', 'kd_frozen'}
   with open(os.path.join(out, 'deep.md')) as f:
     assert '| kd_frozen |' in f.read()
+  # --with-recorded: the recorded runs are taken, not trained again (no run
+  # directory is made for them), and the new tables hold them.
+  again = str(tmp_path / 'again')
+  recorded = os.path.join(out, 'deep.json')
+  retaken = sweep_module.main(
+    ['--grid', 'deep', '--quick', '--out', again, '--with-recorded', recorded]
+  )
+  assert not [n for n in os.listdir(os.path.join(again, 'runs')) if '_s0' in n]
+  assert [
+    {k: v for k, v in r.items() if k != 'recorded_earlier'}
+    for r in retaken['runs']
+  ] == json.loads(json.dumps(document['runs']))
+  assert all(r['recorded_earlier'] for r in retaken['runs'])
+  with open(os.path.join(again, 'deep.md')) as f:
+    assert '3 of them taken from' in f.read()
+  # Runs of another regime are not these runs.
+  with open(recorded) as f:
+    other = json.load(f)
+  other['regime']['batch_size'] = 128
+  with open(recorded, 'w') as f:
+    json.dump(other, f)
+  with pytest.raises(SystemExit, match='another regime'):
+    sweep_module.main(
+      ['--grid', 'deep', '--quick', '--out', again, '--with-recorded', recorded]
+    )
+
+
+def test_deep_cells_keep_the_named_cell_and_arms():
+  from experiments.pkkd_sweep import deep  # pylint: disable=g-import-not-at-top
+
+  runs = deep.deep_runs(False, 'select', None, 'resnet20_e40_f10,today')
+  assert [r.cell for r in runs] == [
+    f'resnet20_e40_f10/{arm}'
+    for arm in ('ann', 'cnn', 'today')
+    for _ in range(5)
+  ]
+  assert [r.seed for r in runs] == list(deep.SELECT_SEEDS) * 3
+  both = deep.deep_runs(False, 'select', None, 'today')
+  assert {r.cell.split('/')[0] for r in both} == {c[0] for c in deep.CELLS}
+  with pytest.raises(SystemExit, match='its cells'):
+    deep.deep_runs(False, 'select', None, 'resnet20_e80_f10')
 
 
 def test_deep_tables_pair_each_arm_with_the_ann_of_its_seed():
