@@ -82,23 +82,17 @@ def finished_run(shared_tmp_root, mnist_dir):
   asks trains it under a file lock, the others read it. Tests read it; one
   that changes it works on a copy.
   """
-  import fcntl  # pylint: disable=g-import-not-at-top
-  import json  # pylint: disable=g-import-not-at-top
-
   import helpers  # pylint: disable=g-import-not-at-top
   from kdjax.train import train  # pylint: disable=g-import-not-at-top
 
   config = helpers.finished_run_config(mnist_dir)
-  root = shared_tmp_root / 'kdjax_shared_runs'
-  root.mkdir(exist_ok=True)
-  workdir, result = root / 'finished_run', root / 'finished_run.json'
-  with open(root / 'finished_run.lock', 'w') as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    if not result.exists():
-      summary = train.train_and_evaluate(config, str(workdir))
-      assert summary['steps'] == helpers.FINISHED_RUN_STEPS
-      result.write_text(json.dumps(summary, default=str))
-  return str(workdir), config, json.loads(result.read_text())
+  workdir, summary = helpers.train_once(
+    shared_tmp_root,
+    'finished_run',
+    lambda workdir: train.train_and_evaluate(config, workdir),
+  )
+  assert summary['steps'] == helpers.FINISHED_RUN_STEPS
+  return workdir, config, summary
 
 
 @pytest.fixture

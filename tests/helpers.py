@@ -44,6 +44,26 @@ ALL_DISTILL_TERMS = tuple(
 )
 
 
+def train_once(shared_tmp_root, name, train_fn):
+  """(workdir, summary) of ``train_fn(workdir)``, trained once per session.
+
+  The run lives in a directory shared by the pytest-xdist workers: whichever
+  worker asks first trains it under a file lock, the others wait and read
+  its summary. Tests read the run; one that changes it works on a copy.
+  """
+  import fcntl  # pylint: disable=g-import-not-at-top
+
+  root = shared_tmp_root / 'kdjax_shared_runs'
+  root.mkdir(exist_ok=True)
+  workdir, result = root / name, root / f'{name}.json'
+  with open(root / f'{name}.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not result.exists():
+      summary = train_fn(str(workdir))
+      result.write_text(json.dumps(summary, default=str))
+  return str(workdir), json.loads(result.read_text())
+
+
 def tiny_config(mnist_dir, steps, **overrides):
   """configs/supervised.py:demo with TINY, `steps` steps and dotted-key overrides."""
   config = load_config_module('supervised').get_config('demo')

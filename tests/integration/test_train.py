@@ -17,7 +17,6 @@ Independent expectations used below:
   * a few dozen steps on the real mnist5k digits beat chance by far.
 """
 
-import fcntl
 import glob
 import json
 import math
@@ -34,6 +33,7 @@ import tensorflow as tf
 from kdjax import config_defaults
 import tfds_mocks as data_testing
 from helpers import get_config
+from helpers import train_once
 from kdjax.train import checkpointing
 from kdjax.train import train
 
@@ -90,20 +90,10 @@ def evaluate(config, workdir):
 
 
 def _shared_run(shared_tmp_root, name, config_fn):
-  """Trains config_fn() once per session; returns (workdir, summary).
-
-  Whichever xdist worker asks first trains; the others wait on the lock and
-  read the result.
-  """
-  root = shared_tmp_root / 'kdjax_shared_runs'
-  root.mkdir(exist_ok=True)
-  workdir, result = root / name, root / f'{name}.json'
-  with open(root / f'{name}.lock', 'w') as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    if not result.exists():
-      summary = run(config_fn(), str(workdir))
-      result.write_text(json.dumps(summary, default=str))
-  return str(workdir), json.loads(result.read_text())
+  """(workdir, summary) of config_fn()'s run, trained once per session."""
+  return train_once(
+    shared_tmp_root, name, lambda workdir: run(config_fn(), workdir)
+  )
 
 
 def read_scalars(workdir):
@@ -219,7 +209,7 @@ def _reference_config(devices=1):
   return config
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def reference_run(shared_tmp_root):
   """(workdir, summary): an uninterrupted 1-device run, also the frozen teacher."""
   return _shared_run(
@@ -284,7 +274,7 @@ def _mnist_supervised_config(mnist_dir):
   return config
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def mnist_supervised_run(shared_tmp_root, mnist_dir):
   workdir, summary = _shared_run(
     shared_tmp_root,
@@ -415,7 +405,7 @@ def _ekd_config(reference_workdir):
   return config
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def ekd_run(reference_run, shared_tmp_root):
   return _shared_run(
     shared_tmp_root, 'ekd', lambda: _ekd_config(reference_run[0])
