@@ -7,6 +7,8 @@ and the plan that runs it first. The whole chain through the trainer is in
 tests/integration/test_distill_run.py.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -132,9 +134,15 @@ def test_one_init_step_trains_only_the_init_modules(
   frozen = method.prepare_frozen([dict(t_vars)], images)
   abstract = jax.eval_shape(lambda: method.init(keys[2], images)[0])
   optimizers = run_setup.build_optimizers(init, method, abstract, 3)
-  state = run_setup.init_state(init, method, optimizers, frozen, images)
+  # The step and its state jitted, as the trainer runs them: an eager step
+  # compiles each of its hundreds of primitives on its own (3x slower).
+  state = jax.jit(
+    functools.partial(run_setup.init_state, init, method, optimizers)
+  )(frozen, images)
   assert set(state.params['student']) == {'model', *modules}
-  new, metrics = run_step.train_step(method, optimizers, state, frozen, batch)
+  new, metrics = jax.jit(
+    functools.partial(run_step.train_step, method, optimizers)
+  )(state, frozen, batch)
   assert bool(metrics['finite'])
   name = terms[0]
   assert float(metrics[f'loss/init_{name}']) > 0
