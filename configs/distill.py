@@ -39,13 +39,13 @@ CRD: configs/crd.py.
 """
 
 from kdjax import config_defaults as defaults
-from kdjax.methods import distill
+from kdjax.methods import distill_terms
 
 PAIRS = {
   'cifar100_resnet32x4_resnet8x4': ('resnet32x4', 'resnet8x4'),
   'cifar100_wrn40_2_wrn16_2': ('wrn40_2', 'wrn16_2'),
 }
-# method -> (CE weight, {term: options over distill.TERMS' defaults}).
+# method -> (CE weight, {term: options over distill_terms.TERMS' defaults}).
 METHODS = {
   'kd': (0.1, {'kd': dict(weight=0.9)}),
   'dkd': (1.0, {'dkd': {}}),
@@ -99,7 +99,7 @@ PRESETS = (
 
 
 def _apply(config, ce_weight, terms):
-  config.distill = distill.default_section(tuple(terms), ce_weight)
+  config.distill = distill_terms.default_section(tuple(terms), ce_weight)
   for name, options in terms.items():
     config.distill[name].update(options)
 
@@ -138,7 +138,7 @@ def get_config(preset: str = 'demo'):
     config.model = defaults.model(student, 'conv')
     for name, options in PAIR_OVERRIDES.get((prefix, method), {}).items():
       terms[name].update(options)
-    init_epochs = distill.INIT_EPOCHS
+    init_epochs = distill_terms.INIT_EPOCHS
   _apply(config, ce_weight, terms)
   config.distill.init_epochs = init_epochs
   return config

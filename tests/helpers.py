@@ -17,7 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from kdjax import config_defaults
-from kdjax.methods import distill
+from kdjax.methods import distill_terms
 from kdjax.train import checkpointing
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,7 +40,7 @@ FINISHED_RUN_STEPS = REFERENCE_STEPS
 # Every one-stage term (AB and FT train an initialization phase first; they
 # have their own tests: tests/unit/methods/test_distill_init.py).
 ALL_DISTILL_TERMS = tuple(
-  t for t in distill.TERMS if t not in distill.TWO_STAGE_TERMS
+  t for t in distill_terms.TERMS if t not in distill_terms.TWO_STAGE_TERMS
 )
 
 
@@ -229,7 +229,7 @@ def distill_tiny_config(terms=None, preset='demo_kd'):
   """A demo preset with 4-channel stages, every term at a distinct weight."""
   terms = ALL_DISTILL_TERMS if terms is None else terms
   config = load_config_module('distill').get_config(preset)
-  config.distill = distill.default_section(terms, ce_weight=0.7)
+  config.distill = distill_terms.default_section(terms, ce_weight=0.7)
   for i, name in enumerate(terms):
     config.distill[name].weight = 0.5 + 0.25 * i
   for entry in (config.model, config.teacher):

@@ -8,7 +8,8 @@ declares its parameter groups and frozen teachers and gives the trainer pure
 from kdjax.errors import ConfigError
 from kdjax.methods.base import Method
 from kdjax.methods.crd import CRD
-from kdjax.methods.distill import Distill, DistillInit
+from kdjax.methods.distill import Distill
+from kdjax.methods.distill_init import DistillInit
 from kdjax.methods.dml import DML
 from kdjax.methods.ekd import EKD
 from kdjax.methods.kd import KnowledgeDistillation

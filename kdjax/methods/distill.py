@@ -30,23 +30,10 @@ teacher, each with its own learnable module (params['student'] key
 '<term>_teacher<i>'), the initialization phase's included (AB's connectors
 and FT's paraphraser per teacher, their init losses summed over teachers).
 
-Initialization phase (RepDistiller's ``init``): AB, FT, and FSP with
-``fsp.init_phase`` train something first, in a run of their own that the
-trainer's plan puts before this one (``init_phase_config``; method
-``distill_init``, ``<workdir>/init_phase``), checkpointed and resumable like
-any run: ``distill.init_epochs`` epochs of SGD at a constant
-``distill.init_learning_rate`` (None: the run's rate; for FT with a ResNet or
-WRN student 0.01, RepDistiller's rule), the run's momentum and weight decay.
-  ab   the student's feature layers (not its classifier) and AB's connectors,
-       on the AB loss between the connected student and the teacher pre-ReLU
-       stage maps; this run then starts from that student, loss CE (+ KD)
-  fsp  the student's feature layers on the FSP loss; this run starts from it
-  ft   the paraphraser, reconstructing the teacher's last stage map (MSE);
-       this run keeps it frozen and trains the translator with the student
-As in RepDistiller, AB and an initialized FSP add nothing to this run's loss
-(its ``loss_kd`` is 0 for them); their ``weight`` is RepDistiller's ``-b``,
-unused. ``distill.init_dir`` is the initialization run's workdir: the plan
-fills it in (set it to reuse a finished one).
+Initialization phase (RepDistiller's ``init``) for AB, FT and FSP with
+``fsp.init_phase``: a run of its own before this one, method ``distill_init``
+(kdjax.methods.distill_init). Every term's defaults and the config section:
+kdjax.methods.distill_terms.
 """
 
 from __future__ import annotations
@@ -57,124 +44,24 @@ from typing import Any, Dict, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from kdjax import losses
 from kdjax.errors import ConfigError
 from kdjax.methods import base
+from kdjax.methods.distill_terms import (
+  INIT_EPOCHS,
+  MEAN_TARGET_TERMS,
+  TERMS,
+  WARMUP_TERMS,
+  init_learning_rate,
+  init_phase_terms,
+  term_options,
+  warmup_factor,
+)
 from kdjax.models import connectors
 
-# Every term's defaults: weight first, then its options.
-TERMS: Dict[str, Dict[str, Any]] = {
-  # Logits.
-  'kd': dict(weight=0.9, temperature=4.0),
-  'dkd': dict(
-    weight=1.0, alpha=1.0, beta=8.0, temperature=4.0, warmup_epochs=20
-  ),
-  'dist': dict(weight=2.0, beta=1.0, gamma=1.0, temperature=4.0),
-  'logit_std': dict(weight=9.0, temperature=2.0),
-  # Relational.
-  'sp': dict(weight=3000.0, stages=(-1,)),
-  'cc': dict(weight=0.02, feat_dim=128),
-  'rkd': dict(weight=1.0, distance_weight=25.0, angle_weight=50.0),
-  'pkt': dict(weight=30000.0),
-  # Feature maps.
-  'nst': dict(weight=50.0),
-  'fsp': dict(weight=50.0),
-  'vid': dict(weight=1.0, init_pred_var=5.0, eps=1e-5),
-  'review_kd': dict(weight=5.0, warmup_epochs=20, max_mid_channels=512),
-  # Two-stage (initialization phase first; module docstring).
-  'ab': dict(weight=1.0, margin=1.0),
-  'ft': dict(weight=200.0, p1=2, p2=1, rate=0.5),
-}
-TERMS['fsp']['init_phase'] = False  # True: RepDistiller's FSP (init only).
-# Terms that always train an initialization phase first.
-TWO_STAGE_TERMS = ('ab', 'ft')
-# How several teachers combine (distill.multi_teacher), and which terms each
-# mode takes: the mean soft targets only mean something to the terms that
-# read the teacher through softmax(z_t / T).
-MEAN_TARGET_TERMS = ('kd', 'dkd', 'dist')
-# Terms with a learnable module under params['student'][term].
-MODULE_TERMS = ('cc', 'vid', 'review_kd', 'ft')
-WARMUP_TERMS = ('dkd', 'review_kd')
-# RepDistiller's init phase: epochs and, for FT with these students, its rate.
-INIT_EPOCHS = 30
-FT_LOW_INIT_LR_STUDENTS = (
-  'resnet8',
-  'resnet14',
-  'resnet20',
-  'resnet32',
-  'resnet44',
-  'resnet56',
-  'resnet110',
-  'resnet8x4',
-  'resnet32x4',
-  'wrn16_1',
-  'wrn16_2',
-  'wrn40_1',
-  'wrn40_2',
-)
 
-
-def default_section(
-  terms=('kd',), ce_weight: float = 1.0
-) -> ml_collections.ConfigDict:
-  """``config.distill`` with every term's defaults (so any can be overridden)."""
-  section = ml_collections.ConfigDict()
-  section.ce_weight = ce_weight
-  section.terms = tuple(terms)
-  section.init_epochs = INIT_EPOCHS
-  section.init_learning_rate = ml_collections.config_dict.placeholder(float)
-  section.init_dir = ml_collections.config_dict.placeholder(str)
-  section.multi_teacher = 'mean_targets'
-  for name, defaults in TERMS.items():
-    section[name] = ml_collections.ConfigDict(dict(defaults))
-  return section
-
-
-def term_options(config, name: str) -> Dict[str, Any]:
-  """The term's defaults, updated with what config.distill[name] sets."""
-  options = dict(TERMS[name])
-  options.update(dict(config.distill.get(name, None) or {}))
-  return options
-
-
-def init_phase_terms(config) -> tuple:
-  """The configured terms that train in an initialization phase first."""
-  terms = tuple(config.distill.get('terms', ()) or ())
-  return tuple(
-    t
-    for t in terms
-    if t in ('ab', 'ft')
-    or (t == 'fsp' and term_options(config, t)['init_phase'])
-  )
-
-
-def init_learning_rate(config) -> float:
-  """The initialization phase's constant rate (module docstring)."""
-  rate = config.distill.get('init_learning_rate', None)
-  if rate is not None:
-    return float(rate)
-  terms = init_phase_terms(config)
-  if 'ft' in terms and config.model.name in FT_LOW_INIT_LR_STUDENTS:
-    return 0.01
-  return float(config.optimizer.learning_rate)
-
-
-def warmup_factor(step, steps_per_epoch: int, warmup_epochs) -> jax.Array:
-  """min(e / warmup_epochs, 1), e = step // steps_per_epoch + 1 (1-based epoch).
-
-  mdistiller multiplies DKD's and ReviewKD's loss by min(epoch / 20, 1) with
-  its 1-based epoch; here the epoch comes from the optimizer step, so the
-  warm-up resumes where it stopped. warmup_epochs <= 0: no warm-up.
-  """
-  if not warmup_epochs or warmup_epochs <= 0:
-    return jnp.ones((), jnp.float32)
-  epoch = jnp.asarray(step, jnp.int32) // steps_per_epoch + 1
-  return jnp.minimum(epoch.astype(jnp.float32) / warmup_epochs, 1.0)
-
-
-class _Views(NamedTuple):
+class Views(NamedTuple):
   """What a term reads of one side (student or teacher)."""
 
   logits: jax.Array
@@ -183,9 +70,9 @@ class _Views(NamedTuple):
   pooled: jax.Array
 
 
-def _views(logits, feats) -> _Views:
+def views(logits, feats) -> Views:
   preacts = tuple(s['preact'] for s in feats['stages'])
-  return _Views(
+  return Views(
     logits, tuple(jax.nn.relu(p) for p in preacts), preacts, feats['pooled']
   )
 
@@ -410,7 +297,7 @@ class Distill(base.FrozenTeachers):
 
   # -- modules -------------------------------------------------------------
 
-  def _module_inputs(self, name, s: _Views, t: _Views):
+  def _module_inputs(self, name, s: Views, t: Views):
     """The arguments each learnable module is applied to."""
     if name == 'cc':
       return (s.pooled, jax.lax.stop_gradient(t.pooled))
@@ -422,7 +309,7 @@ class Distill(base.FrozenTeachers):
       return (s.stages[-1],)
     raise KeyError(name)
 
-  def _init_module(self, name, key, rng, s: _Views, t: _Views):
+  def _init_module(self, name, key, rng, s: Views, t: Views):
     inputs = self._module_inputs(name, s, t)
     module = self.modules[key]
     if name == 'cc':
@@ -450,7 +337,7 @@ class Distill(base.FrozenTeachers):
       s_logits, s_feats = self.student.apply(
         {'params': params, 'batch_stats': batch_stats}, images, train=False
       )
-      s = _views(s_logits, s_feats)
+      s = views(s_logits, s_feats)
       # Shapes only: the teachers' weights are not known yet.
       ts = []
       for teacher in self.teachers:
@@ -460,7 +347,7 @@ class Distill(base.FrozenTeachers):
           images,
         )[0]
         ts.append(
-          _views(*jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), outputs))
+          views(*jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), outputs))
         )
       keys = sorted(self.modules)
       for key, r in zip(keys, jax.random.split(module_rng, len(keys))):
@@ -489,7 +376,7 @@ class Distill(base.FrozenTeachers):
         values.append(value)
         if new is not None:
           stats[key] = new
-      return _sum(values), stats
+      return sum_terms(values), stats
     temperature = self.options[name]['temperature']
     mean = base.mean_soft_target_logits([t.logits for t in ts], temperature)
     t = ts[0]._replace(logits=mean)
@@ -524,7 +411,7 @@ class Distill(base.FrozenTeachers):
         s.logits, t.logits, temperature=o['temperature']
       ), None
     if name == 'sp':
-      return _sum(
+      return sum_terms(
         losses.sp_loss(s.stages[i], t.stages[i]) for i in o['stages']
       ), None
     if name == 'rkd':
@@ -537,7 +424,7 @@ class Distill(base.FrozenTeachers):
     if name == 'pkt':
       return losses.pkt_loss(s.pooled, t.pooled), None
     if name == 'nst':
-      return _sum(map(losses.nst_loss, s.stages, t.stages)), None
+      return sum_terms(map(losses.nst_loss, s.stages, t.stages)), None
     if name == 'fsp':
       return losses.fsp_loss(s.stages, t.stages), None
     p = params['student'][key]
@@ -552,7 +439,7 @@ class Distill(base.FrozenTeachers):
       for i, (module, x) in enumerate(zip(self.modules[key], inputs)):
         mu, log_scale = module.apply({'params': p[f'stage{i}']}, x)
         total.append(losses.vid_loss(mu, log_scale, t.stages[i], eps=o['eps']))
-      return _sum(total), None
+      return sum_terms(total), None
     if name == 'review_kd':
       fused, new_stats = base.run_module(
         self.modules[key],
@@ -589,8 +476,8 @@ class Distill(base.FrozenTeachers):
     s_logits, s_feats, s_stats = self.student_logits(
       params, batch_stats, images, True
     )
-    s = _views(s_logits, s_feats)
-    ts = [_views(*out) for out in self.teacher_outputs(frozen, images)]
+    s = views(s_logits, s_feats)
+    ts = [views(*out) for out in self.teacher_outputs(frozen, images)]
     smoothing = self.config.get('loss', {}).get('label_smoothing', 0.0)
     ce = losses.cross_entropy(s_logits, labels, label_smoothing=smoothing)
     total = cfg.get('ce_weight', 1.0) * ce
@@ -628,119 +515,7 @@ def _vid_input(student_stage, teacher_stage):
   return student_stage
 
 
-def _sum(values):
+def sum_terms(values):
   return functools.reduce(
     lambda a, b: a + b, values, jnp.zeros((), jnp.float32)
   )
-
-
-class DistillInit(Distill):
-  """The initialization phase of a distill config (method 'distill_init').
-
-  Trains what ``init_phase_terms`` name, nothing else (module docstring):
-  ``trainable_mask`` keeps every other leaf as it was, weight decay included,
-  as RepDistiller's init optimizer covers only those modules. The student's
-  BN statistics follow its batches where its feature layers train.
-  """
-
-  @classmethod
-  def init_phase_config(cls, config):
-    return None  # This is that phase.
-
-  def warm_start_parts(self):
-    return ()
-
-  def _trains_student(self) -> bool:
-    return bool({'ab', 'fsp'} & set(self.init_terms))
-
-  def init(self, rng, images):
-    model_rng, *rngs = jax.random.split(rng, 1 + 2 * len(self.teachers))
-    params, batch_stats = base.init_model(self.student, model_rng, images)
-    student, stats = {'model': params}, {'model': batch_stats}
-    _, s_feats = self.student.apply(
-      {'params': params, 'batch_stats': batch_stats}, images, train=False
-    )
-    preacts = tuple(s['preact'] for s in s_feats['stages'])
-    for i, teacher in enumerate(self.teachers):
-      ab_rng, ft_rng = rngs[2 * i : 2 * i + 2]
-      if 'ab' in self.init_terms:
-        key = self.module_key('ab', i)
-        student[key], ab_stats = base.init_module(
-          self.ab_connectors[i], ab_rng, preacts, train=False
-        )
-        if ab_stats:
-          stats[key] = ab_stats
-      if 'ft' in self.init_terms:
-        last = self.abstract_outputs(teacher)[1]['stages'][-1]['preact']
-        student[self.module_key('paraphraser', i)], _ = base.init_module(
-          self.paraphrasers[i], ft_rng, jnp.zeros(last.shape, jnp.float32)
-        )
-    return {'student': student}, {'student': stats}
-
-  def trainable_mask(self, params):
-    trains_student = self._trains_student()
-
-    def model_leaf(path, _):
-      # RepDistiller's get_feat_modules(): every layer but the classifier.
-      keys = {getattr(k, 'key', None) for k in path}
-      return trains_student and not keys & {'classifier', 'logit_bn'}
-
-    student = {
-      part: (
-        jax.tree.map_with_path(model_leaf, tree)
-        if part == 'model'
-        else jax.tree.map(lambda _: True, tree)
-      )
-      for part, tree in params['student'].items()
-    }
-    return {'student': student}
-
-  def loss(self, step, params, batch_stats, frozen, batch, rng):
-    """RepDistiller's unweighted sum of the init losses, each summed over
-    the teachers (one connector set and paraphraser each)."""
-    del step, rng
-    images = batch['image']
-    ts = [_views(*out) for out in self.teacher_outputs(frozen, images)]
-    student = params['student']
-    new_stats = dict(batch_stats['student'])
-    metrics = {}
-    if self._trains_student():
-      s_logits, s_feats, new_stats['model'] = self.student_logits(
-        params, batch_stats, images, True
-      )
-      s = _views(s_logits, s_feats)
-      metrics['train_accuracy/student'] = base.accuracy(
-        s_logits, batch['label']
-      )
-    terms = {
-      name: [] for name in ('ab', 'fsp', 'ft') if name in self.init_terms
-    }
-    for i, t in enumerate(ts):
-      if 'ab' in terms:
-        key = self.module_key('ab', i)
-        connected, ab_stats = base.run_module(
-          self.ab_connectors[i],
-          student[key],
-          batch_stats['student'].get(key, {}),
-          s.preacts,
-          train=True,
-        )
-        if ab_stats:
-          new_stats[key] = ab_stats
-        terms['ab'].append(
-          losses.activation_boundary_loss(
-            connected, t.preacts, margin=self.options['ab']['margin']
-          )
-        )
-      if 'fsp' in terms:
-        terms['fsp'].append(losses.fsp_loss(s.stages, t.stages))
-      if 'ft' in terms:
-        _, rebuilt = self.paraphrasers[i].apply(
-          {'params': student[self.module_key('paraphraser', i)]}, t.stages[-1]
-        )
-        terms['ft'].append(jnp.mean(jnp.square(rebuilt - t.stages[-1])))
-    total = jnp.zeros((), jnp.float32)
-    for name, values in terms.items():
-      metrics[f'loss/init_{name}'] = _sum(values)
-      total = total + metrics[f'loss/init_{name}']
-    return total, ({'student': new_stats}, metrics)

@@ -19,6 +19,7 @@ from torch import nn as tnn
 from kdjax import methods
 from kdjax.errors import ConfigError
 from kdjax.methods import distill
+from kdjax.methods import distill_terms
 from kdjax.models import connectors
 from kdjax.train import plan
 from kdjax.train import setup as run_setup
@@ -172,7 +173,7 @@ def test_one_init_step_trains_only_the_init_modules(
 
 def test_init_phase_config_follows_repdistiller():
   config, init, _ = _init_phase(('ab',))
-  assert init.num_epochs == distill.INIT_EPOCHS == 30
+  assert init.num_epochs == distill_terms.INIT_EPOCHS == 30
   assert init.optimizer.learning_rate == config.optimizer.learning_rate
   assert (init.optimizer.momentum, init.optimizer.weight_decay) == (
     config.optimizer.momentum,
@@ -180,11 +181,13 @@ def test_init_phase_config_follows_repdistiller():
   )
   # FT with a ResNet or WRN student: 0.01 (RepDistiller helper/pretrain.py).
   config = distill_tiny_config(('ft',))
-  assert distill.init_learning_rate(config) == 0.01
+  assert distill_terms.init_learning_rate(config) == 0.01
   config.model.name = 'vgg8'
-  assert distill.init_learning_rate(config) == config.optimizer.learning_rate
+  assert (
+    distill_terms.init_learning_rate(config) == config.optimizer.learning_rate
+  )
   config.distill.init_learning_rate = 0.3
-  assert distill.init_learning_rate(config) == 0.3
+  assert distill_terms.init_learning_rate(config) == 0.3
   # Without a two-stage term there is no initialization phase.
   assert (
     distill.Distill.init_phase_config(distill_tiny_config(('fsp',))) is None

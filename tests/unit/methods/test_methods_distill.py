@@ -19,6 +19,7 @@ from kdjax import losses
 from kdjax import methods
 from kdjax.errors import ConfigError
 from kdjax.methods import distill
+from kdjax.methods import distill_terms
 from helpers import ALL_DISTILL_TERMS, distill_tiny_config, load_config_module
 
 CONFIGS = load_config_module('distill')
@@ -148,10 +149,10 @@ def test_each_term_is_the_pure_loss_it_wraps_and_the_total_their_sum(
 def test_dkd_warmup_follows_the_step():
   # mdistiller: min(epoch / warmup, 1), epoch 1-based; 5 steps an epoch.
   for step, want in [(0, 1 / 20), (4, 1 / 20), (5, 2 / 20), (97, 20 / 20)]:
-    got = distill.warmup_factor(jnp.asarray(step), 5, 20)
+    got = distill_terms.warmup_factor(jnp.asarray(step), 5, 20)
     np.testing.assert_allclose(got, want, rtol=1e-6, err_msg=str(step))
-  np.testing.assert_allclose(distill.warmup_factor(10**6, 5, 20), 1.0)
-  np.testing.assert_allclose(distill.warmup_factor(0, 5, 0), 1.0)
+  np.testing.assert_allclose(distill_terms.warmup_factor(10**6, 5, 20), 1.0)
+  np.testing.assert_allclose(distill_terms.warmup_factor(0, 5, 0), 1.0)
 
 
 def test_the_frozen_teacher_gets_no_gradient_and_the_modules_do(
