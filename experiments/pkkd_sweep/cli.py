@@ -118,6 +118,12 @@ def parse_args(argv):
     'choose it on the selection seeds only)',
   )
   args = parser.parse_args(argv)
+  if args.with_recorded and args.tables_from:
+    parser.error(
+      '--with-recorded takes recorded runs into a training invocation; '
+      '--tables-from trains nothing and reads all its runs from its own '
+      'document: give one of them.'
+    )
   names = {
     'premise_pkkd': [
       v[0] for v in PREMISE_PKKD_VARIANTS + PREMISE_PKKD_LATE_VARIANTS

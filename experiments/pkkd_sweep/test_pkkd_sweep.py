@@ -479,6 +479,11 @@ def test_deep_grid_builds_the_issue_cell_and_runs_quick(sweep_module, tmp_path):
   other['regime']['batch_size'] = 128
   with open(recorded, 'w') as f:
     json.dump(other, f)
+  with pytest.raises(SystemExit) as refused:  # Two sources of runs.
+    sweep_module.main(
+      ['--grid', 'deep', '--with-recorded', recorded, '--tables-from', recorded]
+    )
+  assert refused.value.code == 2
   with pytest.raises(SystemExit, match='another regime'):
     sweep_module.main(
       ['--grid', 'deep', '--quick', '--out', again, '--with-recorded', recorded]
