@@ -2,18 +2,18 @@
 
 RepDistiller's ``init``: AB, FT, and FSP with
 ``fsp.init_phase`` train something first, in a run of their own that the
-trainer's plan puts before this one (``init_phase_config``; method
+trainer's plan puts before the main distill run (``init_phase_config``; method
 ``distill_init``, ``<workdir>/init_phase``), checkpointed and resumable like
 any run: ``distill.init_epochs`` epochs of SGD at a constant
 ``distill.init_learning_rate`` (None: the run's rate; for FT with a ResNet or
 WRN student 0.01, RepDistiller's rule), the run's momentum and weight decay.
   ab   the student's feature layers (not its classifier) and AB's connectors,
        on the AB loss between the connected student and the teacher pre-ReLU
-       stage maps; this run then starts from that student, loss CE (+ KD)
-  fsp  the student's feature layers on the FSP loss; this run starts from it
+       stage maps; the main run then starts from that student, loss CE (+ KD)
+  fsp  the student's feature layers on the FSP loss; the main run starts from it
   ft   the paraphraser, reconstructing the teacher's last stage map (MSE);
-       this run keeps it frozen and trains the translator with the student
-As in RepDistiller, AB and an initialized FSP add nothing to this run's loss
+       the main run keeps it frozen and trains the translator with the student
+As in RepDistiller, AB and an initialized FSP add nothing to the main run's loss
 (its ``loss_kd`` is 0 for them); their ``weight`` is RepDistiller's ``-b``,
 unused. ``distill.init_dir`` is the initialization run's workdir: the plan
 fills it in (set it to reuse a finished one).
