@@ -96,11 +96,13 @@ def parse_args(argv):
   )
   parser.add_argument(
     '--with-recorded',
+    action='append',
     default=None,
     metavar='JSON',
     help='take the runs this document of the same grid and regime already '
     'records (by cell and seed) instead of training them again; the tables '
-    'written hold both',
+    'written hold both. Give it again for more documents (the first one '
+    'that records a run gives it)',
   )
   parser.add_argument(
     '--cells',
@@ -129,7 +131,7 @@ def parse_args(argv):
       v[0] for v in PREMISE_PKKD_VARIANTS + PREMISE_PKKD_LATE_VARIANTS
     ],
     'demo': demo_variant_names(),
-    'deep': list(deep.arm_names()),
+    'deep': [a[0] for a in deep.ARMS],
   }
   if args.winner and args.winner not in names.get(args.grid, ()):
     parser.error(
@@ -189,15 +191,19 @@ def runs_to_take(args, regime) -> Dict[Tuple[str, int], Dict[str, Any]]:
   """``--with-recorded``'s runs by (cell, seed), if its regime is this one."""
   if not args.with_recorded:
     return {}
-  recorded = recorded_runs(args, args.with_recorded, '--with-recorded')
   ours = json.loads(json.dumps(regime, default=str))
-  if recorded['regime'] != ours:
-    raise SystemExit(
-      f'--with-recorded={args.with_recorded} was run under another regime '
-      f'({recorded["regime"]}), not this one ({ours}): its runs are not '
-      'these runs. Train them again (leave the flag out).'
-    )
-  return {(r['cell'], r['seed']): r for r in recorded['runs']}
+  taken = {}
+  for path in args.with_recorded:
+    recorded = recorded_runs(args, path, '--with-recorded')
+    if recorded['regime'] != ours:
+      raise SystemExit(
+        f'--with-recorded={path} was run under another regime '
+        f'({recorded["regime"]}), not this one ({ours}): its runs are not '
+        'these runs. Train them again (leave the flag out).'
+      )
+    for r in recorded['runs']:
+      taken.setdefault((r['cell'], r['seed']), r)
+  return taken
 
 
 def summarize(args, records, s, regime, runs):
@@ -258,6 +264,10 @@ def header_lines(args, title, records, total_s, machine, regime, backend):
     + ('' if args.phase == 'all' else f' --phase {args.phase}')
     + (f' --cells {args.cells}' if args.cells else '')
     + (f' --winner {args.winner}' if args.winner else '')
+    + ''.join(
+      f' --with-recorded {os.path.relpath(p, REPO)}'
+      for p in args.with_recorded or ()
+    )
     + f'` on {machine} '
     f'({backend}), machine shared with other jobs; '
     + (
@@ -269,7 +279,8 @@ def header_lines(args, title, records, total_s, machine, regime, backend):
     )
     + (
       f'({sum(bool(r.get("recorded_earlier")) for r in records)} of them taken '
-      f'from {os.path.relpath(args.with_recorded, REPO)}, `--with-recorded`) '
+      f'from {", ".join(os.path.relpath(p, REPO) for p in args.with_recorded)}'
+      ', `--with-recorded`) '
       if args.with_recorded
       else ''
     )
@@ -352,6 +363,10 @@ def main(argv=None) -> Dict[str, Any]:
     total_s = 60 * recorded['minutes']
     # The machine the recorded runs ran on, not the one rebuilding the tables.
     machine = recorded['machine']
+    # The documents its invocation took runs from, for the header.
+    args.with_recorded = [
+      os.path.join(REPO, p) for p in recorded.get('with_recorded', ())
+    ]
   else:
     log = lambda text: print(text, flush=True)
     records = execute(
@@ -383,6 +398,9 @@ def main(argv=None) -> Dict[str, Any]:
     'summary': summary,
     'runs': records,
     'minutes': total_s / 60,
+    'with_recorded': [
+      os.path.relpath(p, REPO) for p in args.with_recorded or ()
+    ],
   }
   os.makedirs(args.out, exist_ok=True)
   name = args.grid + ('' if args.phase == 'all' else f'_{args.phase}')

@@ -9,7 +9,10 @@ eval batch 512). Every arm is a ``demo`` preset with those overrides:
 - ``ann`` / ``cnn``: configs/supervised.py:demo, adder or conv;
 - PKKD arms: configs/pkkd.py:demo with ``config.pkkd`` changed as ARMS says;
 - ``kd_frozen``: configs/kd.py:demo (Hinton KD, T 4, lambda 0.9) from a frozen
-  CNN: this cell's ``cnn`` run of the same seed.
+  CNN: this cell's ``cnn`` run of the same seed;
+- ``ann_*``: the ANN alone with one run setting changed (the adder rate
+  scaling eta, precise-BN), to diagnose its spread over seeds. They are not
+  PKKD candidates: the selection's leader is never one of them.
 
 The grid is data: CELLS (label, network, epochs, train fraction), ARMS
 (name, method, changes, what it tests) and PLAN (phase, cell, seeds, arms) in
@@ -86,7 +89,37 @@ ARMS: Tuple[Tuple[str, str, Dict[str, Any], str], ...] = (
     'Hinton KD (T 4, lambda 0.9) from the frozen CNN alone of the same seed',
   ),
 )
+# The ANN alone with one run setting changed ('section.key': value, over the
+# demo's settings): AdderNet's rate scaling eta (0.2 in the preset; None is
+# the plain gradient) and precise-BN (4 of the 6 train batches an epoch in
+# the preset; 0 evaluates with the running averages).
+ANN_KNOB_ARMS: Tuple[Tuple[str, str, Dict[str, Any], str], ...] = tuple(
+  (name, 'supervised', dict(conv_type='adder', **{key: value}), what)
+  for name, key, value, what in (
+    ('ann_eta0.1', 'optimizer.adder_eta', 0.1, 'ANN alone, eta 0.1'),
+    ('ann_eta0.5', 'optimizer.adder_eta', 0.5, 'ANN alone, eta 0.5'),
+    (
+      'ann_eta_none',
+      'optimizer.adder_eta',
+      None,
+      'ANN alone, no adder rate scaling (the plain gradient)',
+    ),
+    (
+      'ann_bn0',
+      'eval_bn_recalibration_batches',
+      0,
+      'ANN alone, no precise-BN (the running averages)',
+    ),
+    (
+      'ann_bn6',
+      'eval_bn_recalibration_batches',
+      6,
+      'ANN alone, precise-BN over all 6 train batches',
+    ),
+  )
+)
 _ARM_NAMES = tuple(a[0] for a in ARMS)
+_ANN_KNOB_NAMES = tuple(a[0] for a in ANN_KNOB_ARMS)
 
 # The arm confirmed on CONFIRM_SEEDS: chosen on SELECT_SEEDS only (the largest
 # mean paired gain over the ANN alone in the selection table,
@@ -103,6 +136,8 @@ PLAN: Tuple[Tuple[str, str, Tuple[int, ...], Tuple[str, ...]], ...] = (
   # there (and its spread over seeds shrink)? Then PKKD on it.
   ('select', 'resnet20_e40_f10', SELECT_SEEDS, ('ann', 'cnn')),
   ('select', 'resnet20_e40_f10', SELECT_SEEDS, ('today', 'winner')),
+  # Why the ANN alone spreads over seeds in the short cell: its run settings.
+  ('select', 'resnet20_e10_f10', SELECT_SEEDS, _ANN_KNOB_NAMES),
 )
 # The rot check: each method once (supervised, PKKD, KD from the CNN alone),
 # 2 steps, at the smallest network.
@@ -112,7 +147,7 @@ QUICK_PLAN = (
 
 
 def arm(name: str) -> Tuple[str, str, Dict[str, Any], str]:
-  return {a[0]: a for a in ARMS}[name]
+  return {a[0]: a for a in ARMS + ANN_KNOB_ARMS}[name]
 
 
 def arm_config(
@@ -131,6 +166,10 @@ def arm_config(
   _, method, changes, _ = arm(name)
   if method == 'supervised':
     config = sweep_runs.demo_alone(changes['conv_type'], seed, quick)
+    for key, value in changes.items():
+      if key != 'conv_type':
+        section, field = key.split('.') if '.' in key else (None, key)
+        (config[section] if section else config)[field] = value
   else:
     config = study.preset(method)
     if method == 'pkkd':
@@ -166,10 +205,10 @@ def deep_runs(
   asked = set(arms.split(',')) if arms else set()
   only_labels = asked & labels
   wanted = (asked - labels) | {'ann', 'cnn'} if arms else None
-  if wanted and wanted - set(_ARM_NAMES):
+  if wanted and wanted - set(arm_names()):
     raise SystemExit(
-      f'--cells: {", ".join(sorted(wanted - set(_ARM_NAMES)))} not in this '
-      f'grid; its arms: {", ".join(_ARM_NAMES)}; its cells: '
+      f'--cells: {", ".join(sorted(wanted - set(arm_names())))} not in this '
+      f'grid; its arms: {", ".join(arm_names())}; its cells: '
       f'{", ".join(sorted(labels))}.'
     )
   out = []
@@ -250,7 +289,8 @@ def summarize_deep(records) -> Tuple[Dict[str, Any], List[str]]:
       gains = {
         n: e['gain_vs_ann']['mean']
         for n, e in table.items()
-        if n not in ('ann', 'cnn') and e['gain_vs_ann'].get('n')
+        if n not in ('ann', 'cnn') + _ANN_KNOB_NAMES
+        and e['gain_vs_ann'].get('n')
       }
       if phase == 'select' and gains:
         leader = max(gains, key=gains.get)
@@ -277,10 +317,12 @@ def regime_text() -> Dict[str, Any]:
 
 
 def arm_names() -> Tuple[str, ...]:
-  return _ARM_NAMES
+  """Every arm: the methods' (ARMS), then the ANN alone's knobs."""
+  return _ARM_NAMES + _ANN_KNOB_NAMES
 
 
 __all__ = [
+  'ANN_KNOB_ARMS',
   'ARMS',
   'CELLS',
   'CONFIRM_SEEDS',

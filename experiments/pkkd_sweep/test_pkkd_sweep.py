@@ -428,7 +428,19 @@ def test_deep_grid_builds_the_issue_cell_and_runs_quick(sweep_module, tmp_path):
     assert config.dataset.train_fraction == 0.1
     assert config.model.name == 'resnet20' and not config.model.kwargs.to_dict()
     assert (config.data.loader, config.eval_batch_size) == ('numpy', 512)
-    assert config.eval_bn_recalibration_batches == 4
+    # The ANN alone's knob arms change one run setting each, and only that.
+    name = run.cell.split('/')[1]
+    changes = dict(
+      {'eval_bn_recalibration_batches': 4, 'optimizer.adder_eta': 0.2},
+      **{k: v for k, v in deep.arm(name)[2].items() if k != 'conv_type'},
+    )
+    assert (
+      config.eval_bn_recalibration_batches
+      == (changes['eval_bn_recalibration_batches'])
+    )
+    if config.method == 'supervised':
+      assert config.optimizer.adder_eta == changes['optimizer.adder_eta']
+      assert config.model.conv_type == ('conv' if name == 'cnn' else 'adder')
     assert config.batch_size == 64
     label = run.cell.split('/')[0]
     assert config.num_epochs == {c[0]: c[2] for c in deep.CELLS}[label]
@@ -473,6 +485,32 @@ def test_deep_grid_builds_the_issue_cell_and_runs_quick(sweep_module, tmp_path):
   assert all(r['recorded_earlier'] for r in retaken['runs'])
   with open(os.path.join(again, 'deep.md')) as f:
     assert '3 of them taken from' in f.read()
+  # From two documents: each run from the first that records it; the header
+  # and the document name both, and --tables-from says so again.
+  with open(recorded) as f:
+    whole = json.load(f)
+  first, second = str(tmp_path / 'first.json'), str(tmp_path / 'second.json')
+  for path, part in ((first, whole['runs'][:1]), (second, whole['runs'][1:])):
+    with open(path, 'w') as f:
+      json.dump(dict(whole, runs=part), f)
+  both = str(tmp_path / 'both')
+  argv = ['--grid', 'deep', '--quick', '--out', both]
+  argv += ['--with-recorded', first, '--with-recorded', second]
+  from_two = sweep_module.main(argv)
+  assert all(r['recorded_earlier'] for r in from_two['runs'])
+  assert len(from_two['runs']) == 3
+  assert from_two['with_recorded'] == [
+    os.path.relpath(p, REPO) for p in (first, second)
+  ]
+  rebuilt = str(tmp_path / 'rebuilt')
+  sweep_module.main(
+    ['--grid', 'deep', '--quick', '--out', rebuilt]
+    + ['--tables-from', os.path.join(both, 'deep.json')]
+  )
+  with open(os.path.join(rebuilt, 'deep.md')) as f:
+    header = f.read().split('\n')[2]
+  assert f'--with-recorded {os.path.relpath(second, REPO)}' in header
+  assert '3 of them taken from' in header
   # Runs of another regime are not these runs.
   with open(recorded) as f:
     other = json.load(f)
@@ -504,6 +542,17 @@ def test_deep_cells_keep_the_named_cell_and_arms():
   assert {r.cell.split('/')[0] for r in both} == {c[0] for c in deep.CELLS}
   with pytest.raises(SystemExit, match='its cells'):
     deep.deep_runs(False, 'select', None, 'resnet20_e80_f10')
+  # The ANN alone's knobs run on the short cell, beside its ANN and CNN alone.
+  knobs = deep.deep_runs(
+    False, 'select', None, 'resnet20_e10_f10,ann_eta0.5,ann_bn0'
+  )
+  assert [r.cell for r in knobs] == [
+    f'resnet20_e10_f10/{arm}'
+    for arm in ('ann', 'cnn', 'ann_eta0.5', 'ann_bn0')
+    for _ in range(5)
+  ]
+  assert knobs[10].config.optimizer.adder_eta == 0.5
+  assert knobs[15].config.eval_bn_recalibration_batches == 0
 
 
 def test_deep_tables_pair_each_arm_with_the_ann_of_its_seed():
@@ -525,6 +574,8 @@ def test_deep_tables_pair_each_arm_with_the_ann_of_its_seed():
   records = [record('ann', s, a) for s, a in ann.items()]
   records += [record('beta0', s, a, 0.9) for s, a in beta0.items()]
   records += [record('paper', s, ann[s] - 0.2, 0.9) for s in (0, 1, 2)]
+  # A knob of the ANN alone is no PKKD candidate, however far ahead.
+  records += [record('ann_eta0.5', s, ann[s] + 0.3) for s in (0, 1, 2)]
   summary, lines = deep.summarize_deep(records)
   select = summary['resnet20_e10_f10']['select']
   gains = [0.10, -0.05, 0.12]  # beta0 - ann on seeds 0, 1, 2
@@ -535,6 +586,7 @@ def test_deep_tables_pair_each_arm_with_the_ann_of_its_seed():
   assert select['beta0']['misses'] == 1
   assert select['paper']['misses'] == 3
   assert select['leader'] == 'beta0'
+  assert select['ann_eta0.5']['gain_vs_ann']['mean'] == pytest.approx(0.3)
   confirm = summary['resnet20_e10_f10']['confirm']
   assert confirm['beta0']['gain_vs_ann']['values'] == pytest.approx(
     [0.03, -0.02]
