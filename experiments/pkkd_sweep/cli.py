@@ -131,7 +131,7 @@ def parse_args(argv):
       v[0] for v in PREMISE_PKKD_VARIANTS + PREMISE_PKKD_LATE_VARIANTS
     ],
     'demo': demo_variant_names(),
-    'deep': [a[0] for a in deep.ARMS],
+    'deep': [a[0] for a in deep.ARMS + deep.FAST_ANN_ARMS],
   }
   if args.winner and args.winner not in names.get(args.grid, ()):
     parser.error(

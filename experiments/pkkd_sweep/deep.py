@@ -12,7 +12,9 @@ eval batch 512). Every arm is a ``demo`` preset with those overrides:
   CNN: this cell's ``cnn`` run of the same seed;
 - ``ann_*``: the ANN alone with one run setting changed (the adder rate
   scaling eta, precise-BN), to diagnose its spread over seeds. They are not
-  PKKD candidates: the selection's leader is never one of them.
+  PKKD candidates: the selection's leader is never one of them;
+- ``today_eta0.5`` / ``alpha0_eta0.5``: PKKD arms with the student at the
+  eta that trains the ANN alone fastest, paired with ``ann_eta0.5``.
 
 The grid is data: CELLS (label, network, epochs, train fraction), ARMS
 (name, method, changes, what it tests) and PLAN (phase, cell, seeds, arms) in
@@ -118,8 +120,30 @@ ANN_KNOB_ARMS: Tuple[Tuple[str, str, Dict[str, Any], str], ...] = tuple(
     ),
   )
 )
+# PKKD on the faster-training adder student the knob arms found (eta 0.5):
+# the issue's knobs and the 10-epoch leader, each paired with the ANN alone
+# at the same eta (PAIRED_WITH), not with the preset's. The co-trained CNN
+# keeps its own optimizer (no adder scaling), as in every PKKD arm.
+_FAST_STUDENT = {'optimizer.adder_eta': 0.5}
+FAST_ANN_ARMS: Tuple[Tuple[str, str, Dict[str, Any], str], ...] = (
+  (
+    'today_eta0.5',
+    'pkkd',
+    dict(_FIXED_RAMP, **_FAST_STUDENT),
+    '`today` with the student at eta 0.5 (paired with `ann_eta0.5`)',
+  ),
+  (
+    'alpha0_eta0.5',
+    'pkkd',
+    dict(alpha=0.0, **_FAST_STUDENT),
+    '`alpha0` with the student at eta 0.5 (paired with `ann_eta0.5`)',
+  ),
+)
+# The ANN alone each arm is paired with, where it is not ``ann``.
+PAIRED_WITH = {name: 'ann_eta0.5' for name, *_ in FAST_ANN_ARMS}
 _ARM_NAMES = tuple(a[0] for a in ARMS)
 _ANN_KNOB_NAMES = tuple(a[0] for a in ANN_KNOB_ARMS)
+_FAST_ANN_NAMES = tuple(a[0] for a in FAST_ANN_ARMS)
 
 # The arm confirmed on CONFIRM_SEEDS: chosen on SELECT_SEEDS only (the largest
 # mean paired gain over the ANN alone in the selection table,
@@ -138,6 +162,8 @@ PLAN: Tuple[Tuple[str, str, Tuple[int, ...], Tuple[str, ...]], ...] = (
   ('select', 'resnet20_e40_f10', SELECT_SEEDS, ('today', 'winner')),
   # Why the ANN alone spreads over seeds in the short cell: its run settings.
   ('select', 'resnet20_e10_f10', SELECT_SEEDS, _ANN_KNOB_NAMES),
+  # Then PKKD on the student that trains fastest there.
+  ('select', 'resnet20_e10_f10', SELECT_SEEDS, _FAST_ANN_NAMES),
 )
 # The rot check: each method once (supervised, PKKD, KD from the CNN alone),
 # 2 steps, at the smallest network.
@@ -147,7 +173,18 @@ QUICK_PLAN = (
 
 
 def arm(name: str) -> Tuple[str, str, Dict[str, Any], str]:
-  return {a[0]: a for a in ARMS + ANN_KNOB_ARMS}[name]
+  return {a[0]: a for a in ARMS + ANN_KNOB_ARMS + FAST_ANN_ARMS}[name]
+
+
+def baseline(name: str) -> str:
+  """The ANN alone that arm ``name`` is paired with."""
+  return PAIRED_WITH.get(name, 'ann')
+
+
+def _set(config, key: str, value: Any) -> None:
+  """``config[key] = value`` for a 'section.field' or a top-level key."""
+  section, field = key.split('.') if '.' in key else (None, key)
+  (config[section] if section else config)[field] = value
 
 
 def arm_config(
@@ -164,16 +201,17 @@ def arm_config(
   if quick:  # The smallest network (demo_common sets its widths).
     network = 'resnet8'
   _, method, changes, _ = arm(name)
+  # 'section.field' changes are run settings, set last; a PKKD arm's other
+  # changes are its config.pkkd knobs.
+  settings = {k: v for k, v in changes.items() if '.' in k}
   if method == 'supervised':
     config = sweep_runs.demo_alone(changes['conv_type'], seed, quick)
-    for key, value in changes.items():
-      if key != 'conv_type':
-        section, field = key.split('.') if '.' in key else (None, key)
-        (config[section] if section else config)[field] = value
+    top_level = {k: v for k, v in changes.items() if k != 'conv_type'}
+    settings = dict(top_level, **settings)
   else:
     config = study.preset(method)
     if method == 'pkkd':
-      config.pkkd.update(changes)
+      config.pkkd.update({k: v for k, v in changes.items() if '.' not in k})
     else:  # kd: the frozen teacher is this seed's CNN alone.
       if teacher_dir is None:
         raise ValueError(f'arm {name!r} needs the CNN alone (teacher_dir)')
@@ -182,6 +220,8 @@ def arm_config(
       )
       config.model = config_defaults.model(network, 'adder')
     config = sweep_runs.demo_common(config, seed, quick, epochs)
+  for key, value in settings.items():
+    _set(config, key, value)
   config.num_epochs = epochs
   config.dataset.train_fraction = fraction
   for entry in (config.model, config.get('teacher')):
@@ -205,25 +245,35 @@ def deep_runs(
   asked = set(arms.split(',')) if arms else set()
   only_labels = asked & labels
   wanted = (asked - labels) | {'ann', 'cnn'} if arms else None
+  if wanted:  # With the ANN alone each named arm is paired with.
+    wanted |= {baseline(n) for n in wanted}
   if wanted and wanted - set(arm_names()):
     raise SystemExit(
       f'--cells: {", ".join(sorted(wanted - set(arm_names())))} not in this '
       f'grid; its arms: {", ".join(arm_names())}; its cells: '
       f'{", ".join(sorted(labels))}.'
     )
-  out = []
+  out, planned = [], set()
   for entry_phase, label, seeds, names in QUICK_PLAN if quick else PLAN:
     if phase not in ('all', entry_phase):
       continue
     if only_labels and label not in only_labels:
       continue
-    names = [winner if n == 'winner' else n for n in names]
+    # The winner comes with the ANN alone it is paired with.
+    names = [
+      m
+      for n in names
+      for m in ((baseline(winner), winner) if n == 'winner' else (n,))
+    ]
     if None in names:  # No winner chosen yet: the confirmation waits.
       continue
     for name in dict.fromkeys(names):
       if wanted and name not in wanted:
         continue
       for seed in seeds:
+        if (f'{label}/{name}', seed) in planned:  # An earlier entry has it.
+          continue
+        planned.add((f'{label}/{name}', seed))
         build = functools.partial(arm_config, name, label, seed, quick)
         if arm(name)[1] == 'kd':
           run = sweep_runs.Run(
@@ -250,7 +300,6 @@ def summarize_deep(records) -> Tuple[Dict[str, Any], List[str]]:
       ]
       if not mine:
         continue
-      ann = stats(records, f'{label}/ann', 'student', seeds)
       table = out.setdefault(label, {}).setdefault(phase, {})
       lines += [
         '',
@@ -266,8 +315,15 @@ def summarize_deep(records) -> Tuple[Dict[str, Any], List[str]]:
         name = cell.split('/', 1)[1]
         student = stats(records, cell, 'student', seeds)
         teacher = stats(records, cell, 'teacher', seeds)
-        gain = paired(records, cell, f'{label}/ann', seeds)
-        result = study.verdict(student, ann, '>')[0] if name != 'ann' else ''
+        alone = baseline(name)
+        gain = paired(records, cell, f'{label}/{alone}', seeds)
+        result = (
+          study.verdict(
+            student, stats(records, f'{label}/{alone}', 'student', seeds), '>'
+          )[0]
+          if name != 'ann'
+          else ''
+        )
         values = gain.get('values') or []
         misses = sum(v < 0 for v in values)
         walls = [r['wall_seconds'] for r in mine if r['cell'] == cell]
@@ -275,6 +331,7 @@ def summarize_deep(records) -> Tuple[Dict[str, Any], List[str]]:
           student=student,
           teacher=teacher,
           gain_vs_ann=gain,
+          paired_with=alone,
           verdict=result,
           misses=misses,
           wall_seconds=sum(walls) / len(walls),
@@ -317,12 +374,14 @@ def regime_text() -> Dict[str, Any]:
 
 
 def arm_names() -> Tuple[str, ...]:
-  """Every arm: the methods' (ARMS), then the ANN alone's knobs."""
-  return _ARM_NAMES + _ANN_KNOB_NAMES
+  """Every arm: ARMS, ANN_KNOB_ARMS, FAST_ANN_ARMS."""
+  return _ARM_NAMES + _ANN_KNOB_NAMES + _FAST_ANN_NAMES
 
 
 __all__ = [
   'ANN_KNOB_ARMS',
+  'FAST_ANN_ARMS',
+  'PAIRED_WITH',
   'ARMS',
   'CELLS',
   'CONFIRM_SEEDS',
@@ -332,6 +391,7 @@ __all__ = [
   'WINNER',
   'arm_config',
   'arm_names',
+  'baseline',
   'deep_runs',
   'regime_text',
   'summarize_deep',

@@ -438,21 +438,26 @@ def test_deep_grid_builds_the_issue_cell_and_runs_quick(sweep_module, tmp_path):
       config.eval_bn_recalibration_batches
       == (changes['eval_bn_recalibration_batches'])
     )
+    assert config.optimizer.adder_eta == changes['optimizer.adder_eta']
     if config.method == 'supervised':
-      assert config.optimizer.adder_eta == changes['optimizer.adder_eta']
       assert config.model.conv_type == ('conv' if name == 'cnn' else 'adder')
     assert config.batch_size == 64
     label = run.cell.split('/')[0]
     assert config.num_epochs == {c[0]: c[2] for c in deep.CELLS}[label]
     if config.method == 'pkkd':
       assert config.teacher.name == 'resnet20'
+      # The co-trained CNN never takes the student's adder scaling.
+      assert config.optimizers.teacher.adder_eta is None
+      if name.endswith('_eta0.5'):
+        assert deep.baseline(name) == 'ann_eta0.5'
+        assert config.pkkd.alpha == (0.0 if name.startswith('alpha0') else 0.5)
       if run.cell.endswith('/today'):  # The issue's fixed 62-step ramp.
         assert (config.pkkd.ramp_steps, config.pkkd.ramp_fraction) == (62, 0)
       if run.cell.endswith('/paper'):
         assert (config.pkkd.alpha, config.pkkd.beta) == (5.0, 5.0)
   # The confirmation: the baselines, the issue's knobs and the winner (the
   # selection's leader, or --winner), on the fresh seeds only.
-  for winner in (None, 'beta0'):
+  for winner in (None, 'beta0', 'alpha0_eta0.5'):
     confirm = deep.deep_runs(quick=False, phase='confirm', winner=winner)
     assert {r.seed for r in confirm} == set(deep.CONFIRM_SEEDS)
     assert {r.cell.split('/')[1] for r in confirm if '_e10_' in r.cell} == {
@@ -460,6 +465,7 @@ def test_deep_grid_builds_the_issue_cell_and_runs_quick(sweep_module, tmp_path):
       'cnn',
       'today',
       winner or deep.WINNER,
+      deep.baseline(winner or deep.WINNER),  # The ANN alone it is paired with.
     }
   out = str(tmp_path / 'deep')
   document = sweep_module.main(['--grid', 'deep', '--quick', '--out', out])
@@ -553,6 +559,16 @@ def test_deep_cells_keep_the_named_cell_and_arms():
   ]
   assert knobs[10].config.optimizer.adder_eta == 0.5
   assert knobs[15].config.eval_bn_recalibration_batches == 0
+  # A PKKD arm on the eta-0.5 student brings the ANN alone at eta 0.5.
+  fast = deep.deep_runs(False, 'select', None, 'resnet20_e10_f10,today_eta0.5')
+  assert [r.cell.split('/')[1] for r in fast[::5]] == [
+    'ann',
+    'cnn',
+    'ann_eta0.5',
+    'today_eta0.5',
+  ]
+  today = fast[15].config
+  assert (today.optimizer.adder_eta, today.pkkd.ramp_steps) == (0.5, 62)
 
 
 def test_deep_tables_pair_each_arm_with_the_ann_of_its_seed():
@@ -576,6 +592,11 @@ def test_deep_tables_pair_each_arm_with_the_ann_of_its_seed():
   records += [record('paper', s, ann[s] - 0.2, 0.9) for s in (0, 1, 2)]
   # A knob of the ANN alone is no PKKD candidate, however far ahead.
   records += [record('ann_eta0.5', s, ann[s] + 0.3) for s in (0, 1, 2)]
+  # An arm on the eta-0.5 student is paired with the ANN alone at eta 0.5.
+  records += [
+    record('alpha0_eta0.5', s, ann[s] + 0.3 + d, 0.9)
+    for s, d in ((0, 0.01), (1, 0.02), (2, 0.03))
+  ]
   summary, lines = deep.summarize_deep(records)
   select = summary['resnet20_e10_f10']['select']
   gains = [0.10, -0.05, 0.12]  # beta0 - ann on seeds 0, 1, 2
@@ -587,6 +608,9 @@ def test_deep_tables_pair_each_arm_with_the_ann_of_its_seed():
   assert select['paper']['misses'] == 3
   assert select['leader'] == 'beta0'
   assert select['ann_eta0.5']['gain_vs_ann']['mean'] == pytest.approx(0.3)
+  fast = select['alpha0_eta0.5']
+  assert fast['paired_with'] == 'ann_eta0.5'
+  assert fast['gain_vs_ann']['values'] == pytest.approx([0.01, 0.02, 0.03])
   confirm = summary['resnet20_e10_f10']['confirm']
   assert confirm['beta0']['gain_vs_ann']['values'] == pytest.approx(
     [0.03, -0.02]
