@@ -112,6 +112,7 @@ from .plan import (
   config_key,
   run_job,
   stored_summary,
+  use_compile_cache,
 )
 from .report import rebuild, write_markdown, write_outputs
 from .settings import (
@@ -151,6 +152,7 @@ __all__ = [
   'config_key',
   'run_job',
   'stored_summary',
+  'use_compile_cache',
   'MIN_SEEDS',
   'REPO',
   'STUDIES',

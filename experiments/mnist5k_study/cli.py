@@ -13,7 +13,7 @@ from . import __doc__ as package_doc
 from . import costs, report
 from .cells import select_cells
 from .costs import CostModel
-from .plan import Planner, collect_runs, run_job
+from .plan import Planner, collect_runs, run_job, use_compile_cache
 from .report import write_outputs
 from .settings import (
   MIN_SEEDS,
@@ -174,15 +174,9 @@ def main(argv=None, prog: str = DEFAULT_PROG) -> Dict[str, Any]:
   runs_dir = os.path.join(out_dir, 'study_runs')
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
-  import jax  # pylint: disable=g-import-not-at-top
-
   # --measure-step-seconds times cold compilations in a cache of its own.
   if not (args.no_compile_cache or args.dry_run or args.measure_step_seconds):
-    jax.config.update(
-      'jax_compilation_cache_dir', os.path.join(runs_dir, 'jax_cache')
-    )
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
-    jax.config.update('jax_persistent_cache_min_entry_size_bytes', -1)
+    use_compile_cache(runs_dir)
   from absl import logging  # pylint: disable=g-import-not-at-top
 
   logging.set_verbosity(logging.WARNING)

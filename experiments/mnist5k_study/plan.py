@@ -153,6 +153,25 @@ def stored_summary(job: Job):
   return generic.stored_summary(job, MARKER)
 
 
+def use_compile_cache(runs_dir: str) -> None:
+  """Keeps every compiled program in ``runs_dir``/jax_cache for later runs.
+
+  A cache the caller has already chosen (JAX_COMPILATION_CACHE_DIR, as the
+  test suite sets it) is kept: jax opens its cache once per process, at the
+  first compile, so a switch made here would take the rest of the process
+  (every later test of a pytest worker) off the caller's cache.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+
+  if jax.config.jax_compilation_cache_dir:
+    return
+  jax.config.update(
+    'jax_compilation_cache_dir', os.path.join(runs_dir, 'jax_cache')
+  )
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', -1)
+
+
 def run_job(job: Job, log) -> Dict[str, Any]:
   """Trains (or reuses) one job; returns the trainer's summary."""
   return generic.run_job(job, log, MARKER)

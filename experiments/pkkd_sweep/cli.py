@@ -346,11 +346,7 @@ def main(argv=None) -> Dict[str, Any]:
   runs_dir = args.runs_dir or os.path.join(args.out, 'runs')
   if not args.tables_from:  # Which trains nothing and leaves no runs dir.
     os.makedirs(runs_dir, exist_ok=True)
-    jax.config.update(
-      'jax_compilation_cache_dir', os.path.join(runs_dir, 'jax_cache')
-    )
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
-    jax.config.update('jax_persistent_cache_min_entry_size_bytes', -1)
+    study.use_compile_cache(runs_dir)
   from absl import logging  # pylint: disable=g-import-not-at-top
 
   logging.set_verbosity(logging.WARNING)
