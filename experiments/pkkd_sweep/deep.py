@@ -181,12 +181,6 @@ def baseline(name: str) -> str:
   return PAIRED_WITH.get(name, 'ann')
 
 
-def _set(config, key: str, value: Any) -> None:
-  """``config[key] = value`` for a 'section.field' or a top-level key."""
-  section, field = key.split('.') if '.' in key else (None, key)
-  (config[section] if section else config)[field] = value
-
-
 def arm_config(
   name: str,
   label: str,
@@ -220,8 +214,7 @@ def arm_config(
       )
       config.model = config_defaults.model(network, 'adder')
     config = sweep_runs.demo_common(config, seed, quick, epochs)
-  for key, value in settings.items():
-    _set(config, key, value)
+  sweep_runs.set_keys(config, settings)
   config.num_epochs = epochs
   config.dataset.train_fraction = fraction
   for entry in (config.model, config.get('teacher')):

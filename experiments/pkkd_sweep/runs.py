@@ -15,6 +15,7 @@ import time
 from typing import Any, Dict, List, Optional, Tuple
 
 from experiments import mnist5k_study as study
+from kdjax.reproduce import planner
 
 from .grids import (
   knobs_of,
@@ -272,16 +273,19 @@ def demo_knobs(name: str, total_steps: int) -> Dict[str, Any]:
   return knobs
 
 
+def set_keys(config, changes: Dict[str, Any]) -> None:
+  """``config[key] = value`` for each dotted key of ``changes``; a key the
+  config does not have is an error, not a new field."""
+  for key, value in changes.items():
+    if not planner.set_key(config, key, value):
+      raise KeyError(f'{key}: no such key in the config')
+
+
 def demo_common(config, seed: int, quick: bool, epochs: int):
   """The demo preset's settings (and the quick rot check's cuts)."""
   config.seed = seed
   config.num_epochs = epochs
-  for key, value in demo_module().DEMO_SETTINGS.items():
-    node, *rest = key.split('.')
-    if rest:
-      config[node][rest[0]] = value
-    else:
-      config[key] = value
+  set_keys(config, demo_module().DEMO_SETTINGS)
   config.log_every_steps = 1000
   config.keep_checkpoints = 1
   if quick:

@@ -226,7 +226,7 @@ def _config_module(path: str):
   return config_defaults.load_config_module(path)
 
 
-def _set(config, key: str, value, create: bool) -> bool:
+def set_key(config, key: str, value, create: bool = False) -> bool:
   """config[key] = value for a dotted key; False where the key is missing."""
   node, parts = config, key.split('.')
   for part in parts[:-1]:
@@ -275,11 +275,11 @@ def cell_config(cell: Cell, seed: int, teacher_dirs: Dict[str, str], repo: str):
       # cell kdjax cannot run yet (configs/benchmark.py names what is missing).
       return None, f'{cell.config}:{cell.preset}: {e}'
     for key, value in cell.overrides.items():
-      if not _set(config, key, value, create=False):
+      if not set_key(config, key, value):
         return None, f'override {key}: no such key in {cell.source}'
     config.seed = seed
     for key, workdir in teacher_dirs.items():
-      if not _set(config, key, workdir, create=False):
+      if not set_key(config, key, workdir):
         return None, f'teacher key {key}: no such key in {cell.source}'
   missing = missing_names(config)
   if missing:
