@@ -177,8 +177,14 @@ def recorded_runs(args, path=None, flag='--tables-from') -> Dict[str, Any]:
   """``--tables-from``'s (or ``path``'s) document, checked to be of
   ``args.grid``."""
   path = path or args.tables_from
-  with open(path) as f:
-    recorded = json.load(f)
+  try:
+    with open(path) as f:
+      recorded = json.load(f)
+  except (OSError, ValueError) as e:
+    raise SystemExit(
+      f'{flag}={path}: not a document this runner wrote ({e}). Give the '
+      '.json file an earlier invocation wrote beside its tables.'
+    ) from None
   if recorded.get('grid') != args.grid:
     raise SystemExit(
       f'{flag}={path} holds --grid '

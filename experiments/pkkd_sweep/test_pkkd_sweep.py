@@ -528,6 +528,12 @@ def test_deep_grid_builds_the_issue_cell_and_runs_quick(sweep_module, tmp_path):
       ['--grid', 'deep', '--with-recorded', recorded, '--tables-from', recorded]
     )
   assert refused.value.code == 2
+  # A path that is not a document: one clear line, before anything trains.
+  for bad in (str(tmp_path / 'missing.json'), os.path.join(out, 'deep.md')):
+    with pytest.raises(SystemExit, match='not a document this runner wrote'):
+      sweep_module.main(
+        ['--grid', 'deep', '--quick', '--out', again, '--with-recorded', bad]
+      )
   with pytest.raises(SystemExit, match='another regime'):
     sweep_module.main(
       ['--grid', 'deep', '--quick', '--out', again, '--with-recorded', recorded]
