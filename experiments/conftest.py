@@ -1,7 +1,7 @@
 """Test setup of the experiments' tests: the suite's environment.
 
 The same settings as tests/conftest.py (whose comments give the reasons), set
-before jax initializes: 8 fake CPU devices, XLA's cheaper CPU compile level,
+before jax initializes: 8 fake CPU devices, XLA's cheaper CPU compile flags,
 non-partitionable threefry, and the suite's persistent compilation cache, so
 that `pytest experiments` alone runs as the whole suite does.
 """
@@ -12,7 +12,9 @@ import tempfile
 
 # tests/xla_flags.py's COMPILE_FLAGS: the flags a test passes to a run it
 # starts in a subprocess (one CPU device, as the experiments run).
-COMPILE_FLAGS = '--xla_backend_optimization_level=1'
+COMPILE_FLAGS = (
+  '--xla_backend_optimization_level=1 --xla_cpu_use_fusion_emitters=false'
+)
 
 os.environ.setdefault(
   'XLA_FLAGS', f'--xla_force_host_platform_device_count=8 {COMPILE_FLAGS}'
