@@ -6,6 +6,7 @@ non-partitionable threefry, and the suite's persistent compilation cache, so
 that `pytest experiments` alone runs as the whole suite does.
 """
 
+import gc
 import getpass
 import os
 import tempfile
@@ -31,3 +32,9 @@ for name, value in (
   ('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0'),
 ):
   os.environ.setdefault(name, value)
+
+
+def pytest_collection_finish(session):
+  """gc.freeze() after collection, as tests/conftest.py does (and why)."""
+  del session
+  gc.freeze()

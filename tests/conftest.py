@@ -1,5 +1,6 @@
 """Test setup: 8 fake CPU devices, set before jax initializes its backend."""
 
+import gc
 import getpass
 import os
 import tempfile
@@ -39,6 +40,21 @@ def pytest_collection_modifyitems(items):
     parts = item.path.parts
     if 'integration' in parts or 'experiments' in parts:
       item.add_marker(pytest.mark.integration)
+
+
+def pytest_collection_finish(session):
+  """Takes what the test modules imported out of Python's cyclic GC.
+
+  Collecting has imported jax, TensorFlow, torch and kdjax: millions of
+  objects that live as long as the process, which every full collection
+  scanned again, and tracing allocates fast enough to trigger many. Measured
+  with an empty compilation cache, `python -m pytest -q -n 2 -m "not
+  integration"` took 160 s with them frozen against 168 and 171 s without
+  (2-core AMD EPYC, 2026-12-07); with a warm cache, 98 s against 99 s.
+  Objects made later are collected as before.
+  """
+  del session
+  gc.freeze()
 
 
 @pytest.fixture(scope='session')
