@@ -35,6 +35,7 @@ for name, value in (
 
 
 def pytest_collection_finish(session):
-  """gc.freeze() after collection, as tests/conftest.py does (and why)."""
+  """Python's GC as tests/conftest.py sets it after collection (and why)."""
   del session
   gc.freeze()
+  gc.set_threshold(100_000, 50, 100)
