@@ -10,13 +10,14 @@ flags.
 
 `--xla_cpu_use_fusion_emitters=false` has XLA:CPU emit each fusion with its
 older LLVM emitters instead of the MLIR fusion emitters, which build and lower
-an MLIR module per fusion. That halves the CPU a compile takes: a tiny adder
-ResNet-8 gradient compiled in 4.4 s of CPU, 2.4 s without them, and ran at the
-same speed (0.41 ms against 0.40 ms a step). The unit tier, `python -m pytest
--q -n 2 -m "not integration"` with an empty compilation cache, took 227 s with
-level 1 alone and 171 s with both (2-core AMD EPYC, jax 0.10.2, 2026-12-07).
-Results move in the last bits only. Both flags exist in the jax releases that
-requirements.txt allows; XLA stops at start-up on a flag it does not know.
+an MLIR module per fusion, the largest part of a small compile. With an empty
+compilation cache on a 2-core AMD EPYC (jax 0.10.2, 2026-12-07), the unit
+tier, `python -m pytest -q -n 2 -m "not integration"`, took 227 s with level
+1 alone and 171 s with both; `.ci/run` in fresh clones spent 822 s in pytest
+before the flag (baaee0b) and 561 s with it (db3c920), so the training runs
+did not get slower either. Results move in the last bits only. Both flags
+exist in the jax releases that requirements.txt allows; XLA stops at start-up
+on a flag it does not know.
 """
 
 COMPILE_FLAGS = (
