@@ -14,7 +14,8 @@ import tempfile
 # tests/xla_flags.py's COMPILE_FLAGS: the flags a test passes to a run it
 # starts in a subprocess (one CPU device, as the experiments run).
 COMPILE_FLAGS = (
-  '--xla_backend_optimization_level=1 --xla_cpu_use_fusion_emitters=false'
+  '--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false'
+  ' --xla_cpu_parallel_codegen_split_count=1'
 )
 
 os.environ.setdefault(
