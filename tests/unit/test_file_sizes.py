@@ -43,7 +43,7 @@ def test_the_check_catches_a_long_file(tmp_path):
     'kdjax/at_the_limit.py': MAX_LINES,
     'experiments/study/test_long.py': MAX_LINES + 5,
     'tests/unit/test_long.py': 2 * MAX_LINES,
-    'docs/long.md': 2 * MAX_LINES,
+    'notes/long.txt': 2 * MAX_LINES,
   }
   for path, lines in files.items():
     (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
