@@ -1,33 +1,12 @@
-"""Test setup: 8 fake CPU devices, set before jax initializes its backend."""
+"""Test setup: the suite's environment (tests/suite_env.py), set before jax
+initializes its backend, and the fixtures that tests share."""
 
-import gc
-import getpass
 import os
-import tempfile
 
-import xla_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+import pytest
+import suite_env
 
-os.environ.setdefault('XLA_FLAGS', xla_flags.with_devices(8))
-os.environ.setdefault('JAX_PLATFORMS', 'cpu')
-# Non-partitionable threefry for every test and the runs they start: the same
-# generator with another bit layout, whose CPU compile is several times
-# cheaper (compiling the random init of a resnet8 took ~10 s with the default,
-# more than half of a short run). The trainer keeps jax's default; no test
-# compares its numbers with ones drawn under the other setting.
-os.environ.setdefault('JAX_THREEFRY_PARTITIONABLE', '0')
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
-# Many tests train the same tiny models: XLA's persistent compilation cache
-# lets every worker and subprocess reuse a compiled step instead of spending
-# seconds compiling it again. It is keyed on the program, the jax version and
-# the flags, so a hit is the same executable a compile would give.
-os.environ.setdefault(
-  'JAX_COMPILATION_CACHE_DIR',
-  os.path.join(tempfile.gettempdir(), f'kdjax-tests-xla-{getpass.getuser()}'),
-)
-os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
-os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
-
-import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+suite_env.set_environment()
 
 
 def pytest_collection_modifyitems(items):
@@ -43,21 +22,8 @@ def pytest_collection_modifyitems(items):
 
 
 def pytest_collection_finish(session):
-  """Makes Python's cyclic GC cheap for the rest of the session.
-
-  Collecting has imported jax, TensorFlow, torch and kdjax: millions of
-  objects that live as long as the process. gc.freeze() takes them out of the
-  collector, which scanned them again at every full collection. Tracing also
-  allocates fast, mostly objects that reference counting frees, so a young
-  collection every 100,000 allocations instead of 700 loses little. Measured
-  with an empty compilation cache, `python -m pytest -q -n 2 -m "not
-  integration"` took 150 s with both, 160 s with the freeze alone and 168-171
-  s with neither; with a warm cache 88, 96-98 and 99 s, at the same peak
-  memory (2-core AMD EPYC, 2026-12-07, at 6a90536's XLA flags: LLVM level 1).
-  """
   del session
-  gc.freeze()
-  gc.set_threshold(100_000, 50, 100)
+  suite_env.make_gc_cheap()
 
 
 @pytest.fixture(scope='session')

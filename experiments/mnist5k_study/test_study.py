@@ -22,7 +22,7 @@ import sys
 
 import pytest
 
-from experiments.conftest import COMPILE_FLAGS
+from experiments.conftest import suite_env
 
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -263,7 +263,7 @@ def test_quick_real_runs(tmp_path):
   out = tmp_path / 'results'
   env = dict(os.environ)
   # One CPU device, as the study runs.
-  env['XLA_FLAGS'] = COMPILE_FLAGS
+  env['XLA_FLAGS'] = suite_env.COMPILE_FLAGS
   proc = subprocess.run(
     [
       sys.executable,

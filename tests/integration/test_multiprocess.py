@@ -33,7 +33,7 @@ from kdjax import errors
 from kdjax.train import train
 
 import helpers as faults
-import xla_flags
+import suite_env
 
 REPO = faults.REPO
 STEPS = 6
@@ -139,7 +139,7 @@ def test_two_processes_preempted_resume_in_one(
   for index in range(2):
     env = faults.cli_env(
       compile_cache,
-      XLA_FLAGS=xla_flags.with_devices(4),
+      XLA_FLAGS=suite_env.with_devices(4),
       JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo',
       JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}',
       JAX_NUM_PROCESSES='2',

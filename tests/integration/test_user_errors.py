@@ -18,7 +18,7 @@ import re
 from kdjax import config_defaults
 from kdjax.data import pipeline
 import tfds_mocks as data_testing
-import xla_flags
+import suite_env
 from kdjax.train import checkpointing
 from kdjax.train import train
 from kdjax import errors
@@ -218,7 +218,7 @@ def test_teacher_restores_on_another_device_count(
   out = str(tmp_path / 'params.npz')
   process = run_cli(
     [sys.executable, '-c', _RESTORE_TEACHER_ON_ONE_DEVICE, reference, out],
-    cli_env(compile_cache, XLA_FLAGS=xla_flags.with_devices(1)),
+    cli_env(compile_cache, XLA_FLAGS=suite_env.with_devices(1)),
   )
   assert process.returncode == 0, process.stderr[-3000:]
   _, state = restore_state(reference, REFERENCE_STEPS)
