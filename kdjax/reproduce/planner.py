@@ -226,7 +226,7 @@ def _config_module(path: str):
   return config_defaults.load_config_module(path)
 
 
-def set_key(config, key: str, value, create: bool = False) -> bool:
+def set_key(config, key: str, value) -> bool:
   """config[key] = value for a dotted key; False where the key is missing."""
   node, parts = config, key.split('.')
   for part in parts[:-1]:
@@ -234,7 +234,7 @@ def set_key(config, key: str, value, create: bool = False) -> bool:
       node = node[int(part)] if isinstance(node, (list, tuple)) else node[part]
     except (KeyError, IndexError, ValueError, AttributeError):
       return False
-  if parts[-1] not in node and not create:
+  if parts[-1] not in node:
     return False
   node[parts[-1]] = value
   return True
